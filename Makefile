@@ -1,0 +1,75 @@
+# deeplesion-lab: a fresh machine needs only `make lab` and `make test`.
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+CHROMIUM_STAMP := $(VENV)/.chromium
+DEMO_DIR ?= data/demo
+DEMO_PATIENTS ?= 24
+RUN_DIR ?= runs/demo
+LAB_PORT ?= 8888
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+export NUMBA_CACHE_DIR ?= $(CURDIR)/.cache/numba
+export MPLBACKEND ?= Agg
+
+.PHONY: all venv lab demo demo-data test test-fast browser lint bench dashboard clean help
+
+help:
+	@echo "make lab        set up, make the demo data and run, then open JupyterLab on lab/"
+	@echo "make test       the whole test suite (installs what it needs first)"
+	@echo "make demo-data  only generate the demo dataset in $(DEMO_DIR)"
+	@echo "make bench      the benchmarks in bench/ (results go to BENCHMARKS.md by hand)"
+	@echo "make lint       ruff"
+
+venv: $(STAMP)
+
+# Pinned dependencies (requirements.txt), then the package itself in editable mode.
+# Re-runs only when requirements.txt or pyproject.toml change.
+$(STAMP): requirements.txt pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --disable-pip-version-check -q -r requirements.txt
+	$(BIN)/python -m pip install --disable-pip-version-check -q --no-deps --no-build-isolation -e .
+	@touch $@
+
+# Browser tests drive Debian's chromium with Playwright (Playwright's own download is impossible).
+$(CHROMIUM_STAMP):
+	@if ! command -v chromium >/dev/null 2>&1; then \
+	  echo "installing Debian's chromium for the browser tests"; \
+	  $(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	fi
+	@mkdir -p $(VENV) && touch $@
+
+$(DEMO_DIR)/DL_info.csv: | $(STAMP)
+	$(BIN)/deeplesion-lab demo-data --out $(DEMO_DIR) --patients $(DEMO_PATIENTS) --seed 0
+
+demo-data: $(DEMO_DIR)/DL_info.csv
+
+lab: $(STAMP) $(DEMO_DIR)/DL_info.csv
+	@mkdir -p data_manifests
+	@test -f data_manifests/demo.parquet || $(BIN)/deeplesion-lab manifest $(DEMO_DIR)/DL_info.csv --out data_manifests/demo.parquet
+	@if $(BIN)/deeplesion-lab --help | grep -q ' pipeline'; then \
+	  $(BIN)/deeplesion-lab pipeline --manifest data_manifests/demo.parquet --run $(RUN_DIR) --truth $(DEMO_DIR)/truth.parquet; \
+	fi
+	@echo "Opening JupyterLab on lab/ at http://127.0.0.1:$(LAB_PORT)/lab"
+	$(BIN)/jupyter lab --no-browser --ip=127.0.0.1 --port=$(LAB_PORT) --notebook-dir=lab \
+	  $$( [ "$$(id -u)" = 0 ] && echo --allow-root )
+
+test: $(STAMP) $(CHROMIUM_STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -m "not browser and not slow" -x -q
+
+browser: $(STAMP) $(CHROMIUM_STAMP)
+	$(BIN)/python -m pytest -m browser
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
+bench: $(STAMP)
+	$(BIN)/python bench/run_all.py
+
+clean:
+	rm -rf $(VENV) .cache .pytest_cache data/demo runs

@@ -1,0 +1,35 @@
+"""deeplesion-lab: mine, explore and correct DeepLesion-style lesion annotations.
+
+The core library (no Jupyter, Panel or browser imports). Main entry points:
+
+- :func:`read_dl_info`, :func:`build_manifest`, :func:`read_manifest`: the data layer;
+- :mod:`deeplesion_lab.images`: slices in HU, windowing, context, crops;
+- :mod:`deeplesion_lab.transforms`: dictionary-sample transforms for models.
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from .dl_info import DLInfo, DLInfoError, read_dl_info  # noqa: E402
+from .errors import LabError  # noqa: E402
+from .images import ImageError, apply_window, load_context, load_hu  # noqa: E402
+from .lesion_types import COARSE_TYPES, TYPE_COLORS  # noqa: E402
+from .manifest import build_manifest, read_manifest, write_manifest  # noqa: E402
+
+__all__ = [
+    "__version__",
+    "COARSE_TYPES",
+    "TYPE_COLORS",
+    "DLInfo",
+    "DLInfoError",
+    "ImageError",
+    "LabError",
+    "apply_window",
+    "build_manifest",
+    "load_context",
+    "load_hu",
+    "read_dl_info",
+    "read_manifest",
+    "write_manifest",
+]

@@ -1,0 +1,1 @@
+"""Subcommands of ``deeplesion-lab``; each module defines ``register(subparsers)``."""

@@ -1,0 +1,58 @@
+"""DeepLesion's coarse lesion types, their codes, names and display colours."""
+
+from __future__ import annotations
+
+#: Coarse lesion type codes as written in ``DL_info.csv`` (``Coarse_lesion_type``).
+#: ``-1`` marks training lesions whose type was not labelled in the official release.
+COARSE_TYPES: dict[int, str] = {
+    1: "bone",
+    2: "abdomen",
+    3: "mediastinum",
+    4: "liver",
+    5: "lung",
+    6: "kidney",
+    7: "soft tissue",
+    8: "pelvis",
+}
+UNLABELED = -1
+UNLABELED_NAME = "unlabeled"
+
+#: Code for every name (and the unlabeled marker).
+TYPE_CODES: dict[str, int] = {name: code for code, name in COARSE_TYPES.items()}
+TYPE_CODES[UNLABELED_NAME] = UNLABELED
+
+#: Colour-blind-friendly colours (Okabe-Ito plus two) for the 8 types; shared by all views.
+TYPE_COLORS: dict[str, str] = {
+    "bone": "#E69F00",
+    "abdomen": "#56B4E9",
+    "mediastinum": "#009E73",
+    "liver": "#D55E00",
+    "lung": "#0072B2",
+    "kidney": "#CC79A7",
+    "soft tissue": "#F0E442",
+    "pelvis": "#7F7F7F",
+    "unlabeled": "#BBBBBB",
+}
+
+#: Official split codes (``Train_Val_Test``).
+SPLITS: dict[int, str] = {1: "train", 2: "val", 3: "test"}
+SPLIT_CODES: dict[str, int] = {v: k for k, v in SPLITS.items()}
+
+
+def type_name(code: int) -> str:
+    """Return the name of a coarse type code (``-1`` gives ``"unlabeled"``).
+
+    Raises
+    ------
+    ValueError
+        If ``code`` is not a DeepLesion coarse type code.
+    """
+    if code == UNLABELED:
+        return UNLABELED_NAME
+    try:
+        return COARSE_TYPES[int(code)]
+    except KeyError:
+        raise ValueError(
+            f"unknown coarse lesion type code {code!r}; expected -1 or 1-8 "
+            f"({', '.join(f'{k} {v}' for k, v in COARSE_TYPES.items())})"
+        ) from None

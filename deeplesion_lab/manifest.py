@@ -1,0 +1,200 @@
+"""Manifests: one parquet table of lesions (typed fields, stable ids, image paths).
+
+A manifest is what every later step reads: embedding, mining, detection, the label store and
+the widgets. Its columns are documented in ``data_manifests/README.md`` and checked against
+``data_manifests/schema.json`` (also shipped inside the package).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .atomic import write_csv, write_parquet
+from .dl_info import DLInfo, read_dl_info
+from .errors import LabError
+from .images import key_slice_path
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "ManifestError",
+    "ManifestResult",
+    "build_manifest",
+    "write_manifest",
+    "read_manifest",
+    "load_schema",
+    "manifest_images_root",
+    "data_hash",
+]
+
+SCHEMA_VERSION = "1"
+_META_PREFIX = "deeplesion_lab."
+
+
+class ManifestError(LabError, ValueError):
+    """A manifest file is missing, unreadable or does not follow the schema."""
+
+
+@dataclass
+class ManifestResult:
+    """What :func:`write_manifest` wrote."""
+
+    lesions: pd.DataFrame
+    rejected: pd.DataFrame
+    manifest_path: Path
+    rejected_path: Path | None
+    info: DLInfo
+
+
+def load_schema() -> dict:
+    """The manifest schema (column name -> dtype, description)."""
+    text = resources.files("deeplesion_lab").joinpath("manifest_schema.json").read_text()
+    return json.loads(text)
+
+
+def default_images_root(csv_path: Path) -> Path | None:
+    """``Images_png`` beside the CSV, if it exists."""
+    cand = csv_path.parent / "Images_png"
+    return cand if cand.is_dir() else None
+
+
+def data_hash(lesions: pd.DataFrame) -> str:
+    """A short content hash of a lesion table (ids, boxes, types, splits), order-independent."""
+    cols = ["lesion_id", "bbox_x1", "bbox_y1", "bbox_x2", "bbox_y2", "coarse_type", "split"]
+    part = lesions[cols].sort_values("lesion_id")
+    h = hashlib.sha1(pd.util.hash_pandas_object(part, index=False).to_numpy().tobytes())
+    return h.hexdigest()[:12]
+
+
+def build_manifest(
+    source: str | Path,
+    images_root: str | Path | None = None,
+) -> tuple[pd.DataFrame, DLInfo]:
+    """Read a ``DL_info.csv`` and build the manifest table.
+
+    Parameters
+    ----------
+    source : str or pathlib.Path
+        The CSV.
+    images_root : str or pathlib.Path, optional
+        The ``Images_png`` folder; defaults to ``Images_png`` beside the CSV when present.
+        Without images the manifest still holds all metadata (``has_image`` is False).
+
+    Returns
+    -------
+    (pandas.DataFrame, DLInfo)
+        The manifest and the raw read result (with its rejected rows).
+    """
+    source = Path(source)
+    info = read_dl_info(source)
+    root = Path(images_root) if images_root is not None else default_images_root(source)
+    if root is not None and not root.is_dir():
+        raise ManifestError(f"{root}: images folder not found")
+    les = info.lesions.copy()
+    if root is not None:
+        root = root.resolve()
+        rel = [
+            str(key_slice_path(Path("."), f)) for f in les["file_name"].to_numpy()
+        ]
+        les["image_path"] = pd.array(rel, dtype="string")
+        les["has_image"] = np.array([(root / r).is_file() for r in rel], dtype=bool)
+    else:
+        les["image_path"] = pd.array(
+            [str(key_slice_path(Path("."), f)) for f in les["file_name"].to_numpy()],
+            dtype="string",
+        )
+        les["has_image"] = False
+    les.attrs["images_root"] = str(root) if root is not None else ""
+    les.attrs["source"] = str(source.resolve())
+    return les, info
+
+
+def write_manifest(
+    source: str | Path,
+    out: str | Path,
+    images_root: str | Path | None = None,
+) -> ManifestResult:
+    """Build a manifest from ``source`` and write it to ``out`` (parquet).
+
+    Rejected rows go to ``<out stem>.rejected.csv`` beside it (only when there are some; a stale
+    rejected file from an earlier run is removed so that it cannot be mistaken for this one's).
+    """
+    out = Path(out)
+    if out.suffix != ".parquet":
+        raise ManifestError(f"{out}: a manifest is written as .parquet")
+    les, info = build_manifest(source, images_root)
+    meta = {
+        f"{_META_PREFIX}schema_version": SCHEMA_VERSION,
+        f"{_META_PREFIX}images_root": les.attrs["images_root"],
+        f"{_META_PREFIX}source": les.attrs["source"],
+        f"{_META_PREFIX}data_hash": data_hash(les) if len(les) else "",
+        f"{_META_PREFIX}n_rejected_rows": str(info.n_rejected_rows),
+    }
+    rejected_path = out.with_name(out.name[: -len(".parquet")] + ".rejected.csv")
+    if len(info.rejected):
+        write_csv(info.rejected, rejected_path)
+    elif rejected_path.exists():
+        rejected_path.unlink()
+    write_parquet(les, out, meta)
+    return ManifestResult(
+        lesions=les,
+        rejected=info.rejected,
+        manifest_path=out,
+        rejected_path=rejected_path if len(info.rejected) else None,
+        info=info,
+    )
+
+
+def read_manifest(path: str | Path, images_root: str | Path | None = None) -> pd.DataFrame:
+    """Read a manifest; ``df.attrs`` carries ``images_root``, ``source`` and ``data_hash``.
+
+    Parameters
+    ----------
+    path : str or pathlib.Path
+        A manifest written by :func:`write_manifest`.
+    images_root : optional
+        Override the images folder recorded in the manifest (e.g. data moved to another disk).
+    """
+    import pyarrow.parquet as pq
+
+    path = Path(path)
+    if not path.is_file():
+        raise ManifestError(f"{path}: manifest not found")
+    try:
+        table = pq.read_table(path)
+    except Exception as exc:  # pyarrow raises several types for non-parquet input
+        raise ManifestError(f"{path}: not a readable parquet manifest ({exc})") from exc
+    meta = {
+        k.decode()[len(_META_PREFIX) :]: v.decode()
+        for k, v in (table.schema.metadata or {}).items()
+        if k.decode().startswith(_META_PREFIX)
+    }
+    if "schema_version" not in meta:
+        raise ManifestError(f"{path}: not a deeplesion-lab manifest (no schema version)")
+    df = table.to_pandas()
+    missing = [c for c in load_schema()["columns"] if c not in df.columns]
+    if missing:
+        raise ManifestError(f"{path}: manifest lacks column(s) {', '.join(missing)}")
+    df.attrs.update(meta)
+    if images_root is not None:
+        df.attrs["images_root"] = str(Path(images_root).resolve())
+    df.attrs["manifest_path"] = str(path.resolve())
+    return df
+
+
+def manifest_images_root(df: pd.DataFrame) -> Path:
+    """The images folder of a manifest, or a clear error if it has none."""
+    root = df.attrs.get("images_root", "")
+    if not root:
+        src = df.attrs.get("manifest_path", "the manifest")
+        raise ManifestError(
+            f"{src} has no images folder (built from a CSV without Images_png); "
+            "rebuild it with --images or pass images_root"
+        )
+    return Path(root)
