@@ -1,0 +1,171 @@
+"""A run directory: everything one pipeline run makes, in one folder.
+
+Layout (each step owns its files; all writes are atomic)::
+
+    RUN_DIR/
+      run.json               manifest path, truth path (optional), created, versions
+      embedder.pt            embedding network checkpoint; embedder.json its config record
+      embeddings.parquet     lesion_id + float32 columns e0..e{d-1}
+      pseudo_labels.parquet  lesion_id, cluster (int), label (taxonomy name), confidence (0-1)
+      umap.parquet           lesion_id, x, y
+      metrics.json           every evaluation's numbers, nested by step
+      labels.sqlite          the label store (corrections, history, snapshots)
+      detector/              detector checkpoints and predictions
+      graph/                 lesion graph, tracks, proposals
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .atomic import update_json, write_json, write_parquet
+from .errors import LabError
+
+__all__ = ["RunDir", "RunError", "versions"]
+
+
+class RunError(LabError, ValueError):
+    """A run directory is missing something a step needs."""
+
+
+def versions() -> dict[str, str]:
+    """Versions of Python and the main libraries, for config records."""
+    out = {"python": platform.python_version()}
+    for mod in ("deeplesion_lab", "numpy", "pandas", "torch", "torchvision", "sklearn"):
+        try:
+            out[mod] = __import__(mod).__version__
+        except Exception:  # noqa: BLE001 - optional modules
+            pass
+    return out
+
+
+class RunDir:
+    """Paths and small readers for a run directory.
+
+    Parameters
+    ----------
+    path : str or pathlib.Path
+        The folder (created by :meth:`init`).
+    """
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    # paths -----------------------------------------------------------------------------------
+    @property
+    def run_json(self) -> Path:
+        return self.path / "run.json"
+
+    @property
+    def embeddings(self) -> Path:
+        return self.path / "embeddings.parquet"
+
+    @property
+    def pseudo_labels(self) -> Path:
+        return self.path / "pseudo_labels.parquet"
+
+    @property
+    def umap(self) -> Path:
+        return self.path / "umap.parquet"
+
+    @property
+    def metrics(self) -> Path:
+        return self.path / "metrics.json"
+
+    @property
+    def label_db(self) -> Path:
+        return self.path / "labels.sqlite"
+
+    @property
+    def detector_dir(self) -> Path:
+        return self.path / "detector"
+
+    @property
+    def graph_dir(self) -> Path:
+        return self.path / "graph"
+
+    # run.json --------------------------------------------------------------------------------
+    def init(self, manifest: str | Path, truth: str | Path | None = None) -> RunDir:
+        """Create the folder and ``run.json`` (or check an existing one uses the same manifest)."""
+        manifest = Path(manifest).resolve()
+        if not manifest.is_file():
+            raise RunError(f"{manifest}: manifest not found")
+        self.path.mkdir(parents=True, exist_ok=True)
+        if self.run_json.exists():
+            info = self.info()
+            if Path(info["manifest"]) != manifest:
+                raise RunError(
+                    f"{self.run_json}: this run was made from {info['manifest']}, not {manifest}; "
+                    "use another --run folder"
+                )
+            if truth is not None:
+                update_json(self.run_json, {"truth": str(Path(truth).resolve())})
+            return self
+        write_json(
+            {
+                "manifest": str(manifest),
+                "truth": str(Path(truth).resolve()) if truth is not None else None,
+                "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                "versions": versions(),
+            },
+            self.run_json,
+        )
+        return self
+
+    def info(self) -> dict:
+        """The contents of ``run.json``."""
+        if not self.run_json.is_file():
+            raise RunError(
+                f"{self.path} is not a run directory (no run.json); start one with "
+                "`deeplesion-lab embed MANIFEST --run DIR`"
+            )
+        return json.loads(self.run_json.read_text())
+
+    def manifest_path(self) -> Path:
+        return Path(self.info()["manifest"])
+
+    def truth_path(self) -> Path | None:
+        t = self.info().get("truth")
+        return Path(t) if t else None
+
+    def load_manifest(self) -> pd.DataFrame:
+        """The run's manifest (see :func:`deeplesion_lab.manifest.read_manifest`)."""
+        from .manifest import read_manifest
+
+        return read_manifest(self.manifest_path())
+
+    # embeddings ------------------------------------------------------------------------------
+    def save_embeddings(self, lesion_ids, vectors: np.ndarray, metadata: dict | None = None) -> Path:
+        """Write ``embeddings.parquet``: ``lesion_id`` + ``e0..e{d-1}`` (float32)."""
+        vectors = np.asarray(vectors, dtype=np.float32)
+        df = pd.DataFrame(vectors, columns=[f"e{i}" for i in range(vectors.shape[1])])
+        df.insert(0, "lesion_id", pd.array(list(lesion_ids), dtype="string"))
+        return write_parquet(df, self.embeddings, metadata)
+
+    def load_embeddings(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(lesion_ids, vectors)`` from ``embeddings.parquet``."""
+        if not self.embeddings.is_file():
+            raise RunError(
+                f"{self.embeddings} not found; run `deeplesion-lab embed MANIFEST --run {self.path}`"
+            )
+        df = pd.read_parquet(self.embeddings)
+        cols = [c for c in df.columns if c != "lesion_id"]
+        return df["lesion_id"].to_numpy(dtype=object), df[cols].to_numpy(dtype=np.float32)
+
+    def load_pseudo_labels(self) -> pd.DataFrame:
+        """``pseudo_labels.parquet`` (lesion_id, cluster, label, confidence)."""
+        if not self.pseudo_labels.is_file():
+            raise RunError(
+                f"{self.pseudo_labels} not found; run `deeplesion-lab mine --run {self.path}`"
+            )
+        return pd.read_parquet(self.pseudo_labels)
+
+    def update_metrics(self, updates: dict) -> dict:
+        """Deep-merge ``updates`` into ``metrics.json``."""
+        return update_json(self.metrics, updates)
