@@ -3,6 +3,10 @@
 A module there defines ``register(subparsers)``, which adds its parser and sets ``func`` (a
 callable taking the parsed arguments and returning an exit code). Modules are found
 automatically, so adding a command touches no shared file.
+
+Other installed packages add commands through the entry-point group ``deeplesion_lab.commands``
+(each entry point names a ``register`` function); that is how the dashboard's ``serve`` command,
+which lives in the ``widgets`` layer, joins the CLI without the core importing it.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import importlib
 import pkgutil
 import sys
 from collections.abc import Sequence
+from importlib.metadata import entry_points
 
 from . import __version__, commands
 from .errors import LabError
@@ -33,6 +38,15 @@ def build_parser() -> argparse.ArgumentParser:
             continue
         module = importlib.import_module(f"{commands.__name__}.{info.name}")
         module.register(sub)
+    for ep in sorted(entry_points(group="deeplesion_lab.commands"), key=lambda e: e.name):
+        if ep.name in sub.choices:
+            continue
+        try:
+            register = ep.load()
+        except ImportError as exc:  # an optional layer that is not installed
+            sub.add_parser(ep.name, help=f"(unavailable: {exc})")
+            continue
+        register(sub)
     return parser
 
 

@@ -1,0 +1,187 @@
+"""A static, offline HTML report of a run: metrics tables and figures in one file.
+
+Figures are rendered with matplotlib and embedded as base64 PNG, so the report opens from disk on
+a network with no internet (no CDN, no external file). All text is HTML-escaped.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from .atomic import atomic_path
+from .lesion_types import TYPE_COLORS
+from .run import RunDir
+
+__all__ = ["flatten_metrics", "write_report", "FP_RATES"]
+
+FP_RATES = ("0.5", "1", "2", "4", "8", "16")
+
+
+def flatten_metrics(metrics: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}`` (lists and scalars are leaves)."""
+    out: dict[str, Any] = {}
+    for k, v in metrics.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flatten_metrics(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def _png(fig) -> str:
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.3f}" if abs(v) < 1000 else f"{v:,.0f}"
+    return html.escape(json.dumps(v) if isinstance(v, list | dict) else str(v))
+
+
+def _table(rows: list[tuple[str, Any]]) -> str:
+    body = "".join(f"<tr><td>{html.escape(k)}</td><td>{_fmt(v)}</td></tr>" for k, v in rows)
+    return f"<table><tr><th>metric</th><th>value</th></tr>{body}</table>"
+
+
+def _map_figure(run: RunDir) -> str | None:
+    if not (run.umap.is_file() and run.pseudo_labels.is_file()):
+        return None
+    import matplotlib.pyplot as plt
+
+    um = pd.read_parquet(run.umap)
+    pl = pd.read_parquet(run.pseudo_labels)
+    df = um.merge(pl, on="lesion_id", how="left")
+    df["label"] = df["label"].fillna("unlabeled").astype(str)
+    fig, ax = plt.subplots(figsize=(6.5, 5.5))
+    for name, g in df.groupby("label"):
+        ax.scatter(g["x"], g["y"], s=8, alpha=0.8, label=f"{name} ({len(g)})",
+                   color=TYPE_COLORS.get(name, "#444444"), linewidths=0)
+    ax.set_title("Lesion embedding map (UMAP), coloured by pseudo-label")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.legend(fontsize=7, markerscale=2, loc="best", frameon=False)
+    return _png(fig)
+
+
+def _froc_figure(detection: dict[str, Any], title: str) -> str | None:
+    curves = {
+        name: d["sensitivity"]
+        for name, d in detection.items()
+        if isinstance(d, dict) and isinstance(d.get("sensitivity"), dict)
+    }
+    if not curves:
+        return None
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    xs = [float(f) for f in FP_RATES]
+    for name, sens in curves.items():
+        ys = [sens.get(f, np.nan) for f in FP_RATES]
+        ax.plot(xs, ys, marker="o", label=name)
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(xs, [f for f in FP_RATES])
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("false positives per image")
+    ax.set_ylabel("sensitivity (IoU >= 0.5)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _png(fig)
+
+
+def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
+    """Write ``RUN_DIR/report.html`` (or ``out``) from the run's metrics and outputs."""
+    run = RunDir(run_dir)
+    metrics = json.loads(run.metrics.read_text()) if run.metrics.is_file() else {}
+    out = Path(out) if out is not None else run.path / "report.html"
+    parts: list[str] = []
+
+    def section(title: str, content: str) -> None:
+        parts.append(f"<section><h2>{html.escape(title)}</h2>{content}</section>")
+
+    info = run.info() if run.run_json.is_file() else {}
+    head = [("run", str(run.path)), ("manifest", info.get("manifest", "")),
+            ("created", info.get("created", ""))]
+    section("Run", _table(head))
+
+    fig = _map_figure(run)
+    mining = flatten_metrics(metrics.get("mining", {}))
+    content = _table(sorted(mining.items())) if mining else "<p>No mining metrics yet.</p>"
+    if fig:
+        content = f'<img alt="embedding map" src="{fig}">' + content
+    section("Pseudo-labels: embedding map and clustering quality", content)
+
+    for key, title in [
+        ("retrieval", "Similar-lesion retrieval"),
+        ("classification", "Classification from embeddings vs baselines (paper protocol)"),
+    ]:
+        if key in metrics:
+            section(title, _table(sorted(flatten_metrics(metrics[key]).items())))
+
+    det = metrics.get("detection", {})
+    if det:
+        fig = _froc_figure(det, "FROC on the key slices (DeepLesion protocol)")
+        rows = []
+        for name, d in det.items():
+            if isinstance(d, dict) and "sensitivity" in d:
+                for f in FP_RATES:
+                    rows.append((f"{name} sensitivity @ {f} FP/image", d["sensitivity"].get(f)))
+                rows.append((f"{name} mean sensitivity 0.5-4",
+                             d.get("mean_sensitivity_0_5_to_4")))
+        section("Detection", (f'<img alt="FROC" src="{fig}">' if fig else "") + _table(rows))
+    ft = metrics.get("finetune", {})
+    if ft.get("before") and ft.get("after"):
+        fig = _froc_figure({"before fine-tuning": ft["before"], "after fine-tuning": ft["after"]},
+                           "Fine-tuning on corrected labels: before / after")
+        rest = {k: v for k, v in ft.items() if k not in ("before", "after")}
+        rows = sorted(flatten_metrics({"before": ft["before"], "after": ft["after"]}).items())
+        section(
+            "Fine-tuning from corrected labels",
+            (f'<img alt="FROC before/after" src="{fig}">' if fig else "")
+            + _table(rows + sorted(flatten_metrics(rest).items())),
+        )
+    for key, title in [("matching", "Lesion graph: intra-patient matching"),
+                       ("missing_annotations", "Mining unannotated lesions")]:
+        if key in metrics:
+            section(title, _table(sorted(flatten_metrics(metrics[key]).items())))
+    shown = {"mining", "retrieval", "classification", "detection", "finetune", "matching",
+             "missing_annotations"}
+    other = {k: v for k, v in metrics.items() if k not in shown}
+    if other:
+        section("Other metrics", _table(sorted(flatten_metrics(other).items())))
+
+    doc = f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8">
+<title>deeplesion-lab report: {html.escape(run.path.name)}</title>
+<style>
+body {{ font-family: system-ui, sans-serif; margin: 2rem auto; max-width: 60rem; color: #222; }}
+h1 {{ font-size: 1.5rem; }} h2 {{ font-size: 1.15rem; border-bottom: 1px solid #ddd; }}
+table {{ border-collapse: collapse; margin: .5rem 0 1rem; font-size: .9rem; }}
+td, th {{ border: 1px solid #ddd; padding: .2rem .6rem; text-align: left; }}
+th {{ background: #f4f4f4; }} img {{ max-width: 100%; display: block; margin: .5rem 0; }}
+footer {{ color: #777; font-size: .8rem; margin-top: 2rem; }}
+</style></head><body>
+<h1>deeplesion-lab run report</h1>
+{''.join(parts)}
+<footer>Written {html.escape(time.strftime('%Y-%m-%d %H:%M'))} by deeplesion-lab. Self-contained:
+no external resources. DeepLesion data: NIH Clinical Center.</footer>
+</body></html>
+"""
+    with atomic_path(out) as tmp:
+        tmp.write_text(doc)
+    return out
