@@ -4,7 +4,8 @@ The core library (no Jupyter, Panel or browser imports). Main entry points:
 
 - :func:`read_dl_info`, :func:`build_manifest`, :func:`read_manifest`: the data layer;
 - :mod:`deeplesion_lab.images`: slices in HU, windowing, context, crops;
-- :mod:`deeplesion_lab.transforms`: dictionary-sample transforms for models.
+- :mod:`deeplesion_lab.transforms`: dictionary-sample transforms for models;
+- :class:`LabelStore`: durable corrections with history, undo and snapshots.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ __version__ = "0.1.0"
 from .dl_info import DLInfo, DLInfoError, read_dl_info  # noqa: E402
 from .errors import LabError  # noqa: E402
 from .images import ImageError, apply_window, load_context, load_hu  # noqa: E402
+from .labels import LabelStore  # noqa: E402
 from .lesion_types import COARSE_TYPES, TYPE_COLORS  # noqa: E402
 from .manifest import build_manifest, read_manifest, write_manifest  # noqa: E402
 
@@ -25,6 +27,7 @@ __all__ = [
     "DLInfoError",
     "ImageError",
     "LabError",
+    "LabelStore",
     "apply_window",
     "build_manifest",
     "load_context",
