@@ -18,7 +18,6 @@ import numpy as np
 import pandas as pd
 
 from deeplesion_lab import apply_window, load_hu, read_dl_info
-from deeplesion_lab.images import key_slice_path
 from deeplesion_lab.manifest import write_manifest
 
 HERE = Path(__file__).resolve().parent
