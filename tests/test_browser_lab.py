@@ -1,0 +1,219 @@
+"""LesionLab in a real browser: JupyterLab on loopback, Playwright driving Debian's chromium.
+
+A temporary root holds a notebook that shows ``LesionLab`` on a tiny run (see
+``tests/widgets_fixtures.py``). The tests run its cells, check that the slice canvas and the map
+render, click a map point and see the viewer switch to that lesion, box-select points and
+relabel them from the correction panel, then read the label store from this process to see the
+change. A screenshot goes to ``test-artifacts/lesion_lab.png``.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+from widgets_fixtures import (
+    CHROMIUM,
+    CHROMIUM_ARGS,
+    jupyterlab,
+    make_tiny_run,
+    notebook,
+    open_notebook,
+)
+
+pytestmark = pytest.mark.browser
+
+REPO = Path(__file__).resolve().parents[1]
+ARTIFACTS = REPO / "test-artifacts"
+USER = "browser-tester"
+SIZE = 440  # map and viewer side in CSS px (the notebook below asks for it)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"{CHROMIUM} not installed (apt-get install chromium)")
+    return make_tiny_run(tmp_path_factory.mktemp("browser_run"), source="auto")
+
+
+@pytest.fixture(scope="module")
+def server(tiny, tmp_path_factory):
+    import json
+
+    root = tmp_path_factory.mktemp("lab_root")
+    src = (
+        "from widgets import LesionLab\n"
+        f"lab = LesionLab(r'{tiny.run_dir}', user={USER!r}, size={SIZE})\n"
+        "lab"
+    )
+    # a second view of the same map model, drawn without WebGL (the 2-D canvas fallback)
+    src2 = (
+        "from widgets import EmbeddingMap\n"
+        "EmbeddingMap(lab.model.map, renderer='canvas2d', canvas_size=260, title='2-D canvas view')"
+    )
+    (root / "lab.ipynb").write_text(json.dumps(notebook(src, src2)))
+    with jupyterlab(root) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def page(server):
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        pg = browser.new_page(viewport={"width": 1360, "height": 1640})
+        errors: list[str] = []
+        pg.on("pageerror", lambda e: errors.append(str(e)))
+        try:
+            open_notebook(pg, server, "lab.ipynb", wait_for=".dlv canvas")
+            pg.wait_for_selector(".dlm canvas", timeout=60_000)
+            pg.wait_for_function(
+                "() => { const v = document.querySelector('.dlv'); return v && "
+                "v.parentElement.dataset.imageSlice !== undefined && "
+                "Number(v.parentElement.dataset.renders) > 0 }",
+                timeout=60_000,
+            )
+        except Exception as exc:
+            ARTIFACTS.mkdir(exist_ok=True)
+            pg.screenshot(path=str(ARTIFACTS / "lesion_lab_failed.png"), full_page=True)
+            raise AssertionError(f"LesionLab did not render ({exc}); page errors {errors}") from None
+        pg.page_errors = errors
+        yield pg
+        ARTIFACTS.mkdir(exist_ok=True)
+        pg.screenshot(path=str(ARTIFACTS / "lesion_lab.png"), full_page=True)
+        browser.close()
+
+
+def _content_pixels(png: bytes, background=(0, 0, 0), tol: int = 24) -> float:
+    """Fraction of pixels that differ from ``background`` by more than ``tol``."""
+    from PIL import Image
+
+    a = np.asarray(Image.open(io.BytesIO(png)).convert("RGB")).astype(int)
+    return float((np.abs(a - np.array(background)).max(axis=2) > tol).mean())
+
+
+def _map_points(tiny):
+    """Screen position (CSS px, relative to the stage) of every map point, as the front end
+    places them at zoom 1."""
+    from widgets.data import LabData
+
+    data = LabData.from_run(tiny.run_dir)
+    xy = data.point_xy().astype(np.float64)
+    lo, hi = xy.min(0), xy.max(0)
+    pad = (hi - lo) * 0.04
+    lo, hi = lo - pad, hi + pad
+    s = min(SIZE / (hi[0] - lo[0]), SIZE / (hi[1] - lo[1]))
+    c = (lo + hi) / 2
+    sx = SIZE / 2 + (xy[:, 0] - c[0]) * s
+    sy = SIZE / 2 - (xy[:, 1] - c[1]) * s
+    ids = [str(x) for x in data.lesion_ids[data.point_rows]]
+    return ids, np.stack([sx, sy], 1)
+
+
+def test_slice_and_map_render(page):
+    viewer = page.locator(".dlv-stage canvas").first
+    assert _content_pixels(viewer.screenshot()) > 0.2, "the slice canvas is (nearly) blank"
+    stage = page.locator(".dlm-stage").first
+    assert _content_pixels(stage.screenshot(), background=(15, 16, 19)) > 0.002, "map is blank"
+    renderer = page.locator(".dlm").first.evaluate("e => e.parentElement.dataset.renderer")
+    assert renderer in ("webgl", "canvas2d")
+    page.wait_for_selector(".dlm >> nth=1", timeout=60_000)
+    second = page.locator(".dlm").nth(1)
+    assert second.evaluate("e => e.parentElement.dataset.renderer") == "canvas2d"
+    second.evaluate("e => e.scrollIntoView()")
+    shot = second.locator(".dlm-stage").screenshot()
+    assert _content_pixels(shot, background=(15, 16, 19)) > 0.002, "the 2-D canvas map is blank"
+    assert not page.page_errors, page.page_errors
+
+
+def test_wheel_scrolls_the_series(page):
+    el = page.locator(".dlv").first.locator("xpath=..")
+    before = int(el.get_attribute("data-image-slice"))
+    n_slices = page.locator(".dlv-slider input").first.evaluate("e => Number(e.max) + 1")
+    assert n_slices > 1
+    stage = page.locator(".dlv-stage").first
+    stage.hover()
+    direction = -1 if before > 0 and page.locator(".dlv-slider input").first.evaluate(
+        "e => Number(e.value) === Number(e.max)") else 1  # fmt: skip
+    page.mouse.wheel(0, 120 * direction)
+    page.wait_for_function(
+        "([b]) => Number(document.querySelector('.dlv').parentElement.dataset.imageSlice) !== b",
+        arg=[before], timeout=10_000,
+    )
+    after = int(el.get_attribute("data-image-slice"))
+    assert after != before
+    # the round trip (request -> new slice on screen) was measured by the front end
+    page.wait_for_function(
+        "() => document.querySelector('.dlv').parentElement.dataset.lastLatencyMs !== undefined",
+        timeout=5_000,
+    )
+    assert float(el.get_attribute("data-last-latency-ms")) > 0
+    stage.focus()
+    page.keyboard.press("k")  # back to the key slice
+    page.wait_for_function(
+        "([b]) => Number(document.querySelector('.dlv').parentElement.dataset.imageSlice) === b",
+        arg=[before], timeout=10_000,
+    )
+
+
+def test_click_point_shows_lesion(page, tiny):
+    ids, pts = _map_points(tiny)
+    title = page.locator(".dlv-title").first
+    before = title.inner_text()
+    # a point far (> 12 px) from all others, whose lesion is not the one shown
+    d = np.linalg.norm(pts[:, None] - pts[None], axis=2) + np.eye(len(pts)) * 1e9
+    cands = [i for i in np.argsort(-d.min(1)) if ids[i] not in before]
+    i = int(cands[0])
+    assert d[i].min() > 12
+    box = page.locator(".dlm-stage").first.bounding_box()
+    page.mouse.click(box["x"] + pts[i, 0], box["y"] + pts[i, 1])
+    page.wait_for_function(
+        "id => document.querySelector('.dlv-title').textContent.includes(id)", arg=ids[i],
+        timeout=15_000,
+    )
+    assert ids[i] in title.inner_text()
+
+
+def test_box_select_and_relabel_reaches_store(page, tiny):
+    from deeplesion_lab.labels import LabelStore
+
+    ids, pts = _map_points(tiny)
+    # a box around the lower-left quarter of the points
+    x0, y0 = np.percentile(pts[:, 0], 2) - 4, np.percentile(pts[:, 1], 50)
+    x1, y1 = np.percentile(pts[:, 0], 50), np.percentile(pts[:, 1], 98) + 4
+    inside = [ids[k] for k in range(len(ids))
+              if x0 <= pts[k, 0] <= x1 and y0 <= pts[k, 1] <= y1]  # fmt: skip
+    assert len(inside) >= 2
+    page.locator(".dlm button", has_text="Box").first.click()
+    box = page.locator(".dlm-stage").first.bounding_box()
+    page.mouse.move(box["x"] + x0, box["y"] + y0)
+    page.mouse.down()
+    for f in np.linspace(0.2, 1.0, 6):
+        page.mouse.move(box["x"] + x0 + (x1 - x0) * f, box["y"] + y0 + (y1 - y0) * f)
+    page.mouse.up()
+    page.wait_for_function(
+        f"() => document.querySelector('.dlc b') && "
+        f"document.querySelector('.dlc b').textContent === '{len(inside)}'",
+        timeout=15_000,
+    )
+    target = "kidney"
+    page.locator(".dlc select").first.select_option(target)
+    page.locator(".dlc button", has_text="Relabel selection").first.click()
+    page.wait_for_function(
+        "() => (document.querySelector('.dlc-status') || {}).textContent?.startsWith('relabelled')",
+        timeout=15_000,
+    )
+    store = LabelStore.open(Path(tiny.run_dir) / "labels.sqlite")
+    cur = store.current_labels().set_index("lesion_id")["label"]
+    assert all(cur[i] == target for i in inside)
+    hist = store.history(user=USER)
+    assert len(hist) >= 1
+    # the map recoloured: the legend counts the new label
+    page.wait_for_function(
+        "n => [...document.querySelectorAll('.dlm-chip')].some(c => c.textContent.startsWith('kidney') "
+        "&& Number(c.textContent.split(' ').pop().replace(/,/g, '')) >= n)",
+        arg=len(inside), timeout=10_000,
+    )

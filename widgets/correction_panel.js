@@ -1,0 +1,258 @@
+// deeplesion-lab correction panel: relabel, clusters, merge, split, classes, undo/redo,
+// "suggest next" and history. Self-contained anywidget ESM (no imports, no CDN).
+// All text from the store (class names, comments, users) is set with textContent: never HTML.
+//
+// Model protocol (also usable as Panel AnyWidgetComponent parameters):
+//   user                 text
+//   classes              [{name, color, n}]
+//   selection_count      int;  selection_labels {label: n}
+//   clusters             [{cluster, label, n}]
+//   history              [{event, time, user, tool, op, n, comment, detail, undone}]
+//   poll_seconds         how often to ask for other annotators' changes (0: never)
+//   suggestions          [{lesion_id, label, score, reason, point}]
+//   request              {op, ..., nonce}  written here: relabel | relabel_cluster | merge |
+//                        split | add_class | undo | redo | suggest | select_cluster | show |
+//                        clear_selection | refresh | mark (not a lesion / unsure) | poll
+//   status               {nonce, ok, message}  the answer to the last request
+
+const STYLE = `
+.dlc{font:12px/1.4 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;color:#e8eaed;
+  background:#17191d;border:1px solid #2c2f36;border-radius:8px;padding:8px 10px;display:flex;
+  flex-direction:column;gap:8px;box-sizing:border-box;min-width:300px}
+.dlc *{box-sizing:border-box}
+.dlc-head{display:flex;align-items:baseline;gap:8px}
+.dlc-title{font-weight:600;font-size:13px}
+.dlc-user{color:#9aa0a6;margin-left:auto}
+.dlc-tabs{display:flex;gap:2px;border-bottom:1px solid #2c2f36}
+.dlc-tab{background:none;border:none;color:#9aa0a6;padding:4px 10px;cursor:pointer;font:inherit;
+  border-bottom:2px solid transparent}
+.dlc-tab.on{color:#e8eaed;border-bottom-color:#4aa3ff}
+.dlc-page{display:none;flex-direction:column;gap:8px}
+.dlc-page.on{display:flex}
+.dlc-row{display:flex;align-items:center;gap:6px;flex-wrap:wrap}
+.dlc-sel{background:#1f2329;border:1px solid #2c2f36;border-radius:6px;padding:6px 8px}
+.dlc-sel b{font-size:14px}
+.dlc-chips{display:flex;flex-wrap:wrap;gap:4px 8px;margin-top:3px;color:#c9ccd1}
+.dlc-dot{width:9px;height:9px;border-radius:50%;display:inline-block;margin-right:4px}
+.dlc button{background:#23262c;color:#e8eaed;border:1px solid #3a3e46;border-radius:4px;
+  padding:3px 9px;font:inherit;cursor:pointer}
+.dlc button:hover{border-color:#5b616b}
+.dlc button.primary{background:#1f5fa8;border-color:#2f7fd8}
+.dlc button.primary:hover{background:#2569b8}
+.dlc select,.dlc input[type=text]{background:#23262c;color:#e8eaed;border:1px solid #3a3e46;
+  border-radius:4px;padding:2px 5px;font:inherit;max-width:190px}
+.dlc input[type=color]{width:28px;height:22px;padding:0;border:1px solid #3a3e46;background:none}
+.dlc-k{color:#9aa0a6}
+.dlc-status{min-height:18px;color:#9aa0a6}
+.dlc-status.ok{color:#7bd88f}.dlc-status.err{color:#ff7b7b}
+.dlc-list{max-height:230px;overflow:auto;border:1px solid #2c2f36;border-radius:6px}
+.dlc-item{display:grid;grid-template-columns:auto 1fr auto;gap:2px 8px;padding:4px 8px;
+  border-bottom:1px solid #23262c;cursor:pointer;align-items:center}
+.dlc-item:hover{background:#1f2329}
+.dlc-item .id{font-family:ui-monospace,Menlo,monospace;font-size:11px;color:#c9ccd1;overflow:hidden;text-overflow:ellipsis;white-space:nowrap}
+.dlc-item .why{grid-column:2/4;color:#9aa0a6;font-size:11px}
+.dlc-item .sc{font-variant-numeric:tabular-nums;color:#f5c542}
+.dlc-h{padding:4px 8px;border-bottom:1px solid #23262c}
+.dlc-h .meta{color:#9aa0a6;font-size:11px}
+.dlc-h.undone{opacity:.55}
+.dlc-sec{font-weight:600;color:#c9ccd1;margin-top:2px}
+`;
+
+function h(tag, attrs = {}, ...kids) {
+  const e = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs)) {
+    if (k === "class") e.className = v;
+    else if (k === "text") e.textContent = v;
+    else if (k.startsWith("on")) e.addEventListener(k.slice(2), v);
+    else e.setAttribute(k, v);
+  }
+  for (const k of kids) if (k != null) e.append(k);
+  return e;
+}
+
+function render({ model, el }) {
+  const root = h("div", { class: "dlc" });
+  root.append(h("style", { text: STYLE }));
+  const userEl = h("span", { class: "dlc-user" });
+  root.append(h("div", { class: "dlc-head" }, h("span", { class: "dlc-title", text: "Corrections" }), userEl));
+
+  const tabs = h("div", { class: "dlc-tabs" });
+  const pages = {};
+  const tabBtns = {};
+  for (const [k, label] of [["correct", "Correct"], ["suggest", "Suggest next"], ["history", "History"]]) {
+    const b = h("button", { class: "dlc-tab", text: label });
+    b.addEventListener("click", () => show(k));
+    tabBtns[k] = b; tabs.append(b);
+    pages[k] = h("div", { class: "dlc-page" });
+  }
+  root.append(tabs, ...Object.values(pages));
+  const status = h("div", { class: "dlc-status" });
+  root.append(status);
+  el.append(root);
+
+  let nonce = 0;
+  function send(op, args = {}) {
+    nonce += 1;
+    if (op !== "poll") { status.className = "dlc-status"; status.textContent = "…"; }
+    model.set("request", { op, ...args, nonce: Date.now() * 1000 + nonce });
+    model.save_changes();
+  }
+  // other annotators' changes: ask Python to check the store's version now and then
+  const pollMs = Number(model.get("poll_seconds") || 0) * 1000;
+  const poller = pollMs > 0 ? setInterval(() => { if (document.visibilityState !== "hidden") send("poll"); }, pollMs) : 0;
+  function show(k) {
+    for (const [name, p] of Object.entries(pages)) p.classList.toggle("on", name === k);
+    for (const [name, b] of Object.entries(tabBtns)) b.classList.toggle("on", name === k);
+    if (k === "suggest" && !(model.get("suggestions") || []).length) send("suggest");
+  }
+
+  // ---- correct page --------------------------------------------------------------------------
+  const selBox = h("div", { class: "dlc-sel" });
+  const labelSel = h("select", { title: "class" });
+  const relabelBtn = h("button", { class: "primary", text: "Relabel selection" });
+  const clearBtn = h("button", { text: "Clear" });
+  const notLesionBtn = h("button", { text: "Not a lesion", title: "mark the selection as not a lesion" });
+  const unsureBtn = h("button", { text: "Unsure", title: "mark the selection as unsure" });
+  notLesionBtn.addEventListener("click", () => send("mark", { label: "not a lesion", comment: comment.value || null }));
+  unsureBtn.addEventListener("click", () => send("mark", { label: "unsure", comment: comment.value || null }));
+  const comment = h("input", { type: "text", placeholder: "comment (optional)" });
+  relabelBtn.addEventListener("click", () => send("relabel", { label: labelSel.value, comment: comment.value || null }));
+  clearBtn.addEventListener("click", () => send("clear_selection"));
+
+  const splitName = h("input", { type: "text", placeholder: "new class name" });
+  const splitColor = h("input", { type: "color", value: "#17becf" });
+  const splitBtn = h("button", { text: "Split off" , title: "move the selection into a new class" });
+  splitBtn.addEventListener("click", () => send("split", { label: splitName.value, color: splitColor.value, comment: comment.value || null }));
+
+  const clusterSel = h("select", { title: "cluster" });
+  const clusterLabel = h("select", { title: "class" });
+  const relClBtn = h("button", { text: "Relabel cluster" });
+  const selClBtn = h("button", { text: "Select" , title: "select this cluster on the map" });
+  relClBtn.addEventListener("click", () => send("relabel_cluster", { cluster: Number(clusterSel.value), label: clusterLabel.value }));
+  selClBtn.addEventListener("click", () => send("select_cluster", { cluster: Number(clusterSel.value) }));
+  const mergeA = h("select"), mergeB = h("select");
+  const mergeBtn = h("button", { text: "Merge" });
+  mergeBtn.addEventListener("click", () => send("merge", { source: Number(mergeA.value), target: Number(mergeB.value) }));
+
+  const newName = h("input", { type: "text", placeholder: "class name" });
+  const newColor = h("input", { type: "color", value: "#e377c2" });
+  const addBtn = h("button", { text: "Add class" });
+  addBtn.addEventListener("click", () => send("add_class", { name: newName.value, color: newColor.value }));
+
+  const undoBtn = h("button", { text: "↶ Undo", title: "undo my last change" });
+  const redoBtn = h("button", { text: "↷ Redo", title: "redo my last undone change" });
+  undoBtn.addEventListener("click", () => send("undo"));
+  redoBtn.addEventListener("click", () => send("redo"));
+
+  pages.correct.append(
+    selBox,
+    h("div", { class: "dlc-row" }, labelSel, relabelBtn, clearBtn),
+    h("div", { class: "dlc-row" }, comment, notLesionBtn, unsureBtn),
+    h("div", { class: "dlc-row" }, h("span", { class: "dlc-k", text: "split selection as" }), splitName, splitColor, splitBtn),
+    h("div", { class: "dlc-sec", text: "Clusters" }),
+    h("div", { class: "dlc-row" }, clusterSel, h("span", { class: "dlc-k", text: "→" }), clusterLabel, relClBtn, selClBtn),
+    h("div", { class: "dlc-row" }, h("span", { class: "dlc-k", text: "merge" }), mergeA, h("span", { class: "dlc-k", text: "into" }), mergeB, mergeBtn),
+    h("div", { class: "dlc-sec", text: "Classes" }),
+    h("div", { class: "dlc-row" }, newName, newColor, addBtn),
+    h("div", { class: "dlc-row" }, undoBtn, redoBtn),
+  );
+
+  // ---- suggest page --------------------------------------------------------------------------
+  const sugList = h("div", { class: "dlc-list" });
+  const sugBtn = h("button", { text: "Refresh" });
+  sugBtn.addEventListener("click", () => send("suggest"));
+  pages.suggest.append(
+    h("div", { class: "dlc-row" }, h("span", { class: "dlc-k", text: "Most likely mislabeled first (far from cluster centre, neighbours disagree, low confidence). Click to inspect." }), sugBtn),
+    sugList,
+  );
+
+  // ---- history page --------------------------------------------------------------------------
+  const histList = h("div", { class: "dlc-list" });
+  const histBtn = h("button", { text: "Refresh" });
+  histBtn.addEventListener("click", () => send("refresh"));
+  pages.history.append(h("div", { class: "dlc-row" }, h("span", { class: "dlc-k", text: "Newest first." }), histBtn), histList);
+
+  // ---- sync ----------------------------------------------------------------------------------
+  const colorOf = () => Object.fromEntries((model.get("classes") || []).map((c) => [c.name, c.color]));
+  function dot(color) { return h("span", { class: "dlc-dot", style: `background:${color || "#bbb"}` }); }
+
+  function syncSelection() {
+    const n = model.get("selection_count") || 0;
+    const labs = model.get("selection_labels") || {};
+    const col = colorOf();
+    const chips = h("div", { class: "dlc-chips" });
+    for (const [k, v] of Object.entries(labs).sort((a, b) => b[1] - a[1])) chips.append(h("span", {}, dot(col[k]), `${k} ${v}`));
+    selBox.replaceChildren(
+      h("div", {}, h("b", { text: n.toLocaleString() }), n === 1 ? " lesion selected" : " lesions selected"),
+      n ? chips : h("div", { class: "dlc-k", text: "Lasso or box-select points on the map." }),
+    );
+    for (const b of [relabelBtn, splitBtn, clearBtn, notLesionBtn, unsureBtn]) b.disabled = !n;
+  }
+  function fillClasses(sel) {
+    const keep = sel.value;
+    sel.replaceChildren();
+    for (const c of model.get("classes") || []) {
+      if (c.name === "unlabeled") continue;
+      sel.append(h("option", { value: c.name, text: `${c.name}${c.n != null ? ` (${c.n})` : ""}` }));
+    }
+    if ([...sel.options].some((o) => o.value === keep)) sel.value = keep;
+  }
+  function syncClasses() { fillClasses(labelSel); fillClasses(clusterLabel); syncSelection(); }
+  function syncClusters() {
+    for (const s of [clusterSel, mergeA, mergeB]) {
+      const keep = s.value;
+      s.replaceChildren();
+      for (const c of model.get("clusters") || []) s.append(h("option", { value: String(c.cluster), text: `#${c.cluster} ${c.label} (${c.n})` }));
+      if ([...s.options].some((o) => o.value === keep)) s.value = keep;
+    }
+    if (mergeB.options.length > 1 && mergeA.value === mergeB.value) mergeB.selectedIndex = 1;
+  }
+  function syncSuggestions() {
+    const col = colorOf();
+    sugList.replaceChildren();
+    const items = model.get("suggestions") || [];
+    if (!items.length) sugList.append(h("div", { class: "dlc-h dlc-k", text: "No suggestions yet." }));
+    items.forEach((s, i) => {
+      const row = h("div", { class: "dlc-item", title: "show this lesion" },
+        h("span", {}, dot(col[s.label]), s.label),
+        h("span", { class: "id", text: s.lesion_id }),
+        h("span", { class: "sc", text: Number(s.score).toFixed(2) }),
+        h("span", { class: "why", text: s.reason || "" }));
+      row.dataset.index = String(i);
+      row.addEventListener("click", () => send("show", { lesion_id: s.lesion_id }));
+      sugList.append(row);
+    });
+  }
+  function syncHistory() {
+    histList.replaceChildren();
+    const items = model.get("history") || [];
+    if (!items.length) histList.append(h("div", { class: "dlc-h dlc-k", text: "No corrections yet." }));
+    for (const e of items) {
+      const row = h("div", { class: "dlc-h" + (e.undone ? " undone" : "") },
+        h("div", {}, h("span", { class: "dlc-k", text: `#${e.event} ` }), h("span", { text: e.detail || e.op || "" }),
+          e.undone ? h("span", { class: "dlc-k", text: " (undone)" }) : null),
+        h("div", { class: "meta", text: `${e.user} · ${e.time} · ${e.tool}${e.comment ? " · “" + e.comment + "”" : ""}` }));
+      histList.append(row);
+    }
+  }
+  function syncStatus() {
+    const s = model.get("status") || {};
+    status.className = "dlc-status" + (s.ok === true ? " ok" : s.ok === false ? " err" : "");
+    status.textContent = s.message || "";
+    el.dataset.lastStatus = s.message || "";
+  }
+  function syncUser() { userEl.textContent = `as ${model.get("user") || "?"}`; }
+
+  const handlers = [
+    ["change:selection_count", syncSelection], ["change:selection_labels", syncSelection],
+    ["change:classes", syncClasses], ["change:clusters", syncClusters],
+    ["change:suggestions", syncSuggestions], ["change:history", syncHistory],
+    ["change:status", syncStatus], ["change:user", syncUser],
+  ];
+  for (const [ev, fn] of handlers) model.on(ev, fn);
+  syncUser(); syncClasses(); syncClusters(); syncSuggestions(); syncHistory(); syncStatus();
+  show("correct");
+  return () => { for (const [ev, fn] of handlers) model.off(ev, fn); if (poller) clearInterval(poller); };
+}
+
+export default { render };

@@ -1,0 +1,610 @@
+// deeplesion-lab embedding map: WebGL scatter (2-D canvas fallback), lasso / box select, hover,
+// click, filters. Self-contained anywidget ESM (no imports, no CDN).
+//
+// Model protocol (also usable as Panel AnyWidgetComponent parameters):
+//   xy          bytes  float32 little-endian, x0 y0 x1 y1 ... (n_points pairs)
+//   codes       bytes  uint8 class index of each point (into `classes`)
+//   classes     [{name, color}]
+//   point_visible bytes uint8 1/0 per point (the filters, computed in Python)
+//   selection   [int]  selected point indices (written here after a lasso / box / click-select)
+//   current     int    point shown in the viewer (ringed)
+//   click       {point, nonce}   written here on a click
+//   hover_point int    written here (debounced); hover {lesion_id, label, ...} + hover_thumb
+//               bytes (uint8 gray, thumb_size^2) + hover_box [x1,y1,x2,y2] answer it
+//   filters     {splits, labels, patients, size_mm, noisy}   written here; filter_options read
+//   title       text; canvas_size css px; renderer "auto" (WebGL, else 2-D canvas) | "canvas2d"
+
+const STYLE = `
+.dlm{font:12px/1.35 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;color:#e8eaed;
+  background:#17191d;border:1px solid #2c2f36;border-radius:8px;padding:8px;display:inline-flex;
+  flex-direction:column;gap:6px;user-select:none;box-sizing:border-box;position:relative}
+.dlm *{box-sizing:border-box}
+.dlm-head{display:flex;align-items:center;gap:8px}
+.dlm-title{font-weight:600;font-size:13px}
+.dlm-count{color:#9aa0a6;font-variant-numeric:tabular-nums;margin-left:auto}
+.dlm-bar{display:flex;align-items:center;gap:6px;flex-wrap:wrap}
+.dlm button{background:#23262c;color:#e8eaed;border:1px solid #3a3e46;border-radius:4px;
+  padding:2px 8px;font:inherit;cursor:pointer}
+.dlm button:hover{border-color:#5b616b}
+.dlm button.on{background:#2d4a6b;border-color:#4aa3ff}
+.dlm select,.dlm input[type=text],.dlm input[type=number]{background:#23262c;color:#e8eaed;
+  border:1px solid #3a3e46;border-radius:4px;padding:1px 4px;font:inherit}
+.dlm input[type=number]{width:56px}
+.dlm label{display:inline-flex;align-items:center;gap:3px;cursor:pointer;color:#c9ccd1}
+.dlm-stage{position:relative;background:#0f1013;border-radius:4px;overflow:hidden;cursor:crosshair}
+.dlm-stage canvas{position:absolute;left:0;top:0;display:block}
+.dlm-legend{display:flex;flex-wrap:wrap;gap:4px 10px}
+.dlm-chip{display:inline-flex;align-items:center;gap:4px;cursor:pointer;color:#c9ccd1;
+  padding:0 2px;border-radius:3px}
+.dlm-chip.off{opacity:.35;text-decoration:line-through}
+.dlm-dot{width:10px;height:10px;border-radius:50%;display:inline-block;box-shadow:0 0 0 1px #ffffff30}
+.dlm-tip{position:absolute;pointer-events:none;background:rgba(20,22,26,.95);border:1px solid #3a3e46;
+  border-radius:6px;padding:6px;display:none;gap:8px;z-index:5;box-shadow:0 4px 16px rgba(0,0,0,.5);
+  max-width:330px}
+.dlm-tip canvas{position:static;border-radius:3px;flex:none}
+.dlm-tip .k{color:#9aa0a6}
+.dlm-filters{display:none;gap:10px;flex-wrap:wrap;align-items:center;padding:4px 0;border-top:1px solid #2c2f36}
+.dlm-filters.open{display:flex}
+.dlm-help{color:#6f757d;font-size:11px}
+`;
+
+function bytesOf(v) {
+  if (v == null) return new Uint8Array(0);
+  if (v instanceof DataView) return new Uint8Array(v.buffer, v.byteOffset, v.byteLength);
+  if (v instanceof ArrayBuffer) return new Uint8Array(v);
+  if (ArrayBuffer.isView(v)) return new Uint8Array(v.buffer, v.byteOffset, v.byteLength);
+  if (typeof v === "string") {
+    const s = atob(v);
+    const out = new Uint8Array(s.length);
+    for (let i = 0; i < s.length; i++) out[i] = s.charCodeAt(i);
+    return out;
+  }
+  if (v.buffer instanceof ArrayBuffer) return bytesOf(v.buffer);
+  return new Uint8Array(0);
+}
+function typed(v, T) {
+  let b = bytesOf(v);
+  if (b.byteOffset % T.BYTES_PER_ELEMENT) b = b.slice();
+  return new T(b.buffer, b.byteOffset, Math.floor(b.byteLength / T.BYTES_PER_ELEMENT));
+}
+function h(tag, attrs = {}, ...kids) {
+  const e = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs)) {
+    if (k === "class") e.className = v;
+    else if (k === "text") e.textContent = v;
+    else if (k.startsWith("on")) e.addEventListener(k.slice(2), v);
+    else e.setAttribute(k, v);
+  }
+  for (const k of kids) if (k != null) e.append(k);
+  return e;
+}
+function hexRgb(c) {
+  let s = String(c || "#bbbbbb").trim().replace("#", "");
+  if (s.length === 3) s = s.split("").map((x) => x + x).join("");
+  const n = parseInt(s.slice(0, 6), 16);
+  return Number.isFinite(n) ? [(n >> 16) & 255, (n >> 8) & 255, n & 255] : [187, 187, 187];
+}
+
+const VS = `
+attribute vec2 a_pos; attribute float a_code; attribute float a_flag;
+uniform vec2 u_scale; uniform vec2 u_offset; uniform float u_size; uniform float u_pass;
+uniform sampler2D u_pal; varying vec4 v_col; varying float v_sel;
+void main(){
+  float vis = mod(a_flag, 2.0); float sel = floor(a_flag / 2.0);
+  bool draw = vis > 0.5 && ((u_pass < 0.5 && sel < 0.5) || (u_pass > 0.5 && sel > 0.5));
+  gl_Position = draw ? vec4(a_pos * u_scale + u_offset, 0.0, 1.0) : vec4(2.0, 2.0, 2.0, 1.0);
+  gl_PointSize = draw ? (sel > 0.5 ? u_size * 1.6 : u_size) : 0.0;
+  v_col = texture2D(u_pal, vec2((a_code + 0.5) / 256.0, 0.5)); v_sel = sel;
+}`;
+const FS = `
+precision mediump float; varying vec4 v_col; varying float v_sel;
+void main(){
+  vec2 c = gl_PointCoord * 2.0 - 1.0; float r = dot(c, c);
+  if (r > 1.0) discard;
+  if (v_sel > 0.5) { gl_FragColor = r > 0.62 ? vec4(1.0, 1.0, 1.0, 0.9) : vec4(v_col.rgb, 1.0); }
+  else { gl_FragColor = vec4(v_col.rgb, 0.82 * (1.0 - smoothstep(0.7, 1.0, r))); }
+}`;
+
+function makeGL(canvas) {
+  const gl = canvas.getContext("webgl", { antialias: true, premultipliedAlpha: false, preserveDrawingBuffer: true });
+  if (!gl) return null;
+  const sh = (type, src) => {
+    const s = gl.createShader(type); gl.shaderSource(s, src); gl.compileShader(s);
+    if (!gl.getShaderParameter(s, gl.COMPILE_STATUS)) throw new Error(gl.getShaderInfoLog(s));
+    return s;
+  };
+  try {
+    const prog = gl.createProgram();
+    gl.attachShader(prog, sh(gl.VERTEX_SHADER, VS));
+    gl.attachShader(prog, sh(gl.FRAGMENT_SHADER, FS));
+    gl.linkProgram(prog);
+    if (!gl.getProgramParameter(prog, gl.LINK_STATUS)) return null;
+    gl.useProgram(prog);
+    const loc = (n) => gl.getUniformLocation(prog, n);
+    const att = (n) => gl.getAttribLocation(prog, n);
+    const buf = { pos: gl.createBuffer(), code: gl.createBuffer(), flag: gl.createBuffer() };
+    const tex = gl.createTexture();
+    gl.bindTexture(gl.TEXTURE_2D, tex);
+    gl.texParameteri(gl.TEXTURE_2D, gl.TEXTURE_MIN_FILTER, gl.NEAREST);
+    gl.texParameteri(gl.TEXTURE_2D, gl.TEXTURE_MAG_FILTER, gl.NEAREST);
+    gl.texParameteri(gl.TEXTURE_2D, gl.TEXTURE_WRAP_S, gl.CLAMP_TO_EDGE);
+    gl.texParameteri(gl.TEXTURE_2D, gl.TEXTURE_WRAP_T, gl.CLAMP_TO_EDGE);
+    gl.enable(gl.BLEND);
+    gl.blendFunc(gl.SRC_ALPHA, gl.ONE_MINUS_SRC_ALPHA);
+    return { gl, prog, loc, att, buf, tex };
+  } catch (e) {
+    console.warn("deeplesion-lab map: WebGL unavailable, using 2-D canvas", e);
+    return null;
+  }
+}
+
+function render({ model, el }) {
+  const W = Math.max(240, model.get("canvas_size") || 520), H = W;
+  const dpr = Math.max(1, window.devicePixelRatio || 1);
+  const root = h("div", { class: "dlm", style: `width:${W + 18}px` });
+  root.append(h("style", { text: STYLE }));
+  const titleEl = h("span", { class: "dlm-title" });
+  const count = h("span", { class: "dlm-count" });
+  root.append(h("div", { class: "dlm-head" }, titleEl, count));
+
+  const modes = {};
+  let mode = "lasso";
+  const bar = h("div", { class: "dlm-bar" });
+  for (const [m, label, tip] of [["lasso", "Lasso", "drag to lasso (shift: add, alt: remove)"],
+    ["box", "Box", "drag a box (shift: add, alt: remove)"], ["pan", "Pan", "drag to pan"]]) {
+    const b = h("button", { text: label, title: tip });
+    b.addEventListener("click", () => setMode(m));
+    modes[m] = b; bar.append(b);
+  }
+  const clearBtn = h("button", { text: "Clear selection" });
+  const resetBtn = h("button", { text: "Reset view" });
+  const filtBtn = h("button", { text: "Filters ▾" });
+  bar.append(clearBtn, resetBtn, filtBtn);
+  root.append(bar);
+
+  // filters
+  const filt = h("div", { class: "dlm-filters" });
+  const splitBoxes = {};
+  const splitWrap = h("span", {}, h("span", { class: "k", text: "split " }));
+  const patientsIn = h("input", { type: "text", placeholder: "patients e.g. 3, 17", style: "width:120px" });
+  const sizeLo = h("input", { type: "number", step: "1", min: "0", placeholder: "min" });
+  const sizeHi = h("input", { type: "number", step: "1", min: "0", placeholder: "max" });
+  const noisySel = h("select");
+  for (const v of ["all", "only", "exclude"]) noisySel.append(h("option", { value: v, text: `noisy: ${v}` }));
+  const applyBtn = h("button", { text: "Apply" });
+  const resetF = h("button", { text: "Clear filters" });
+  filt.append(splitWrap, patientsIn, h("span", {}, "size mm ", sizeLo, "–", sizeHi), noisySel, applyBtn, resetF);
+  root.append(filt);
+
+  const stage = h("div", { class: "dlm-stage", style: `width:${W}px;height:${H}px` });
+  const glCanvas = h("canvas"), ov = h("canvas");
+  for (const c of [glCanvas, ov]) {
+    c.width = Math.round(W * dpr); c.height = Math.round(H * dpr);
+    c.style.width = `${W}px`; c.style.height = `${H}px`;
+  }
+  stage.append(glCanvas, ov);
+  root.append(stage);
+  const legend = h("div", { class: "dlm-legend" });
+  root.append(legend);
+  root.append(h("div", { class: "dlm-help", text: "click a point: show it · drag: lasso/box · wheel: zoom · legend: show/hide a class" }));
+  const tip = h("div", { class: "dlm-tip" });
+  const tipCanvas = h("canvas", { width: "72", height: "72", style: "width:72px;height:72px" });
+  const tipText = h("div");
+  tip.append(tipCanvas, tipText);
+  root.append(tip);
+  el.append(root);
+
+  const glx = model.get("renderer") === "canvas2d" ? null : makeGL(glCanvas);
+  let ctx2 = null;
+  if (!glx) ctx2 = glCanvas.getContext("2d");
+  const octx = ov.getContext("2d");
+  el.dataset.renderer = glx ? "webgl" : "canvas2d";
+
+  // ---- data ----------------------------------------------------------------------------------
+  let n = 0, xy = new Float32Array(0), codes = new Uint8Array(0), vis = new Uint8Array(0);
+  let sel = new Uint8Array(0), flags = new Uint8Array(0), pal = [];
+  let bx0 = 0, bx1 = 1, by0 = 0, by1 = 1; // data bounds
+  let zoom = 1, cx = 0.5, cy = 0.5; // view centre in data units
+  let hidden = new Set();
+  let frame = 0, hoverIdx = -1, hoverTimer = 0, nonce = 0;
+  el.dataset.renders = "0";
+
+  function schedule() { if (!frame) frame = requestAnimationFrame(() => { frame = 0; draw(); }); }
+
+  function loadPoints() {
+    xy = typed(model.get("xy"), Float32Array);
+    n = xy.length >> 1;
+    bx0 = by0 = Infinity; bx1 = by1 = -Infinity;
+    for (let i = 0; i < n; i++) {
+      const x = xy[2 * i], y = xy[2 * i + 1];
+      if (x < bx0) bx0 = x; if (x > bx1) bx1 = x;
+      if (y < by0) by0 = y; if (y > by1) by1 = y;
+    }
+    if (!n) { bx0 = by0 = 0; bx1 = by1 = 1; }
+    if (!(bx1 > bx0)) { bx0 -= 1; bx1 += 1; }
+    if (!(by1 > by0)) { by0 -= 1; by1 += 1; }
+    const px = (bx1 - bx0) * 0.04, py = (by1 - by0) * 0.04;
+    bx0 -= px; bx1 += px; by0 -= py; by1 += py;
+    cx = (bx0 + bx1) / 2; cy = (by0 + by1) / 2; zoom = 1;
+    if (glx) {
+      const { gl, buf } = glx;
+      gl.bindBuffer(gl.ARRAY_BUFFER, buf.pos); gl.bufferData(gl.ARRAY_BUFFER, xy, gl.STATIC_DRAW);
+    }
+    loadCodes(); loadVisible(); loadSelection();
+  }
+  function loadCodes() {
+    codes = typed(model.get("codes"), Uint8Array);
+    if (codes.length !== n) { const c = new Uint8Array(n); c.set(codes.subarray(0, n)); codes = c; }
+    // a class colour too dark for the dark plot (e.g. "not a lesion") is drawn lighter
+    pal = (model.get("classes") || []).map((c) => {
+      const [r, g, b] = hexRgb(c.color);
+      const lum = 0.2126 * r + 0.7152 * g + 0.0722 * b;
+      return lum >= 70 ? [r, g, b] : [r, g, b].map((v) => Math.round(v * 0.5 + 140));
+    });
+    if (glx) {
+      const { gl, buf, tex } = glx;
+      gl.bindBuffer(gl.ARRAY_BUFFER, buf.code);
+      gl.bufferData(gl.ARRAY_BUFFER, new Float32Array(codes), gl.DYNAMIC_DRAW);
+      const t = new Uint8Array(256 * 4);
+      pal.forEach((c, i) => { if (i < 256) t.set([c[0], c[1], c[2], 255], i * 4); });
+      gl.bindTexture(gl.TEXTURE_2D, tex);
+      gl.texImage2D(gl.TEXTURE_2D, 0, gl.RGBA, 256, 1, 0, gl.RGBA, gl.UNSIGNED_BYTE, t);
+    }
+    buildLegend();
+    updateFlags();
+  }
+  function loadVisible() {
+    const v = typed(model.get("point_visible"), Uint8Array);
+    vis = new Uint8Array(n);
+    if (v.length === n) vis.set(v); else vis.fill(1);
+    updateFlags();
+  }
+  function loadSelection() {
+    sel = new Uint8Array(n);
+    for (const i of model.get("selection") || []) if (i >= 0 && i < n) sel[i] = 1;
+    updateFlags();
+  }
+  function updateFlags() {
+    flags = new Uint8Array(n);
+    const names = (model.get("classes") || []).map((c) => c.name);
+    let shown = 0, nsel = 0;
+    for (let i = 0; i < n; i++) {
+      const v = vis[i] && !hidden.has(names[codes[i]]) ? 1 : 0;
+      flags[i] = v | (sel[i] && v ? 2 : 0);
+      shown += v; nsel += sel[i] && v ? 1 : 0;
+    }
+    if (glx) {
+      const { gl, buf } = glx;
+      gl.bindBuffer(gl.ARRAY_BUFFER, buf.flag);
+      gl.bufferData(gl.ARRAY_BUFFER, new Float32Array(flags), gl.DYNAMIC_DRAW);
+    }
+    count.textContent = `${shown.toLocaleString()} of ${n.toLocaleString()} shown · ${nsel.toLocaleString()} selected`;
+    el.dataset.selected = String(nsel);
+    schedule();
+  }
+
+  // data <-> screen (css px)
+  function scl() { return Math.min(W / (bx1 - bx0), H / (by1 - by0)) * zoom; }
+  function sx(x) { return W / 2 + (x - cx) * scl(); }
+  function sy(y) { return H / 2 - (y - cy) * scl(); }
+  function dx(px) { return cx + (px - W / 2) / scl(); }
+  function dy(py) { return cy - (py - H / 2) / scl(); }
+  function ptSize() {
+    const base = n > 20000 ? 3 : n > 3000 ? 3.6 : n > 500 ? 5 : 7.5;
+    return Math.max(2.5, Math.min(14, base * Math.sqrt(zoom)));
+  }
+
+  function draw() {
+    const t0 = performance.now();
+    const s = scl();
+    if (glx) {
+      const { gl, loc, att, buf } = glx;
+      gl.viewport(0, 0, glCanvas.width, glCanvas.height);
+      gl.clearColor(0.059, 0.063, 0.075, 1); gl.clear(gl.COLOR_BUFFER_BIT);
+      gl.uniform2f(loc("u_scale"), (2 * s) / W, (2 * s) / H);
+      gl.uniform2f(loc("u_offset"), (-2 * s * cx) / W, (-2 * s * cy) / H);
+      gl.uniform1f(loc("u_size"), ptSize() * dpr);
+      gl.uniform1i(loc("u_pal"), 0);
+      for (const [name, b, size] of [["a_pos", buf.pos, 2], ["a_code", buf.code, 1], ["a_flag", buf.flag, 1]]) {
+        const a = att(name);
+        gl.bindBuffer(gl.ARRAY_BUFFER, b); gl.enableVertexAttribArray(a);
+        gl.vertexAttribPointer(a, size, gl.FLOAT, false, 0, 0);
+      }
+      gl.uniform1f(loc("u_pass"), 0); gl.drawArrays(gl.POINTS, 0, n);
+      gl.uniform1f(loc("u_pass"), 1); gl.drawArrays(gl.POINTS, 0, n);
+    } else {
+      draw2d();
+    }
+    drawOverlay();
+    if (glx) glx.gl.finish();
+    el.dataset.lastDrawMs = (performance.now() - t0).toFixed(2);
+    el.dataset.renders = String(Number(el.dataset.renders) + 1);
+  }
+
+  // 2-D fallback: rasterize discs straight into an ImageData (fast for tens of thousands)
+  let img2d = null;
+  function draw2d() {
+    const cw = glCanvas.width, ch = glCanvas.height;
+    if (!img2d || img2d.width !== cw) img2d = ctx2.createImageData(cw, ch);
+    const px = new Uint32Array(img2d.data.buffer);
+    px.fill(0xff13100f);
+    const s = scl() * dpr;
+    const r = Math.max(1, Math.round((ptSize() * dpr) / 2));
+    const palU = pal.map(([R, G, B]) => 0xff000000 | (B << 16) | (G << 8) | R);
+    const grey = 0xffbbbbbb;
+    const plot = (i, rad, col, ring) => {
+      const x = Math.round(cw / 2 + (xy[2 * i] - cx) * s), y = Math.round(ch / 2 - (xy[2 * i + 1] - cy) * s);
+      if (x < -rad || y < -rad || x >= cw + rad || y >= ch + rad) return;
+      const r2 = rad * rad, ri2 = (rad - 1.2) * (rad - 1.2);
+      for (let yy = -rad; yy <= rad; yy++) {
+        const Y = y + yy; if (Y < 0 || Y >= ch) continue;
+        for (let xx = -rad; xx <= rad; xx++) {
+          const X = x + xx; if (X < 0 || X >= cw) continue;
+          const d = xx * xx + yy * yy;
+          if (d <= r2) px[Y * cw + X] = ring && d > ri2 ? 0xffffffff : col;
+        }
+      }
+    };
+    for (let i = 0; i < n; i++) if (flags[i] === 1) plot(i, r, palU[codes[i]] ?? grey, false);
+    for (let i = 0; i < n; i++) if (flags[i] === 3) plot(i, Math.round(r * 1.6), palU[codes[i]] ?? grey, true);
+    ctx2.putImageData(img2d, 0, 0);
+  }
+
+  let lasso = null; // {pts:[[x,y]...], box:bool, add, sub}
+  function drawOverlay() {
+    octx.setTransform(dpr, 0, 0, dpr, 0, 0);
+    octx.clearRect(0, 0, W, H);
+    const cur = model.get("current");
+    if (cur >= 0 && cur < n) {
+      const x = sx(xy[2 * cur]), y = sy(xy[2 * cur + 1]);
+      octx.lineWidth = 2; octx.strokeStyle = "#ffffff";
+      octx.beginPath(); octx.arc(x, y, 9, 0, 7); octx.stroke();
+      octx.strokeStyle = "#000"; octx.lineWidth = 1;
+      octx.beginPath(); octx.arc(x, y, 11, 0, 7); octx.stroke();
+    }
+    if (hoverIdx >= 0 && hoverIdx < n) {
+      const x = sx(xy[2 * hoverIdx]), y = sy(xy[2 * hoverIdx + 1]);
+      octx.strokeStyle = "#ffffffcc"; octx.lineWidth = 1.5;
+      octx.beginPath(); octx.arc(x, y, 6, 0, 7); octx.stroke();
+    }
+    if (lasso && lasso.pts.length > 1) {
+      octx.strokeStyle = lasso.sub ? "#ff7b7b" : "#4aa3ff"; octx.lineWidth = 1.5;
+      octx.fillStyle = lasso.sub ? "rgba(255,123,123,.12)" : "rgba(74,163,255,.12)";
+      octx.setLineDash([4, 3]);
+      octx.beginPath();
+      if (lasso.box) {
+        const [a, b] = [lasso.pts[0], lasso.pts[lasso.pts.length - 1]];
+        octx.rect(a[0], a[1], b[0] - a[0], b[1] - a[1]);
+      } else {
+        octx.moveTo(lasso.pts[0][0], lasso.pts[0][1]);
+        for (const p of lasso.pts) octx.lineTo(p[0], p[1]);
+        octx.closePath();
+      }
+      octx.fill(); octx.stroke(); octx.setLineDash([]);
+    }
+  }
+
+  function buildLegend() {
+    legend.replaceChildren();
+    const classes = model.get("classes") || [];
+    const counts = new Array(classes.length).fill(0);
+    for (let i = 0; i < n; i++) if (vis[i] !== 0 || vis.length !== n) counts[codes[i]]++;
+    classes.forEach((c, i) => {
+      if (!counts[i] && !hidden.has(c.name)) return;
+      const chip = h("span", { class: "dlm-chip" + (hidden.has(c.name) ? " off" : ""), title: "click: show/hide" },
+        h("span", { class: "dlm-dot", style: `background:${c.color}` }), `${c.name} ${counts[i].toLocaleString()}`);
+      chip.addEventListener("click", () => {
+        if (hidden.has(c.name)) hidden.delete(c.name); else hidden.add(c.name);
+        buildLegend(); updateFlags();
+        model.set("filters", readFilters()); model.save_changes();
+      });
+      legend.append(chip);
+    });
+  }
+
+  // ---- picking and selection -----------------------------------------------------------------
+  function nearest(mx, my, maxPx = 8) {
+    let best = -1, bd = maxPx * maxPx;
+    const s = scl();
+    for (let i = 0; i < n; i++) {
+      if (!(flags[i] & 1)) continue;
+      const ddx = W / 2 + (xy[2 * i] - cx) * s - mx;
+      if (ddx > maxPx || ddx < -maxPx) continue;
+      const ddy = H / 2 - (xy[2 * i + 1] - cy) * s - my;
+      const d = ddx * ddx + ddy * ddy;
+      if (d < bd) { bd = d; best = i; }
+    }
+    return best;
+  }
+  function inPoly(x, y, pts) {
+    let c = false;
+    for (let i = 0, j = pts.length - 1; i < pts.length; j = i++) {
+      const [xi, yi] = pts[i], [xj, yj] = pts[j];
+      if ((yi > y) !== (yj > y) && x < ((xj - xi) * (y - yi)) / (yj - yi) + xi) c = !c;
+    }
+    return c;
+  }
+  function finishLasso() {
+    const t0 = performance.now();
+    const L = lasso; lasso = null;
+    if (!L || L.pts.length < 2) { schedule(); return; }
+    let minx = Infinity, miny = Infinity, maxx = -Infinity, maxy = -Infinity;
+    for (const [x, y] of L.pts) { minx = Math.min(minx, x); maxx = Math.max(maxx, x); miny = Math.min(miny, y); maxy = Math.max(maxy, y); }
+    const s = scl();
+    const hit = [];
+    for (let i = 0; i < n; i++) {
+      if (!(flags[i] & 1)) continue;
+      const x = W / 2 + (xy[2 * i] - cx) * s, y = H / 2 - (xy[2 * i + 1] - cy) * s;
+      if (x < minx || x > maxx || y < miny || y > maxy) continue;
+      if (L.box || inPoly(x, y, L.pts)) hit.push(i);
+    }
+    const next = new Uint8Array(n);
+    if (L.add || L.sub) next.set(sel);
+    for (const i of hit) next[i] = L.sub ? 0 : 1;
+    sel = next;
+    updateFlags();
+    sendSelection();
+    el.dataset.lastLassoMs = (performance.now() - t0).toFixed(2);
+  }
+  function sendSelection() {
+    const out = [];
+    for (let i = 0; i < n; i++) if (sel[i] && (flags[i] & 1)) out.push(i);
+    model.set("selection", out);
+    model.save_changes();
+  }
+
+  function setMode(m) {
+    mode = m;
+    for (const [k, b] of Object.entries(modes)) b.classList.toggle("on", k === m);
+    stage.style.cursor = m === "pan" ? "grab" : "crosshair";
+  }
+
+  // ---- events --------------------------------------------------------------------------------
+  let drag = null;
+  stage.addEventListener("pointerdown", (ev) => {
+    const r = stage.getBoundingClientRect();
+    const mx = ev.clientX - r.left, my = ev.clientY - r.top;
+    stage.setPointerCapture(ev.pointerId);
+    const pan = mode === "pan" || ev.button === 1;
+    drag = { mx, my, cx, cy, pan, moved: false };
+    if (!pan) lasso = { pts: [[mx, my]], box: mode === "box", add: ev.shiftKey, sub: ev.altKey };
+    hideTip();
+  });
+  stage.addEventListener("pointermove", (ev) => {
+    const r = stage.getBoundingClientRect();
+    const mx = ev.clientX - r.left, my = ev.clientY - r.top;
+    if (drag) {
+      if (Math.abs(mx - drag.mx) + Math.abs(my - drag.my) > 3) drag.moved = true;
+      if (drag.pan) {
+        cx = drag.cx - (mx - drag.mx) / scl(); cy = drag.cy + (my - drag.my) / scl();
+      } else if (lasso) {
+        if (lasso.box) lasso.pts = [lasso.pts[0], [mx, my]];
+        else lasso.pts.push([mx, my]);
+      }
+      schedule();
+      return;
+    }
+    const i = nearest(mx, my);
+    if (i !== hoverIdx) {
+      hoverIdx = i; schedule();
+      clearTimeout(hoverTimer);
+      if (i < 0) hideTip();
+      else hoverTimer = setTimeout(() => { model.set("hover_point", i); model.save_changes(); }, 60);
+    }
+    if (i >= 0) placeTip(mx, my);
+  });
+  const up = (ev) => {
+    if (!drag) return;
+    const d = drag; drag = null;
+    if (!d.moved) {
+      lasso = null;
+      const i = nearest(d.mx, d.my);
+      if (i >= 0) {
+        model.set("click", { point: i, nonce: ++nonce });
+        model.save_changes();
+      }
+      schedule();
+      return;
+    }
+    if (!d.pan) finishLasso();
+  };
+  stage.addEventListener("pointerup", up);
+  stage.addEventListener("pointercancel", () => { drag = null; lasso = null; schedule(); });
+  stage.addEventListener("pointerleave", () => { if (!drag) { hoverIdx = -1; hideTip(); schedule(); } });
+  stage.addEventListener("wheel", (ev) => {
+    ev.preventDefault();
+    const r = stage.getBoundingClientRect();
+    const mx = ev.clientX - r.left, my = ev.clientY - r.top;
+    const x0 = dx(mx), y0 = dy(my);
+    zoom = Math.min(Math.max(zoom * Math.exp(-ev.deltaY * 0.0015), 0.5), 200);
+    cx += x0 - dx(mx); cy += y0 - dy(my);
+    schedule();
+  }, { passive: false });
+  clearBtn.addEventListener("click", () => { sel = new Uint8Array(n); updateFlags(); sendSelection(); });
+  resetBtn.addEventListener("click", () => { zoom = 1; cx = (bx0 + bx1) / 2; cy = (by0 + by1) / 2; schedule(); });
+  filtBtn.addEventListener("click", () => filt.classList.toggle("open"));
+
+  function readFilters() {
+    const splits = Object.entries(splitBoxes).filter(([, b]) => b.checked).map(([k]) => k);
+    const pats = patientsIn.value.split(/[\s,;]+/).filter((s) => s !== "").map(Number).filter(Number.isFinite);
+    const lo = sizeLo.value === "" ? null : Number(sizeLo.value);
+    const hi = sizeHi.value === "" ? null : Number(sizeHi.value);
+    const opts = model.get("filter_options") || {};
+    const rng = opts.size_mm || [0, 1e9];
+    return {
+      splits: splits.length && splits.length < Object.keys(splitBoxes).length ? splits : null,
+      labels: hidden.size ? (model.get("classes") || []).map((c) => c.name).filter((x) => !hidden.has(x)) : null,
+      patients: pats.length ? pats : null,
+      size_mm: lo == null && hi == null ? null : [lo ?? rng[0], hi ?? rng[1]],
+      noisy: noisySel.value,
+    };
+  }
+  applyBtn.addEventListener("click", () => { model.set("filters", readFilters()); model.save_changes(); });
+  resetF.addEventListener("click", () => {
+    for (const b of Object.values(splitBoxes)) b.checked = true;
+    patientsIn.value = ""; sizeLo.value = ""; sizeHi.value = ""; noisySel.value = "all";
+    hidden = new Set(); buildLegend();
+    model.set("filters", readFilters()); model.save_changes();
+  });
+  function syncFilterOptions() {
+    const o = model.get("filter_options") || {};
+    splitWrap.replaceChildren(h("span", { text: "split" }));
+    for (const k of Object.keys(splitBoxes)) delete splitBoxes[k];
+    for (const s of o.splits || []) {
+      const b = h("input", { type: "checkbox" }); b.checked = true; splitBoxes[s] = b;
+      splitWrap.append(h("label", {}, b, s));
+    }
+    if (o.size_mm) { sizeLo.placeholder = `${Math.floor(o.size_mm[0])}`; sizeHi.placeholder = `${Math.ceil(o.size_mm[1])}`; }
+  }
+
+  // tooltip
+  function hideTip() { tip.style.display = "none"; }
+  function placeTip(mx, my) {
+    const hv = model.get("hover") || {};
+    if (hv.point !== hoverIdx) return;
+    tip.style.display = "flex";
+    const sr = stage.getBoundingClientRect(), rr = root.getBoundingClientRect();
+    let left = sr.left - rr.left + mx + 14, top = sr.top - rr.top + my + 14;
+    if (left + 300 > rr.width) left -= 320;
+    if (top + 100 > rr.height) top -= 120;
+    tip.style.left = `${left}px`; tip.style.top = `${top}px`;
+  }
+  function syncHover() {
+    const hv = model.get("hover") || {};
+    if (hv.point !== hoverIdx || hoverIdx < 0) return;
+    tipText.replaceChildren(
+      h("div", { style: "font-weight:600" }, h("span", { class: "dlm-dot", style: `background:${hv.color};margin-right:5px` }), hv.label || ""),
+      h("div", { class: "k", text: hv.lesion_id || "" }),
+      h("div", { text: `official type ${hv.type || "?"}${hv.long_mm != null ? ` · ${hv.long_mm}×${hv.short_mm} mm` : ""}` }),
+      h("div", { class: "k", text: `patient ${hv.patient} · study ${hv.study} · ${hv.split}${hv.noisy ? " · noisy" : ""}` }),
+    );
+    const ts = model.get("thumb_size") || 0;
+    const g = bytesOf(model.get("hover_thumb"));
+    const tctx = tipCanvas.getContext("2d");
+    if (ts && g.length === ts * ts) {
+      tipCanvas.width = ts; tipCanvas.height = ts; tipCanvas.style.display = "block";
+      const id = tctx.createImageData(ts, ts);
+      const p = new Uint32Array(id.data.buffer);
+      for (let i = 0; i < ts * ts; i++) p[i] = 0xff000000 | (g[i] << 16) | (g[i] << 8) | g[i];
+      tctx.putImageData(id, 0, 0);
+      const b = model.get("hover_box") || [];
+      if (b.length === 4) { tctx.strokeStyle = hv.color || "#fff"; tctx.lineWidth = 1; tctx.strokeRect(b[0] + 0.5, b[1] + 0.5, b[2] - b[0], b[3] - b[1]); }
+    } else {
+      tipCanvas.style.display = "none";
+    }
+    placeTip(sx(xy[2 * hoverIdx]), sy(xy[2 * hoverIdx + 1]));
+  }
+
+  const handlers = [
+    ["change:xy", loadPoints], ["change:codes", loadCodes], ["change:classes", loadCodes],
+    ["change:point_visible", () => { loadVisible(); buildLegend(); }], ["change:selection", loadSelection],
+    ["change:current", schedule], ["change:hover", syncHover], ["change:hover_thumb", syncHover],
+    ["change:filter_options", syncFilterOptions], ["change:title", () => { titleEl.textContent = model.get("title") || ""; }],
+  ];
+  for (const [ev, fn] of handlers) model.on(ev, fn);
+  titleEl.textContent = model.get("title") || "";
+  setMode("lasso"); syncFilterOptions(); loadPoints();
+  return () => { for (const [ev, fn] of handlers) model.off(ev, fn); if (frame) cancelAnimationFrame(frame); };
+}
+
+export default { render };

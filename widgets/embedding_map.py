@@ -1,0 +1,172 @@
+"""The embedding map widget: every lesion as a point of the UMAP, coloured by its current label."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from pathlib import Path
+
+import anywidget
+import numpy as np
+import traitlets as t
+
+from .data import LabData
+from .models import LabelState, MapModel, open_label_store
+
+__all__ = ["EmbeddingMap"]
+
+
+class EmbeddingMap(anywidget.AnyWidget):
+    """WebGL scatter of the lesion embeddings: hover, click, lasso and box select, filters.
+
+    Coordinates travel once as float32 bytes, labels as one uint8 class index per point, so
+    recolouring 32,735 points after a correction is a 32 kB message.
+
+    Parameters
+    ----------
+    model : MapModel
+        The headless state (see :class:`widgets.models.MapModel`).
+    canvas_size : int, default 520
+        Side of the plot in CSS pixels.
+    renderer : {"auto", "canvas2d"}
+        ``auto`` draws with WebGL when the browser has it, else on a 2-D canvas (which
+        rasterizes the points itself); ``canvas2d`` forces the latter.
+
+    Attributes
+    ----------
+    clicks : list of str
+        Lesion ids clicked, most recent last (handy in a notebook).
+    """
+
+    _esm = Path(__file__).with_name("embedding_map.js")
+
+    xy = t.Bytes(b"").tag(sync=True)
+    codes = t.Bytes(b"").tag(sync=True)
+    classes = t.List(t.Dict()).tag(sync=True)
+    point_visible = t.Bytes(b"").tag(sync=True)
+    selection = t.List(t.Int()).tag(sync=True)
+    current = t.Int(-1).tag(sync=True)
+    click = t.Dict().tag(sync=True)
+    hover_point = t.Int(-1).tag(sync=True)
+    hover = t.Dict().tag(sync=True)
+    hover_thumb = t.Bytes(b"").tag(sync=True)
+    hover_box = t.List(t.Float()).tag(sync=True)
+    thumb_size = t.Int(72).tag(sync=True)
+    filters = t.Dict().tag(sync=True)
+    filter_options = t.Dict().tag(sync=True)
+    n_points = t.Int(0).tag(sync=True)
+    title = t.Unicode("Lesion embedding map").tag(sync=True)
+    canvas_size = t.Int(520).tag(sync=True)
+    renderer = t.Enum(("auto", "canvas2d"), "auto").tag(sync=True)
+
+    def __init__(self, model: MapModel, **kwargs):
+        super().__init__(**kwargs)
+        self.model = model
+        self._quiet = False
+        self.clicks: list[str] = []
+        self.recolor_seconds = float("nan")
+        with self._quietly():
+            self.xy = np.ascontiguousarray(model.data.point_xy(), dtype="<f4").tobytes()
+            self.n_points = model.n_points
+            self.filter_options = model.filter_options()
+            self.filters = dict(model.filters)
+            self._push_colors()
+            self._push_visible()
+            self.current = model.current
+        model.colors_changed.connect(self._on_colors)
+        model.filter_changed.connect(self._on_filter)
+        model.selection_changed.connect(self._on_selection)
+        model.current_changed.connect(self._on_current)
+
+    @classmethod
+    def from_run(cls, run_dir, user: str | None = None, **kwargs) -> EmbeddingMap:
+        """A map of a run on its own (labels from its label store when it has one)."""
+        data = LabData.from_run(run_dir)
+        store = open_label_store(data.run) if data.run.pseudo_labels.is_file() else None
+        return cls(MapModel(data, LabelState(data, store, user)), **kwargs)
+
+    @contextlib.contextmanager
+    def _quietly(self):
+        self._quiet = True
+        try:
+            with self.hold_sync():
+                yield
+        finally:
+            self._quiet = False
+
+    # model -> traits ---------------------------------------------------------------------------
+    def _push_colors(self) -> None:
+        self.classes = [dict(c) for c in self.model.labels.classes]
+        self.codes = self.model.codes().astype(np.uint8).tobytes()
+
+    def _push_visible(self) -> None:
+        self.point_visible = self.model.visible().astype(np.uint8).tobytes()
+
+    def _on_colors(self) -> None:
+        t0 = time.perf_counter()
+        with self._quietly():
+            self._push_colors()
+            names = self.model.labels.class_names()
+            if self.filter_options.get("labels") != names:
+                self.filter_options = {**self.filter_options, "labels": names}
+            if self.model.filters["labels"] is not None:
+                self._push_visible()
+        self.recolor_seconds = time.perf_counter() - t0
+
+    def _on_filter(self) -> None:
+        with self._quietly():
+            self.filters = dict(self.model.filters)
+            self._push_visible()
+
+    def _on_selection(self, selection: np.ndarray) -> None:
+        sel = [int(i) for i in selection]
+        if sel != list(self.selection):
+            with self._quietly():
+                self.selection = sel
+
+    def _on_current(self, point: int) -> None:
+        with self._quietly():
+            self.current = int(point)
+
+    # traits (front end) -> model ---------------------------------------------------------------
+    @t.observe("selection")
+    def _selected(self, change) -> None:
+        if self._quiet:
+            return
+        new = self.model.select(change["new"], "replace")
+        if [int(i) for i in new] != list(change["new"]):
+            with self._quietly():
+                self.selection = [int(i) for i in new]
+
+    @t.observe("click")
+    def _clicked(self, change) -> None:
+        if self._quiet or not change["new"]:
+            return
+        point = change["new"].get("point")
+        if point is None:
+            return
+        self.clicks.append(self.model.click(int(point)))
+
+    @t.observe("hover_point")
+    def _hovered(self, change) -> None:
+        p = int(change["new"])
+        if self._quiet or p < 0 or p >= self.model.n_points:
+            return
+        info = self.model.hover(p)
+        info["point"] = p
+        thumb = self.model.data.thumbnail(info["lesion_id"], size=self.thumb_size)
+        with self._quietly():
+            if thumb is None:
+                self.hover_thumb = b""
+                self.hover_box = []
+            else:
+                self.hover_thumb = thumb[0].tobytes()
+                self.hover_box = list(thumb[1])
+            self.hover = info
+
+    @t.observe("filters")
+    def _filtered(self, change) -> None:
+        if self._quiet:
+            return
+        f = dict(change["new"] or {})
+        self.model.set_filters(**{k: f.get(k) for k in self.model.filters})

@@ -1,0 +1,114 @@
+// deeplesion-lab similar-lesion gallery: thumbnails with boxes, distance, patient/study;
+// click a card to show that lesion. Self-contained anywidget ESM (no imports, no CDN).
+//
+// Model protocol (also usable as Panel AnyWidgetComponent parameters):
+//   query       {lesion_id, label, color}
+//   items       [{lesion_id, distance, patient, study, label, color, box:[x1,y1,x2,y2] | null}]
+//   thumbs      bytes  uint8 gray, len(items) * thumb_size^2, in item order (zeros: no image)
+//   thumb_size  int;  scope "all" | "other patients" | "same patient" (written here too)
+//   click       {index, lesion_id, nonce}  written here
+
+const STYLE = `
+.dlg{font:12px/1.35 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;color:#e8eaed;
+  background:#17191d;border:1px solid #2c2f36;border-radius:8px;padding:8px 10px;display:flex;
+  flex-direction:column;gap:8px;box-sizing:border-box}
+.dlg *{box-sizing:border-box}
+.dlg-head{display:flex;align-items:center;gap:8px;flex-wrap:wrap}
+.dlg-title{font-weight:600;font-size:13px}
+.dlg-q{color:#9aa0a6;font-family:ui-monospace,Menlo,monospace;font-size:11px}
+.dlg select{background:#23262c;color:#e8eaed;border:1px solid #3a3e46;border-radius:4px;padding:1px 4px;font:inherit;margin-left:auto}
+.dlg-grid{display:grid;grid-template-columns:repeat(auto-fill,minmax(104px,1fr));gap:8px}
+.dlg-card{background:#1f2329;border:1px solid #2c2f36;border-radius:6px;padding:4px;cursor:pointer;
+  display:flex;flex-direction:column;gap:2px}
+.dlg-card:hover{border-color:#4aa3ff}
+.dlg-card canvas{width:100%;aspect-ratio:1;border-radius:4px;background:#000;display:block;image-rendering:auto}
+.dlg-lab{display:flex;align-items:center;gap:4px;white-space:nowrap;overflow:hidden;text-overflow:ellipsis}
+.dlg-dot{width:8px;height:8px;border-radius:50%;flex:none}
+.dlg-meta{color:#9aa0a6;font-size:11px;font-variant-numeric:tabular-nums}
+.dlg-empty{color:#9aa0a6;padding:12px 0}
+`;
+
+function bytesOf(v) {
+  if (v == null) return new Uint8Array(0);
+  if (v instanceof DataView) return new Uint8Array(v.buffer, v.byteOffset, v.byteLength);
+  if (v instanceof ArrayBuffer) return new Uint8Array(v);
+  if (ArrayBuffer.isView(v)) return new Uint8Array(v.buffer, v.byteOffset, v.byteLength);
+  if (typeof v === "string") {
+    const s = atob(v);
+    const out = new Uint8Array(s.length);
+    for (let i = 0; i < s.length; i++) out[i] = s.charCodeAt(i);
+    return out;
+  }
+  if (v.buffer instanceof ArrayBuffer) return bytesOf(v.buffer);
+  return new Uint8Array(0);
+}
+function h(tag, attrs = {}, ...kids) {
+  const e = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs)) {
+    if (k === "class") e.className = v;
+    else if (k === "text") e.textContent = v;
+    else if (k.startsWith("on")) e.addEventListener(k.slice(2), v);
+    else e.setAttribute(k, v);
+  }
+  for (const k of kids) if (k != null) e.append(k);
+  return e;
+}
+
+function render({ model, el }) {
+  const root = h("div", { class: "dlg" });
+  root.append(h("style", { text: STYLE }));
+  const q = h("span", { class: "dlg-q" });
+  const scope = h("select", { title: "which lesions to search" });
+  for (const s of ["all", "other patients", "same patient"]) scope.append(h("option", { value: s, text: s }));
+  scope.addEventListener("change", () => { model.set("scope", scope.value); model.save_changes(); });
+  root.append(h("div", { class: "dlg-head" }, h("span", { class: "dlg-title", text: "Similar lesions" }), q, scope));
+  const grid = h("div", { class: "dlg-grid" });
+  root.append(grid);
+  el.append(root);
+  let nonce = 0;
+
+  function sync() {
+    const query = model.get("query") || {};
+    q.textContent = query.lesion_id ? `to ${query.lesion_id}` : "";
+    scope.value = model.get("scope") || "all";
+    const items = model.get("items") || [];
+    const ts = model.get("thumb_size") || 0;
+    const all = bytesOf(model.get("thumbs"));
+    grid.replaceChildren();
+    if (!items.length) {
+      grid.append(h("div", { class: "dlg-empty", text: query.lesion_id ? "No embedding for this lesion, or no other lesion in scope." : "Pick a lesion." }));
+      return;
+    }
+    items.forEach((it, i) => {
+      const c = h("canvas", { width: String(ts), height: String(ts) });
+      const g = all.subarray(i * ts * ts, (i + 1) * ts * ts);
+      if (ts && g.length === ts * ts) {
+        const cx = c.getContext("2d");
+        const id = cx.createImageData(ts, ts);
+        const p = new Uint32Array(id.data.buffer);
+        for (let k = 0; k < ts * ts; k++) p[k] = 0xff000000 | (g[k] << 16) | (g[k] << 8) | g[k];
+        cx.putImageData(id, 0, 0);
+        if (it.box) {
+          cx.strokeStyle = it.color || "#fff"; cx.lineWidth = 1.5;
+          cx.strokeRect(it.box[0], it.box[1], it.box[2] - it.box[0], it.box[3] - it.box[1]);
+        }
+      }
+      const card = h("div", { class: "dlg-card", title: it.lesion_id },
+        c,
+        h("div", { class: "dlg-lab" }, h("span", { class: "dlg-dot", style: `background:${it.color || "#bbb"}` }), h("span", { text: it.label || "" })),
+        h("div", { class: "dlg-meta", text: `d ${Number(it.distance).toFixed(3)} · P${it.patient} S${it.study}` }));
+      card.dataset.lesionId = it.lesion_id;
+      card.addEventListener("click", () => {
+        model.set("click", { index: i, lesion_id: it.lesion_id, nonce: ++nonce });
+        model.save_changes();
+      });
+      grid.append(card);
+    });
+  }
+  const handlers = [["change:items", sync], ["change:thumbs", sync], ["change:query", sync], ["change:scope", sync]];
+  for (const [ev, fn] of handlers) model.on(ev, fn);
+  sync();
+  return () => { for (const [ev, fn] of handlers) model.off(ev, fn); };
+}
+
+export default { render };
