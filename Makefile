@@ -13,11 +13,13 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 export NUMBA_CACHE_DIR ?= $(CURDIR)/.cache/numba
 export MPLBACKEND ?= Agg
 
-.PHONY: all venv lab demo demo-data test test-fast browser lint bench dashboard clean help
+.PHONY: all venv lab demo demo-data pipeline test test-fast browser lint bench dashboard clean help
 
 help:
 	@echo "make lab        set up, make the demo data and run, then open JupyterLab on lab/"
 	@echo "make test       the whole test suite (installs what it needs first)"
+	@echo "make demo       run the pipeline headless and write $(RUN_DIR)/report.html"
+	@echo "make dashboard  serve the Panel dashboard for collaborators (loopback)"
 	@echo "make demo-data  only generate the demo dataset in $(DEMO_DIR)"
 	@echo "make bench      the benchmarks in bench/ (results go to BENCHMARKS.md by hand)"
 	@echo "make lint       ruff"
@@ -45,19 +47,34 @@ $(DEMO_DIR)/DL_info.csv: | $(STAMP)
 
 demo-data: $(DEMO_DIR)/DL_info.csv
 
-lab: $(STAMP) $(DEMO_DIR)/DL_info.csv
-	@mkdir -p data_manifests
-	@test -f data_manifests/demo.parquet || $(BIN)/deeplesion-lab manifest $(DEMO_DIR)/DL_info.csv --out data_manifests/demo.parquet
-	@if $(BIN)/deeplesion-lab --help | grep -q ' pipeline'; then \
-	  $(BIN)/deeplesion-lab pipeline --manifest data_manifests/demo.parquet --run $(RUN_DIR) --truth $(DEMO_DIR)/truth.parquet; \
-	fi
-	@echo "Opening JupyterLab on lab/ at http://127.0.0.1:$(LAB_PORT)/lab"
+MANIFEST ?= data_manifests/demo.parquet
+PIPELINE_ARGS ?=
+DASHBOARD_PORT ?= 5006
+
+$(MANIFEST): $(DEMO_DIR)/DL_info.csv | $(STAMP)
+	$(BIN)/deeplesion-lab manifest $(DEMO_DIR)/DL_info.csv --out $@
+
+# The pipeline skips every step whose output exists, so a second run takes seconds.
+pipeline: $(STAMP) $(MANIFEST)
+	$(BIN)/deeplesion-lab pipeline --manifest $(MANIFEST) --run $(RUN_DIR) \
+	  --truth $(DEMO_DIR)/truth.parquet $(PIPELINE_ARGS)
+
+lab: pipeline
+	@echo "Opening JupyterLab on lab/ at http://127.0.0.1:$(LAB_PORT)/lab (Ctrl-C stops it)"
+	@echo "Report of the run: $(RUN_DIR)/report.html"
+	DLLAB_RUN=$(CURDIR)/$(RUN_DIR) DLLAB_MANIFEST=$(CURDIR)/$(MANIFEST) DLLAB_TRUTH=$(CURDIR)/$(DEMO_DIR)/truth.parquet \
 	$(BIN)/jupyter lab --no-browser --ip=127.0.0.1 --port=$(LAB_PORT) --notebook-dir=lab \
 	  $$( [ "$$(id -u)" = 0 ] && echo --allow-root )
 
+demo: pipeline
+	@echo "Run report (offline HTML): $(RUN_DIR)/report.html; metrics: $(RUN_DIR)/metrics.json"
+
+dashboard: pipeline
+	$(BIN)/deeplesion-lab serve --run $(RUN_DIR) --port $(DASHBOARD_PORT)
+
 test: $(STAMP) $(CHROMIUM_STAMP)
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -m "not slow"
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -m "not browser and not slow" -x -q
