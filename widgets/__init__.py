@@ -13,22 +13,35 @@ interaction can be tested and scripted without a browser. The ESM files beside e
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
+from typing import Any
 
-from .correction_panel import CorrectionPanel
-from .data import LabData
-from .embedding_map import EmbeddingMap
-from .lesion_lab import LesionLab
-from .models import (
-    CorrectionModel,
-    GalleryModel,
-    LabelState,
-    LabModel,
-    MapModel,
-    ViewerModel,
-)
-from .similar_gallery import SimilarGallery
-from .slice_viewer import SliceViewer
+# Imported on first use (PEP 562): `deeplesion-lab` loads `widgets.dashboard.cli` for its `serve`
+# command on every call, and that must not pay for anywidget, ipywidgets and the models.
+_LAZY: dict[str, str] = {
+    "CorrectionPanel": ".correction_panel",
+    "LabData": ".data",
+    "EmbeddingMap": ".embedding_map",
+    "LesionLab": ".lesion_lab",
+    "CorrectionModel": ".models",
+    "GalleryModel": ".models",
+    "LabelState": ".models",
+    "LabModel": ".models",
+    "MapModel": ".models",
+    "ViewerModel": ".models",
+    "SimilarGallery": ".similar_gallery",
+    "SliceViewer": ".slice_viewer",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name], __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 _HERE = Path(__file__).parent
 

@@ -219,14 +219,22 @@ class SQLiteBackend(Backend):
         if self.path.is_dir():
             raise LabelStoreError(f"{self.path}: is a folder; give the label store's file path")
         if self.path.exists():
-            with open(self.path, "rb") as fh:
-                head = fh.read(len(SQLITE_MAGIC))
-            if head and head != SQLITE_MAGIC:
-                raise StoreFormatError(
-                    f"{self.path}: not a label store: not a SQLite database "
-                    f"(the file starts with {head[:12]!r}); nothing was written"
-                )
-            self.is_new = not head
+            # Never open() the database file from Python: closing any descriptor on it drops
+            # every POSIX lock this process holds on it (fcntl semantics), which lets another
+            # process delete the WAL under our open connections. Ask SQLite instead.
+            self.is_new = self.path.stat().st_size == 0
+            if not self.is_new:
+                try:
+                    probe = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, timeout=timeout)
+                    try:
+                        probe.execute("PRAGMA schema_version").fetchone()
+                    finally:
+                        probe.close()
+                except sqlite3.DatabaseError as exc:
+                    raise StoreFormatError(
+                        f"{self.path}: not a label store: not a SQLite database ({exc}); "
+                        "nothing was written"
+                    ) from exc
         else:
             if not create:
                 raise LabelStoreError(

@@ -1,0 +1,998 @@
+"""The dashboard app: the lab's widget front ends served by Panel, one session per browser tab.
+
+Each session gets the headless models of :class:`widgets.models.LabModel` (for the logged-in
+user) and the same anywidget classes the notebooks use (:class:`~widgets.EmbeddingMap`,
+:class:`~widgets.SliceViewer`, :class:`~widgets.CorrectionPanel`,
+:class:`~widgets.SimilarGallery`). Their ESM front ends run in
+the browser as Panel ``AnyWidgetComponent`` twins (:func:`panel_twin`), and a
+:class:`TraitBridge` keeps each twin's parameters and its widget's traits equal, so all the
+logic stays in the widgets and the models.
+
+The server checks every write: the correction panel's requests pass the role check of
+:meth:`Dashboard.require` before they reach the widget; snapshots and fine-tuning check it too. A viewer's page
+does not show the correction controls, and a request forged in the browser is refused.
+
+All sessions share one :class:`DashboardContext` (the run's data, the label store, who is
+online). Every ``poll_ms`` the server asks the store for its version once
+(:meth:`DashboardContext.tick`) and refreshes each session that is behind
+(:meth:`Dashboard.poll`, inside that session's document lock), so everyone's map recolours
+within about ``poll_ms`` of a change, whoever made it and from whichever process.
+
+User-provided text (class names, comments, user names, metric keys) reaches the page only as
+text: the widget front ends set ``textContent``, and the HTML built here goes through
+:func:`html.escape`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import html
+import json
+import logging
+import math
+import re
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from deeplesion_lab.errors import LabError
+from deeplesion_lab.run import RunDir
+
+from .auth import DashboardAuth, User
+
+__all__ = [
+    "DashboardContext",
+    "Dashboard",
+    "PermissionDenied",
+    "TraitBridge",
+    "panel_twin",
+    "make_app",
+    "OP_PERMISSIONS",
+]
+
+log = logging.getLogger("deeplesion_lab.dashboard")
+
+#: Permission each correction-panel request needs (unknown requests need ``relabel``).
+OP_PERMISSIONS: dict[str, str] = {
+    "relabel": "relabel",
+    "relabel_cluster": "relabel",
+    "merge": "relabel",
+    "split": "relabel",
+    "add_class": "add_class",
+    "undo": "undo",
+    "redo": "undo",
+    "suggest": "view",
+    "select_cluster": "view",
+    "clear_selection": "view",
+    "show": "view",
+    "refresh": "view",
+}
+
+_ROLE_TEXT = {
+    "viewer": "can look (map, slices, history, metrics) but not change labels",
+    "annotator": "can correct labels; undo/redo undoes only your own changes",
+    "admin": "can correct labels, take snapshots and start fine-tuning",
+}
+
+
+class PermissionDenied(LabError, PermissionError):
+    """The logged-in user's role does not allow this action (nothing was changed)."""
+
+
+def esc(value) -> str:
+    """``html.escape`` of ``str(value)`` (quotes too)."""
+    return html.escape("" if value is None else str(value), quote=True)
+
+
+_NONCES = iter(range(1, 1 << 30))
+
+
+def _nonce() -> int:
+    """A request id that stays exact in JavaScript (below 2**53)."""
+    return int(time.time() * 1000) * 1000 + next(_NONCES) % 1000
+
+
+# Panel twins of the anywidget classes ---------------------------------------------------------
+_TWINS: dict[tuple[type, tuple], type] = {}
+
+#: Widget trait names that are also Panel layout parameters, and their name on the twin.
+#: (``EmbeddingMap.visible`` is a per-point mask; Panel's ``visible`` hides a component.)
+PARAM_RENAMES = {"visible": "point_visible"}
+
+
+def _twin_param(trait):
+    import param
+    import traitlets as t
+
+    default = trait.default()
+    if isinstance(trait, t.Bytes):
+        return param.Bytes(default=default or b"")
+    if isinstance(trait, t.Bool):
+        return param.Boolean(default=bool(default))
+    if isinstance(trait, t.Int):
+        return param.Integer(default=default, allow_None=True)
+    if isinstance(trait, t.Float):
+        return param.Number(default=default, allow_None=True)
+    if isinstance(trait, t.Unicode):
+        return param.String(default=default or "")
+    if isinstance(trait, t.List):
+        return param.List(default=list(default or []))
+    if isinstance(trait, t.Dict):
+        return param.Dict(default=dict(default or {}))
+    return param.Parameter(default=default)
+
+
+def _rename_in_esm(source: str, old: str, new: str) -> str:
+    """Point the ESM's reads/writes of trait ``old`` at parameter ``new``."""
+    out = source
+    for a, b in (
+        (f'model.get("{old}")', f'model.get("{new}")'),
+        (f'model.set("{old}"', f'model.set("{new}"'),
+        (f'"change:{old}"', f'"change:{new}"'),
+    ):
+        out = out.replace(a, b)
+    if out == source:
+        raise LabError(f"front end: trait {old!r} not found in the ESM; cannot rename it")
+    return out
+
+
+def frontend_writes(esm: str) -> tuple[str, ...]:
+    """The names an ESM front end writes (``model.set("name", ...)``); a template name such
+    as ``show_${key}`` gives the prefix ``show_*``."""
+    names = set()
+    for _q, name in re.findall(r"model\.set\(\s*([\"'`])(.*?)\1", esm):
+        if "${" in name:
+            prefix = name.split("${", 1)[0]
+            if prefix:
+                names.add(prefix + "*")
+        else:
+            names.add(name)
+    return tuple(sorted(names))
+
+
+def _writable(name: str, allowed: tuple[str, ...]) -> bool:
+    return any(name == a or (a.endswith("*") and name.startswith(a[:-1])) for a in allowed)
+
+
+def synced_traits(widget_cls) -> dict:
+    """The synced traits a widget class adds to ``anywidget.AnyWidget``."""
+    import anywidget
+
+    base = set(anywidget.AnyWidget.class_traits(sync=True))
+    return {
+        k: v
+        for k, v in widget_cls.class_traits(sync=True).items()
+        if k not in base and not k.startswith("_")
+    }
+
+
+def panel_twin(widget_cls) -> type:
+    """A ``panel.custom.AnyWidgetComponent`` class with the same front end as ``widget_cls``.
+
+    Every synced trait becomes a parameter of the same name and type (renamed per
+    :data:`PARAM_RENAMES` where it would clash with a Panel parameter), and the ESM file is the
+    widget's own (``widget_cls._esm``).
+    """
+    import panel as pn
+
+    traits = synced_traits(widget_cls)
+    key = (widget_cls, tuple(sorted(traits)))
+    if key in _TWINS:
+        return _TWINS[key]
+    esm = widget_cls._esm
+    source = Path(esm).read_text(encoding="utf-8") if isinstance(esm, Path) else str(esm)
+    attrs: dict = {"__module__": __name__, "__doc__": f"Panel twin of {widget_cls.__name__}."}
+    for name, trait in traits.items():
+        pname = PARAM_RENAMES.get(name, name)
+        if pname != name:
+            source = _rename_in_esm(source, name, pname)
+        attrs[pname] = _twin_param(trait)
+    attrs["_esm"] = source
+    attrs["_frontend_writes"] = frontend_writes(source)
+    cls = type(f"Panel{widget_cls.__name__}", (pn.custom.AnyWidgetComponent,), attrs)
+    _TWINS[key] = cls
+    return cls
+
+
+def _plain(value):
+    """A JSON-friendly copy (lists/dicts copied so params and traits never share objects)."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+class TraitBridge:
+    """Keep a Panel twin's parameters and an anywidget's traits equal, both ways.
+
+    Parameters
+    ----------
+    widget : anywidget.AnyWidget
+        The widget holding the logic (its observers react to front-end changes).
+    component : panel.custom.AnyWidgetComponent
+        Its twin from :func:`panel_twin`, shown in the page.
+    guard : callable, optional
+        ``guard(name, value) -> bool`` called before a front-end change reaches the widget;
+        ``False`` drops it (used to refuse writes the user's role does not allow).
+
+    Only the parameters the front end's own code writes (``component._frontend_writes``) are
+    taken from the page; a change of any other (a forged one) is dropped and undone.
+    """
+
+    def __init__(self, widget, component, guard: Callable[[str, object], bool] | None = None):
+        self.widget = widget
+        self.component = component
+        self.guard = guard
+        self.names = list(synced_traits(type(widget)))
+        self.pnames = {n: PARAM_RENAMES.get(n, n) for n in self.names}
+        self.tnames = {p: n for n, p in self.pnames.items()}
+        component.param.update({self.pnames[n]: _plain(getattr(widget, n)) for n in self.names})
+        widget.observe(self._to_component, names=self.names)
+        self._watcher = component.param.watch(self._to_widget, list(self.tnames))
+
+    def _to_component(self, change) -> None:
+        pname = self.pnames[change["name"]]
+        new = _plain(change["new"])
+        if getattr(self.component, pname) != new:
+            self.component.param.update({pname: new})
+
+    def _to_widget(self, *events) -> None:
+        import panel as pn
+
+        allowed = getattr(self.component, "_frontend_writes", None)
+        with pn.io.hold():
+            for ev in events:
+                name = self.tnames[ev.name]
+                current = getattr(self.widget, name)
+                if allowed is not None and not _writable(ev.name, allowed):
+                    if ev.new != _plain(current):
+                        log.warning("refused a front-end write of %r (not written by the page)",
+                                    ev.name)  # fmt: skip
+                        self.component.param.update({ev.name: _plain(current)})
+                    continue
+                if self.guard is not None and not self.guard(name, ev.new):
+                    continue
+                try:
+                    if getattr(self.widget, name) != ev.new:
+                        setattr(self.widget, name, _plain(ev.new))
+                except LabError as exc:  # a bad value from the page: report, do not crash
+                    log.warning("front end set %s to a bad value: %s", name, exc)
+                except Exception:  # noqa: BLE001 - keep the session alive, but say what broke
+                    log.exception("front-end change of %s failed", name)
+
+    def close(self) -> None:
+        self.widget.unobserve(self._to_component, names=self.names)
+        self.component.param.unwatch(self._watcher)
+
+
+# shared state -----------------------------------------------------------------------------------
+def store_version(store) -> int | None:
+    """The id of the store's newest event: it changes whenever anyone changes the labels."""
+    return None if store is None else int(store.version())
+
+
+class FinetuneJob:
+    """At most one ``deeplesion-lab finetune --run RUN`` at a time, started by an admin."""
+
+    def __init__(self, run: RunDir):
+        self.run = run
+        self.proc: subprocess.Popen | None = None
+        self.started_by: str | None = None
+        self.started_at: float | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def log_path(self) -> Path:
+        return self.run.path / "dashboard" / "finetune.log"
+
+    def command(self, user: str) -> list[str]:
+        """``deeplesion-lab finetune --run RUN --user USER``: trains on a new snapshot of the
+        current labels, recorded as taken by ``user``."""
+        return [
+            sys.executable, "-m", "deeplesion_lab.cli", "finetune", "--run", str(self.run.path),
+            "--user", user, "--no-progress",
+        ]  # fmt: skip
+
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def start(self, user: str) -> str:
+        with self._lock:
+            if self.running():
+                raise LabError(f"fine-tuning already running (started by {self.started_by})")
+            self.log_path.parent.mkdir(parents=True, exist_ok=True)
+            fh = open(self.log_path, "w", encoding="utf-8")  # noqa: SIM115 - owned by the child
+            fh.write(f"# started by {user} at {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+            fh.flush()
+            self.proc = subprocess.Popen(
+                self.command(user), stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+            )
+            fh.close()
+            self.started_by, self.started_at = user, time.time()
+            return f"fine-tuning started by {user} (process {self.proc.pid})"
+
+    def status(self) -> str:
+        if self.proc is None:
+            return "not started"
+        code = self.proc.poll()
+        if code is None:
+            return f"running for {time.time() - (self.started_at or 0):.0f} s (by {self.started_by})"
+        return f"finished with exit code {code} (started by {self.started_by})"
+
+    def log_tail(self, n: int = 15) -> str:
+        try:
+            lines = self.log_path.read_text(encoding="utf-8", errors="replace").splitlines()
+        except FileNotFoundError:
+            return ""
+        return "\n".join(lines[-n:])
+
+    def stop(self) -> None:
+        if self.running():
+            self.proc.terminate()
+
+
+class DashboardContext:
+    """What all sessions of one server share: the run, its data, the label store, users.
+
+    Parameters
+    ----------
+    run_dir : str or pathlib.Path
+        The run (fixed for the server's life).
+    auth : DashboardAuth, optional
+        Login; None means single-user loopback mode with ``local_user``.
+    cookie_secret : str, optional
+        Secret the login cookies are signed with (to read the session's user).
+    local_user : User, optional
+        The user of every session when there is no login.
+    poll_ms : int, default 1000
+        Period of the server's check of the store for changes (:meth:`tick`).
+    """
+
+    def __init__(
+        self,
+        run_dir: str | Path,
+        *,
+        auth: DashboardAuth | None = None,
+        cookie_secret: str | None = None,
+        local_user: User | None = None,
+        poll_ms: int = 1000,
+    ):
+        from ..data import LabData
+        from ..models import open_label_store
+
+        if auth is None and local_user is None:
+            raise LabError("the dashboard needs a users file or a local user")
+        self.run = RunDir(run_dir)
+        self.run.info()  # a clear error when it is not a run directory
+        self.auth = auth
+        self.cookie_secret = cookie_secret
+        self.local_user = local_user
+        self.poll_ms = int(poll_ms)
+        self.data = LabData.from_run(self.run)
+        self.store = open_label_store(self.run) if self.run.pseudo_labels.is_file() else None
+        self.job = FinetuneJob(self.run)
+        self.sessions: dict[str, str] = {}  # session id -> user name
+        self.refused = 0  # writes refused by role, for the tests and the log
+        self.lock = threading.RLock()
+        self._cache: dict[tuple, str] = {}
+        self._cache_version: object = None
+        self._live: dict[str, tuple] = {}  # session id -> (document, Dashboard)
+        self._online: tuple = ()
+        self._ticks = 0
+        self._poller = None
+
+    # live sessions ---------------------------------------------------------------------------
+    def register(self, sid: str, doc, dash: Dashboard) -> None:
+        """A session opened: it will be kept up to date by :meth:`tick`."""
+        with self.lock:
+            self._live[sid] = (doc, dash)
+            self.sessions[sid] = dash.user.name
+        log.info("session %s opened by %s (%d open)", sid[:8], dash.user.name, len(self._live))
+
+    def unregister(self, sid: str) -> None:
+        with self.lock:
+            doc_dash = self._live.pop(sid, None)
+            self.sessions.pop(sid, None)
+        if doc_dash is not None:
+            dash = doc_dash[1]
+            log.info("session %s of %s closed (%d open; %d refreshes)", sid[:8], dash.user.name,
+                     len(self._live), dash.n_polls)  # fmt: skip
+
+    def tick(self) -> int:
+        """Schedule :meth:`Dashboard.poll` in every session that is behind the store.
+
+        Runs every ``poll_ms`` on the server's IO loop: one version query for all sessions;
+        each lagging session then refreshes inside its own document lock (as a next-tick
+        callback of its document). Sessions are also refreshed when someone joins or leaves
+        (the header's "online" count) and every ~5 s anyway. Returns how many were scheduled.
+        """
+        v = self.version()
+        online = tuple(self.online())
+        self._ticks += 1
+        everyone = online != self._online or self._ticks % max(1, 5000 // self.poll_ms) == 0
+        self._online = online
+        n = 0
+        with self.lock:
+            live = list(self._live.values())
+        now = time.monotonic()
+        for doc, dash in live:
+            if dash.scheduled and now - dash.scheduled < 10.0:
+                continue  # its refresh is queued (re-queued if it never ran in 10 s)
+            if everyone or dash.seen_version() != v:
+                dash.scheduled = now
+                doc.add_next_tick_callback(dash.scheduled_poll)
+                n += 1
+        return n
+
+    def start_polling(self, io_loop) -> None:
+        """Run :meth:`tick` every ``poll_ms`` on ``io_loop`` (the server's)."""
+        from tornado.ioloop import PeriodicCallback
+
+        def _tick():
+            try:
+                self.tick()
+            except Exception:  # noqa: BLE001 - never stop polling; say what failed
+                log.exception("polling the label store failed")
+
+        self._poller = PeriodicCallback(_tick, self.poll_ms)
+        self._poller.start()
+
+    def session_store(self):
+        """The label store as one session sees it: a store object of its own, so that a
+        commit notifies only the writer's session at once (the others see it at their next
+        :meth:`Dashboard.poll`, as they see other processes' changes).
+
+        It shares the server's one SQLite connection rather than opening the file again:
+        opening the database file anew in this process (``LabelStore.open`` reads its header
+        with Python's ``open``) would drop this process's SQLite file locks (POSIX locks are
+        per process and die with any ``close`` of the file), after which another process
+        closing its own connection removes the WAL under this one: "database disk image is
+        malformed". All sessions run on the server's IO loop thread, so sharing is safe.
+        """
+        if self.store is None:
+            return None
+        from deeplesion_lab.labels import LabelStore
+
+        backend = getattr(self.store, "_db", None)
+        if backend is None:  # pragma: no cover - a store without a shareable backend
+            return LabelStore.open(self.run.label_db, check=False)
+        return LabelStore(backend)
+
+    def cached(self, key: tuple, make: Callable[[], str]) -> str:
+        """``make()`` once per store version and ``key``, shared by all sessions."""
+        v = self.version()
+        with self.lock:
+            if v != self._cache_version:
+                self._cache, self._cache_version = {}, v
+            if key not in self._cache:
+                self._cache[key] = make()
+            return self._cache[key]
+
+    def user_for(self, cookies: dict | None) -> User | None:
+        """The session's user: from its signed login cookie, or the local user."""
+        if self.auth is None:
+            return self.local_user
+        return self.auth.user_from_cookies(cookies or {}, self.cookie_secret)
+
+    def version(self) -> object:
+        with self.lock:
+            return store_version(self.store)
+
+    def online(self) -> list[str]:
+        return sorted(set(self.sessions.values()))
+
+    def metrics(self) -> dict:
+        """``metrics.json`` of the run (empty when absent or unreadable)."""
+        try:
+            return json.loads(self.run.metrics.read_text(encoding="utf-8"))
+        except (FileNotFoundError, json.JSONDecodeError):
+            return {}
+
+    def close(self) -> None:
+        if self._poller is not None:
+            self._poller.stop()
+        self.job.stop()
+        close = getattr(self.store, "close", None)
+        if callable(close):
+            with contextlib.suppress(Exception):
+                close()
+
+
+# the per-session app -----------------------------------------------------------------------------
+_CSS = """
+:host { --dl-accent: #0072B2; }
+.dl-header { display: flex; align-items: center; gap: 14px; padding: 10px 18px;
+  background: linear-gradient(90deg, #10202b, #1d3a4f); color: #eef3f7; border-radius: 10px;
+  font-family: system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; }
+.dl-header .brand { font-size: 18px; font-weight: 700; letter-spacing: .2px; }
+.dl-header .run { color: #9fb6c8; font-size: 13px; }
+.dl-header .grow { flex: 1; }
+.dl-header .live { font-size: 12px; color: #b9cad8; }
+.dl-header .dot { display: inline-block; width: 8px; height: 8px; border-radius: 50%;
+  background: #3ddc84; margin-right: 5px; box-shadow: 0 0 6px #3ddc84; }
+.dl-badge { padding: 3px 10px; border-radius: 999px; font-size: 12px; font-weight: 600;
+  background: #2c5364; color: #fff; }
+.dl-badge.viewer { background: #6b7280; } .dl-badge.annotator { background: #0072B2; }
+.dl-badge.admin { background: #b45309; }
+.dl-header a { color: #cfe3f3; font-size: 13px; }
+.dl-note { font: 13px system-ui, sans-serif; color: #374151; background: #eef2f7;
+  border-left: 4px solid #6b7280; padding: 8px 12px; border-radius: 6px; }
+.dl-note.refused { border-left-color: #b91c1c; background: #fdecec; color: #7f1d1d; }
+table.dl-table { border-collapse: collapse; font: 12.5px system-ui, sans-serif; width: 100%; }
+table.dl-table th { text-align: left; background: #f1f5f9; color: #334155; font-weight: 600;
+  padding: 6px 8px; border-bottom: 1px solid #cbd5e1; position: sticky; top: 0; }
+table.dl-table td { padding: 5px 8px; border-bottom: 1px solid #e2e8f0; color: #1e293b;
+  vertical-align: top; }
+table.dl-table tr:hover td { background: #f8fafc; }
+.dl-sw { display: inline-block; width: 11px; height: 11px; border-radius: 3px; margin-right: 6px;
+  vertical-align: -1px; }
+.dl-h2 { font: 600 15px system-ui, sans-serif; color: #0f172a; margin: 4px 0 6px 0; }
+.dl-muted { color: #64748b; font: 12px system-ui, sans-serif; }
+pre.dl-log { background: #0f172a; color: #e2e8f0; padding: 10px; border-radius: 6px;
+  font-size: 11.5px; max-height: 240px; overflow: auto; }
+"""
+
+
+def _table(columns: list[str], rows: list[list], empty: str = "nothing yet") -> str:
+    """An HTML table; every cell is escaped (cells given as ``("raw", html)`` are not)."""
+    if not rows:
+        return f"<div class='dl-muted'>{esc(empty)}</div>"
+    head = "".join(f"<th>{esc(c)}</th>" for c in columns)
+    body = []
+    for r in rows:
+        cells = []
+        for v in r:
+            if isinstance(v, tuple) and len(v) == 2 and v[0] == "raw":
+                cells.append(f"<td>{v[1]}</td>")
+            else:
+                cells.append(f"<td>{esc(v)}</td>")
+        body.append("<tr>" + "".join(cells) + "</tr>")
+    return f"<table class='dl-table'><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+
+
+def _swatch(color: str) -> str:
+    c = str(color)
+    if not (c.startswith("#") and len(c) in (4, 7) and all(ch in "0123456789abcdefABCDEF" for ch in c[1:])):
+        c = "#bbbbbb"
+    return f"<span class='dl-sw' style='background:{c}'></span>"
+
+
+def _flatten(d: dict, prefix: str = "") -> list[tuple[str, object]]:
+    out: list[tuple[str, object]] = []
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out += _flatten(v, key + ".")
+        elif isinstance(v, list) and len(v) > 8:
+            out.append((key, f"[{len(v)} values]"))
+        else:
+            out.append((key, v))
+    return out
+
+
+def _fmt(v) -> str:
+    if isinstance(v, float):
+        return "nan" if math.isnan(v) else f"{v:.4g}"
+    return str(v)
+
+
+def _html(obj: str = "", **kwargs):
+    """An HTML pane styled with the dashboard's CSS (each pane has its own shadow root)."""
+    import panel as pn
+
+    kwargs.setdefault("stylesheets", [_CSS])
+    return pn.pane.HTML(obj, **kwargs)
+
+
+class Dashboard:
+    """One collaborator's session: map, viewer, corrections, history, metrics (and admin).
+
+    Parameters
+    ----------
+    context : DashboardContext
+        Shared state of the server.
+    user : User
+        The logged-in user (every correction is recorded with ``user.name``).
+    """
+
+    def __init__(self, context: DashboardContext, user: User):
+        import panel as pn
+
+        from ..correction_panel import CorrectionPanel
+        from ..embedding_map import EmbeddingMap
+        from ..models import LabModel
+        from ..similar_gallery import SimilarGallery
+        from ..slice_viewer import SliceViewer
+
+        self.ctx = context
+        self.user = user
+        self.store = context.session_store()
+        self.lab = LabModel(context.run.path, user=user.name, store=self.store, data=context.data)
+        self.map_widget = EmbeddingMap(self.lab.map, canvas_size=460)
+        self.viewer_widget = SliceViewer(self.lab.viewer, canvas_size=440)
+        self.panel_widget = CorrectionPanel(self.lab.corrections)
+        self.panel_widget.lesion_requested.connect(self.lab.show_lesion)
+        self.gallery_widget = SimilarGallery(self.lab.gallery)
+        self.gallery_widget.lesion_requested.connect(self.lab.show_lesion)
+        self.map = panel_twin(EmbeddingMap)()
+        self.viewer = panel_twin(SliceViewer)()
+        self.gallery = panel_twin(SimilarGallery)()
+        self.corrections = panel_twin(CorrectionPanel)(
+            visible=user.can("relabel"), min_width=320
+        )
+        self.bridges = [
+            TraitBridge(self.map_widget, self.map),
+            TraitBridge(self.viewer_widget, self.viewer),
+            TraitBridge(self.panel_widget, self.corrections, guard=self._guard_request),
+            TraitBridge(self.gallery_widget, self.gallery),
+        ]
+        self.message = _html("", margin=(4, 0), sizing_mode="stretch_width")
+        self.header = _html(self._header_html(), sizing_mode="stretch_width", margin=(0, 0, 8, 0))
+        self.history = _html("", sizing_mode="stretch_width", max_height=560, styles={"overflow": "auto"})
+        self.metrics = _html("", sizing_mode="stretch_width")
+        self.history_user = pn.widgets.Select(label="user", options=["everyone"], width=180)
+        self.history_user.param.watch(lambda e: self._refresh_history(), "value")
+        self._build_admin()
+        self._refresh_history()
+        self._refresh_metrics()
+        self.last_refresh_s = float("nan")
+        self.n_polls = 0
+        self.scheduled = 0.0  # when a server refresh was queued (0: none queued)
+        self._stale: set[str] = set()
+        self.tabs = None  # built by view()
+        self.lab.labels.changed.connect(self._on_labels_changed)
+
+    # permissions -------------------------------------------------------------------------------
+    def allowed(self, action: str) -> bool:
+        return self.current_user().can(action)
+
+    def current_user(self) -> User:
+        """The session's user as the users file says now (a removed user becomes a viewer
+        with no name on file, so every write is refused; a changed role applies at once)."""
+        auth = self.ctx.auth
+        if auth is None:
+            return self.user
+        try:
+            now = auth.users.get(self.user.name)
+        except LabError:  # the users file became unreadable: refuse writes, keep the session
+            now = None
+        return now if now is not None else User(self.user.name, "none")
+
+    def require(self, action: str) -> None:
+        """Raise :class:`PermissionDenied` unless the user's role allows ``action``.
+
+        Checked by the server on every write, with the role from the users file at that time.
+        """
+        user = self.current_user()
+        if not user.can(action):
+            with self.ctx.lock:
+                self.ctx.refused += 1
+            log.warning("refused %s for %s (%s)", action, user.name, user.role)
+            what = (f"is a {user.role}" if user.role != "none"
+                    else "is no longer a user of this dashboard")  # fmt: skip
+            raise PermissionDenied(
+                f"{user.name} {what}: not allowed to {action.replace('_', ' ')}"
+            )
+
+    def _guard_request(self, name: str, value) -> bool:
+        """Let a correction-panel request through only if the role allows it."""
+        if name != "request" or not value:
+            return True
+        req = dict(value)
+        op = str(req.get("op", ""))
+        try:
+            self.require(OP_PERMISSIONS.get(op, "relabel"))
+        except PermissionDenied as exc:
+            self.panel_widget.status = {"nonce": req.get("nonce"), "ok": False, "message": str(exc)}
+            self._say(str(exc), refused=True)
+            return False
+        return True
+
+    # actions (the API the UI and the tests use) ------------------------------------------------
+    def request(self, op: str, **args) -> dict:
+        """Send a correction-panel request as the browser does; returns the panel's status."""
+        self.corrections.request = {"op": op, **args, "nonce": _nonce()}
+        return dict(self.panel_widget.status)
+
+    def select(self, points) -> list[int]:
+        """Select map points (as a lasso in the browser would)."""
+        self.map.selection = [int(p) for p in points]
+        return list(self.map_widget.selection)
+
+    def snapshot(self, name: str) -> object:
+        """Freeze the current labels under ``name`` (admins)."""
+        self.require("snapshot")
+        name = str(name).strip()
+        if not name:
+            raise LabError("give the snapshot a name")
+        if self.ctx.store is None:
+            raise LabError("this run has no label store yet (run `deeplesion-lab mine`)")
+        sid = self.store.snapshot(name, self.user.name)
+        self._say(f"snapshot {name!r} saved (id {sid})")
+        return sid
+
+    def start_finetune(self) -> str:
+        """Start ``deeplesion-lab finetune`` on this run (admins)."""
+        self.require("finetune")
+        msg = self.ctx.job.start(self.user.name)
+        self._say(msg)
+        return msg
+
+    # live updates ------------------------------------------------------------------------------
+    def poll(self) -> bool:
+        """Re-read the labels if the store changed since this session last looked.
+
+        Scheduled by :meth:`DashboardContext.tick` when the store moved on; returns whether
+        anything changed. Only the lesions changed since the last look are read
+        (:meth:`widgets.models.LabelState.poll`).
+        """
+        import panel as pn
+
+        t0 = time.perf_counter()
+        self.n_polls += 1
+        with pn.io.hold():
+            changed = self.lab.labels.poll()  # re-read if the store moved on: the map recolours
+        if changed:
+            self.last_refresh_s = time.perf_counter() - t0
+        self.header.object = self._header_html()
+        if self.user.can("finetune"):
+            self._refresh_admin()
+        return changed
+
+    def seen_version(self) -> int | None:
+        """The store version this session's labels are up to date with."""
+        return getattr(self.lab.labels, "_version", None)
+
+    def scheduled_poll(self) -> None:
+        """:meth:`poll` as run by the server (see :meth:`DashboardContext.tick`)."""
+        try:
+            self.poll()
+        except Exception:  # noqa: BLE001 - keep the session; the next tick tries again
+            log.exception("refreshing the session of %s failed", self.user.name)
+        finally:
+            self.scheduled = 0.0
+
+    def _on_labels_changed(self) -> None:
+        """Re-render the tables of the tab in view; the others when they come into view."""
+        self._stale = {"History", "Metrics"}
+        self._refresh_visible()
+        self.header.object = self._header_html()
+
+    def _refresh_visible(self, *_events) -> None:
+        name = self.tabs.objects[self.tabs.active].name if self.tabs is not None else None
+        if name in self._stale:
+            self._stale.discard(name)
+            (self._refresh_history if name == "History" else self._refresh_metrics)()
+
+    # rendering ---------------------------------------------------------------------------------
+    def _say(self, text: str, refused: bool = False) -> None:
+        cls = "dl-note refused" if refused else "dl-note"
+        self.message.object = f"<div class='{cls}' id='dl-message'>{esc(text)}</div>"
+
+    def _header_html(self) -> str:
+        online = self.ctx.online()
+        logout = (
+            f"<a href='{esc(self.ctx.auth.logout_url.lstrip('/'))}' id='dl-logout'>Sign out</a>"
+            if self.ctx.auth is not None
+            else ""
+        )
+        n = len(self.ctx.data)
+        return (
+            "<div class='dl-header'>"
+            "<span class='brand'>DeepLesion lab</span>"
+            f"<span class='run'>run {esc(self.ctx.run.path.name)} · {n} lesions</span>"
+            "<span class='grow'></span>"
+            f"<span class='live' title='{esc(', '.join(online))}'><span class='dot'></span>"
+            f"{len(online)} online · labels v{esc(self.seen_version())}</span>"
+            f"<span class='dl-badge {esc(self.user.role)}' id='dl-user'>{esc(self.user.name)} · "
+            f"{esc(self.user.role)}</span>{logout}</div>"
+        )
+
+    def events(self, user: str | None = None, limit: int = 100) -> pd.DataFrame:
+        """The store's event log (one row per change batch, newest first)."""
+        if self.store is None:
+            return pd.DataFrame()
+        return self.store.events(user=user, limit=limit)
+
+    def _refresh_history(self) -> None:
+        who = self.history_user.value
+        who = None if who in (None, "everyone") else str(who)
+        self.history.object = self.ctx.cached(("history", who), lambda: self._history_html(who))
+        users = self.ctx.cached(("users",), lambda: "\n".join(self._users()))
+        opts = ["everyone", *[u for u in users.split("\n") if u]]
+        if list(self.history_user.options) != opts:
+            self.history_user.options = opts
+
+    def _users(self) -> list[str]:
+        """Who appears in the recent log (the history filter's choices)."""
+        return sorted({str(u) for u in self.events(limit=5000).get("user", [])})
+
+    def _history_html(self, who: str | None) -> str:
+        ev = self.events(who)
+        rows = []
+        def txt(v) -> str:
+            return "" if v is None or (not isinstance(v, str) and pd.isna(v)) else str(v)
+
+        for r in ev.to_dict("records"):
+            undone = txt(r.get("undone_by"))
+            rows.append([
+                r.get("event_id"), txt(r.get("created_at"))[:19].replace("T", " "),
+                txt(r.get("user")), txt(r.get("op")), txt(r.get("detail")),
+                txt(r.get("n_changes")), txt(r.get("comment")),
+                f"undone by event {undone}" if undone else "",
+            ])  # fmt: skip
+        return _table(
+            ["event", "time (UTC)", "user", "op", "what", "lesions", "comment", ""], rows,
+            empty="no corrections yet",
+        )  # fmt: skip
+
+    def _refresh_metrics(self) -> None:
+        self.metrics.object = self.ctx.cached(("metrics",), self._metrics_html)
+
+    def _metrics_html(self) -> str:
+        """Label counts and corrections per user, read from the store (not this session)."""
+        rows, per_user = [], []
+        if self.store is not None:
+            colors = dict(zip(*(self.store.classes()[c] for c in ("name", "color")), strict=True))
+            for r in self.store.correction_counts().to_dict("records"):
+                rows.append([
+                    ("raw", _swatch(colors.get(r["label"], "")) + esc(r["label"])),
+                    r["n_current"], r["n_corrected"], r["n_pseudo"],
+                ])  # fmt: skip
+            ev = self.events(limit=100_000)
+            if len(ev):
+                ev = ev[ev["op"] != "init"]
+                for u, g in ev.groupby("user"):
+                    per_user.append([u, len(g), int(g["n_changes"].sum())])
+        flat = _flatten(self.ctx.metrics())
+        return (
+            "<div class='dl-h2'>Current labels</div>"
+            + _table(["label", "lesions", "set by people", "still pseudo-labels"], rows,
+                     empty="no label store yet")
+            + "<div class='dl-h2' style='margin-top:14px'>Corrections per collaborator</div>"
+            + _table(["user", "events", "lesion changes"], per_user, empty="no corrections yet")
+            + "<div class='dl-h2' style='margin-top:14px'>Run metrics (metrics.json)</div>"
+            + _table(["metric", "value"], [[k, _fmt(v)] for k, v in flat], empty="no metrics.json yet")
+        )
+
+    def _build_admin(self) -> None:
+        import panel as pn
+
+        self.snapshot_name = pn.widgets.TextInput(
+            label="snapshot name", placeholder=f"e.g. review-{_dt.date.today()}", width=260
+        )
+        self.snapshot_button = pn.widgets.Button(
+            label="Take snapshot", color="primary", width=160, css_classes=["dl-snapshot"]
+        )
+        self.finetune_button = pn.widgets.Button(
+            label="Start fine-tuning", color="warning", width=160, css_classes=["dl-finetune"]
+        )
+        self.job_status = _html("", sizing_mode="stretch_width")
+
+        def _run(fn):
+            def cb(_event):
+                try:
+                    fn()
+                except LabError as exc:
+                    self._say(str(exc), refused=isinstance(exc, PermissionDenied))
+                except Exception as exc:  # noqa: BLE001 - show it, keep the session
+                    log.exception("admin action failed")
+                    self._say(f"failed: {exc}", refused=True)
+                self._refresh_admin()
+
+            return cb
+
+        self.snapshot_button.on_click(_run(lambda: self.snapshot(self.snapshot_name.value)))
+        self.finetune_button.on_click(_run(self.start_finetune))
+        self._refresh_admin()
+
+    def _refresh_admin(self) -> None:
+        job = self.ctx.job
+        tail = job.log_tail()
+        self.job_status.object = (
+            f"<div class='dl-muted'>fine-tuning: {esc(job.status())}</div>"
+            + (f"<pre class='dl-log'>{esc(tail)}</pre>" if tail else "")
+        )
+
+    # layout ------------------------------------------------------------------------------------
+    def view(self):
+        """The page: header, then tabs Annotate / History / Metrics (/ Admin)."""
+        import panel as pn
+
+        if self.user.can("relabel"):
+            side = self.corrections
+        else:
+            side = pn.Column(
+                self.corrections,  # hidden: a forged request is still answered (refused)
+                _html(
+                    f"<div class='dl-note' id='dl-viewer-note'>Signed in as <b>{esc(self.user.name)}"
+                    f"</b> ({esc(self.user.role)}): you {esc(_ROLE_TEXT[self.user.role])}.</div>",
+                    width=300,
+                ),
+            )
+        annotate = pn.FlexBox(
+            self.map, self.viewer, side, self.gallery, name="Annotate", gap="10px",
+            flex_wrap="wrap", align_items="flex-start",
+        )  # fmt: skip
+        history = pn.Column(
+            _html("<div class='dl-h2'>History of corrections</div>"),
+            self.history_user,
+            self.history,
+            name="History",
+        )
+        tabs = [annotate, history, pn.Column(self.metrics, name="Metrics", max_width=900)]
+        if self.user.can("snapshot"):
+            tabs.append(
+                pn.Column(
+                    _html("<div class='dl-h2'>Snapshots</div><div class='dl-muted'>Freeze "
+                                 "the current labels under a name (for exports and fine-tuning)."
+                                 "</div>"),
+                    pn.Row(self.snapshot_name, self.snapshot_button),
+                    _html("<div class='dl-h2' style='margin-top:16px'>Fine-tuning</div>"
+                                 "<div class='dl-muted'>Runs <code>deeplesion-lab finetune</code> "
+                                 "on this run with the current labels.</div>"),
+                    self.finetune_button,
+                    self.job_status,
+                    name="Admin",
+                )
+            )
+        self.tabs = pn.Tabs(*tabs, dynamic=False)
+        self.tabs.param.watch(self._refresh_visible, "active")
+        return pn.Column(
+            self.header,
+            self.message,
+            self.tabs,
+            stylesheets=[_CSS],
+            sizing_mode="stretch_width",
+            margin=(10, 14),
+        )
+
+    def close(self) -> None:
+        for b in self.bridges:
+            b.close()
+        unsubscribe = getattr(self.lab.labels, "_unsubscribe", None)
+        if callable(unsubscribe):
+            unsubscribe()
+        # the session's store shares the server's connection: nothing to close here
+
+
+def _denied_page(reason: str):
+
+    return _html(f"<div class='dl-note refused' id='dl-denied'>{esc(reason)}</div>")
+
+
+def make_app(context: DashboardContext) -> Callable:
+    """The Panel app function: one :class:`Dashboard` per session, for the session's user."""
+
+    def app():
+        import panel as pn
+
+        doc = pn.state.curdoc
+        cookies = pn.state.cookies if doc is not None and doc.session_context else {}
+        user = context.user_for(cookies)
+        if user is None:
+            # the server already requires the login cookie; this is a second line of defence
+            return _denied_page("Not signed in (or your account was removed). Sign in again.")
+        dash = Dashboard(context, user)
+        if doc is not None and doc.session_context:
+            sid = doc.session_context.id
+            context.register(sid, doc, dash)
+
+            def _closed(session_context):
+                context.unregister(session_context.id)
+                dash.close()
+
+            doc.on_session_destroyed(_closed)
+        return dash.view()
+
+    return app
