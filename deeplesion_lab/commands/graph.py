@@ -1,0 +1,105 @@
+"""``deeplesion-lab graph``: lesion graph, cross-study matching, tracks, missing-annotation mining.
+
+Also ``deeplesion-lab accept-proposals``: accept mined proposals as new annotated lesions.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "graph",
+        help="lesion graph, intra-patient matching and tracks, unannotated-lesion proposals",
+        description=(
+            "Build the lesion graph of a run (nodes: lesions and detected candidates; edges: "
+            "nearest neighbours in embedding space, cross-study matches, candidate links), "
+            "match each patient's lesions across studies (embedding, location and size; "
+            "threshold learned on validation patients when a truth file is given), write lesion "
+            "tracks, and, given detections on the annotated slices (or a detector in the run, "
+            "which is then run on them and on their neighbouring slices), propose unannotated "
+            "lesions. Outputs go to RUN_DIR/graph/ (nodes, edges, pairs, tracks, proposals "
+            ".parquet, detections.csv when the detector ran, graph.json); metrics.json gains "
+            "'matching' and 'missing_annotations'."
+        ),
+    )
+    p.add_argument("--run", type=Path, required=True, help="run directory (with embeddings)")
+    p.add_argument("--truth", type=Path, default=None,
+                   help="truth file (default: the run's, if it has one); enables evaluation")
+    p.add_argument("--predictions", type=Path, default=None,
+                   help="detections CSV (file_name,x1,y1,x2,y2,score,label) from `deeplesion-lab "
+                   "detect --split all`; default RUN_DIR/detector/predictions_all.csv if present")
+    p.add_argument("--neighbors", type=int, default=10,
+                   help="nearest-neighbour edges per node (default 10)")
+    p.add_argument("--eval-split", type=int, default=3,
+                   help="split whose key images evaluate the proposals (default 3, test)")
+    p.add_argument("--neighbour-slices", type=int, default=1,
+                   help="when the run has a detector, also run it on this many slices on each "
+                   "side of the annotated key slices, to support proposals (default 1; 0: no)")
+    p.add_argument("--detector-model", default=None,
+                   help="detector under RUN_DIR/detector (default: the latest trained)")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=run)
+
+    a = sub.add_parser(
+        "accept-proposals",
+        help="accept mined lesion proposals as new annotated lesions",
+        description=(
+            "Append the given proposals (ids from RUN_DIR/graph/proposals.parquet) to "
+            "RUN_DIR/graph/accepted.parquet with who accepted them and when."
+        ),
+    )
+    a.add_argument("--run", type=Path, required=True, help="run directory")
+    a.add_argument("ids", nargs="+", help="proposal ids")
+    a.add_argument("--user", default=None, help="who accepts (default: login name)")
+    a.add_argument("--label", default=None, help="lesion type name for the new lesions")
+    a.add_argument("--comment", default=None)
+    a.set_defaults(func=run_accept)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..graph.build import build_run_graph
+
+    res = build_run_graph(
+        args.run, truth=args.truth, predictions=args.predictions, n_neighbors=args.neighbors,
+        eval_split=args.eval_split, neighbour_slices=args.neighbour_slices,
+        detector_model=args.detector_model, seed=args.seed, progress=True,
+    )
+    for m in res.messages:
+        print(m)
+    print(f"graph: {res.graph.summary()}")
+    mt = res.metrics["matching"]
+    if mt.get("evaluated"):
+        print(
+            f"matching ({mt['eval_patients']} evaluation patients, {mt['eval_pairs']} pairs): "
+            f"precision {mt['precision']:.3f}, recall {mt['recall']:.3f}, F1 {mt['f1']:.3f}, "
+            f"AUC {mt['auc']:.3f} (threshold {mt['threshold']:.3f})"
+        )
+    print(f"tracks: {mt['tracks']} ({mt['tracks_multi_study']} followed over 2+ studies)")
+    mm = res.metrics["missing_annotations"]
+    if "recall_at_1" in mm:
+        print(
+            f"missing annotations ({mm['n_missing']} unannotated lesions on {mm['n_images']} "
+            f"images, {mm['evaluated_on']}): recall@0.5 {mm['recall_at_0_5']:.3f}, "
+            f"@1 {mm['recall_at_1']:.3f}, @2 {mm['recall_at_2']:.3f}, "
+            f"precision of top {mm['precision_at_top']:.3f}"
+        )
+    for name, path in res.paths.items():
+        print(f"wrote {name}: {path}")
+    return 0
+
+
+def run_accept(args: argparse.Namespace) -> int:
+    from ..graph.missing import accept_proposals
+    from ..run import RunDir
+
+    run_dir = RunDir(args.run)
+    run_dir.info()
+    added = accept_proposals(run_dir.graph_dir, args.ids, args.user, label=args.label,
+                             comment=args.comment)
+    skipped = len(set(args.ids)) - len(added)
+    print(f"accepted {len(added)} proposals into {run_dir.graph_dir / 'accepted.parquet'}"
+          + (f" ({skipped} already accepted)" if skipped else ""))
+    return 0
