@@ -1,0 +1,111 @@
+"""The lab end to end: the pipeline on tiny demo data, its report, and every notebook headless."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+from pathlib import Path
+
+import nbformat
+import pytest
+from nbclient import NotebookClient
+
+from deeplesion_lab.cli import main
+from deeplesion_lab.demo import generate_demo
+
+REPO = Path(__file__).resolve().parents[1]
+NOTEBOOKS = sorted((REPO / "lab").glob("*.ipynb"))
+
+
+def pipeline_argv(d: Path) -> list[str]:
+    return [
+        "pipeline", "--csv", str(d / "demo" / "DL_info.csv"), "--manifest", str(d / "m.parquet"),
+        "--run", str(d / "run"), "--truth", str(d / "demo" / "truth.parquet"),
+        "--embed-epochs", "1", "--detector-epochs", "1", "--finetune-epochs", "1",
+    ]
+
+
+@pytest.fixture(scope="module")
+def tiny_lab(tmp_path_factory) -> Path:
+    d = tmp_path_factory.mktemp("lab")
+    generate_demo(d / "demo", n_patients=8, seed=5, size=256)
+    assert main(pipeline_argv(d)) == 0
+    return d
+
+
+def test_pipeline_writes_every_figure(tiny_lab: Path) -> None:
+    run = tiny_lab / "run"
+    metrics = json.loads((run / "metrics.json").read_text())
+    for key in ("nmi", "purity"):
+        assert 0.0 <= metrics["mining"][key] <= 1.0
+    for key in ("embedding_accuracy", "location_only_accuracy", "raw_intensity_accuracy",
+                "untrained_accuracy"):
+        assert 0.0 <= metrics["classification"][key] <= 1.0
+    for name in ("single", "pseudo"):
+        sens = metrics["detection"][name]["sensitivity"]
+        assert set(sens) == {"0.5", "1", "2", "4", "8", "16"}
+        # FROC sensitivity never falls as more false positives are allowed
+        vals = [sens[k] for k in ("0.5", "1", "2", "4", "8", "16")]
+        assert vals == sorted(vals)
+    assert set(metrics["finetune"]["before"]["sensitivity"]) == set(sens)
+    assert set(metrics["finetune"]["after"]["sensitivity"]) == set(sens)
+    for key in ("precision", "recall", "f1", "auc"):
+        assert 0.0 <= metrics["matching"][key] <= 1.0
+    for key in ("recall_at_1", "recall_at_2"):
+        assert 0.0 <= metrics["missing_annotations"][key] <= 1.0
+    # simulated corrections went through the label store, and fine-tuning recorded a snapshot
+    from deeplesion_lab.labels import LabelStore
+
+    store = LabelStore.open(run / "labels.sqlite")
+    hist = store.history(user="demo-annotator")
+    assert len(hist) > 0
+    assert len(store.list_snapshots()) >= 1
+
+
+def test_report_is_self_contained(tiny_lab: Path) -> None:
+    html = (tiny_lab / "run" / "report.html").read_text()
+    assert "Fine-tuning from corrected labels" in html
+    assert "FROC" in html and "embedding map" in html
+    # nothing loads from the network: no src/href to http(s)
+    assert not re.search(r"""(src|href)\s*=\s*["']?https?://""", html)
+    assert html.count("data:image/png;base64,") >= 3
+
+
+def test_second_pipeline_run_reuses_everything(tiny_lab: Path, capsys) -> None:
+    t = time.perf_counter()
+    assert main(pipeline_argv(tiny_lab)) == 0
+    out = capsys.readouterr().out
+    assert time.perf_counter() - t < 30
+    assert out.count("already done, skipped") >= 8
+    assert "[pipeline] embed ..." not in out
+
+
+def test_notebooks_are_committed_without_outputs() -> None:
+    assert len(NOTEBOOKS) == 5
+    for path in NOTEBOOKS:
+        nb = nbformat.read(path, as_version=4)
+        for cell in nb.cells:
+            if cell.cell_type == "code":
+                assert cell.outputs == [] and cell.execution_count is None, path.name
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def test_notebook_runs_headless(path: Path, tiny_lab: Path, monkeypatch) -> None:
+    monkeypatch.setenv("DLLAB_RUN", str(tiny_lab / "run"))
+    monkeypatch.setenv("DLLAB_MANIFEST", str(tiny_lab / "m.parquet"))
+    monkeypatch.setenv("DLLAB_TRUTH", str(tiny_lab / "demo" / "truth.parquet"))
+    monkeypatch.setenv("DLLAB_USER", "notebook-tester")
+    monkeypatch.setenv("DLLAB_DEMO_EDIT", "1")
+    monkeypatch.setenv("DLLAB_ACCEPT", "1")
+    monkeypatch.setenv("PYTHONPATH", str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    nb = nbformat.read(path, as_version=4)
+    client = NotebookClient(nb, timeout=300, kernel_name="python3",
+                            resources={"metadata": {"path": str(REPO / "lab")}})
+    client.execute()
+    errors = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs
+              if o.output_type == "error"]
+    assert not errors, errors
+    shown = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
+    assert shown, "the notebook displayed nothing"
