@@ -1,0 +1,52 @@
+"""``deeplesion-lab detect``: run a trained detector over key slices, write a predictions CSV."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    from ..detection.workflow import add_runtime_arguments
+
+    p = sub.add_parser(
+        "detect",
+        help="detect lesions on every key slice of a split -> predictions CSV",
+        description=(
+            "Run a detector of RUN_DIR/detector over every key slice of a split of the run's "
+            "manifest and write OUT with the columns file_name, x1, y1, x2, y2, score, label "
+            "(boxes in the original pixels; score = class-agnostic lesion score)."
+        ),
+    )
+    p.add_argument("--run", type=Path, required=True, help="run directory")
+    p.add_argument("--out", type=Path, required=True, help="predictions CSV to write")
+    p.add_argument("--split", choices=["test", "val", "train", "all", "val+test"], default="test",
+                   help="key slices to run on (default test)")
+    p.add_argument("--model", default=None,
+                   help="model name under RUN_DIR/detector (default: the latest trained)")
+    p.add_argument("--batch-size", type=int, default=None)
+    add_runtime_arguments(p)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..detection.predict import write_predictions
+    from ..detection.workflow import load_detector
+    from ..run import RunDir
+
+    run_dir = RunDir(args.run)
+    run_dir.info()
+    if args.out.suffix.lower() != ".csv":
+        from ..errors import LabError
+
+        raise LabError(f"{args.out}: predictions are written as .csv")
+    name, det = load_detector(run_dir, args.model, device=args.device,
+                              num_threads=args.threads, progress=not args.no_progress)
+    manifest = run_dir.load_manifest()
+    pred = det.predict(manifest, args.split, batch_size=args.batch_size)
+    write_predictions(pred, args.out)
+    n_img = pred["file_name"].nunique()
+    print(f"model {name} ({', '.join(det.classes_)}): {len(pred)} detections on {n_img} key "
+          f"slices of the {args.split} split; {det.predict_ms_per_image_:.1f} ms/image")
+    print(f"wrote {args.out}")
+    return 0

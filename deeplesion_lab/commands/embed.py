@@ -1,0 +1,145 @@
+"""``deeplesion-lab embed``: train the lesion embedder on a manifest and extract embeddings."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "embed",
+        help="train the lesion embedding network and write embeddings.parquet",
+        description=(
+            "Create the run directory (run.json), cut lesion patches (cached under RUN/cache), "
+            "train the embedding network with the CVPR 2018 sequential triplet sampling (type "
+            "where known: the protocol's seed lesions, then location, then size), save "
+            "embedder.pt + embedder.json and write embeddings.parquet. An interrupted run "
+            "resumes: finished patch chunks, a trained checkpoint with the same settings and "
+            "finished extraction chunks are reused."
+        ),
+    )
+    p.add_argument("manifest", type=Path, help="manifest parquet (with images)")
+    p.add_argument("--run", type=Path, required=True, help="run directory")
+    p.add_argument("--epochs", type=int, default=6, help="training epochs (default 6)")
+    p.add_argument("--truth", type=Path, default=None,
+                   help="truth file recorded in run.json for evaluation (never used to train)")
+    p.add_argument("--pretrained", type=Path, default=None,
+                   help="local checkpoint to initialise the network from (never downloaded)")
+    p.add_argument("--arch", choices=("small", "resnet18"), default="small")
+    p.add_argument("--embed-dim", type=int, default=128)
+    p.add_argument("--channels", choices=("context", "windows"), default="windows",
+                   help="patch channels: 3 context slices in one wide window, or the key slice "
+                        "in lung/soft-tissue/bone windows (default)")
+    p.add_argument("--batch-size", type=int, default=32, help="sequences (5 patches) per step")
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--use-pseudo-labels", action="store_true",
+                   help="also sample by the run's pseudo-labels (from an earlier `mine`)")
+    p.add_argument("--retrain", action="store_true",
+                   help="train again even if a checkpoint with the same settings exists")
+    p.add_argument("--workers", type=int, default=0, help="DataLoader workers reading slices")
+    p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import os
+
+    # Passive OpenMP waiting: on a busy machine spinning threads slow torch down several-fold.
+    # Only effective when torch is not imported yet (it reads the variable when it loads).
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    import hashlib
+    import json
+    import shutil
+    import time
+
+    import numpy as np
+
+    from ..embedding import LesionEmbedder, PatchConfig, build_patches
+    from ..errors import LabError
+    from ..evaluation import protocol_split
+    from ..lesion_types import TYPE_CODES
+    from ..manifest import read_manifest
+    from ..run import RunDir
+
+    t0 = time.time()
+    progress = not args.no_progress
+    df = read_manifest(args.manifest)
+    if len(df) < 3:
+        raise LabError(
+            f"{args.manifest}: {len(df)} lesion(s); training an embedding needs at least 3"
+        )
+    if args.epochs < 0:
+        raise LabError(f"--epochs must be >= 0, got {args.epochs}")
+    if args.truth is not None and not args.truth.is_file():
+        raise LabError(f"{args.truth}: truth file not found")
+    config = PatchConfig(channels=args.channels)
+    run_dir = RunDir(args.run)
+    if (run_dir.run_json.is_file()
+            and Path(run_dir.info()["manifest"]) != Path(args.manifest).resolve()):
+        run_dir.init(args.manifest)  # raises the clear "other manifest" error
+    patches = build_patches(
+        df, config, cache_dir=run_dir.path / "cache" / "patches", num_workers=args.workers,
+        progress=progress,
+    )
+    run_dir.init(args.manifest, args.truth)
+
+    roles = protocol_split(df["patient_index"].to_numpy())
+    types = np.where(roles == "seed", patches.types, -1)
+    n_pseudo = 0
+    if args.use_pseudo_labels:
+        pl = run_dir.load_pseudo_labels()
+        m = dict(zip(pl["lesion_id"].astype(str), pl["label"].astype(str), strict=True))
+        fill = np.array([TYPE_CODES.get(m.get(i, ""), -1) for i in patches.lesion_ids])
+        use = (types < 1) & (fill >= 1)
+        types[use] = fill[use]
+        n_pseudo = int(use.sum())
+
+    emb = LesionEmbedder(
+        embed_dim=args.embed_dim, arch=args.arch, epochs=args.epochs, batch_size=args.batch_size,
+        lr=args.lr, seed=args.seed, num_threads=args.threads, progress=progress,
+        pretrained=str(args.pretrained) if args.pretrained else None,
+    )
+    ckpt = run_dir.path / "embedder.pt"
+    record = ckpt.with_suffix(".json")
+    params = {k: v for k, v in emb.get_params().items() if k not in ("progress", "num_threads")}
+    settings = {
+        "params": params,
+        "patch_config": dict(config.__dict__),
+        "types_hash": hashlib.sha1(types.astype(np.int64).tobytes()).hexdigest()[:12],
+        "manifest_data_hash": df.attrs.get("data_hash", ""),
+        "sampler_types": int((types >= 1).sum()),
+        "pseudo_labels_used": n_pseudo,
+    }
+    reused = False
+    if ckpt.is_file() and record.is_file() and not args.retrain:
+        if json.loads(record.read_text()).get("training") == settings:
+            emb = LesionEmbedder.load(ckpt)
+            emb.progress, emb.num_threads = progress, args.threads
+            reused = True
+            print(f"reusing the trained embedder {ckpt} (same settings; --retrain to train again)")
+    if not reused:
+        emb.fit(patches, y=types)
+        emb.save(ckpt, extra={"training": settings,
+                              "manifest": str(Path(args.manifest).resolve())})
+    resume = run_dir.path / "cache" / "embeddings"
+    vectors = emb.transform(patches, resume_dir=resume)
+    run_dir.save_embeddings(
+        patches.lesion_ids, vectors,
+        metadata={"deeplesion_lab.model_hash": emb.model_hash(),
+                  "deeplesion_lab.data_hash": df.attrs.get("data_hash", "")},
+    )
+    shutil.rmtree(resume, ignore_errors=True)
+    last = emb.history_[-1]["triplet_loss"] if emb.history_ else None
+    run_dir.update_metrics({"embedding": {
+        "n_lesions": len(patches), "epochs": args.epochs, "final_triplet_loss": last,
+        "seed_types_used": settings["sampler_types"], "pseudo_labels_used": n_pseudo,
+        "model_hash": emb.model_hash(), "seconds": round(time.time() - t0, 1),
+    }})
+    print(f"embedded {len(patches)} lesions ({vectors.shape[1]}-d) in {time.time() - t0:.1f} s; "
+          f"sampler knew the type of {settings['sampler_types']} lesions (protocol seeds"
+          f"{' + pseudo-labels' if n_pseudo else ''})")
+    print(f"wrote {ckpt}, {record.name} and {run_dir.embeddings}")
+    return 0

@@ -1,0 +1,343 @@
+"""Key slices as detector inputs: 3-slice context, spacing-normalised, windowed, augmented.
+
+One item is one key slice (a DeepLesion image can hold several annotated lesions). Its image is
+the key slice with its neighbours at ``slice_spacing_mm`` above and below as the 3 channels
+(:class:`~deeplesion_lab.transforms.LoadContext`), resampled in-plane to ``spacing_mm`` per
+pixel (scaled down further only when the result would not fit the ``image_size`` canvas),
+windowed to [0, 1] and padded at the right and bottom to a square ``image_size`` canvas, so
+that a box maps back to the original pixels by one scale factor.
+
+Training augmentation: random rescaling (``scale_range``), left-right flips and intensity
+jitter (:class:`~deeplesion_lab.transforms.RandomFlip`,
+:class:`~deeplesion_lab.transforms.IntensityJitter`), drawn from ``(seed, epoch, item)`` so that
+a resumed training sees the same images as an uninterrupted one.
+
+Missing annotations
+-------------------
+DeepLesion annotates one or a few lesions per key slice; other lesions on the same slice are
+unmarked, and a detector trained naively learns them as background (hard negatives). The
+strategy here is to turn every *known* unannotated lesion into an **ignore region**: a target
+box with label ``-1``, which the network (:mod:`deeplesion_lab.detection.model`) leaves out of
+both the positive and the negative samples. Known unannotated lesions are:
+
+- ``neighbours``: lesions of the same series annotated on another key slice whose distance
+  along the body axis is within ``neighbour_factor`` x their radius (half their short
+  diameter, in mm), so they very likely also cross this slice, at about the same place;
+- noisy lesions (``Possibly_noisy``) and lesions without a label (multi-class training);
+- mined boxes (``ignore_boxes``): e.g. confident detections of a first model on training
+  slices that overlap no annotation (:func:`mined_ignore_boxes`).
+
+Torchvision has no ignore regions of its own; adding them as positive pseudo-boxes instead would
+teach unverified boxes as truth, and down-weighting needs a custom loss, so ignoring is the
+least assuming choice.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+
+from ..errors import LabError
+from ..images import ImageError, key_slice_path
+from ..transforms import IntensityJitter, LoadContext, RandomFlip, Window
+
+__all__ = [
+    "DatasetError",
+    "KeySliceDataset",
+    "neighbour_ignore_boxes",
+    "mined_ignore_boxes",
+    "collate",
+    "check_images",
+]
+
+BOX_COLS = ["bbox_x1", "bbox_y1", "bbox_x2", "bbox_y2"]
+
+
+class DatasetError(LabError, ValueError):
+    """Detector data that cannot be used (missing images, nothing to train on)."""
+
+
+def check_images(lesions: pd.DataFrame, images_root: str | Path) -> None:
+    """Raise a clear error if key slices are missing on disk (nothing has been written yet)."""
+    root = Path(images_root)
+    if not root.is_dir():
+        raise DatasetError(f"{root}: images folder not found")
+    files = lesions.drop_duplicates("file_name")
+    missing = [
+        (f, lid)
+        for f, lid in zip(files["file_name"], files["lesion_id"], strict=True)
+        if not key_slice_path(root, f).is_file()
+    ]
+    if missing:
+        f, lid = missing[0]
+        raise DatasetError(
+            f"{len(missing)} of {len(files)} key slices are missing under {root}; first: "
+            f"{key_slice_path(root, f)} (lesion {lid}, file_name {f})"
+        )
+
+
+def _series_key(df: pd.DataFrame) -> pd.Series:
+    return (
+        df["patient_index"].astype(str) + "_" + df["study_index"].astype(str) + "_"
+        + df["series_id"].astype(str)
+    )
+
+
+def neighbour_ignore_boxes(
+    lesions: pd.DataFrame, context: pd.DataFrame, factor: float = 1.0
+) -> dict[str, np.ndarray]:
+    """Boxes of lesions annotated on nearby slices of the same series, per key slice.
+
+    Parameters
+    ----------
+    lesions : pandas.DataFrame
+        The lesions whose key slices are the images.
+    context : pandas.DataFrame
+        All known lesions (usually the whole manifest).
+    factor : float, default 1
+        A lesion counts as crossing a slice when their distance is at most ``factor`` x its
+        radius (half its short diameter in mm).
+
+    Returns
+    -------
+    dict
+        ``file_name -> (K, 4)`` boxes (only images that have some).
+    """
+    if factor <= 0 or context.empty:
+        return {}
+    ctx = context.assign(_series=_series_key(context))
+    files = lesions.drop_duplicates("file_name").assign(_series=_series_key(
+        lesions.drop_duplicates("file_name")))
+    by_series = {s: g for s, g in ctx.groupby("_series", sort=False)}
+    out: dict[str, np.ndarray] = {}
+    for f, s, k in zip(files["file_name"], files["_series"], files["key_slice_index"],
+                       strict=True):
+        g = by_series.get(s)
+        if g is None:
+            continue
+        dz = (g["key_slice_index"].to_numpy() - int(k)) * g["spacing_z"].to_numpy()
+        radius = 0.5 * g["short_diameter_px"].to_numpy() * g["spacing_x"].to_numpy()
+        near = (g["file_name"].to_numpy() != f) & (np.abs(dz) <= factor * radius)
+        if near.any():
+            out[f] = g.loc[near, BOX_COLS].to_numpy(dtype=np.float32)
+    return out
+
+
+def mined_ignore_boxes(
+    predictions: pd.DataFrame,
+    lesions: pd.DataFrame,
+    score_threshold: float = 0.5,
+    iou_threshold: float = 0.3,
+) -> dict[str, np.ndarray]:
+    """Confident detections on key slices that match no annotated lesion: likely unannotated.
+
+    Parameters
+    ----------
+    predictions : pandas.DataFrame
+        A detector's predictions (``file_name, x1, y1, x2, y2, score``) on training slices.
+    lesions : pandas.DataFrame
+        The annotated lesions.
+    score_threshold : float, default 0.5
+        Minimum score of a mined box.
+    iou_threshold : float, default 0.3
+        A detection overlapping an annotation by this much is that annotation, not a new one.
+    """
+    from .froc import box_iou
+
+    pred = predictions[predictions["score"] >= score_threshold]
+    gt = {f: g[BOX_COLS].to_numpy(dtype=np.float64) for f, g in lesions.groupby("file_name")}
+    out: dict[str, list] = {}
+    for f, g in pred.groupby("file_name"):
+        if f not in gt:
+            continue
+        for b in g[["x1", "y1", "x2", "y2"]].to_numpy(dtype=np.float64):
+            if box_iou(b, gt[f]).max() < iou_threshold:
+                out.setdefault(f, []).append(b)
+    return {f: np.asarray(v, dtype=np.float32).reshape(-1, 4) for f, v in out.items()}
+
+
+class KeySliceDataset(torch.utils.data.Dataset):
+    """Key slices of a set of lesions, as (image, target, meta) for torchvision detectors.
+
+    Parameters
+    ----------
+    lesions : pandas.DataFrame
+        Manifest rows; each distinct ``file_name`` is one item.
+    images_root : str or pathlib.Path
+        The ``Images_png`` folder.
+    class_index : mapping, optional
+        ``lesion_id -> class index`` (1..K; -1 makes the lesion an ignore region, 0 drops it:
+        background). ``None`` gives every lesion class 1.
+    ignore_boxes : mapping, optional
+        ``file_name -> (K, 4)`` extra ignore regions (e.g. from :func:`mined_ignore_boxes`).
+    context : pandas.DataFrame, optional
+        Lesions for the ``neighbours`` strategy (default: ``lesions``).
+    unannotated : {"neighbours", "none"}, default "neighbours"
+        Whether to add known unannotated lesions as ignore regions.
+    neighbour_factor : float, default 1
+    image_size : int, default 512
+    spacing_mm : float, default 0.8
+        In-plane pixel size after resampling.
+    slice_spacing_mm : float, default 2
+        Distance between the 3 context slices.
+    n_slices : int, default 3
+    window : str or (low, high), default "wide"
+        The window (see :class:`~deeplesion_lab.transforms.Window`).
+    augment : bool, default False
+    scale_range : (float, float), default (0.85, 1.15)
+    seed : int, default 0
+    cache_mb : float, default 1024
+        Memory for the preprocessed (un-augmented) images.
+    check : bool, default True
+        Check at once that every key slice exists (a :class:`DatasetError` otherwise).
+    """
+
+    def __init__(
+        self,
+        lesions: pd.DataFrame,
+        images_root: str | Path,
+        *,
+        class_index: Mapping[str, int] | pd.Series | None = None,
+        ignore_boxes: Mapping[str, np.ndarray] | None = None,
+        context: pd.DataFrame | None = None,
+        unannotated: str = "neighbours",
+        neighbour_factor: float = 1.0,
+        image_size: int = 512,
+        spacing_mm: float = 0.8,
+        slice_spacing_mm: float = 2.0,
+        n_slices: int = 3,
+        window: str | tuple[float, float] = "wide",
+        augment: bool = False,
+        scale_range: tuple[float, float] = (0.85, 1.15),
+        seed: int = 0,
+        cache_mb: float = 1024.0,
+        check: bool = True,
+    ):
+        if unannotated not in ("neighbours", "none"):
+            raise DatasetError(f"unannotated must be 'neighbours' or 'none', not {unannotated!r}")
+        if lesions.empty:
+            raise DatasetError("no lesion (key slice) to load")
+        self.images_root = Path(images_root)
+        if check:
+            check_images(lesions, self.images_root)
+        self.lesions = lesions
+        self.image_size = int(image_size)
+        self.spacing_mm = float(spacing_mm)
+        self.augment = augment
+        self.scale_range = scale_range
+        self.seed = int(seed)
+        self.epoch = 0
+        self.cache_mb = cache_mb
+        self._cache: dict[int, tuple[np.ndarray, float]] = {}
+        self._cache_bytes = 0
+        self._load = LoadContext(self.images_root, n_slices=n_slices,
+                                 target_spacing_mm=slice_spacing_mm)
+        self._window = Window(window)
+
+        groups = {f: g for f, g in lesions.groupby("file_name", sort=True)}
+        self.file_names: list[str] = list(groups)
+        self.rows: list[dict] = [groups[f].iloc[0].to_dict() for f in self.file_names]
+        neigh = (
+            neighbour_ignore_boxes(lesions, context if context is not None else lesions,
+                                   neighbour_factor)
+            if unannotated == "neighbours"
+            else {}
+        )
+        self.boxes: list[np.ndarray] = []
+        self.labels: list[np.ndarray] = []
+        self.n_ignore = 0
+        for f in self.file_names:
+            g = groups[f]
+            b = g[BOX_COLS].to_numpy(dtype=np.float32)
+            if class_index is None:
+                lab = np.ones(len(g), dtype=np.int64)
+            else:
+                ci = class_index if isinstance(class_index, pd.Series) else pd.Series(class_index)
+                lab = np.array(ci.reindex(g["lesion_id"].astype(str)).fillna(-1), dtype=np.int64)
+            noisy = g["possibly_noisy"].astype(int).to_numpy() == 1
+            lab[noisy] = -1
+            keep = lab != 0  # "not a lesion": no target at all, its region is background
+            b, lab = b[keep], lab[keep]
+            extra = [x for x in (neigh.get(f), (ignore_boxes or {}).get(f)) if x is not None]
+            if extra:
+                e = np.concatenate(extra).astype(np.float32).reshape(-1, 4)
+                b = np.concatenate([b, e])
+                lab = np.concatenate([lab, np.full(len(e), -1, dtype=np.int64)])
+            self.n_ignore += int((lab < 0).sum())
+            self.boxes.append(b)
+            self.labels.append(lab)
+
+    def __len__(self) -> int:
+        return len(self.file_names)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the augmentation draws of an epoch."""
+        self.epoch = int(epoch)
+
+    def _base(self, i: int) -> tuple[np.ndarray, float]:
+        """Windowed context image at the base scale, and that scale (cached)."""
+        if i in self._cache:
+            return self._cache[i]
+        row = self.rows[i]
+        try:
+            sample = self._load({"row": row})
+        except ImageError as exc:
+            raise DatasetError(f"lesion {row['lesion_id']}: {exc}") from exc
+        img = sample["image"]
+        h, w = img.shape[-2:]
+        scale = float(row["spacing_x"]) / self.spacing_mm
+        scale = min(scale, self.image_size / max(h, w))
+        t = torch.from_numpy(np.ascontiguousarray(img))[None]
+        if abs(scale - 1.0) > 1e-6:
+            t = F.interpolate(t, scale_factor=scale, mode="bilinear", align_corners=False,
+                              recompute_scale_factor=False)
+        out = self._window({"image": t[0].numpy(), "row": row})["image"].astype(np.float16)
+        nbytes = out.nbytes
+        if self._cache_bytes + nbytes <= self.cache_mb * 2**20:
+            self._cache[i] = (out, scale)
+            self._cache_bytes += nbytes
+        return out, scale
+
+    def __getitem__(self, i: int):
+        base, scale = self._base(i)
+        img = base.astype(np.float32)
+        boxes = self.boxes[i] * scale
+        labels = self.labels[i].copy()
+        if self.augment:
+            rng = np.random.default_rng([self.seed, self.epoch, i])
+            s = float(rng.uniform(*self.scale_range))
+            s = min(s, self.image_size / max(img.shape[-2:]))
+            if abs(s - 1.0) > 1e-6:
+                t = F.interpolate(torch.from_numpy(img)[None], scale_factor=s, mode="bilinear",
+                                  align_corners=False, recompute_scale_factor=False)
+                img = t[0].numpy()
+                boxes = boxes * s
+                scale *= s
+            sample = {"image": img, "boxes": boxes}
+            sample = RandomFlip(p=0.5, seed=int(rng.integers(2**31)))(sample)
+            sample = IntensityJitter(seed=int(rng.integers(2**31)))(sample)
+            img, boxes = sample["image"], sample["boxes"]
+        h, w = img.shape[-2:]
+        canvas = np.zeros((img.shape[0], self.image_size, self.image_size), dtype=np.float32)
+        canvas[:, :h, :w] = img[:, : self.image_size, : self.image_size]
+        boxes = np.asarray(boxes, dtype=np.float32).reshape(-1, 4).copy()
+        boxes[:, [0, 2]] = boxes[:, [0, 2]].clip(0, min(w, self.image_size))
+        boxes[:, [1, 3]] = boxes[:, [1, 3]].clip(0, min(h, self.image_size))
+        ok = (boxes[:, 2] - boxes[:, 0] >= 1) & (boxes[:, 3] - boxes[:, 1] >= 1)
+        target = {
+            "boxes": torch.from_numpy(boxes[ok]),
+            "labels": torch.from_numpy(labels[ok]),
+        }
+        meta = {"file_name": self.file_names[i], "scale": scale, "index": i}
+        return torch.from_numpy(canvas), target, meta
+
+
+def collate(batch):
+    """Batch as three lists (images, targets, metas), as torchvision detectors take them."""
+    images, targets, metas = zip(*batch, strict=True)
+    return list(images), list(targets), list(metas)

@@ -1,0 +1,316 @@
+"""Detector steps on a run directory: train, detect, evaluate, fine-tune (what the commands do).
+
+Models live in ``RUN_DIR/detector/<name>/`` (see :mod:`deeplesion_lab.detection.train`);
+``RUN_DIR/detector/latest.json`` names the most recently trained one. Metrics go to
+``RUN_DIR/metrics.json``::
+
+    detection.<name>: sensitivity {"0.5", "1", "2", "4", "8", "16"}, mean_sensitivity_0_5_to_4,
+                      per_class {type: {...}}, counts, split, predictions
+    detector_training.<name>: classes, epochs, images, training images/s, checkpoint
+    finetune: before {...}, after {...} (the same fields as detection.<name>), model, parent,
+              labels source, label_snapshot_id, corrected (labels differing from the
+              pseudo-labels), epochs
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from ..atomic import write_json
+from ..errors import LabError
+from ..manifest import manifest_images_root
+from ..run import RunDir
+from .froc import FROCResult, evaluate_predictions, results_table
+
+__all__ = [
+    "add_training_arguments",
+    "detector_params",
+    "model_dir",
+    "latest_model",
+    "set_latest",
+    "load_detector",
+    "record_evaluation",
+    "resolve_finetune_labels",
+    "run_finetune",
+]
+
+
+def add_training_arguments(p: argparse.ArgumentParser, *, finetune: bool = False) -> None:
+    """Options shared by ``train-detector`` and ``finetune``."""
+    g = p.add_argument_group("training")
+    g.add_argument("--epochs", type=int, default=3 if finetune else 10,
+                   help=f"epochs (default {3 if finetune else 10})")
+    g.add_argument("--batch-size", type=int, default=None, help="images per step (default 4)")
+    g.add_argument("--lr", type=float, default=None,
+                   help=f"SGD learning rate (default {0.005 if finetune else 0.02})")
+    g.add_argument("--unannotated", choices=["neighbours", "none"], default=None,
+                   help="missing-annotation strategy: ignore regions on lesions annotated on "
+                        "nearby slices (default neighbours)")
+    g.add_argument("--ignore-from", type=Path, default=None, metavar="PRED.csv",
+                   help="predictions on the training slices: confident ones that match no "
+                        "annotation become ignore regions (mined unannotated lesions)")
+    g.add_argument("--ignore-score", type=float, default=0.5,
+                   help="minimum score of a mined ignore region (default 0.5)")
+    g.add_argument("--seed", type=int, default=None)
+    g.add_argument("--overwrite", action="store_true",
+                   help="start over when NAME holds a training made with other settings")
+    add_runtime_arguments(p)
+
+
+def add_runtime_arguments(p: argparse.ArgumentParser) -> None:
+    """``--device``, ``--threads``."""
+    g = p.add_argument_group("runtime")
+    g.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    g.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    g.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def add_model_arguments(p: argparse.ArgumentParser) -> None:
+    """Network and input options of a new detector."""
+    from .config import BACKBONES
+
+    g = p.add_argument_group("network and input")
+    g.add_argument("--backbone", choices=BACKBONES, default="mobilenet_v3_large_fpn")
+    g.add_argument("--backbone-weights", type=Path, default=None, metavar="FILE",
+                   help="local classification checkpoint for the backbone (never downloaded)")
+    g.add_argument("--image-size", type=int, default=None,
+                   help="canvas side in px (default 512 on cuda, 256 on cpu)")
+    g.add_argument("--spacing-mm", type=float, default=None,
+                   help="in-plane mm per pixel after resampling (default 0.8 on cuda, 1.6 on "
+                        "cpu; DeepLesion's detectors use about 0.8)")
+    g.add_argument("--slice-spacing-mm", type=float, default=2.0,
+                   help="distance between the 3 context slices (default 2)")
+    g.add_argument("--box-head", type=int, default=None,
+                   help="box head width (default 1024 on cuda, 256 on cpu)")
+
+
+def detector_params(args: argparse.Namespace, *, new: bool) -> dict[str, Any]:
+    """``LesionDetector`` parameters from parsed options (only those given, for a loaded one)."""
+    cuda = str(getattr(args, "device", "cpu")).startswith("cuda")
+    out: dict[str, Any] = {
+        "device": args.device,
+        "num_threads": args.threads,
+        "progress": not args.no_progress,
+    }
+    if hasattr(args, "epochs"):
+        out["epochs"] = args.epochs
+    for opt, key in [("batch_size", "batch_size"), ("lr", "lr"), ("unannotated", "unannotated"),
+                     ("seed", "seed")]:
+        v = getattr(args, opt, None)
+        if v is not None:
+            out[key] = v
+    if new:
+        out.update(
+            backbone=args.backbone,
+            backbone_weights=str(args.backbone_weights) if args.backbone_weights else None,
+            image_size=args.image_size or (512 if cuda else 256),
+            spacing_mm=args.spacing_mm or (0.8 if cuda else 1.6),
+            slice_spacing_mm=args.slice_spacing_mm,
+            box_head_size=args.box_head or (1024 if cuda else 256),
+        )
+    return out
+
+
+def model_dir(run: RunDir, name: str) -> Path:
+    """``RUN_DIR/detector/<name>``."""
+    if not name or "/" in name or name.startswith("."):
+        raise LabError(f"invalid model name {name!r}")
+    return run.detector_dir / name
+
+
+def _models(run: RunDir) -> list[Path]:
+    if not run.detector_dir.is_dir():
+        return []
+    return sorted((p for p in run.detector_dir.glob("*/model.pt")), key=lambda p: p.stat().st_mtime)
+
+
+def latest_model(run: RunDir, *, multi_class: bool = False) -> str:
+    """Name of the latest trained model (``latest.json``, else the newest ``model.pt``).
+
+    With ``multi_class``, the newest model whose classes are not just "lesion".
+    """
+    latest = run.detector_dir / "latest.json"
+    if not multi_class and latest.is_file():
+        name = json.loads(latest.read_text()).get("name")
+        if name and (run.detector_dir / name / "model.pt").is_file():
+            return name
+    for p in reversed(_models(run)):
+        if not multi_class:
+            return p.parent.name
+        cfg = p.parent / "config.json"
+        if cfg.is_file() and json.loads(cfg.read_text()).get("classes") != ["lesion"]:
+            return p.parent.name
+    what = "multi-class detector" if multi_class else "detector"
+    raise LabError(
+        f"no trained {what} in {run.detector_dir}; train one with "
+        f"`deeplesion-lab train-detector --run {run.path}"
+        f"{' --classes pseudo' if multi_class else ''}`"
+    )
+
+
+def set_latest(run: RunDir, name: str) -> None:
+    """Record ``name`` as the latest model."""
+    write_json({"name": name}, run.detector_dir / "latest.json")
+
+
+def load_detector(run: RunDir, name: str | None, **overrides: Any):
+    """Load ``RUN_DIR/detector/<name>/model.pt`` (the latest when ``name`` is None)."""
+    from .train import LesionDetector
+
+    name = name or latest_model(run)
+    path = model_dir(run, name) / "model.pt"
+    if not path.is_file():
+        known = ", ".join(p.parent.name for p in _models(run)) or "none"
+        raise LabError(f"{path}: no such model (trained models: {known})")
+    return name, LesionDetector.load(path, **overrides)
+
+
+def record_evaluation(
+    run: RunDir | None,
+    name: str,
+    result: FROCResult,
+    **extra: Any,
+) -> dict:
+    """Write ``detection.<name>`` into the run's metrics (when a run is given); return it."""
+    entry = {**result.to_metrics(), **{k: v for k, v in extra.items() if v is not None}}
+    if run is not None:
+        run.update_metrics({"detection": {name: entry}})
+    return entry
+
+
+def resolve_finetune_labels(
+    run: RunDir,
+    labels_path: Path | None,
+    snapshot: str | None,
+    *,
+    user: str = "finetune",
+    store: str | None = None,
+) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """The corrected labels for fine-tuning and where they came from.
+
+    ``--labels TABLE`` wins; else ``--snapshot ID`` of the label store; else a new snapshot of
+    the store (``store``: a SQLite path or ``postgresql://`` URL; default
+    ``RUN_DIR/labels.sqlite``).
+    """
+    from .labels_table import labels_from_store, read_labels_table
+
+    if labels_path is not None:
+        if snapshot is not None:
+            raise LabError("give either --labels or --snapshot, not both")
+        return read_labels_table(labels_path), {"labels_source": str(Path(labels_path).resolve()),
+                                                "label_snapshot_id": None}
+    db = store or str(run.label_db)
+    if not db.startswith("postgresql") and not Path(db).is_file():
+        raise LabError(
+            f"no corrected labels: {db} does not exist; pass --labels TABLE "
+            "(parquet/CSV with lesion_id, label) or start the label store"
+        )
+    snap = int(snapshot) if snapshot is not None and str(snapshot).isdigit() else snapshot
+    df, sid = labels_from_store(db, snap, user=user)
+    return df, {"labels_source": _redact(db), "label_snapshot_id": sid}
+
+
+def _redact(url: str) -> str:
+    """A store location without its password (``postgresql://user:secret@host`` -> ``user@``)."""
+    import re
+
+    return re.sub(r"(postgres(?:ql)?://[^:/@]+):[^@]*@", r"\1@", url)
+
+
+def _n_corrected(run: RunDir, labels: pd.DataFrame) -> int | None:
+    if not run.pseudo_labels.is_file():
+        return None
+    pseudo = pd.read_parquet(run.pseudo_labels)[["lesion_id", "label"]]
+    m = labels.merge(pseudo, on="lesion_id", suffixes=("", "_pseudo"))
+    return int((m["label"].astype(str) != m["label_pseudo"].astype(str)).sum())
+
+
+def run_finetune(
+    run: RunDir,
+    labels: pd.DataFrame,
+    source: Mapping[str, Any],
+    *,
+    base: str | None = None,
+    name: str | None = None,
+    class_map: Mapping[str, str] | None = None,
+    reset_head: bool = False,
+    params: Mapping[str, Any] | None = None,
+    eval_split: str = "test",
+    ignore_boxes: Mapping | None = None,
+    overwrite: bool = False,
+    out=print,
+) -> dict[str, Any]:
+    """Fine-tune ``base`` on ``labels``; evaluate before and after; record everything.
+
+    Returns the ``finetune`` metrics entry.
+    """
+    from .dataset import check_images
+    from .labels_table import apply_class_map, class_indices, labels_hash
+    from .plots import froc_html, plot_froc
+    from .predict import write_predictions
+    from .train import select_split
+
+    base = base or latest_model(run, multi_class=True)
+    base_name, det = load_detector(run, base, **dict(params or {}))
+    labels = apply_class_map(labels, dict(class_map or {}))
+    manifest = run.load_manifest()
+    train = select_split(manifest, "train")
+    # check the labels against the model before anything is written
+    class_indices(train["lesion_id"].astype(str).tolist(), labels,
+                  None if reset_head else det.classes_,
+                  source=str(source.get("labels_source", "labels")))
+    sid = source.get("label_snapshot_id")
+    name = name or (f"{base_name}-ft{sid}" if sid is not None
+                    else f"{base_name}-ft-{labels_hash(labels)[:8]}")
+    folder = model_dir(run, name)
+    root = manifest_images_root(manifest)
+    check_images(train, root)
+    check_images(select_split(manifest, eval_split), root)
+
+    out(f"before: evaluating {base_name} on the {eval_split} split ...")
+    before_pred = det.predict(manifest, eval_split)
+    before = evaluate_predictions(before_pred, manifest, eval_split)
+
+    det.set_params(warm_start=True)
+    det.fit(manifest, labels, reset_head=reset_head, checkpoint_dir=folder,
+            resume=not overwrite, ignore_boxes=ignore_boxes,
+            lineage={**source, "finetuned_from": base_name,
+                     "class_map": dict(class_map or {})})
+    set_latest(run, name)
+    after_pred = det.predict(manifest, eval_split)
+    after = evaluate_predictions(after_pred, manifest, eval_split)
+    p_before = write_predictions(before_pred, folder / f"predictions_before_{eval_split}.csv")
+    p_after = write_predictions(after_pred, folder / f"predictions_{eval_split}.csv")
+    curves = {f"before ({base_name})": before, f"after ({name})": after}
+    plot_froc(curves, folder / "froc_before_after.png", title="Fine-tuning: before / after")
+    froc_html(curves, folder / "froc_before_after.html", title="Fine-tuning: before / after")
+
+    ft = {
+        "before": {**before.to_metrics(), "model": base_name, "predictions": str(p_before)},
+        "after": {**after.to_metrics(), "model": name, "predictions": str(p_after)},
+        "model": name,
+        "parent": base_name,
+        "labels_source": source.get("labels_source"),
+        "label_snapshot_id": sid,
+        "labels_hash": labels_hash(labels),
+        "n_labels": len(labels),
+        "corrected": _n_corrected(run, labels),
+        "classes": det.classes_,
+        "epochs": det.epochs,
+        "train_images_per_s": _images_per_s(det.history_),
+    }
+    run.update_metrics({"finetune": ft, "detection": {name: ft["after"]}})
+    out(results_table({"before": before, "after": after}))
+    return ft
+
+
+def _images_per_s(history: list[dict]) -> float | None:
+    secs = sum(h.get("seconds", 0.0) for h in history)
+    n = sum(h.get("images", 0) for h in history)
+    return n / secs if secs else None

@@ -1,0 +1,505 @@
+"""``LesionEmbedder``: train the embedding network with sequential triplets, extract embeddings,
+save and load checkpoints with a config record."""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import hashlib
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+from sklearn.base import BaseEstimator, TransformerMixin
+
+from ..errors import LabError
+from .dataset import PatchConfig, PatchSet
+from .network import ARCHS, CheckpointError, EmbeddingNet, load_pretrained
+from .sampling import SequentialSampler, sequential_triplet_loss
+
+__all__ = ["LesionEmbedder", "CHECKPOINT_FORMAT"]
+
+CHECKPOINT_FORMAT = "deeplesion-lab-embedder"
+CHECKPOINT_VERSION = 1
+#: Metadata inputs of the network: location x, y, z and log long diameter.
+N_META = 4
+
+
+@contextlib.contextmanager
+def _torch_threads(n: int | None) -> Iterator[None]:
+    import torch
+
+    old = torch.get_num_threads()
+    if n:
+        torch.set_num_threads(int(n))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
+def _check_patchset(X, what: str, min_n: int = 1) -> PatchSet:
+    if not isinstance(X, PatchSet):
+        raise LabError(
+            f"{what} expects a PatchSet (deeplesion_lab.embedding.build_patches), "
+            f"got {type(X).__name__}"
+        )
+    if len(X) < min_n:
+        raise LabError(
+            f"{what} needs at least {min_n} lesion(s), got {len(X)}"
+            + (" (triplet training compares each lesion with others)" if min_n > 1 else "")
+        )
+    return X
+
+
+def _ids_hash(ids: np.ndarray) -> str:
+    return hashlib.sha1("\n".join(map(str, ids)).encode()).hexdigest()[:12]
+
+
+class LesionEmbedder(TransformerMixin, BaseEstimator):
+    """Lesion embeddings learned with the CVPR 2018 sequential triplet sampling.
+
+    Parameters
+    ----------
+    embed_dim : int, default 128
+        Embedding size.
+    arch : {"small", "resnet18"}, default "small"
+        Backbone of :class:`~deeplesion_lab.embedding.network.EmbeddingNet`.
+    width : int, default 16
+        Width of the small backbone.
+    epochs : int, default 10
+        Training epochs (one sequence per lesion per epoch).
+    batch_size : int, default 32
+        Sequences per step (5 patches each).
+    lr : float, default 1e-3
+        Adam learning rate.
+    weight_decay : float, default 1e-4
+    margin : float, default 0.1
+        Triplet margin on squared distances of unit vectors.
+    n_neighbors : int, default 20
+        "Nearby" neighbourhood of the sampler.
+    aux_weight : float, default 0.0
+        Weight of an optional auxiliary self-supervised loss added to the paper's triplet loss:
+        a linear head regresses the lesion's normalised location and log size from the
+        embedding (both come with every lesion, no manual label). 0 disables it.
+    use_metadata : bool, default True
+        Feed the lesion's normalised location (x, y, z) and log long diameter to the network
+        beside the image. Both come with every lesion without manual labelling (DeepLesion's
+        location is itself derived from the CT volume by self-supervised body-part regression;
+        the diameter from the RECIST measurement that defines the lesion). ``False`` gives the
+        image-only network of the paper.
+    warm_start : bool, default False
+        ``fit`` continues training the current network (e.g. with new pseudo-types) instead of
+        starting from a new one.
+    pretrained : str or path, optional
+        Local checkpoint to initialise from (see :func:`~deeplesion_lab.embedding.network.load_pretrained`).
+    seed : int, default 0
+    num_threads : int, default 2
+        Torch CPU threads while fitting and extracting.
+    progress : bool, default False
+        Progress bars.
+
+    Attributes
+    ----------
+    net_ : EmbeddingNet
+    patch_config_ : PatchConfig
+    history_ : list of dict
+        Loss per epoch.
+    data_hash_ : str
+        Hash of the training lesion ids.
+    n_train_ : int
+    """
+
+    def __init__(
+        self,
+        embed_dim: int = 128,
+        arch: str = "small",
+        width: int = 16,
+        epochs: int = 10,
+        batch_size: int = 32,
+        lr: float = 1e-3,
+        weight_decay: float = 1e-4,
+        margin: float = 0.1,
+        n_neighbors: int = 20,
+        aux_weight: float = 0.0,
+        use_metadata: bool = True,
+        warm_start: bool = False,
+        pretrained: str | None = None,
+        seed: int = 0,
+        num_threads: int = 2,
+        progress: bool = False,
+    ):
+        self.embed_dim = embed_dim
+        self.arch = arch
+        self.width = width
+        self.epochs = epochs
+        self.batch_size = batch_size
+        self.lr = lr
+        self.weight_decay = weight_decay
+        self.margin = margin
+        self.n_neighbors = n_neighbors
+        self.aux_weight = aux_weight
+        self.use_metadata = use_metadata
+        self.warm_start = warm_start
+        self.pretrained = pretrained
+        self.seed = seed
+        self.num_threads = num_threads
+        self.progress = progress
+
+    # building --------------------------------------------------------------------------------
+    def _make_net(self, config: PatchConfig) -> EmbeddingNet:
+        import torch
+
+        if self.arch not in ARCHS:
+            raise LabError(f"unknown embedding architecture {self.arch!r}; known: {', '.join(ARCHS)}")
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.seed)
+            net = EmbeddingNet(config.in_channels, self.embed_dim, self.arch, self.width,
+                               n_meta=N_META if self.use_metadata else 0)
+        if self.pretrained:
+            load_pretrained(net, self.pretrained)
+        return net
+
+    def initialize(self, X: PatchSet | PatchConfig) -> LesionEmbedder:
+        """Build the (untrained, or pretrained-initialised) network without training it."""
+        config = X.config if isinstance(X, PatchSet) else X
+        self.patch_config_ = config
+        self.net_ = self._make_net(config).eval()
+        self.history_ = []
+        self.data_hash_ = ""
+        self.n_train_ = 0
+        return self
+
+    # training --------------------------------------------------------------------------------
+    def fit(self, X: PatchSet, y: np.ndarray | None = None) -> LesionEmbedder:
+        """Train on the patches with sequential triplets.
+
+        Parameters
+        ----------
+        X : PatchSet
+            Lesion patches and metadata.
+        y : (N,) int array, optional
+            Type codes for the sampler (``-1`` unknown); default ``X.types``. Pass only the
+            types you may train on (e.g. labelled seeds, or pseudo-labels).
+        """
+        import torch
+        from tqdm.auto import tqdm
+
+        X = _check_patchset(X, "LesionEmbedder.fit", min_n=3)
+        types = X.types if y is None else np.asarray(y, dtype=np.int64)
+        if types.shape != (len(X),):
+            raise LabError(f"y must hold {len(X)} type codes, got shape {types.shape}")
+        if not (self.warm_start and hasattr(self, "net_")):
+            self.initialize(X)
+        sampler = SequentialSampler(self.n_neighbors, seed=self.seed).fit(
+            X.locations, X.sizes_mm, types
+        )
+        net = self.net_
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.seed + 2)
+            aux = torch.nn.Linear(self.embed_dim, 4)
+        targets = torch.from_numpy(_aux_targets(X)).float()
+        params = list(net.parameters()) + (list(aux.parameters()) if self.aux_weight else [])
+        opt = torch.optim.Adam(params, lr=self.lr, weight_decay=self.weight_decay)
+        start = len(self.history_)
+        rng = np.random.default_rng([self.seed, start])
+        gen = torch.Generator().manual_seed(self.seed + start)
+        bs = max(2, int(self.batch_size))
+        with _torch_threads(self.num_threads):
+            net.train()
+            bar = tqdm(range(int(self.epochs)), desc="embedder", unit="epoch",
+                       disable=not self.progress)
+            for epoch in bar:
+                seqs = sampler.sample(epoch=start + epoch)
+                seqs = seqs[rng.permutation(len(seqs))]
+                losses = []
+                for s in range(0, len(seqs), bs):
+                    batch = seqs[s : s + bs]
+                    if len(batch) < 2:
+                        continue
+                    idx = batch.ravel()
+                    x, boxes, meta = _batch(X, idx, augment=True, gen=gen)
+                    e = net(x, boxes, meta if self.use_metadata else None)
+                    loss = sequential_triplet_loss(e, 5, self.margin)
+                    if self.aux_weight:
+                        aux_loss = torch.nn.functional.mse_loss(aux(e), targets[idx])
+                        loss = loss + self.aux_weight * aux_loss
+                    opt.zero_grad()
+                    loss.backward()
+                    opt.step()
+                    losses.append(loss.item())
+                mean = float(np.mean(losses)) if losses else float("nan")
+                self.history_.append({"epoch": start + epoch + 1, "triplet_loss": mean})
+                bar.set_postfix(loss=f"{mean:.4f}")
+            net.eval()
+        self.data_hash_ = _ids_hash(X.lesion_ids)
+        self.n_train_ = len(X)
+        return self
+
+    def fine_tune_classes(
+        self, X: PatchSet, targets: np.ndarray, epochs: int = 1, lr: float | None = None
+    ) -> LesionEmbedder:
+        """Fine-tune the network to predict ``targets`` (e.g. cluster ids) from the embedding,
+        through a temporary linear head and cross-entropy (the deep-clustering step)."""
+        import torch
+        from torch import nn
+
+        self._check_fitted()
+        X = _check_patchset(X, "fine_tune_classes", min_n=2)
+        t = np.asarray(targets, dtype=np.int64)
+        if t.shape != (len(X),) or t.min() < 0:
+            raise LabError(f"targets must be {len(X)} non-negative class ids, got shape {t.shape}")
+        n_classes = int(t.max()) + 1
+        net = self.net_
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.seed + 1)
+            head = nn.Linear(self.embed_dim, n_classes)
+        params = list(net.parameters()) + list(head.parameters())
+        opt = torch.optim.Adam(params, lr=lr or self.lr * 0.5, weight_decay=self.weight_decay)
+        # balance clusters: inverse-frequency class weights
+        counts = np.bincount(t, minlength=n_classes).astype(np.float64)
+        w = torch.tensor(len(t) / (n_classes * np.maximum(counts, 1.0)), dtype=torch.float32)
+        rng = np.random.default_rng(self.seed + len(self.history_))
+        gen = torch.Generator().manual_seed(self.seed + 7)
+        bs = max(8, int(self.batch_size) * 4)
+        tt = torch.from_numpy(t)
+        with _torch_threads(self.num_threads):
+            net.train()
+            for _ in range(int(epochs)):
+                order = rng.permutation(len(X))
+                losses = []
+                for s in range(0, len(order), bs):
+                    idx = order[s : s + bs]
+                    if len(idx) < 2:
+                        continue
+                    x, boxes, meta = _batch(X, idx, augment=True, gen=gen)
+                    e = net(x, boxes, meta if self.use_metadata else None)
+                    logits = head(e) / 0.1  # unit vectors: sharpen
+                    loss = nn.functional.cross_entropy(logits, tt[idx], weight=w)
+                    opt.zero_grad()
+                    loss.backward()
+                    opt.step()
+                    losses.append(loss.item())
+                self.history_.append({
+                    "epoch": len(self.history_) + 1,
+                    "cluster_loss": float(np.mean(losses)) if losses else float("nan"),
+                })
+            net.eval()
+        return self
+
+    # extraction ------------------------------------------------------------------------------
+    def transform(
+        self,
+        X: PatchSet,
+        *,
+        batch_size: int = 256,
+        resume_dir: str | Path | None = None,
+        chunk_size: int = 4096,
+    ) -> np.ndarray:
+        """Embeddings ``(N, embed_dim)`` float32, unit length.
+
+        Parameters
+        ----------
+        X : PatchSet
+        batch_size : int, default 256
+            DataLoader batch size.
+        resume_dir : path, optional
+            Keep finished chunks here (``.npy``, named by model and lesions), so an interrupted
+            extraction resumes where it stopped; the caller removes the folder when done.
+        chunk_size : int, default 4096
+        """
+        import torch
+        from tqdm.auto import tqdm
+
+        from ..atomic import atomic_path
+
+        self._check_fitted()
+        X = _check_patchset(X, "LesionEmbedder.transform")
+        if X.config.in_channels != self.patch_config_.in_channels or (
+            X.config.size != self.patch_config_.size
+        ):
+            raise LabError(
+                f"patches are {X.config.in_channels}x{X.config.size}px but the embedder was made "
+                f"for {self.patch_config_.in_channels}x{self.patch_config_.size}px"
+            )
+        out = np.empty((len(X), self.embed_dim), dtype=np.float32)
+        rdir = Path(resume_dir) if resume_dir is not None else None
+        fp = self.model_hash() if rdir is not None else ""
+        net = self.net_.eval()
+        bar = tqdm(total=len(X), desc="embeddings", unit="lesion", disable=not self.progress)
+        with _torch_threads(self.num_threads), torch.inference_mode():
+            for s in range(0, len(X), chunk_size):
+                e = min(s + chunk_size, len(X))
+                f = rdir / f"emb-{fp}-{_ids_hash(X.lesion_ids[s:e])}.npy" if rdir else None
+                if f is not None and f.is_file():
+                    out[s:e] = np.load(f)
+                    bar.update(e - s)
+                    continue
+                ds = torch.utils.data.TensorDataset(
+                    torch.from_numpy(X.patches[s:e]), torch.from_numpy(X.boxes[s:e]),
+                    torch.from_numpy(_meta(X.locations[s:e], X.sizes_mm[s:e])),
+                )
+                loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=False)
+                pos = s
+                for p, b, m in loader:
+                    m = m if self.use_metadata else None
+                    out[pos : pos + len(p)] = net(p.float().div_(255.0), b, m).numpy()
+                    pos += len(p)
+                    bar.update(len(p))
+                if f is not None:
+                    with atomic_path(f) as tmp:
+                        with open(tmp, "wb") as fh:
+                            np.save(fh, out[s:e])
+        bar.close()
+        return out
+
+    # persistence -----------------------------------------------------------------------------
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "net_"):
+            raise LabError("the embedder is not fitted; call fit (or initialize) first")
+
+    def model_hash(self) -> str:
+        """A short hash of the network weights."""
+        self._check_fitted()
+        h = hashlib.sha1()
+        for k, v in self.net_.state_dict().items():
+            h.update(k.encode())
+            h.update(v.detach().cpu().numpy().tobytes())
+        return h.hexdigest()[:12]
+
+    def record(self, extra: dict | None = None) -> dict:
+        """The config record saved beside the checkpoint."""
+        from ..run import versions
+
+        self._check_fitted()
+        rec = {
+            "format": CHECKPOINT_FORMAT,
+            "format_version": CHECKPOINT_VERSION,
+            "params": self.get_params(),
+            "patch_config": dict(self.patch_config_.__dict__),
+            "seed": self.seed,
+            "data_hash": self.data_hash_,
+            "n_train": self.n_train_,
+            "model_hash": self.model_hash(),
+            "history": self.history_,
+            "versions": versions(),
+            "saved": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }
+        rec.update(extra or {})
+        return rec
+
+    def save(self, path: str | Path, extra: dict | None = None) -> Path:
+        """Write the checkpoint (``.pt``) and its config record (same name, ``.json``)."""
+        import torch
+
+        from ..atomic import atomic_path, write_json
+
+        path = Path(path)
+        rec = self.record(extra)
+        state = {
+            "format": CHECKPOINT_FORMAT,
+            "format_version": CHECKPOINT_VERSION,
+            "params": {k: v for k, v in rec["params"].items() if v is not None},
+            "patch_config": rec["patch_config"],
+            "state_dict": self.net_.state_dict(),
+        }
+        with atomic_path(path) as tmp:
+            torch.save(state, tmp)
+        write_json(rec, path.with_suffix(".json"))
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> LesionEmbedder:
+        """Load a checkpoint written by :meth:`save`.
+
+        Raises
+        ------
+        CheckpointError
+            Missing or unreadable file, not an embedder checkpoint, or weights that do not fit
+            the architecture its record names.
+        """
+        import json
+
+        from .network import _read_checkpoint
+
+        path = Path(path)
+        obj = _read_checkpoint(path)
+        if obj.get("format") != CHECKPOINT_FORMAT:
+            raise CheckpointError(
+                f"{path}: not a lesion-embedder checkpoint (a plain backbone state dict can be "
+                "used as --pretrained instead)"
+            )
+        params = dict(obj.get("params", {}))
+        params.pop("pretrained", None)
+        valid = set(cls().get_params())
+        emb = cls(**{k: v for k, v in params.items() if k in valid})
+        try:
+            config = PatchConfig(**obj["patch_config"])
+        except (TypeError, KeyError) as exc:
+            raise CheckpointError(f"{path}: bad patch config in checkpoint ({exc})") from exc
+        emb.patch_config_ = config
+        emb.net_ = emb._make_net(config)
+        try:
+            emb.net_.load_state_dict(obj["state_dict"], strict=True)
+        except (RuntimeError, KeyError) as exc:
+            first = str(exc).strip().splitlines()[0][:300]
+            raise CheckpointError(
+                f"{path}: checkpoint of another architecture than its record says "
+                f"(arch={emb.arch!r}, embed_dim={emb.embed_dim}): {first}"
+            ) from exc
+        emb.net_.eval()
+        rec_path = path.with_suffix(".json")
+        rec = json.loads(rec_path.read_text()) if rec_path.is_file() else {}
+        emb.history_ = list(rec.get("history", []))
+        emb.data_hash_ = rec.get("data_hash", "")
+        emb.n_train_ = int(rec.get("n_train", 0))
+        return emb
+
+    def copy(self) -> LesionEmbedder:
+        """A deep copy (network included)."""
+        return copy.deepcopy(self)
+
+
+def _aux_targets(X: PatchSet) -> np.ndarray:
+    """Standardised location (x, y, z) and log long diameter, the auxiliary regression targets.
+
+    Left-right flips mirror ``x`` in the image but not the body, so ``x`` is taken as the
+    distance from the body's midline (``|x - 0.5|``), which a flip does not change.
+    """
+    t = np.column_stack([
+        np.abs(X.locations[:, 0] - 0.5), X.locations[:, 1], X.locations[:, 2],
+        np.log(np.maximum(X.sizes_mm, 1e-3)),
+    ])
+    sd = t.std(0)
+    return ((t - t.mean(0)) / np.where(sd > 0, sd, 1.0)).astype(np.float32)
+
+
+def _meta(locations: np.ndarray, sizes_mm: np.ndarray) -> np.ndarray:
+    """Network metadata input: the normalised location centred on the body (-0.5..0.5) and
+    the log long diameter centred on 20 mm."""
+    loc = np.asarray(locations, dtype=np.float32).reshape(-1, 3) - np.float32(0.5)
+    size = np.log(np.maximum(np.asarray(sizes_mm, dtype=np.float32), 1.0) / np.float32(20.0))
+    return np.column_stack([loc, size]).astype(np.float32)
+
+
+def _batch(X: PatchSet, idx: np.ndarray, *, augment: bool, gen=None):
+    """Float patches in [0, 1], boxes and location input for ``idx``; random left-right flips
+    (the location's x flips with the image) and intensity jitter."""
+    import torch
+
+    x = torch.from_numpy(X.patches[idx]).float().div_(255.0)
+    boxes = torch.from_numpy(X.boxes[idx]).clone()
+    meta = torch.from_numpy(_meta(X.locations[idx], X.sizes_mm[idx]))
+    if augment:
+        b = len(idx)
+        w = x.shape[-1]
+        flip = torch.rand(b, generator=gen) < 0.5
+        x[flip] = x[flip].flip(-1)
+        bx = boxes[flip]
+        boxes[flip] = torch.stack([w - bx[:, 2], bx[:, 1], w - bx[:, 0], bx[:, 3]], 1)
+        meta[flip, 0] = -meta[flip, 0]
+        c = 1.0 + (torch.rand(b, 1, 1, 1, generator=gen) - 0.5) * 0.2
+        d = (torch.rand(b, 1, 1, 1, generator=gen) - 0.5) * 0.1
+        x = (x * c + d).clamp_(0.0, 1.0)
+    return x, boxes, meta

@@ -1,0 +1,333 @@
+"""Unsupervised deep mining of lesion categories (Yan et al. 2017, "automated deep mining").
+
+:class:`DeepClusterMiner` clusters lesion embeddings, fine-tunes the embedding network with the
+cluster ids as targets, re-extracts, re-clusters, and repeats until the assignment stops changing
+(normalised mutual information between successive rounds above ``stop_nmi``). Each lesion gets a
+cluster and a confidence; :func:`name_clusters` names each cluster by majority vote of the
+lesions of known coarse type in it, giving pseudo-labels in the 8-type taxonomy.
+
+K is chosen over a range by a criterion (silhouette or bootstrap stability), or given.
+
+Examples
+--------
+>>> miner = DeepClusterMiner(embedder=emb, k_range=(4, 12)).fit(patches)   # doctest: +SKIP
+>>> miner.k_scores_                                                          # doctest: +SKIP
+>>> miner.pseudo_labels(patches.lesion_ids, known_types=patches.types)      # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from sklearn.base import BaseEstimator, ClusterMixin
+
+from .errors import LabError
+from .lesion_types import COARSE_TYPES
+
+__all__ = ["DeepClusterMiner", "MiningError", "choose_k", "name_clusters", "check_features"]
+
+
+class MiningError(LabError, ValueError):
+    """Mining cannot run on this input (too few lesions, bad K, NaN features)."""
+
+
+def check_features(X, what: str = "features", ids=None) -> np.ndarray:
+    """A finite 2-D float array, or a :class:`MiningError` naming the first bad lesion."""
+    X = np.asarray(X, dtype=np.float64)
+    if X.ndim != 2:
+        raise MiningError(f"{what} must be a 2-D array (lesions x dimensions), got shape {X.shape}")
+    bad = ~np.isfinite(X).all(1)
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        who = f"lesion {ids[i]}" if ids is not None else f"row {i}"
+        raise MiningError(
+            f"{what}: {who} has NaN/inf values ({int(bad.sum())} lesion(s) affected)"
+        )
+    return X
+
+
+def _kmeans(X: np.ndarray, k: int, seed: int, n_init: int = 4):
+    from sklearn.cluster import KMeans
+
+    return KMeans(n_clusters=k, n_init=n_init, random_state=seed).fit(X)
+
+
+def choose_k(
+    X: np.ndarray,
+    k_range: tuple[int, int] = (4, 12),
+    criterion: str = "silhouette",
+    seed: int = 0,
+    max_points: int = 4000,
+) -> tuple[int, pd.DataFrame]:
+    """Score every K in ``k_range`` (inclusive) and return the best with the table.
+
+    The table has ``k``, ``silhouette`` (mean silhouette on at most ``max_points`` lesions),
+    ``stability`` (adjusted Rand index between k-means fits on two random halves, compared on
+    all lesions) and ``inertia``. ``criterion`` picks the column to maximise.
+    """
+    from sklearn.metrics import adjusted_rand_score, silhouette_score
+
+    if criterion not in ("silhouette", "stability"):
+        raise MiningError(f"unknown K criterion {criterion!r}; use 'silhouette' or 'stability'")
+    n = len(X)
+    lo, hi = int(k_range[0]), min(int(k_range[1]), n - 1)
+    lo = max(lo, 2)
+    if hi < lo:
+        raise MiningError(
+            f"cannot choose K in {tuple(k_range)} for {n} lesions (need 2 <= K < lesions)"
+        )
+    rng = np.random.default_rng(seed)
+    sub = rng.choice(n, min(n, max_points), replace=False)
+    rows = []
+    for k in range(lo, hi + 1):
+        km = _kmeans(X, k, seed)
+        labels = km.labels_
+        sil = (
+            float(silhouette_score(X[sub], labels[sub]))
+            if len(np.unique(labels[sub])) > 1 else -1.0
+        )
+        perm = rng.permutation(n)
+        h1, h2 = perm[: n // 2], perm[n // 2 :]
+        if min(len(h1), len(h2)) > k:
+            a = _kmeans(X[h1], k, seed + 1, n_init=2).predict(X)
+            b = _kmeans(X[h2], k, seed + 2, n_init=2).predict(X)
+            stab = float(adjusted_rand_score(a, b))
+        else:
+            stab = float("nan")
+        rows.append({"k": k, "silhouette": sil, "stability": stab, "inertia": float(km.inertia_)})
+    table = pd.DataFrame(rows)
+    scores = table[criterion].fillna(-np.inf).to_numpy()
+    return int(table["k"].iloc[int(np.argmax(scores))]), table
+
+
+def _sq_dist(X: np.ndarray, C: np.ndarray) -> np.ndarray:
+    """Squared Euclidean distances ``(N, K)`` without an ``(N, K, D)`` temporary."""
+    d2 = (X**2).sum(1)[:, None] + (C**2).sum(1)[None, :] - 2.0 * X @ C.T
+    return np.maximum(d2, 0.0)
+
+
+def _soft_confidence(X: np.ndarray, centers: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Membership probability of each lesion's own cluster: softmax of ``-d^2 / T`` over the
+    centroids, ``T`` the mean squared distance of lesions to their own centroid."""
+    d2 = _sq_dist(X, centers)
+    own = d2[np.arange(len(X)), labels]
+    temp = max(float(own.mean()), 1e-12)
+    logits = -(d2 - d2.min(1, keepdims=True)) / temp
+    p = np.exp(logits)
+    p /= p.sum(1, keepdims=True)
+    return p[np.arange(len(X)), labels]
+
+
+def name_clusters(
+    clusters: np.ndarray,
+    known_types: np.ndarray,
+    centers: np.ndarray | None = None,
+) -> tuple[dict[int, str], dict[int, float]]:
+    """Name each cluster by the majority coarse type of its lesions of known type.
+
+    Parameters
+    ----------
+    clusters : (N,) int array
+    known_types : (N,) int array
+        Coarse type codes 1-8; anything else (e.g. -1) counts as unknown.
+    centers : (K, D) array, optional
+        Cluster centres; a cluster without any lesion of known type takes the name of the
+        nearest named cluster (with vote share 0). Without centres it takes the overall majority.
+
+    Returns
+    -------
+    (dict cluster -> type name, dict cluster -> vote share of the winning type)
+
+    Raises
+    ------
+    MiningError
+        No lesion has a known type, so no cluster can be named.
+    """
+    clusters = np.asarray(clusters)
+    t = np.asarray(known_types, dtype=np.int64)
+    known = np.isin(t, list(COARSE_TYPES))
+    if not known.any():
+        raise MiningError(
+            "no lesion of known coarse type to name the clusters (DeepLesion's val/test lesions "
+            "carry types; train lesions are -1)"
+        )
+    names: dict[int, str] = {}
+    share: dict[int, float] = {}
+    ids = np.unique(clusters)
+    for c in ids:
+        m = (clusters == c) & known
+        if m.any():
+            codes, counts = np.unique(t[m], return_counts=True)
+            best = int(np.argmax(counts))  # ties: the lower code, deterministic
+            names[int(c)] = COARSE_TYPES[int(codes[best])]
+            share[int(c)] = float(counts[best] / counts.sum())
+    overall = COARSE_TYPES[int(np.bincount(t[known]).argmax())]
+    named = sorted(names)
+    for c in ids:
+        if int(c) in names:
+            continue
+        if centers is not None and named:
+            d = ((centers[named] - centers[int(c)]) ** 2).sum(1)
+            names[int(c)] = names[named[int(np.argmin(d))]]
+        else:
+            names[int(c)] = overall
+        share[int(c)] = 0.0
+    return names, share
+
+
+class DeepClusterMiner(ClusterMixin, BaseEstimator):
+    """Iterative deep clustering of lesions into pseudo-categories.
+
+    Parameters
+    ----------
+    n_clusters : int, optional
+        K; when None it is chosen over ``k_range`` by ``criterion`` (user override: give it).
+    k_range : (int, int), default (4, 12)
+        Inclusive range of K to score.
+    criterion : {"silhouette", "stability"}, default "silhouette"
+    embedder : LesionEmbedder, optional
+        With an embedder, :meth:`fit` takes a :class:`~deeplesion_lab.embedding.PatchSet` and
+        runs deep rounds (fine-tune on cluster ids, re-extract, re-cluster) on a copy of it;
+        without one, :meth:`fit` clusters the given feature array once.
+    max_rounds : int, default 3
+        Deep rounds at most.
+    finetune_epochs : int, default 1
+        Fine-tuning epochs per round.
+    stop_nmi : float, default 0.95
+        Stop when the NMI between successive assignments reaches this.
+    seed : int, default 0
+    progress : bool, default False
+
+    Attributes
+    ----------
+    labels_ : (N,) int array
+        Cluster of each lesion.
+    confidence_ : (N,) float array
+        Membership probability of the lesion's cluster (0-1).
+    cluster_centers_ : (K, D) array
+    n_clusters_ : int
+    k_scores_ : pandas.DataFrame or None
+        The K criterion table (None when K was given).
+    round_nmi_ : list of float
+        NMI between the assignments of successive rounds.
+    n_rounds_ : int
+        Deep rounds run.
+    features_ : (N, D) array
+        Features of the final clustering.
+    embedder_ : LesionEmbedder or None
+        The fine-tuned copy of ``embedder``.
+    """
+
+    def __init__(
+        self,
+        n_clusters: int | None = None,
+        k_range: tuple[int, int] = (4, 12),
+        criterion: str = "silhouette",
+        embedder=None,
+        max_rounds: int = 3,
+        finetune_epochs: int = 1,
+        stop_nmi: float = 0.95,
+        seed: int = 0,
+        progress: bool = False,
+    ):
+        self.n_clusters = n_clusters
+        self.k_range = k_range
+        self.criterion = criterion
+        self.embedder = embedder
+        self.max_rounds = max_rounds
+        self.finetune_epochs = finetune_epochs
+        self.stop_nmi = stop_nmi
+        self.seed = seed
+        self.progress = progress
+
+    def _features(self, X) -> np.ndarray:
+        if self.embedder is None:
+            return check_features(X)
+        from .embedding.dataset import PatchSet
+
+        if not isinstance(X, PatchSet):
+            raise MiningError(
+                "with an embedder, DeepClusterMiner.fit expects a PatchSet, got "
+                f"{type(X).__name__}"
+            )
+        return check_features(self.embedder_.transform(X), "embeddings", X.lesion_ids)
+
+    def fit(self, X, y=None) -> DeepClusterMiner:
+        """Cluster (and, with an embedder, refine) the lesions of ``X``."""
+        from sklearn.metrics import normalized_mutual_info_score
+        from tqdm.auto import tqdm
+
+        n = len(X)
+        if n < 2:
+            raise MiningError(f"mining needs at least 2 lesions, got {n}")
+        if self.n_clusters is not None and not 2 <= int(self.n_clusters) <= n:
+            raise MiningError(
+                f"K={self.n_clusters} clusters is impossible for {n} lesions "
+                f"(need 2 <= K <= {n})"
+            )
+        self.embedder_ = self.embedder.copy() if self.embedder is not None else None
+        if self.embedder_ is not None:
+            self.embedder_.progress = False
+        feats = self._features(X)
+        if self.n_clusters is None:
+            k, self.k_scores_ = choose_k(feats, self.k_range, self.criterion, self.seed)
+        else:
+            k, self.k_scores_ = int(self.n_clusters), None
+        km = _kmeans(feats, k, self.seed)
+        labels = km.labels_
+        self.round_nmi_ = []
+        self.n_rounds_ = 0
+        if self.embedder_ is not None:
+            bar = tqdm(range(int(self.max_rounds)), desc="deep clustering", unit="round",
+                       disable=not self.progress)
+            for r in bar:
+                self.embedder_.fine_tune_classes(X, labels, epochs=self.finetune_epochs)
+                feats = self._features(X)
+                km = _kmeans(feats, k, self.seed + r + 1)
+                nmi = float(normalized_mutual_info_score(labels, km.labels_))
+                labels = km.labels_
+                self.round_nmi_.append(nmi)
+                self.n_rounds_ = r + 1
+                bar.set_postfix(nmi=f"{nmi:.3f}")
+                if nmi >= self.stop_nmi:
+                    break
+        self.features_ = feats
+        self.labels_ = np.asarray(labels, dtype=np.int64)
+        self.cluster_centers_ = km.cluster_centers_
+        self.n_clusters_ = k
+        self.confidence_ = _soft_confidence(feats, self.cluster_centers_, self.labels_)
+        return self
+
+    def predict(self, X) -> np.ndarray:
+        """Nearest cluster centre for new lesions (features, or patches with an embedder)."""
+        if not hasattr(self, "cluster_centers_"):
+            raise MiningError("DeepClusterMiner is not fitted; call fit first")
+        feats = self._features(X)
+        if feats.shape[1] != self.cluster_centers_.shape[1]:
+            raise MiningError(
+                f"features have {feats.shape[1]} dimensions, the clusters "
+                f"{self.cluster_centers_.shape[1]}"
+            )
+        return _sq_dist(feats, self.cluster_centers_).argmin(1)
+
+    def pseudo_labels(self, lesion_ids, known_types) -> pd.DataFrame:
+        """``lesion_id, cluster, label, confidence`` for the fitted lesions.
+
+        ``label`` is the majority known type of the cluster (see :func:`name_clusters`);
+        ``confidence`` is the cluster membership probability times the vote share of that type
+        in the cluster (0 for a cluster named after its nearest neighbour).
+        """
+        if not hasattr(self, "labels_"):
+            raise MiningError("DeepClusterMiner is not fitted; call fit first")
+        ids = np.asarray(lesion_ids, dtype=object)
+        if len(ids) != len(self.labels_):
+            raise MiningError(f"{len(ids)} lesion ids for {len(self.labels_)} clustered lesions")
+        names, share = name_clusters(self.labels_, known_types, self.cluster_centers_)
+        self.cluster_names_, self.vote_share_ = names, share
+        conf = self.confidence_ * np.array([share[int(c)] for c in self.labels_])
+        return pd.DataFrame({
+            "lesion_id": pd.array(ids.astype(str), dtype="string"),
+            "cluster": self.labels_.astype(np.int64),
+            "label": pd.array([names[int(c)] for c in self.labels_], dtype="string"),
+            "confidence": np.clip(conf, 0.0, 1.0).astype(np.float64),
+        })

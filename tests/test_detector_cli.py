@@ -1,0 +1,269 @@
+"""The detector commands as a user runs them: train-detector, detect, evaluate-detector, finetune.
+
+On the demo data (``generate_demo``, 4 patients, 256 px) when the generator exists, else on the
+tiny series of ``detector_fixtures``; the networks are real and tiny (128 px canvas, 1 epoch).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from deeplesion_lab.cli import main
+from deeplesion_lab.detection.froc import PREDICTION_COLUMNS
+from deeplesion_lab.lesion_types import COARSE_TYPES
+from deeplesion_lab.manifest import read_manifest, write_manifest
+from deeplesion_lab.run import RunDir
+
+torch.set_num_threads(1)
+
+KEYS = {"0.5", "1", "2", "4", "8", "16"}
+SMALL = ["--image-size", "128", "--spacing-mm", "3.2", "--box-head", "64", "--batch-size", "4",
+         "--threads", "1", "--no-progress"]
+RUNTIME = ["--threads", "1", "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    """(manifest path, lesion_id -> true type name)."""
+    out = tmp_path_factory.mktemp("demo")
+    try:
+        from deeplesion_lab.demo import generate_demo
+    except ImportError:
+        generate_demo = None
+    if generate_demo is not None:
+        res = generate_demo(out, n_patients=4, seed=0, size=256, progress=False)
+        write_manifest(res.csv_path, out / "manifest.parquet")
+        truth = pd.read_parquet(res.truth_path)
+        truth = truth[truth["annotated"] & truth["lesion_id"].notna()]
+        types = dict(zip(truth["lesion_id"].astype(str),
+                         truth["coarse_type"].map(COARSE_TYPES), strict=True))
+    else:  # pragma: no cover - before the demo generator landed
+        from detector_fixtures import make_detection_data, true_types
+
+        d = make_detection_data(out)
+        tt = true_types(d.manifest)
+        types = dict(zip(tt["lesion_id"], tt["label"], strict=True))
+    return out / "manifest.parquet", types
+
+
+def _new_run(tmp_path: Path, manifest: Path, types: dict | None = None) -> RunDir:
+    run = RunDir(tmp_path / "run").init(manifest)
+    if types is not None:
+        m = read_manifest(manifest)
+        ids = m["lesion_id"].astype(str)
+        pd.DataFrame({
+            "lesion_id": ids,
+            "cluster": pd.array(ids.map(lambda i: hash(types.get(i, "x")) % 7), dtype="int64"),
+            "label": ids.map(lambda i: types.get(i, "liver")),
+            "confidence": 0.9,
+        }).to_parquet(run.pseudo_labels)
+    return run
+
+
+@pytest.fixture(scope="module")
+def pseudo_run(demo, tmp_path_factory):
+    """A run with pseudo-labels and a trained 'pseudo' detector (copied by each test)."""
+    manifest, types = demo
+    run = _new_run(tmp_path_factory.mktemp("pseudo"), manifest, types)
+    assert main(["train-detector", "--run", str(run.path), "--classes", "pseudo", "--epochs", "1",
+                 *SMALL]) == 0
+    return run
+
+
+def _copy_run(run: RunDir, tmp_path: Path) -> RunDir:
+    import shutil
+
+    shutil.copytree(run.path, tmp_path / "run")
+    return RunDir(tmp_path / "run")
+
+
+def _metrics(run: RunDir) -> dict:
+    return json.loads(run.metrics.read_text())
+
+
+def test_help_does_not_import_torch() -> None:
+    code = ("import sys; from deeplesion_lab.cli import build_parser; build_parser(); "
+            "assert 'torch' not in sys.modules, 'torch imported by --help'")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+
+
+def test_train_detect_evaluate(demo, tmp_path, capsys) -> None:
+    manifest, types = demo
+    run = _new_run(tmp_path, manifest, types)
+    assert main(["train-detector", "--run", str(run.path), "--classes", "single", "--epochs", "1",
+                 *SMALL]) == 0
+    model = run.detector_dir / "single" / "model.pt"
+    assert model.is_file()
+    cfg = json.loads((run.detector_dir / "single" / "config.json").read_text())
+    assert cfg["classes"] == ["lesion"] and cfg["lineage"]["labels_source"] == "single class"
+    assert _metrics(run)["detector_training"]["single"]["train_images_per_s"] > 0
+
+    pred = tmp_path / "pred.csv"
+    assert main(["detect", "--run", str(run.path), "--out", str(pred), *RUNTIME]) == 0
+    header = pred.read_text().splitlines()[0]
+    assert header == ",".join(PREDICTION_COLUMNS)
+    df = pd.read_csv(pred)
+    m = read_manifest(manifest)
+    assert set(df["file_name"]) <= set(m.loc[m["split"] == 3, "file_name"])
+
+    capsys.readouterr()
+    assert main(["evaluate-detector", str(pred), "--manifest", str(manifest), "--run",
+                 str(run.path), "--name", "single"]) == 0
+    out = capsys.readouterr().out
+    assert "FPs/image" in out and "mean(0.5-4)" in out
+    det = _metrics(run)["detection"]["single"]
+    assert set(det["sensitivity"]) == KEYS
+    assert 0.0 <= det["mean_sensitivity_0_5_to_4"] <= 1.0
+    assert det["n_images"] == m.loc[(m["split"] == 3) & (m["possibly_noisy"] == 0),
+                                    "file_name"].nunique()
+    assert Path(det["plot_png"]).is_file() and Path(det["plot_html"]).is_file()
+
+    # the same command again: already trained, nothing retrained, same model
+    before = model.stat().st_size
+    assert main(["train-detector", "--run", str(run.path), "--epochs", "1", *SMALL]) == 0
+    assert model.stat().st_size == before
+    # other settings under the same name: a clear error, nothing overwritten
+    capsys.readouterr()
+    assert main(["train-detector", "--run", str(run.path), "--epochs", "1", "--lr", "0.5",
+                 *SMALL]) == 2
+    assert "other settings" in capsys.readouterr().err
+
+
+def test_pseudo_classes_and_finetune_from_a_labels_table(demo, pseudo_run, tmp_path,
+                                                         capsys) -> None:
+    manifest, _ = demo
+    run = _copy_run(pseudo_run, tmp_path)
+    pseudo = pd.read_parquet(run.pseudo_labels)
+    m = read_manifest(manifest)
+    train_ids = set(m.loc[m["split"] == 1, "lesion_id"].astype(str))
+    expected = sorted(set(pseudo.loc[pseudo["lesion_id"].isin(train_ids), "label"]))
+    cfg = json.loads((run.detector_dir / "pseudo" / "config.json").read_text())
+    assert cfg["classes"] == expected
+
+    # corrected labels: two training lesions changed to another existing class
+    labels = pseudo[["lesion_id", "label"]].copy()
+    changed = labels.index[labels["lesion_id"].isin(train_ids)][:2]
+    for i in changed:
+        labels.loc[i, "label"] = next(c for c in expected if c != labels.loc[i, "label"])
+    table = tmp_path / "corrected.csv"
+    labels.to_csv(table, index=False)
+    capsys.readouterr()
+    assert main(["finetune", "--run", str(run.path), "--labels", str(table), "--epochs", "1",
+                 "--batch-size", "4", *RUNTIME]) == 0
+    out = capsys.readouterr().out
+    assert "before" in out and "after" in out and "mean 0.5-4" in out
+    ft = _metrics(run)["finetune"]
+    assert set(ft["before"]["sensitivity"]) == KEYS and set(ft["after"]["sensitivity"]) == KEYS
+    assert "mean_sensitivity_0_5_to_4" in ft["before"] and "mean_sensitivity_0_5_to_4" in ft["after"]
+    assert ft["parent"] == "pseudo" and ft["corrected"] == 2
+    assert ft["labels_source"] == str(table.resolve()) and ft["label_snapshot_id"] is None
+    new = run.detector_dir / ft["model"]
+    cfg = json.loads((new / "config.json").read_text())
+    assert cfg["lineage"]["finetuned_from"] == "pseudo"
+    assert cfg["lineage"]["parent"]["labels_source"] == str(pseudo_run.pseudo_labels)
+    assert (new / "froc_before_after.png").is_file()
+    assert ft["model"] in _metrics(run)["detection"]
+
+
+def test_finetune_bad_inputs(demo, pseudo_run, tmp_path, capsys) -> None:
+    manifest, types = demo
+    run = _new_run(tmp_path, manifest, types)
+    # no model yet
+    empty = tmp_path / "empty.csv"
+    empty.write_text("lesion_id,label\n")
+    assert main(["finetune", "--run", str(run.path), "--labels", str(empty), *RUNTIME]) == 2
+    assert "empty" in capsys.readouterr().err
+    table = tmp_path / "labels.csv"
+    pd.read_parquet(run.pseudo_labels)[["lesion_id", "label"]].to_csv(table, index=False)
+    assert main(["finetune", "--run", str(run.path), "--labels", str(table), *RUNTIME]) == 2
+    assert "no trained multi-class detector" in capsys.readouterr().err
+    # no labels at all and no label store
+    assert main(["finetune", "--run", str(run.path), *RUNTIME]) == 2
+    assert "--labels" in capsys.readouterr().err
+
+    run = _copy_run(pseudo_run, tmp_path / "trained")
+    classes = json.loads((run.detector_dir / "pseudo" / "config.json").read_text())["classes"]
+    # a label the model does not know: clear error naming the remedies, nothing written
+    lab = pd.read_csv(table)
+    m = read_manifest(manifest)
+    first_train = m.loc[m["split"] == 1, "lesion_id"].astype(str).iloc[0]
+    lab.loc[lab["lesion_id"] == first_train, "label"] = "lymph node"
+    lab.to_csv(table, index=False)
+    models = sorted(p.name for p in run.detector_dir.iterdir())
+    capsys.readouterr()
+    assert main(["finetune", "--run", str(run.path), "--labels", str(table), *RUNTIME]) == 2
+    err = capsys.readouterr().err
+    assert "lymph node" in err and "--class-map" in err and "--reset-head" in err
+    assert sorted(p.name for p in run.detector_dir.iterdir()) == models
+    # a class map naming a label nobody has
+    assert main(["finetune", "--run", str(run.path), "--labels", str(table), "--class-map",
+                 "kidney stone=liver", *RUNTIME]) == 2
+    assert "no lesion has" in capsys.readouterr().err
+    assert "finetune" not in _metrics(run)
+    # with a class map onto a known class it runs
+    assert main(["finetune", "--run", str(run.path), "--labels", str(table), "--class-map",
+                 f"lymph node={classes[0]}", "--epochs", "1", "--batch-size", "4",
+                 *RUNTIME]) == 0
+    assert _metrics(run)["finetune"]["classes"] == classes
+
+
+def test_missing_images_fail_before_anything_is_written(demo, tmp_path, capsys) -> None:
+    import shutil
+
+    manifest, _ = demo
+    m = read_manifest(manifest)
+    images = tmp_path / "Images_png"
+    shutil.copytree(m.attrs["images_root"], images)
+    victim = m[m["split"] == 1].iloc[0]
+    from deeplesion_lab.images import key_slice_path
+
+    key_slice_path(images, victim["file_name"]).unlink()
+    src = Path(m.attrs["source"])
+    copy = tmp_path / "manifest.parquet"
+    write_manifest(src, copy, images)
+    run = _new_run(tmp_path, copy)
+    assert main(["train-detector", "--run", str(run.path), "--epochs", "1", *SMALL]) == 2
+    err = capsys.readouterr().err
+    assert "missing" in err and victim["file_name"][:-8] in err and str(victim["lesion_id"]) in err
+    assert not (run.detector_dir / "single").exists()
+
+
+def test_finetune_from_the_label_store(demo, pseudo_run, tmp_path, capsys) -> None:
+    labels_mod = pytest.importorskip("deeplesion_lab.labels")
+    manifest, _ = demo
+    run = _copy_run(pseudo_run, tmp_path)
+    m = read_manifest(manifest)
+    store = labels_mod.LabelStore.open(run.label_db, dataset=m)
+    pseudo = pd.read_parquet(run.pseudo_labels)
+    store.init_pseudo_labels(pseudo, run_id="test")
+    train = pseudo[pseudo["lesion_id"].isin(m.loc[m["split"] == 1, "lesion_id"].astype(str))]
+    classes = sorted(set(train["label"]))
+    lid = str(train["lesion_id"].iloc[0])
+    new = next(c for c in classes if c != train["label"].iloc[0])
+    store.relabel([lid], new, "alice")
+    store.close()
+
+    assert main(["finetune", "--run", str(run.path), "--epochs", "1", "--batch-size", "4",
+                 "--user", "bob", *RUNTIME]) == 0
+    ft = _metrics(run)["finetune"]
+    sid = ft["label_snapshot_id"]
+    assert sid is not None and ft["model"] == f"pseudo-ft{sid}" and ft["corrected"] == 1
+    cfg = json.loads((run.detector_dir / ft["model"] / "config.json").read_text())
+    assert cfg["lineage"]["label_snapshot_id"] == sid
+    store = labels_mod.LabelStore.open(run.label_db)
+    snaps = store.list_snapshots()
+    snap = store.snapshot_labels(sid)
+    store.close()
+    assert snaps.loc[snaps["snapshot_id"] == sid, "created_by"].item() == "bob"
+    assert snap.set_index("lesion_id").loc[lid, "label"] == new
+    # the recorded snapshot can be named explicitly (same labels: the finished model is reused)
+    assert main(["finetune", "--run", str(run.path), "--snapshot", str(sid), "--epochs", "1",
+                 "--batch-size", "4", *RUNTIME]) == 0

@@ -1,0 +1,191 @@
+"""``deeplesion-lab embed / mine / evaluate`` end to end on the demo data, and their bad input."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from embedding_fixtures import session_demo, session_run
+
+from deeplesion_lab.cli import main
+from deeplesion_lab.lesion_types import COARSE_TYPES
+from deeplesion_lab.manifest import read_manifest, write_manifest
+from deeplesion_lab.run import RunDir
+
+torch.set_num_threads(1)
+
+
+def cli(*argv) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main([str(a) for a in argv])
+    return code, out.getvalue(), err.getvalue()
+
+
+@pytest.fixture(scope="module")
+def made(tmp_path_factory):
+    return session_run(tmp_path_factory)
+
+
+def test_embed_writes_checkpoint_record_and_embeddings(made):
+    run = RunDir(made["run"])
+    info = run.info()
+    assert info["truth"] == str(made["truth"].resolve())
+    df = read_manifest(made["manifest"])
+    ids, vecs = run.load_embeddings()
+    assert list(ids) == df["lesion_id"].astype(str).tolist()
+    assert vecs.shape == (len(df), 128) and np.isfinite(vecs).all()
+    np.testing.assert_allclose(np.linalg.norm(vecs, axis=1), 1.0, atol=1e-4)
+    rec = json.loads((run.path / "embedder.json").read_text())
+    assert rec["seed"] == 0 and rec["versions"]["torch"] == torch.__version__
+    assert rec["training"]["manifest_data_hash"] == df.attrs["data_hash"]
+    # the sampler only knew the protocol seeds' types, never a val/test type
+    assert rec["training"]["sampler_types"] <= int((df["coarse_type"] > 0).sum())
+    assert not list((run.path / "cache").glob("embeddings/*.npy"))  # resume chunks cleaned up
+    assert "embedded" in made["output"]["embed"]
+
+
+def test_mine_writes_pseudo_labels_and_map(made):
+    run = RunDir(made["run"])
+    pl = run.load_pseudo_labels()
+    df = read_manifest(made["manifest"])
+    assert list(pl.columns) == ["lesion_id", "cluster", "label", "confidence"]
+    assert sorted(pl["lesion_id"]) == sorted(df["lesion_id"].astype(str))
+    assert pl["cluster"].dtype == np.int64
+    assert set(pl["label"]) <= set(COARSE_TYPES.values())
+    assert pl["confidence"].between(0, 1).all()
+    # each cluster's label is the majority known (val/test) type among its lesions
+    m = pl.merge(df[["lesion_id", "coarse_type"]], on="lesion_id")
+    for _, g in m.groupby("cluster"):
+        known = g[g["coarse_type"] > 0]
+        if len(known):
+            top = known["coarse_type"].value_counts()
+            assert g["label"].iloc[0] in {COARSE_TYPES[t] for t in top[top == top.max()].index}
+    um = pd.read_parquet(run.umap)
+    assert list(um.columns) == ["lesion_id", "x", "y"] and len(um) == len(df)
+    assert np.isfinite(um[["x", "y"]].to_numpy()).all()
+    mining = json.loads(run.metrics.read_text())["mining"]
+    assert 3 <= mining["k"] <= 6 and mining["k_chosen_by"] == "silhouette"
+    assert len(mining["k_scores"]) == 4 and mining["n_rounds"] >= 1
+    assert all(0 <= v <= 1 for v in mining["round_nmi"])
+
+
+def test_evaluate_metrics_json(made):
+    metrics = json.loads(RunDir(made["run"]).metrics.read_text())
+    for section, key in [
+        ("mining", "nmi"), ("mining", "purity"),
+        ("retrieval", "type_precision_at_5"), ("retrieval", "type_precision_at_10"),
+        ("classification", "embedding_accuracy"),
+        ("classification", "location_only_accuracy"),
+        ("classification", "raw_intensity_accuracy"),
+        ("classification", "untrained_accuracy"),
+    ]:
+        v = metrics[section][key]
+        assert isinstance(v, float) and 0.0 <= v <= 1.0, (section, key, v)
+    # the truth file gave train lesions their types: every lesion was evaluated
+    assert metrics["mining"]["n_evaluated"] == metrics["evaluation"]["n_labelled"]
+    out = made["output"]["evaluate"]
+    assert "location only" in out and "trained embedding" in out and "nmi" in out
+    # mined pseudo-labels agree with the true types better than always guessing the commonest
+    assert metrics["mining"]["label_accuracy"] > metrics["mining"]["chance_label_accuracy"]
+    assert (metrics["retrieval"]["type_precision_at_5"]
+            > metrics["retrieval"]["chance_type_precision"])
+
+
+def test_embed_again_reuses_checkpoint(made, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(made["run"], run)
+    before = pd.read_parquet(run / "embeddings.parquet")
+    code, out, err = cli("embed", made["manifest"], "--run", run, "--epochs", "2", "--no-progress")
+    assert code == 0, err
+    assert "reusing the trained embedder" in out
+    pd.testing.assert_frame_equal(pd.read_parquet(run / "embeddings.parquet"), before)
+
+
+def test_mine_user_k_and_no_deep_rounds(made, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(made["run"], run)
+    code, out, err = cli("mine", "--run", run, "--clusters", "3", "--rounds", "0",
+                         "--no-progress")
+    assert code == 0, err
+    assert "without deep rounds (--rounds 0)" in out and "cached map" in out
+    pl = pd.read_parquet(run / "pseudo_labels.parquet")
+    assert pl["cluster"].nunique() == 3
+    mining = json.loads((run / "metrics.json").read_text())["mining"]
+    assert mining["k"] == 3 and mining["k_chosen_by"] == "user" and "k_scores" not in mining
+
+
+def test_mine_bad_input_writes_nothing(made, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(made["run"], run)
+    before = (run / "pseudo_labels.parquet").read_bytes()
+    n = len(pd.read_parquet(run / "embeddings.parquet"))
+    code, _, err = cli("mine", "--run", run, "--clusters", n + 5, "--no-progress")
+    assert code == 2 and f"--clusters {n + 5} is impossible for {n} lesions" in err
+    emb = pd.read_parquet(run / "embeddings.parquet")
+    emb.loc[3, "e7"] = np.nan
+    emb.to_parquet(run / "embeddings.parquet")
+    code, _, err = cli("mine", "--run", run, "--rounds", "0", "--no-progress")
+    assert code == 2 and emb["lesion_id"].iloc[3] in err and "NaN" in err
+    assert (run / "pseudo_labels.parquet").read_bytes() == before
+    code, _, err = cli("mine", "--run", tmp_path / "nowhere")
+    assert code == 2 and "not a run directory" in err
+
+
+def test_embed_bad_input(tmp_path_factory, tmp_path):
+    demo = session_demo(tmp_path_factory)
+    df = read_manifest(demo["manifest"])
+    # a one-lesion manifest
+    csv = pd.read_csv(demo["csv"])
+    one = tmp_path / "one"
+    one.mkdir()
+    csv.iloc[:1].to_csv(one / "DL_info.csv", index=False)
+    write_manifest(one / "DL_info.csv", one / "m.parquet", images_root=demo["csv"].parent / "Images_png")
+    code, _, err = cli("embed", one / "m.parquet", "--run", tmp_path / "r1", "--no-progress")
+    assert code == 2 and "1 lesion(s); training an embedding needs at least 3" in err
+    assert not (tmp_path / "r1").exists()
+    # a manifest without images
+    noimg = tmp_path / "noimg.parquet"
+    shutil.copy(demo["csv"], tmp_path / "DL_info.csv")
+    write_manifest(tmp_path / "DL_info.csv", noimg)
+    code, _, err = cli("embed", noimg, "--run", tmp_path / "r2", "--no-progress")
+    assert code == 2 and "no images folder" in err
+    assert not (tmp_path / "r2" / "embeddings.parquet").exists()
+    # a checkpoint of another architecture
+    from torchvision.models import resnet18
+
+    ckpt = tmp_path / "resnet18.pth"
+    torch.save(resnet18(weights=None).state_dict(), ckpt)
+    code, _, err = cli("embed", demo["manifest"], "--run", tmp_path / "r3", "--epochs", "1",
+                       "--pretrained", ckpt, "--no-progress")
+    assert code == 2 and "another architecture" in err and "resnet18.pth" in err
+    assert not (tmp_path / "r3" / "embedder.pt").exists()
+    assert len(df) >= 3
+
+
+def test_evaluate_needs_a_run_or_manifest(tmp_path):
+    code, _, err = cli("evaluate", "--run", tmp_path / "nothing")
+    assert code == 2 and "--manifest" in err
+
+
+def test_evaluate_metadata_only_on_real_test_split(real_dir, tmp_path):
+    manifest = tmp_path / "real_test.parquet"
+    code, _, err = cli("manifest", real_dir / "DL_info_test.csv", "--out", manifest)
+    assert code == 0, err
+    code, out, err = cli("evaluate", "--manifest", manifest, "--run", tmp_path / "run",
+                         "--no-progress")
+    assert code == 0, err
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    acc = metrics["classification"]["location_only_accuracy"]
+    assert 0.5 < acc < 0.7, acc  # the paper: 0.597
+    assert metrics["classification"]["paper_location_only_accuracy"] == 0.597
+    assert "embedding_accuracy" not in metrics["classification"]
+    assert "skipped: classification.embedding_accuracy" in out
+    assert "metadata only" in out
+    assert metrics["evaluation"]["n_labelled"] == 4927

@@ -1,0 +1,309 @@
+"""Lesion patches, the embedding network, sequential sampling and the LesionEmbedder."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from embedding_fixtures import session_demo, session_patches
+
+from deeplesion_lab.embedding import (
+    CheckpointError,
+    EmbeddingNet,
+    LesionEmbedder,
+    PatchConfig,
+    SequentialSampler,
+    build_patches,
+    load_pretrained,
+    sequential_triplet_loss,
+)
+from deeplesion_lab.errors import LabError
+from deeplesion_lab.manifest import read_manifest
+
+torch.set_num_threads(1)  # the test machine's 2 cores are shared
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    return session_demo(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def patches(tmp_path_factory):
+    return session_patches(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def small_patches(patches):
+    return patches.subset(np.arange(min(len(patches), 16)))
+
+
+# patches ------------------------------------------------------------------------------------
+def test_patches_shape_range_and_box_inside(patches, demo):
+    df = read_manifest(demo["manifest"])
+    assert len(patches) == len(df)
+    assert patches.patches.dtype == np.uint8
+    assert patches.patches.shape[1:] == (3, 64, 64)
+    assert list(patches.lesion_ids) == df["lesion_id"].astype(str).tolist()
+    b = patches.boxes
+    assert (b[:, 2] > b[:, 0]).all() and (b[:, 3] > b[:, 1]).all()
+    assert (b >= 0).all() and (b <= 64).all()
+    # margin 0.5: the box's centre is the patch centre and its longer side is half the patch
+    centre = (b[:, :2] + b[:, 2:]) / 2
+    np.testing.assert_allclose(centre, 32.0, atol=3.0)  # rounding of small crops
+    side = np.maximum(b[:, 2] - b[:, 0], b[:, 3] - b[:, 1])
+    assert (side[side > 20] <= 33.0).all()
+    # the patches hold real image content (several intensities, not one fill value)
+    assert all(len(np.unique(p)) > 10 for p in patches.patches[:5])
+    np.testing.assert_allclose(
+        patches.sizes_mm,
+        df["long_diameter_px"].to_numpy() * df["spacing_x"].to_numpy(),
+    )
+
+
+def test_patch_cache_is_reused_and_resumes(demo, tmp_path):
+    df = read_manifest(demo["manifest"]).iloc[:10]
+    cache = tmp_path / "cache"
+    a = build_patches(df, PatchConfig(), cache_dir=cache, chunk_size=4)
+    files = sorted(cache.glob("patches-*.npz"))
+    assert len(files) == 3  # 4 + 4 + 2 lesions
+    # the cache is what is read: a marked chunk comes back marked
+    with np.load(files[0]) as z:
+        marked = {"patches": np.zeros_like(z["patches"]) + 7, "boxes": z["boxes"]}
+    np.savez(files[0], **marked)
+    b = build_patches(df, PatchConfig(), cache_dir=cache, chunk_size=4)
+    from_cache = (b.patches == 7).all(axis=(1, 2, 3))
+    assert from_cache.sum() == len(marked["patches"])
+    np.testing.assert_array_equal(b.patches[~from_cache], a.patches[~from_cache])
+    # a removed chunk is rebuilt identical to the first build
+    for f in cache.glob("patches-*.npz"):
+        f.unlink()
+    c = build_patches(df, PatchConfig(), cache_dir=cache, chunk_size=4)
+    np.testing.assert_array_equal(a.patches, c.patches)
+    np.testing.assert_array_equal(a.boxes, c.boxes)
+
+
+def test_context_channels_are_neighbouring_slices(demo):
+    df = read_manifest(demo["manifest"]).iloc[:3]
+    ps = build_patches(df, PatchConfig(channels="context", n_slices=3))
+    assert ps.patches.shape == (3, 3, 64, 64)
+    # neighbouring slices differ from the key slice but resemble it
+    key, up = ps.patches[:, 1].astype(float), ps.patches[:, 0].astype(float)
+    assert not np.array_equal(key, up)
+    assert np.corrcoef(key.ravel(), up.ravel())[0, 1] > 0.5
+
+
+def test_patch_errors(demo, tmp_path):
+    df = read_manifest(demo["manifest"])
+    with pytest.raises(LabError, match="no lesions"):
+        build_patches(df.iloc[:0])
+    bad = df.iloc[:3].copy()
+    bad.loc[bad.index[1], "has_image"] = False
+    with pytest.raises(LabError, match="no key slice"):
+        build_patches(bad)
+    nan = df.iloc[:3].copy()
+    nan.loc[nan.index[2], "location_y"] = np.nan
+    with pytest.raises(LabError, match=str(nan["lesion_id"].iloc[2])):
+        build_patches(nan)
+    with pytest.raises(LabError, match="channels"):
+        PatchConfig(channels="rgb")
+    with pytest.raises(LabError, match="odd"):
+        PatchConfig(n_slices=2)
+
+
+# network ------------------------------------------------------------------------------------
+@pytest.mark.parametrize("arch", ["small", "resnet18"])
+def test_network_unit_embeddings_pooled_around_box(arch):
+    torch.manual_seed(0)
+    net = EmbeddingNet(3, 128, arch).eval()
+    x = torch.rand(4, 3, 64, 64)
+    with torch.no_grad():
+        e = net(x)
+        assert e.shape == (4, 128)
+        np.testing.assert_allclose(e.norm(dim=1).numpy(), 1.0, atol=1e-5)
+        # the box matters: pooling elsewhere gives another embedding
+        corner = torch.tensor([[0.0, 0.0, 20.0, 20.0]]).expand(4, 4)
+        assert (net(x, corner) - e).abs().max() > 1e-3
+
+
+def test_network_location_input():
+    torch.manual_seed(0)
+    net = EmbeddingNet(3, 32, "small", n_meta=3).eval()
+    x = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        a = net(x, meta=torch.zeros(2, 3))
+        b = net(x, meta=torch.tensor([[0.3, 0.0, 0.0], [0.0, 0.0, -0.4]]))
+        assert (a - b).abs().max() > 1e-3
+        with pytest.raises(LabError, match="metadata input"):
+            net(x)
+
+
+def test_image_only_embedder_ignores_metadata(small_patches, tmp_path):
+    emb = LesionEmbedder(use_metadata=False, num_threads=1).initialize(small_patches)
+    moved = small_patches.subset(np.arange(len(small_patches)))
+    moved.locations = moved.locations[::-1].copy()
+    np.testing.assert_allclose(emb.transform(small_patches), emb.transform(moved), atol=1e-6)
+    with_loc = LesionEmbedder(num_threads=1).initialize(small_patches)
+    assert np.abs(with_loc.transform(small_patches) - with_loc.transform(moved)).max() > 1e-4
+    back = LesionEmbedder.load(emb.save(tmp_path / "img.pt"))
+    assert back.use_metadata is False and back.net_.n_meta == 0
+
+
+def test_network_rejects_unknown_arch():
+    with pytest.raises(LabError, match="unknown embedding architecture"):
+        EmbeddingNet(arch="vgg99")
+
+
+# sampling -----------------------------------------------------------------------------------
+def _meta(n=200, seed=0):
+    rng = np.random.default_rng(seed)
+    types = rng.integers(1, 5, n)
+    centres = {1: (0.2, 0.2, 0.2), 2: (0.8, 0.2, 0.5), 3: (0.2, 0.8, 0.8), 4: (0.8, 0.8, 0.2)}
+    loc = np.array([centres[t] for t in types]) + rng.normal(0, 0.08, (n, 3))
+    size = np.exp(rng.normal(3.0, 0.5, n))
+    return loc, size, types
+
+
+def test_sequential_sampling_order():
+    loc, size, types = _meta()
+    seq = SequentialSampler(n_neighbors=20, seed=0).fit(loc, size, types).sample()
+    a, b, c, d, e = seq.T
+    assert (seq[:, 0] == np.arange(len(loc))).all()
+    assert len(np.unique(seq[:, 1:] == seq[:, :1])) == 1  # never the anchor itself
+    # type first: B, C, D share the anchor's type, E does not
+    for x in (b, c, d):
+        assert (types[x] == types[a]).all()
+    assert (types[e] != types[a]).all()
+    # then location: B and C are nearer than D
+    dist = lambda u: np.linalg.norm(loc[u] - loc[a], axis=1)  # noqa: E731
+    assert (dist(b) <= dist(d) + 1e-12).mean() > 0.95
+    assert (dist(c) <= dist(d) + 1e-12).mean() > 0.95
+    # then size: B is closer in size than C
+    ls = np.log(size)
+    assert (np.abs(ls[b] - ls[a]) <= np.abs(ls[c] - ls[a]) + 1e-12).all()
+
+
+def test_sampling_without_types_uses_location():
+    loc, size, _ = _meta()
+    seq = SequentialSampler(seed=1).fit(loc, size, None).sample()
+    a, b, _, d, e = seq.T
+    dist = lambda u: np.linalg.norm(loc[u] - loc[a], axis=1)  # noqa: E731
+    assert np.mean(dist(b)) < np.mean(dist(d)) < np.mean(dist(e)) + 1e-9
+    # different epochs, different draws; same epoch, same draws
+    s = SequentialSampler(seed=1).fit(loc, size, None)
+    assert not np.array_equal(s.sample(epoch=0), s.sample(epoch=1))
+    np.testing.assert_array_equal(s.sample(epoch=3), s.sample(epoch=3))
+
+
+def test_sampling_bad_input():
+    loc, size, types = _meta(10)
+    with pytest.raises(LabError, match="at least 3"):
+        SequentialSampler().fit(loc[:2], size[:2])
+    loc[4, 1] = np.nan
+    with pytest.raises(LabError, match="lesion 4"):
+        SequentialSampler().fit(loc, size)
+
+
+def test_sequential_triplet_loss():
+    # A, then lesions at increasing distance: no loss; reversed: positive loss
+    pts = torch.tensor([[1.0, 0.0], [0.99, 0.14], [0.8, 0.6], [0.0, 1.0], [-1.0, 0.0]])
+    pts = torch.nn.functional.normalize(pts, dim=1)
+    assert float(sequential_triplet_loss(pts, 5, margin=0.01)) == 0.0
+    rev = pts[[0, 4, 3, 2, 1]]
+    assert float(sequential_triplet_loss(rev, 5, margin=0.01)) > 1.0
+
+
+# embedder -----------------------------------------------------------------------------------
+def test_embedder_fit_transform_save_load(small_patches, tmp_path):
+    emb = LesionEmbedder(epochs=2, batch_size=4, seed=3, num_threads=1).fit(small_patches)
+    assert len(emb.history_) == 2 and all(np.isfinite(h["triplet_loss"]) for h in emb.history_)
+    X = emb.transform(small_patches)
+    assert X.shape == (len(small_patches), 128) and X.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(X, axis=1), 1.0, atol=1e-5)
+    untrained = LesionEmbedder(seed=3, num_threads=1).initialize(small_patches)
+    untrained = untrained.transform(small_patches)
+    assert np.abs(untrained - X).max() > 1e-3  # training changed the network
+    path = emb.save(tmp_path / "embedder.pt")
+    rec = json.loads((tmp_path / "embedder.json").read_text())
+    assert rec["seed"] == 3 and rec["data_hash"] == emb.data_hash_
+    assert rec["versions"]["torch"] == torch.__version__
+    assert rec["patch_config"]["size"] == 64 and len(rec["history"]) == 2
+    back = LesionEmbedder.load(path)
+    np.testing.assert_allclose(back.transform(small_patches), X, atol=1e-6)
+    assert back.model_hash() == emb.model_hash()
+
+
+def test_embedder_is_deterministic(small_patches):
+    a = LesionEmbedder(epochs=1, batch_size=4, seed=5, num_threads=1).fit(small_patches)
+    b = LesionEmbedder(epochs=1, batch_size=4, seed=5, num_threads=1).fit(small_patches)
+    assert a.model_hash() == b.model_hash()
+
+
+def test_extraction_resumes_from_chunks(small_patches, tmp_path):
+    emb = LesionEmbedder(seed=0, num_threads=1).initialize(small_patches)
+    full = emb.transform(small_patches)
+    rd = tmp_path / "resume"
+    emb.transform(small_patches, resume_dir=rd, chunk_size=5)
+    chunks = sorted(rd.glob("emb-*.npy"))
+    assert len(chunks) == int(np.ceil(len(small_patches) / 5))
+    # a finished chunk is read back, not recomputed
+    first = next(c for c in chunks if np.allclose(np.load(c), full[:5]))
+    np.save(first, np.full((5, 128), 0.5, dtype=np.float32))
+    again = emb.transform(small_patches, resume_dir=rd, chunk_size=5)
+    assert (again[:5] == 0.5).all()
+    np.testing.assert_allclose(again[5:], full[5:], atol=1e-6)
+
+
+def test_fit_needs_three_lesions(small_patches):
+    with pytest.raises(LabError, match="at least 3"):
+        LesionEmbedder(epochs=1, num_threads=1).fit(small_patches.subset([0, 1]))
+    with pytest.raises(LabError, match="not fitted"):
+        LesionEmbedder(num_threads=1).transform(small_patches)
+    with pytest.raises(LabError, match="PatchSet"):
+        LesionEmbedder(num_threads=1).fit(np.zeros((4, 3, 64, 64)))
+
+
+def test_pretrained_local_checkpoint(small_patches, tmp_path):
+    from torchvision.models import resnet18
+
+    torch.manual_seed(11)
+    ref = resnet18(weights=None)  # stands in for ImageNet weights on the user's disk
+    ckpt = tmp_path / "resnet18-local.pth"
+    torch.save(ref.state_dict(), ckpt)
+    emb = LesionEmbedder(arch="resnet18", pretrained=str(ckpt), num_threads=1).initialize(small_patches)
+    got = emb.net_.backbone.layer3[0].conv1.weight
+    torch.testing.assert_close(got, ref.layer3[0].conv1.weight)
+    assert emb.transform(small_patches).shape == (len(small_patches), 128)
+    # the same file for the small backbone: another architecture
+    with pytest.raises(CheckpointError, match="another architecture"):
+        LesionEmbedder(arch="small", pretrained=str(ckpt), num_threads=1).initialize(small_patches)
+    # a small backbone's own weights load into a small network
+    small = EmbeddingNet(3, 128, "small")
+    path = tmp_path / "small.pth"
+    torch.save(small.backbone.state_dict(), path)
+    other = EmbeddingNet(3, 128, "small")
+    loaded = load_pretrained(other, path)
+    assert len(loaded) == len(small.backbone.state_dict())
+    torch.testing.assert_close(other.backbone.block2[1][0].weight, small.backbone.block2[1][0].weight)
+
+
+def test_bad_checkpoints(small_patches, tmp_path):
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="junk.pt"):
+        LesionEmbedder.load(junk)
+    with pytest.raises(CheckpointError, match="not found"):
+        LesionEmbedder.load(tmp_path / "missing.pt")
+    emb = LesionEmbedder(embed_dim=64, num_threads=1).initialize(small_patches)
+    path = emb.save(tmp_path / "e.pt")
+    obj = torch.load(path, weights_only=True)
+    obj["params"]["embed_dim"] = 128  # the record says another architecture than the weights
+    torch.save(obj, path)
+    with pytest.raises(CheckpointError, match="another architecture"):
+        LesionEmbedder.load(path)
+    plain = tmp_path / "plain.pt"
+    torch.save(emb.net_.backbone.state_dict(), plain)
+    with pytest.raises(CheckpointError, match="not a lesion-embedder checkpoint"):
+        LesionEmbedder.load(plain)

@@ -1,0 +1,120 @@
+"""Deep clustering into pseudo-labels: K selection, rounds, naming, confidence, bad input."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from embedding_fixtures import session_patches
+from sklearn.datasets import make_blobs
+
+from deeplesion_lab.embedding import LesionEmbedder
+from deeplesion_lab.evaluation import nmi
+from deeplesion_lab.lesion_types import COARSE_TYPES
+from deeplesion_lab.mining import DeepClusterMiner, MiningError, choose_k, name_clusters
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def blobs():
+    X, y = make_blobs(n_samples=150, centers=5, n_features=16, cluster_std=0.6, random_state=2)
+    return X, y
+
+
+def test_choose_k_finds_the_blobs(blobs):
+    X, _ = blobs
+    k, table = choose_k(X, (2, 8), "silhouette", seed=0)
+    assert k == 5
+    assert list(table["k"]) == list(range(2, 9))
+    assert {"silhouette", "stability", "inertia"} <= set(table.columns)
+    assert table["silhouette"].between(-1, 1).all()
+    k2, table2 = choose_k(X, (2, 8), "stability", seed=0)
+    assert table2["stability"].max() == pytest.approx(table2.set_index("k").loc[k2, "stability"])
+    with pytest.raises(MiningError, match="criterion"):
+        choose_k(X, (2, 8), "elbow")
+    with pytest.raises(MiningError, match="cannot choose K"):
+        choose_k(X[:3], (4, 8))
+
+
+def test_miner_on_features(blobs):
+    X, y = blobs
+    m = DeepClusterMiner(k_range=(2, 8)).fit(X)
+    assert m.n_clusters_ == 5 and m.k_scores_ is not None
+    assert nmi(y, m.labels_) > 0.95
+    assert m.confidence_.shape == (150,)
+    assert ((m.confidence_ > 0) & (m.confidence_ <= 1)).all()
+    np.testing.assert_array_equal(m.predict(X), m.labels_)
+    # user override of K
+    m3 = DeepClusterMiner(n_clusters=3).fit(X)
+    assert m3.n_clusters_ == 3 and m3.k_scores_ is None and len(np.unique(m3.labels_)) == 3
+    np.testing.assert_array_equal(DeepClusterMiner(k_range=(2, 8)).fit_predict(X), m.labels_)
+
+
+def test_confidence_is_lower_between_clusters():
+    X = np.array([[0.0, 0], [0.1, 0], [0, 0.1], [10, 10], [10.1, 10], [10, 10.1], [5, 5.2]])
+    m = DeepClusterMiner(n_clusters=2).fit(X)
+    assert m.confidence_[-1] < m.confidence_[:-1].min()
+
+
+def test_name_clusters_by_majority():
+    clusters = np.array([0, 0, 0, 1, 1, 1, 2, 2])
+    types = np.array([4, 4, 5, -1, 1, 1, -1, -1])
+    centers = np.array([[0.0, 0], [10, 0], [9, 1]])
+    names, share = name_clusters(clusters, types, centers)
+    assert names == {0: "liver", 1: "bone", 2: "bone"}  # 2: no known type, nearest is 1
+    assert share[0] == pytest.approx(2 / 3) and share[1] == 1.0 and share[2] == 0.0
+    with pytest.raises(MiningError, match="no lesion of known coarse type"):
+        name_clusters(clusters, np.full(8, -1))
+
+
+def test_pseudo_labels_contract(blobs):
+    X, y = blobs
+    m = DeepClusterMiner(n_clusters=5).fit(X)
+    known = np.where(np.arange(150) % 3 == 0, y + 1, -1)  # a third of the types known
+    ids = [f"L{i:03d}" for i in range(150)]
+    pl = m.pseudo_labels(ids, known)
+    assert list(pl.columns) == ["lesion_id", "cluster", "label", "confidence"]
+    assert pl["lesion_id"].tolist() == ids
+    assert pl["cluster"].dtype == np.int64
+    assert set(pl["label"]) <= set(COARSE_TYPES.values())
+    assert pl["confidence"].between(0, 1).all()
+    # blobs are pure, so each cluster is named after its own blob's type
+    true_names = pd.Series(y + 1).map(COARSE_TYPES)
+    assert (pl["label"].to_numpy() == true_names.to_numpy()).mean() > 0.95
+
+
+def test_bad_input(blobs):
+    X, _ = blobs
+    with pytest.raises(MiningError, match="at least 2 lesions"):
+        DeepClusterMiner(n_clusters=2).fit(X[:1])
+    with pytest.raises(MiningError, match="K=200 clusters is impossible for 150 lesions"):
+        DeepClusterMiner(n_clusters=200).fit(X)
+    bad = X.copy()
+    bad[17, 3] = np.nan
+    with pytest.raises(MiningError, match="row 17 has NaN"):
+        DeepClusterMiner(n_clusters=3).fit(bad)
+    with pytest.raises(MiningError, match="not fitted"):
+        DeepClusterMiner().predict(X)
+    m = DeepClusterMiner(n_clusters=3).fit(X)
+    with pytest.raises(MiningError, match="dimensions"):
+        m.predict(X[:, :4])
+
+
+def test_deep_rounds_refine_a_copy_of_the_network(tmp_path_factory):
+    patches = session_patches(tmp_path_factory)
+    emb = LesionEmbedder(epochs=1, batch_size=8, num_threads=1).fit(patches)
+    before = emb.model_hash()
+    m = DeepClusterMiner(embedder=emb, n_clusters=4, max_rounds=2, finetune_epochs=1,
+                         stop_nmi=1.01).fit(patches)
+    assert m.n_rounds_ == 2 and len(m.round_nmi_) == 2
+    assert all(0.0 <= v <= 1.0 for v in m.round_nmi_)
+    assert emb.model_hash() == before  # the caller's embedder is untouched
+    assert m.embedder_.model_hash() != before  # the copy was fine-tuned
+    assert m.features_.shape == (len(patches), 128)
+    # new lesions are assigned through the fine-tuned network
+    pred = m.predict(patches.subset(np.arange(5)))
+    assert pred.shape == (5,) and set(pred) <= set(range(4))
+    with pytest.raises(MiningError, match="expects a PatchSet"):
+        DeepClusterMiner(embedder=emb, n_clusters=2).fit(np.zeros((10, 128)))
