@@ -170,9 +170,9 @@ def bench_real_location(real: Path, lines: list[str]) -> None:
     lines.append("")
 
 
-def bench_demo(tmp: Path, patients: int, epochs: int, lines: list[str]) -> dict:
+def bench_demo(tmp: Path, patients: int, epochs: int, lines: list[str],
+               throughput: bool = True) -> dict:
     from deeplesion_lab.demo import generate_demo
-    from deeplesion_lab.embedding import LesionEmbedder, build_patches
     from deeplesion_lab.manifest import read_manifest
 
     t = time.perf_counter()
@@ -193,29 +193,21 @@ def bench_demo(tmp: Path, patients: int, epochs: int, lines: list[str]) -> dict:
         steps[name] = (time.perf_counter() - t, out)
     metrics = json.loads((run / "metrics.json").read_text())
 
-    # throughput on this run's patches
     df = read_manifest(manifest)
-    emb = LesionEmbedder.load(run / "embedder.pt")
-    t = time.perf_counter()
-    patches = build_patches(df, emb.patch_config_)  # no cache: read the PNGs
-    build_rate = len(df) / (time.perf_counter() - t)
-    reps = max(1, 4096 // len(df))
-    big = patches.subset(np.tile(np.arange(len(df)), reps))
-    emb.num_threads = 2
-    emb.transform(big.subset(np.arange(256)))  # warm-up
-    t = time.perf_counter()
-    emb.transform(big)
-    extract_rate = len(big) / (time.perf_counter() - t)
-
+    extract_rate = build_rate = float("nan")
+    n_big = 0
+    if throughput:
+        build_rate, extract_rate, n_big = _throughput(df, run)
     c, r, m = metrics["classification"], metrics["retrieval"], metrics["mining"]
     lines.append(f"## Demo data: {patients} patients, {len(df)} lesions (seed 0), "
                  f"embed --epochs {epochs}")
     lines.append("")
     lines.append(
         f"Generated in {gen_s:.0f} s. CLI: embed {steps['embed'][0]:.0f} s, mine "
-        f"{steps['mine'][0]:.0f} s, evaluate {steps['evaluate'][0]:.0f} s. Types from the "
-        "truth file (train lesions included); the embedder's sampler only knew the types of "
-        f"the protocol's seed lesions ({metrics['embedding']['seed_types_used']})."
+        f"{steps['mine'][0]:.0f} s, evaluate {steps['evaluate'][0]:.0f} s. Evaluation types "
+        "from the truth file (train lesions included); the embedder's sampler only knew the "
+        "DL_info types of the protocol's seed and val lesions "
+        f"({metrics['embedding']['sampler_types_used']} lesions), never a test lesion's."
     )
     lines.append("")
     lines.append(f"Classification (8-class accuracy on the test half, n={c['n_test']}; "
@@ -257,20 +249,40 @@ def bench_demo(tmp: Path, patients: int, epochs: int, lines: list[str]) -> dict:
         lines.append(f"| label = true type, train lesions (types never seen, n={m['n_unseen']}) "
                      f"| {m['label_accuracy_unseen']:.3f} | |")
     lines.append("")
-    lines.append("## Throughput (2 torch threads)")
-    lines.append("")
-    lines.append(f"- extraction, trained network on cached 3x64x64 patches: "
-                 f"**{extract_rate:,.0f} patches/s** ({len(big):,} patches; aim > 200)")
-    lines.append(f"- patch building from 16-bit PNGs (read, crop, window; one process): "
-                 f"{build_rate:,.0f} lesions/s (once per run; cached as .npz chunks)")
-    lines.append("")
+    if throughput:
+        lines.append("## Throughput (2 torch threads)")
+        lines.append("")
+        lines.append(f"- extraction, trained network on cached 3x64x64 patches: "
+                     f"**{extract_rate:,.0f} patches/s** ({n_big:,} patches; aim > 200)")
+        lines.append(f"- patch building from 16-bit PNGs (read, crop, window; one process): "
+                     f"{build_rate:,.0f} lesions/s (once per run; cached as .npz chunks)")
+        lines.append("")
     return metrics
+
+
+def _throughput(df, run: Path) -> tuple[float, float, int]:
+    from deeplesion_lab.embedding import LesionEmbedder, build_patches
+
+    emb = LesionEmbedder.load(run / "embedder.pt")
+    t = time.perf_counter()
+    patches = build_patches(df, emb.patch_config_)  # no cache: read the PNGs
+    build_rate = len(df) / (time.perf_counter() - t)
+    reps = max(1, 4096 // len(df))
+    big = patches.subset(np.tile(np.arange(len(df)), reps))
+    emb.num_threads = 2
+    emb.transform(big.subset(np.arange(256)))  # warm-up
+    t = time.perf_counter()
+    emb.transform(big)
+    extract_rate = len(big) / (time.perf_counter() - t)
+
+    return build_rate, extract_rate, len(big)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--demo-patients", type=int, default=24)
-    ap.add_argument("--epochs", type=int, default=6)
+    ap.add_argument("--demo-patients", type=int, nargs="+", default=[24],
+                    help="demo sizes to run (one pipeline each)")
+    ap.add_argument("--epochs", type=int, default=10)
     ap.add_argument("--skip-demo", action="store_true")
     ap.add_argument("--skip-umap", action="store_true")
     ap.add_argument("--real", type=Path, default=REPO.parent / "shared" / "deeplesion_real")
@@ -294,7 +306,8 @@ def main() -> None:
         if (args.real / "DL_info_test.csv").is_file():
             bench_real_location(args.real, lines)
         if not args.skip_demo:
-            bench_demo(tmp, args.demo_patients, args.epochs, lines)
+            for i, n in enumerate(args.demo_patients):
+                bench_demo(tmp / f"d{n}", n, args.epochs, lines, throughput=i == 0)
         if not args.skip_umap:
             bench_umap(tmp, lines)
         bench_retrieval(lines)

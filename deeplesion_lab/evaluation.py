@@ -9,8 +9,8 @@ take roles until 25% of the lesions are ``seed``, the next 25% ``val``, the rest
 patient in two roles). Only labelled lesions count: in DeepLesion the val/test lesions, or every
 lesion when a truth file gives the types of train lesions too. A classifier (standardised
 features, multinomial logistic regression, ``C`` chosen on ``val``) is fitted on the seeds and its
-accuracy measured on ``test``. Roles depend only on the manifest's patients, so the embedder,
-which may train on the seeds' types, never sees a val or test type.
+accuracy measured on ``test``. Roles depend only on the manifest's patients, so ``embed``,
+whose sampler may use the types of seed and val lesions, never sees a test lesion's type.
 
 On the real DeepLesion test split (``DL_info_test.csv``, metadata only) the location-only
 baseline with this protocol gives about 0.61 (mean over split seeds), against 0.597 in the paper.

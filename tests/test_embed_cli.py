@@ -14,6 +14,7 @@ import torch
 from embedding_fixtures import session_demo, session_run
 
 from deeplesion_lab.cli import main
+from deeplesion_lab.evaluation import protocol_split
 from deeplesion_lab.lesion_types import COARSE_TYPES
 from deeplesion_lab.manifest import read_manifest, write_manifest
 from deeplesion_lab.run import RunDir
@@ -45,8 +46,11 @@ def test_embed_writes_checkpoint_record_and_embeddings(made):
     rec = json.loads((run.path / "embedder.json").read_text())
     assert rec["seed"] == 0 and rec["versions"]["torch"] == torch.__version__
     assert rec["training"]["manifest_data_hash"] == df.attrs["data_hash"]
-    # the sampler only knew the protocol seeds' types, never a val/test type
-    assert rec["training"]["sampler_types"] <= int((df["coarse_type"] > 0).sum())
+    # the sampler knew the DL_info types of the protocol's seed and val lesions, never test
+    roles = protocol_split(df["patient_index"].to_numpy())
+    allowed = (roles != "test") & (df["coarse_type"].to_numpy() > 0)
+    assert rec["training"]["sampler_types"] == int(allowed.sum())
+    assert rec["training"]["sampler_type_roles"] == "seed+val"
     assert not list((run.path / "cache").glob("embeddings/*.npy"))  # resume chunks cleaned up
     assert "embedded" in made["output"]["embed"]
 

@@ -95,6 +95,18 @@ def test_context_channels_are_neighbouring_slices(demo):
     assert np.corrcoef(key.ravel(), up.ravel())[0, 1] > 0.5
 
 
+def test_min_field_of_view_keeps_surroundings(demo, patches):
+    df = read_manifest(demo["manifest"]).iloc[:8]
+    wide = build_patches(df, PatchConfig(min_fov_mm=120.0))
+    side = lambda b: np.maximum(b[:, 2] - b[:, 0], b[:, 3] - b[:, 1])  # noqa: E731
+    long_mm = df["long_diameter_px"].to_numpy() * df["spacing_x"].to_numpy()
+    small = long_mm < 30
+    assert small.any()
+    # small lesions now fill less of the patch: more surrounding anatomy around them
+    assert (side(wide.boxes)[small] < side(patches.boxes[:8])[small] * 0.8).all()
+    np.testing.assert_allclose((wide.boxes[:, :2] + wide.boxes[:, 2:]) / 2, 32.0, atol=3.0)
+
+
 def test_patch_errors(demo, tmp_path):
     df = read_manifest(demo["manifest"])
     with pytest.raises(LabError, match="no lesions"):

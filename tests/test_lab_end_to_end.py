@@ -16,6 +16,9 @@ from deeplesion_lab.cli import main
 from deeplesion_lab.demo import generate_demo
 
 REPO = Path(__file__).resolve().parents[1]
+# The module fixture trains real models (a few minutes on 2 quiet cores); its setup counts
+# toward the first test's timeout, so allow for a loaded machine.
+pytestmark = pytest.mark.timeout(1800)
 NOTEBOOKS = sorted((REPO / "lab").glob("*.ipynb"))
 
 

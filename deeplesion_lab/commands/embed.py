@@ -13,7 +13,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         description=(
             "Create the run directory (run.json), cut lesion patches (cached under RUN/cache), "
             "train the embedding network with the CVPR 2018 sequential triplet sampling (type "
-            "where known: the protocol's seed lesions, then location, then size), save "
+            "where known: the evaluation protocol's seed and val lesions, never its test lesions; "
+            "then location, then size), save "
             "embedder.pt + embedder.json and write embeddings.parquet. An interrupted run "
             "resumes: finished patch chunks, a trained checkpoint with the same settings and "
             "finished extraction chunks are reused."
@@ -21,7 +22,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("manifest", type=Path, help="manifest parquet (with images)")
     p.add_argument("--run", type=Path, required=True, help="run directory")
-    p.add_argument("--epochs", type=int, default=6, help="training epochs (default 6)")
+    p.add_argument("--epochs", type=int, default=10, help="training epochs (default 10)")
     p.add_argument("--truth", type=Path, default=None,
                    help="truth file recorded in run.json for evaluation (never used to train)")
     p.add_argument("--pretrained", type=Path, default=None,
@@ -34,6 +35,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=32, help="sequences (5 patches) per step")
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--sampler-types", choices=("seed+val", "seed", "none"), default="seed+val",
+                   help="whose coarse types the sampler may use: the evaluation protocol's seed "
+                        "and val lesions (default), seeds only, or none (location and size "
+                        "only); test lesions' types are never used")
     p.add_argument("--use-pseudo-labels", action="store_true",
                    help="also sample by the run's pseudo-labels (from an earlier `mine`)")
     p.add_argument("--retrain", action="store_true",
@@ -87,7 +92,8 @@ def run(args: argparse.Namespace) -> int:
     run_dir.init(args.manifest, args.truth)
 
     roles = protocol_split(df["patient_index"].to_numpy())
-    types = np.where(roles == "seed", patches.types, -1)
+    allowed = {"seed+val": ["seed", "val"], "seed": ["seed"], "none": []}[args.sampler_types]
+    types = np.where(np.isin(roles, allowed), patches.types, -1)
     n_pseudo = 0
     if args.use_pseudo_labels:
         pl = run_dir.load_pseudo_labels()
@@ -110,6 +116,7 @@ def run(args: argparse.Namespace) -> int:
         "patch_config": dict(config.__dict__),
         "types_hash": hashlib.sha1(types.astype(np.int64).tobytes()).hexdigest()[:12],
         "manifest_data_hash": df.attrs.get("data_hash", ""),
+        "sampler_type_roles": args.sampler_types,
         "sampler_types": int((types >= 1).sum()),
         "pseudo_labels_used": n_pseudo,
     }
@@ -135,11 +142,11 @@ def run(args: argparse.Namespace) -> int:
     last = emb.history_[-1]["triplet_loss"] if emb.history_ else None
     run_dir.update_metrics({"embedding": {
         "n_lesions": len(patches), "epochs": args.epochs, "final_triplet_loss": last,
-        "seed_types_used": settings["sampler_types"], "pseudo_labels_used": n_pseudo,
+        "sampler_types_used": settings["sampler_types"], "pseudo_labels_used": n_pseudo,
         "model_hash": emb.model_hash(), "seconds": round(time.time() - t0, 1),
     }})
     print(f"embedded {len(patches)} lesions ({vectors.shape[1]}-d) in {time.time() - t0:.1f} s; "
-          f"sampler knew the type of {settings['sampler_types']} lesions (protocol seeds"
-          f"{' + pseudo-labels' if n_pseudo else ''})")
+          f"sampler knew the type of {settings['sampler_types']} lesions (protocol roles "
+          f"{args.sampler_types}{' + pseudo-labels' if n_pseudo else ''}; never test)")
     print(f"wrote {ckpt}, {record.name} and {run_dir.embeddings}")
     return 0
