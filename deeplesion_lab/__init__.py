@@ -15,7 +15,6 @@ __version__ = "0.1.0"
 from .dl_info import DLInfo, DLInfoError, read_dl_info  # noqa: E402
 from .errors import LabError  # noqa: E402
 from .images import ImageError, apply_window, load_context, load_hu  # noqa: E402
-from .labels import LabelStore  # noqa: E402
 from .lesion_types import COARSE_TYPES, TYPE_COLORS  # noqa: E402
 from .manifest import build_manifest, read_manifest, write_manifest  # noqa: E402
 
@@ -36,3 +35,12 @@ __all__ = [
     "read_manifest",
     "write_manifest",
 ]
+
+
+def __getattr__(name: str):
+    # The label store loads on first use, so that `deeplesion-lab COMMAND --help` stays light.
+    if name == "LabelStore":
+        from .labels import LabelStore
+
+        return LabelStore
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
