@@ -32,6 +32,7 @@ $(STAMP): requirements.txt pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --disable-pip-version-check -q -r requirements.txt
 	$(BIN)/python -m pip install --disable-pip-version-check -q --no-deps --no-build-isolation -e .
+	$(BIN)/python -m deeplesion_lab.maps --warm
 	@touch $@
 
 # Browser tests drive Debian's chromium with Playwright (Playwright's own download is impossible).

@@ -10,7 +10,7 @@ K is chosen over a range by a criterion (silhouette or bootstrap stability), or 
 
 Examples
 --------
->>> miner = DeepClusterMiner(embedder=emb, k_range=(4, 12)).fit(patches)   # doctest: +SKIP
+>>> miner = DeepClusterMiner(embedder=emb, k_range=(8, 16)).fit(patches)   # doctest: +SKIP
 >>> miner.k_scores_                                                          # doctest: +SKIP
 >>> miner.pseudo_labels(patches.lesion_ids, known_types=patches.types)      # doctest: +SKIP
 """
@@ -54,12 +54,14 @@ def _kmeans(X: np.ndarray, k: int, seed: int, n_init: int = 4):
 
 def choose_k(
     X: np.ndarray,
-    k_range: tuple[int, int] = (4, 12),
+    k_range: tuple[int, int] = (8, 16),
     criterion: str = "silhouette",
     seed: int = 0,
     max_points: int = 4000,
 ) -> tuple[int, pd.DataFrame]:
     """Score every K in ``k_range`` (inclusive) and return the best with the table.
+
+    The range is cut to ``K < number of lesions``.
 
     The table has ``k``, ``silhouette`` (mean silhouette on at most ``max_points`` lesions),
     ``stability`` (adjusted Rand index between k-means fits on two random halves, compared on
@@ -70,9 +72,9 @@ def choose_k(
     if criterion not in ("silhouette", "stability"):
         raise MiningError(f"unknown K criterion {criterion!r}; use 'silhouette' or 'stability'")
     n = len(X)
-    lo, hi = int(k_range[0]), min(int(k_range[1]), n - 1)
-    lo = max(lo, 2)
-    if hi < lo:
+    hi = min(int(k_range[1]), n - 1)
+    lo = min(max(int(k_range[0]), 2), hi)  # few lesions: the range shrinks to what fits
+    if hi < 2:
         raise MiningError(
             f"cannot choose K in {tuple(k_range)} for {n} lesions (need 2 <= K < lesions)"
         )
@@ -182,8 +184,9 @@ class DeepClusterMiner(ClusterMixin, BaseEstimator):
     ----------
     n_clusters : int, optional
         K; when None it is chosen over ``k_range`` by ``criterion`` (user override: give it).
-    k_range : (int, int), default (4, 12)
-        Inclusive range of K to score.
+    k_range : (int, int), default (8, 16)
+        Inclusive range of K to score (cut to K < lesions). It starts at the 8 coarse types:
+        fewer clusters cannot give every type one, and several clusters may share a type name.
     criterion : {"silhouette", "stability"}, default "silhouette"
     embedder : LesionEmbedder, optional
         With an embedder, :meth:`fit` takes a :class:`~deeplesion_lab.embedding.PatchSet` and
@@ -221,7 +224,7 @@ class DeepClusterMiner(ClusterMixin, BaseEstimator):
     def __init__(
         self,
         n_clusters: int | None = None,
-        k_range: tuple[int, int] = (4, 12),
+        k_range: tuple[int, int] = (8, 16),
         criterion: str = "silhouette",
         embedder=None,
         max_rounds: int = 3,

@@ -229,6 +229,38 @@ def test_augmentation_is_drawn_from_seed_epoch_and_item(data) -> None:
     assert len(variants) > 1  # flips/scales differ between epochs
 
 
+def test_training_crops_keep_lesions_and_ignore_cut_ones(data) -> None:
+    m = data.manifest
+    train = m[m["split"] == 1]
+    full = KeySliceDataset(train, data.images_root, context=m, image_size=64, spacing_mm=1.5)
+    crop = KeySliceDataset(train, data.images_root, context=m, image_size=64, spacing_mm=1.5,
+                           crop=32, crop_lesion_p=1.0, seed=1)
+    seen_pos = 0
+    for e in range(4):
+        crop.set_epoch(e)
+        for i in range(len(crop)):
+            img, t, meta = crop[i]
+            assert img.shape[-2:] == (32, 32)
+            b = t["boxes"].numpy()
+            assert (b >= 0).all() and (b <= 32).all()
+            seen_pos += int((t["labels"] > 0).sum())
+            # the crop is a window of the whole canvas: the pixels agree
+            fimg, ft, _ = full[i]
+            hits = [(y, x) for y in range(33) for x in range(33)
+                    if torch.equal(fimg[:, y:y + 32, x:x + 32], img)]
+            assert hits, meta
+            # every whole lesion of the window is a target, every cut one ignored
+            y0, x0 = hits[0]
+            fb = ft["boxes"].numpy() - np.array([x0, y0, x0, y0])
+            for box, lab in zip(fb, ft["labels"].numpy(), strict=True):
+                inside = box[0] >= 0 and box[1] >= 0 and box[2] <= 32 and box[3] <= 32
+                if lab > 0 and inside:
+                    assert any(np.allclose(box, bb, atol=1e-4) for bb in b)
+    assert seen_pos > 0  # windows are centred near lesions
+    with pytest.raises(DatasetError, match="crop must be between 32 and image_size"):
+        KeySliceDataset(train, data.images_root, image_size=64, crop=128)
+
+
 def test_missing_images_are_a_clear_error(data, tmp_path) -> None:
     import shutil
 
@@ -344,6 +376,24 @@ def test_predict_save_load_round_trip(fitted, data) -> None:
     assert loaded.predict_ms_per_image_ > 0
     with pytest.raises(CheckpointError, match="not found"):
         LesionDetector.load(folder / "nope.pt")
+
+
+def test_checkpoints_of_another_layout_or_newer_format_are_clear_errors(fitted, tmp_path) -> None:
+    import torch
+
+    _, folder = fitted
+    ck = torch.load(folder / "model.pt", map_location="cpu", weights_only=True)
+    # an older network layout: a renamed layer and a box head of another width
+    old = dict(ck, state_dict={(k.replace("rpn.head.conv", "rpn.head.conv_old")): v
+                               for k, v in ck["state_dict"].items()})
+    old["params"] = dict(ck["params"], box_head_size=ck["params"]["box_head_size"] * 2)
+    torch.save(old, tmp_path / "old.pt")
+    with pytest.raises(CheckpointError, match=r"do not fit the network .* missing, .* unexpected, "
+                                              r".* of another shape.*train-detector --overwrite"):
+        LesionDetector.load(tmp_path / "old.pt")
+    torch.save(dict(ck, format_version=99), tmp_path / "new.pt")
+    with pytest.raises(CheckpointError, match="format 99 is newer"):
+        LesionDetector.load(tmp_path / "new.pt")
 
 
 def test_resume_after_interruption_retraces_an_uninterrupted_run(data, tmp_path) -> None:

@@ -249,15 +249,27 @@ def test_finetune_from_the_label_store(demo, pseudo_run, tmp_path, capsys) -> No
     lid = str(train["lesion_id"].iloc[0])
     new = next(c for c in classes if c != train["label"].iloc[0])
     store.relabel([lid], new, "alice")
+    # an accepted proposal: a new lesion on a training key slice, added through the store
+    key = m.loc[m["lesion_id"].astype(str) == lid].iloc[0]
+    x1, y1 = (5.0, 5.0) if key["bbox_x1"] > 40 else (float(key["image_width"]) - 35, 5.0)
+    store.add_lesions(pd.DataFrame([{
+        "lesion_id": "added-1", "file_name": key["file_name"],
+        **{c: int(key[c]) for c in ("patient_index", "study_index", "series_id",
+                                    "key_slice_index")},
+        "bbox_x1": x1, "bbox_y1": y1, "bbox_x2": x1 + 20, "bbox_y2": y1 + 20,
+    }]), "alice", label=classes[0])
     store.close()
 
     assert main(["finetune", "--run", str(run.path), "--epochs", "1", "--batch-size", "4",
                  "--user", "bob", *RUNTIME]) == 0
+    assert "1 lesions people added" in capsys.readouterr().out
     ft = _metrics(run)["finetune"]
     sid = ft["label_snapshot_id"]
     assert sid is not None and ft["model"] == f"pseudo-ft{sid}" and ft["corrected"] == 1
+    assert ft["added_lesions"] == 1
     cfg = json.loads((run.detector_dir / ft["model"] / "config.json").read_text())
     assert cfg["lineage"]["label_snapshot_id"] == sid
+    assert cfg["lineage"]["n_added_lesions"] == 1
     store = labels_mod.LabelStore.open(run.label_db)
     snaps = store.list_snapshots()
     snap = store.snapshot_labels(sid)

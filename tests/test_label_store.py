@@ -498,6 +498,100 @@ def test_subscribe_and_changes_since(store, open_store, manifest):
         store.subscribe(lambda e: None)
 
 
+def test_shared_store_has_its_own_subscribers_and_sees_every_commit(store, manifest):
+    a, b = store.share(), store.share()
+    seen_a, seen_b = [], []
+    a.subscribe(seen_a.append)
+    b.subscribe(seen_b.append)
+    ids = ids_of(manifest, "bone", 3)
+    eid = a.relabel(ids, "lung", "alice")
+    # only the writer's object is notified; the other sees the commit when it reads or polls
+    assert [e.event_id for e in seen_a] == [eid] and seen_b == []
+    assert set(b.labels_of(ids)["label"]) == {"lung"} and b.version() == eid == store.version()
+    with pytest.raises(NothingToUndo):  # undo is per user: bob has nothing to undo
+        b.undo("bob")
+    assert set(store.labels_of(ids)["label"]) == {"lung"}
+
+
+def added_rows(manifest: pd.DataFrame, n: int = 2) -> pd.DataFrame:
+    """New lesions on annotated key slices, beside the annotated one (as proposals are)."""
+    base = manifest.drop_duplicates("file_name").head(n)
+    return pd.DataFrame({
+        "lesion_id": [f"{f[:-4]}-a{k:07d}" for k, f in enumerate(base["file_name"])],
+        "file_name": base["file_name"].to_numpy(),
+        **{c: base[c].to_numpy() for c in ("patient_index", "study_index", "series_id",
+                                           "key_slice_index")},
+        "bbox_x1": 10.0, "bbox_y1": 20.0, "bbox_x2": 40.0, "bbox_y2": 44.0,
+        "score": 0.9,
+    })
+
+
+def test_added_lesions_are_events_with_geometry(store, manifest, tmp_path):
+    new = added_rows(manifest)
+    before = store.version()
+    seen = []
+    store.subscribe(seen.append)
+    eid = store.add_lesions(new, "ana", label="liver", comment="seen on the slice")
+    assert eid > before and seen[-1].op == "add_lesions" and seen[-1].label == "liver"
+    assert store.add_lesions(new, "bob") is None  # accepting twice changes nothing
+    got = store.added_lesions()
+    assert list(got["lesion_id"]) == sorted(new["lesion_id"])
+    assert (got["added_by"] == "ana").all() and (got["event_id"] == eid).all()
+    assert (got["label"] == "liver").all() and (got["source"] == "added").all()
+    assert got["bbox_x2"].tolist() == [40.0, 40.0]
+    cur = store.labels_of(new["lesion_id"].tolist())
+    assert set(cur["label"]) == {"liver"} and set(cur["updated_by"]) == {"ana"}
+    ev = store.events(limit=1).iloc[0]
+    assert ev["op"] == "add_lesions" and "2 lesions added" in ev["detail"]
+    # an added lesion is a lesion like the others: relabel, undo, retract, replay
+    lid = new["lesion_id"].iloc[0]
+    store.relabel([lid], "kidney", "bob")
+    assert store.added_lesions().set_index("lesion_id").loc[lid, "label"] == "kidney"
+    store.undo("bob")
+    assert store.labels_of([lid])["label"].iloc[0] == "liver"
+    store.mark_not_lesion([lid], "ana")
+    res = store.verify()
+    assert res["replay_matches"], res
+    # re-mining keeps them; exports and the training manifest include them
+    store.init_pseudo_labels(make_pseudo(manifest, seed=1), "run-2")
+    assert len(store.added_lesions()) == 2
+    assert store.verify()["replay_matches"]
+    from deeplesion_lab.labels import manifest_with_added
+
+    ext = manifest_with_added(manifest, store.added_lesions())
+    assert len(ext) == len(manifest) + 1  # the one marked "not a lesion" is left out
+    row = ext.set_index("lesion_id").loc[new["lesion_id"].iloc[1]]
+    src = manifest.set_index("file_name").loc[new["file_name"].iloc[1]]
+    src = src.iloc[0] if isinstance(src, pd.DataFrame) else src
+    assert row["split"] == src["split"] and row["spacing_x"] == src["spacing_x"]
+    assert row["coarse_type_name"] == "liver" and row["long_diameter_px"] == 30.0
+    assert list(ext.dtypes) == list(manifest.dtypes)
+    store.export_dl_info(tmp_path / "DL_info.csv", manifest)
+    out = pd.read_csv(tmp_path / "DL_info.csv")
+    assert len(out) == len(manifest) + 1  # not-a-lesion dropped, the other added one kept
+    assert out["File_name"].iloc[-1] == new["file_name"].iloc[1]
+
+
+def test_adding_bad_lesions_is_a_clear_error_and_writes_nothing(store, manifest):
+    state = snapshot_state(store)
+    good = added_rows(manifest)
+    cases = [
+        (good.drop(columns="bbox_x2"), "lack column"),
+        (good.iloc[0:0], "no lesions"),
+        (good.assign(bbox_x2=5.0), r"row 0 .* box .* is empty"),
+        (good.assign(key_slice_index=[1.5, 2]), r"row 0 .*key_slice_index must be a whole"),
+        (good.assign(bbox_y1=[0.0, float("inf")]), r"row 1 .*bbox_y1 = inf"),
+        (pd.concat([good, good.head(1)]), "appears twice"),
+        (good.assign(lesion_id=manifest["lesion_id"].head(2).tolist()), "already"),
+    ]
+    for bad, msg in cases:
+        with pytest.raises(LabelStoreError, match=msg):
+            store.add_lesions(bad, "ana")
+    with pytest.raises(LabelStoreError, match="unknown class 'tumour'"):
+        store.add_lesions(good, "ana", label="tumour")
+    assert snapshot_state(store) == state and store.added_lesions().empty
+
+
 # exports ----------------------------------------------------------------------------------------
 def test_export_labels_csv_and_parquet(store, manifest, tmp_path):
     ids = ids_of(manifest, "liver", 7)
@@ -704,9 +798,9 @@ def write_v1_store(db, ids: list[str]) -> None:
 
 
 def check_v1_store_migrates(s: LabelStore, ids: list[str]) -> None:
-    assert s.schema_version == 2
+    assert s.schema_version == label_schema.CURRENT_VERSION == 3
     mig = s._db.query("SELECT version FROM schema_migrations ORDER BY version")
-    assert [r[0] for r in mig] == [1, 2]
+    assert [r[0] for r in mig] == [1, 2, 3]
     cur = s.current_labels()
     assert len(cur) == 50 and (cur.set_index("lesion_id").loc[ids[:3], "label"] == "lung").all()
     snap = s.snapshot_labels(1)  # hash computed by the migration and verified here

@@ -25,7 +25,7 @@ def test_map_is_cached_by_embedding_hash(blobs, tmp_path):
     m = LesionMap(n_neighbors=10, pca_components=16, n_epochs=60, cache_dir=cache).fit(X)
     assert m.embedding_.shape == (240, 2) and not m.cache_hit_
     assert np.isfinite(m.embedding_).all()
-    assert len(list(cache.glob("umap-*.npy"))) == 1 and len(list(cache.glob("umap-*.pkl"))) == 1
+    assert len(list(cache.glob("umap-*.npy"))) == 1 and len(list(cache.glob("umap-*.npz"))) == 1
     # the 4 blobs stay apart on the map: each point's nearest map neighbour is in its blob
     d = ((m.embedding_[:, None] - m.embedding_[None]) ** 2).sum(-1)
     np.fill_diagonal(d, np.inf)
@@ -38,6 +38,13 @@ def test_map_is_cached_by_embedding_hash(blobs, tmp_path):
     other = LesionMap(n_neighbors=12, pca_components=16, n_epochs=60, cache_dir=cache)
     assert other._key(X) != again.key_
     assert embedding_hash(X) != embedding_hash(X + 1e-3)
+
+
+def test_map_is_reproducible_with_a_seed(blobs):
+    X, _ = blobs
+    a = LesionMap(n_neighbors=10, pca_components=16, n_epochs=60, seed=3).fit_transform(X)
+    b = LesionMap(n_neighbors=10, pca_components=16, n_epochs=60, seed=3).fit_transform(X)
+    np.testing.assert_allclose(a, b, atol=1e-5)
 
 
 def test_map_transform_places_new_lesions(blobs, tmp_path):

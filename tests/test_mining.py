@@ -35,7 +35,9 @@ def test_choose_k_finds_the_blobs(blobs):
     with pytest.raises(MiningError, match="criterion"):
         choose_k(X, (2, 8), "elbow")
     with pytest.raises(MiningError, match="cannot choose K"):
-        choose_k(X[:3], (4, 8))
+        choose_k(X[:2], (4, 8))
+    k3, t3 = choose_k(X[:5], (8, 16))  # few lesions: the range shrinks to K < 5
+    assert list(t3["k"]) == [4] and k3 == 4
 
 
 def test_miner_on_features(blobs):

@@ -22,6 +22,7 @@ from deeplesion_lab.graph import (
     rank_proposals,
     read_accepted,
 )
+from deeplesion_lab.labels import LabelStore, LabelStoreError
 from deeplesion_lab.manifest import read_manifest
 from deeplesion_lab.run import RunDir
 
@@ -245,24 +246,32 @@ def test_accepting_proposals_records_who_and_when(mined, capsys):
     props = pd.read_parquet(gdir / "proposals.parquet").sort_values("rank_score", ascending=False)
     ids = props["proposal_id"].head(3).tolist()
     with pytest.raises(GraphError, match="not a proposal"):
-        accept_proposals(gdir, [ids[0], "nope"], "ana")
-    assert not (gdir / "accepted.parquet").exists()  # nothing written half-way
-    added = accept_proposals(gdir, ids[:2], "ana", label="liver", comment="clearly a lesion")
+        accept_proposals(run_dir, [ids[0], "nope"], "ana")
+    assert read_accepted(run_dir).empty  # nothing written half-way
+    with pytest.raises(LabelStoreError, match="unknown class 'tumour'"):
+        accept_proposals(run_dir, ids[:2], "ana", label="tumour")
+    assert read_accepted(run_dir).empty
+    added = accept_proposals(run_dir, ids[:2], "ana", label="liver", comment="clearly a lesion")
     assert len(added) == 2
-    acc = read_accepted(gdir / "accepted.parquet")
-    assert acc["lesion_id"].tolist() == ids[:2]
-    assert (acc["accepted_by"] == "ana").all() and acc["accepted_at"].notna().all()
-    r, p = acc.iloc[0], props.set_index("proposal_id").loc[ids[0]]
+    acc = read_accepted(run_dir)
+    assert acc["lesion_id"].tolist() == sorted(ids[:2])
+    assert (acc["added_by"] == "ana").all() and acc["added_at"].notna().all()
+    assert (acc["label"] == "liver").all() and (acc["origin"] == "proposal").all()
+    r, p = acc.set_index("lesion_id").loc[ids[0]], props.set_index("proposal_id").loc[ids[0]]
     assert (r.bbox_x1, r.bbox_y2) == (p.x1, p.y2)
     assert r.recist_x1 >= r.bbox_x1 and r.recist_x2 <= r.bbox_x2
     # the ids are those the lesions get when written back with their RECIST points
     from deeplesion_lab.dl_info import make_lesion_id
     rec = [r[f"recist_{a}{i}"] for i in range(1, 5) for a in "xy"]
-    assert make_lesion_id(r.file_name, rec) == r.lesion_id
+    assert make_lesion_id(r.file_name, rec) == ids[0]
+    # one event in the store's history, with who and the comment
+    with LabelStore.for_run(run_dir) as store:
+        ev = store.events(limit=1).iloc[0]
+        assert (ev["op"], ev["user"], ev["comment"]) == ("add_lesions", "ana", "clearly a lesion")
     # accepting again is a no-op for those; the CLI adds the third
-    assert len(accept_proposals(gdir, ids[:2], "bob")) == 0
+    assert len(accept_proposals(run_dir, ids[:2], "bob")) == 0
     assert main(["accept-proposals", "--run", str(run_dir), *ids, "--user", "bob"]) == 0
-    assert "accepted 1" in capsys.readouterr().out
-    acc = read_accepted(gdir / "accepted.parquet")
-    assert len(acc) == 3 and acc["accepted_by"].tolist() == ["ana", "ana", "bob"]
+    assert "accepted 1 proposals" in capsys.readouterr().out
+    acc = read_accepted(run_dir).set_index("lesion_id").loc[ids]
+    assert acc["added_by"].tolist() == ["ana", "ana", "bob"]
     assert main(["accept-proposals", "--run", str(run_dir), "zzz"]) == 2

@@ -139,7 +139,7 @@ def run(args: argparse.Namespace) -> int:
                   "deeplesion_lab.data_hash": df.attrs.get("data_hash", "")},
     )
     shutil.rmtree(resume, ignore_errors=True)
-    last = emb.history_[-1]["triplet_loss"] if emb.history_ else None
+    last = emb.history_[-1].get("triplet_loss") if emb.history_ else None
     run_dir.update_metrics({"embedding": {
         "n_lesions": len(patches), "epochs": args.epochs, "final_triplet_loss": last,
         "sampler_types_used": settings["sampler_types"], "pseudo_labels_used": n_pseudo,

@@ -49,16 +49,16 @@ def run(args: argparse.Namespace) -> int:
     from ..detection.froc import read_predictions
     from ..detection.labels_table import parse_class_map
     from ..detection.train import select_split
-    from ..detection.workflow import resolve_finetune_labels, run_finetune
+    from ..detection.workflow import resolve_finetune_labels, run_finetune, store_added_lesions
     from ..run import RunDir
 
     run_dir = RunDir(args.run)
     run_dir.info()
     class_map = parse_class_map(args.class_map)
-    params = {"epochs": args.epochs, "lr": args.lr if args.lr is not None else 0.005,
+    params = {"epochs": args.epochs,
               "device": args.device, "num_threads": args.threads,
               "progress": not args.no_progress}
-    for key in ("batch_size", "unannotated", "seed"):
+    for key in ("lr", "batch_size", "unannotated", "seed"):
         if getattr(args, key) is not None:
             params[key] = getattr(args, key)
     labels, source = resolve_finetune_labels(run_dir, args.labels, args.snapshot, user=args.user,
@@ -68,6 +68,9 @@ def run(args: argparse.Namespace) -> int:
               f"({len(labels)} lesions)")
     else:
         print(f"labels: {source['labels_source']} ({len(labels)} lesions)")
+    added = None
+    if source.get("label_snapshot_id") is not None:  # labels from the store: its added lesions
+        added = store_added_lesions(run_dir, args.store)
     ignore = None
     if args.ignore_from is not None:
         manifest = run_dir.load_manifest()
@@ -75,7 +78,8 @@ def run(args: argparse.Namespace) -> int:
                                     select_split(manifest, "train"), args.ignore_score)
     ft = run_finetune(run_dir, labels, source, base=args.base, name=args.name,
                       class_map=class_map, reset_head=args.reset_head, params=params,
-                      eval_split=args.eval_split, ignore_boxes=ignore, overwrite=args.overwrite)
+                      eval_split=args.eval_split, ignore_boxes=ignore, overwrite=args.overwrite,
+                      added=added)
     print(f"fine-tuned {ft['parent']} -> {ft['model']} "
           f"({ft['corrected'] if ft['corrected'] is not None else '?'} labels differ from the "
           f"pseudo-labels); metrics: {run_dir.metrics} (finetune)")

@@ -47,14 +47,17 @@ def register(sub: argparse._SubParsersAction) -> None:
         "accept-proposals",
         help="accept mined lesion proposals as new annotated lesions",
         description=(
-            "Append the given proposals (ids from RUN_DIR/graph/proposals.parquet) to "
-            "RUN_DIR/graph/accepted.parquet with who accepted them and when."
+            "Add the given proposals (ids from RUN_DIR/graph/proposals.parquet) to the run's "
+            "label store as new annotated lesions: one event with who accepted them and when, "
+            "in the history and exports, and used by `finetune`. Retract one with "
+            "`labels relabel --label 'not a lesion'`."
         ),
     )
     a.add_argument("--run", type=Path, required=True, help="run directory")
     a.add_argument("ids", nargs="+", help="proposal ids")
     a.add_argument("--user", default=None, help="who accepts (default: login name)")
-    a.add_argument("--label", default=None, help="lesion type name for the new lesions")
+    a.add_argument("--label", default=None, help="class of the new lesions (a taxonomy class)")
+    a.add_argument("--db", default=None, help="label store URL (default RUN_DIR/labels.sqlite)")
     a.add_argument("--comment", default=None)
     a.set_defaults(func=run_accept)
 
@@ -93,13 +96,20 @@ def run(args: argparse.Namespace) -> int:
 
 def run_accept(args: argparse.Namespace) -> int:
     from ..graph.missing import accept_proposals
+    from ..labels import LabelStore
     from ..run import RunDir
 
     run_dir = RunDir(args.run)
     run_dir.info()
-    added = accept_proposals(run_dir.graph_dir, args.ids, args.user, label=args.label,
-                             comment=args.comment)
-    skipped = len(set(args.ids)) - len(added)
-    print(f"accepted {len(added)} proposals into {run_dir.graph_dir / 'accepted.parquet'}"
-          + (f" ({skipped} already accepted)" if skipped else ""))
+    with LabelStore.for_run(run_dir, db=args.db) as store:
+        added = accept_proposals(run_dir, args.ids, args.user, label=args.label,
+                                 comment=args.comment, store=store, tool="cli")
+        skipped = len(set(args.ids)) - len(added)
+        where = store.location
+    if len(added):
+        print(f"accepted {len(added)} proposals as new lesions (event "
+              f"{int(added['event_id'].iloc[0])}) into {where}"
+              + (f"; {skipped} already accepted" if skipped else ""))
+    else:
+        print(f"nothing new: all {skipped} already accepted")
     return 0

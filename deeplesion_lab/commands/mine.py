@@ -22,8 +22,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--run", type=Path, required=True, help="run directory (after embed)")
     p.add_argument("--clusters", type=int, default=None, help="K (default: chosen)")
-    p.add_argument("--k-min", type=int, default=4)
-    p.add_argument("--k-max", type=int, default=12)
+    p.add_argument("--k-min", type=int, default=8,
+                   help="smallest K scored (default 8, one per coarse type)")
+    p.add_argument("--k-max", type=int, default=16)
     p.add_argument("--criterion", choices=("silhouette", "stability"), default="silhouette")
     p.add_argument("--rounds", type=int, default=3, help="deep rounds at most (0: cluster only)")
     p.add_argument("--finetune-epochs", type=int, default=1, help="epochs per deep round")

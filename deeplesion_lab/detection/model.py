@@ -32,6 +32,7 @@ from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
 from torchvision.models.detection.roi_heads import RoIHeads
 from torchvision.models.detection.rpn import RegionProposalNetwork
+from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from torchvision.ops import boxes as box_ops
 from torchvision.ops import misc as misc_nn_ops
 
@@ -122,6 +123,19 @@ class LesionRoIHeads(RoIHeads):
             all_scores.append(score[keep])
             all_labels.append(cls[keep])
         return all_boxes, all_scores, all_labels
+
+
+class CanvasTransform(GeneralizedRCNNTransform):
+    """torchvision's input transform without its resizing.
+
+    The dataset already resamples every slice to the detector's pixel spacing, so the network
+    must take images at their size: whole canvases at inference, smaller crops in training
+    (:class:`~deeplesion_lab.detection.dataset.KeySliceDataset` ``crop``). Normalisation and
+    batching (padding to a multiple of 32) are torchvision's.
+    """
+
+    def resize(self, image, target=None):  # noqa: D102 - torchvision signature
+        return image, target
 
 
 def _backbone(name: str, pretrained_file: bool, trainable_layers: int | None) -> nn.Module:
@@ -275,6 +289,8 @@ def build_detector(
         box_nms_thresh=box_nms_thresh,
         box_detections_per_img=detections_per_img,
     )
+    t = model.transform
+    model.transform = CanvasTransform(image_size, image_size, t.image_mean, t.image_std)
     rpn, heads = model.rpn, model.roi_heads
     new_rpn = LesionRPN(
         rpn.anchor_generator, rpn.head,

@@ -119,6 +119,13 @@ class LesionDetector(BaseEstimator):
     augment : bool, default True
         Random scale, flips and intensity jitter in training.
     scale_range : (float, float), default (0.85, 1.15)
+    train_crop : int, optional
+        Train on random ``train_crop``-pixel windows (mostly around lesions) instead of whole
+        canvases: several times more steps for the same CPU time (see
+        :class:`~deeplesion_lab.detection.dataset.KeySliceDataset`). Inference always sees the
+        whole canvas.
+    optimizer : {"sgd", "adamw"}, default "sgd"
+        AdamW converges much faster from random weights; SGD suits a pretrained backbone.
     unannotated : {"neighbours", "none"}, default "neighbours"
         Missing-annotation strategy (see :mod:`deeplesion_lab.detection.dataset`).
     neighbour_factor : float, default 1
@@ -126,6 +133,11 @@ class LesionDetector(BaseEstimator):
     anchor_sizes : tuple of int, default (16, 32, 64, 128, 256)
     box_head_size : int, default 1024
         Width of the box head (256 trains faster on a CPU).
+    box_batch_size : int, default 128
+        Proposals sampled per image to train the box head (a quarter of them positive at
+        most). DeepLesion slices hold a few lesions, so 32 lose little, and on a CPU the
+        RoIAlign backward pass, which grows with this number, is the largest single cost of
+        a training step.
     detections_per_img : int, default 50
     score_threshold : float, default 0.01
         Lowest lesion score kept at inference.
@@ -166,16 +178,19 @@ class LesionDetector(BaseEstimator):
         epochs: int = 10,
         batch_size: int = 4,
         lr: float = 0.02,
+        optimizer: str = "sgd",
         momentum: float = 0.9,
         weight_decay: float = 1e-4,
         warmup_steps: int = 50,
         augment: bool = True,
         scale_range: tuple[float, float] = (0.85, 1.15),
+        train_crop: int | None = None,
         unannotated: str = "neighbours",
         neighbour_factor: float = 1.0,
         ignore_iou: float = 0.3,
         anchor_sizes: tuple[int, ...] = (16, 32, 64, 128, 256),
         box_head_size: int = 1024,
+        box_batch_size: int = 128,
         detections_per_img: int = 50,
         score_threshold: float = 0.01,
         checkpoint_every: int = 50,
@@ -195,16 +210,19 @@ class LesionDetector(BaseEstimator):
         self.epochs = epochs
         self.batch_size = batch_size
         self.lr = lr
+        self.optimizer = optimizer
         self.momentum = momentum
         self.weight_decay = weight_decay
         self.warmup_steps = warmup_steps
         self.augment = augment
         self.scale_range = scale_range
+        self.train_crop = train_crop
         self.unannotated = unannotated
         self.neighbour_factor = neighbour_factor
         self.ignore_iou = ignore_iou
         self.anchor_sizes = anchor_sizes
         self.box_head_size = box_head_size
+        self.box_batch_size = box_batch_size
         self.detections_per_img = detections_per_img
         self.score_threshold = score_threshold
         self.checkpoint_every = checkpoint_every
@@ -225,6 +243,7 @@ class LesionDetector(BaseEstimator):
             anchor_sizes=tuple(self.anchor_sizes),
             ignore_iou=self.ignore_iou,
             box_head_size=self.box_head_size,
+            box_batch_size_per_image=self.box_batch_size,
             box_score_thresh=self.score_threshold,
             detections_per_img=self.detections_per_img,
         )
@@ -245,6 +264,7 @@ class LesionDetector(BaseEstimator):
             window=tuple(self.window) if isinstance(self.window, list) else self.window,
             augment=self.augment and train,
             scale_range=tuple(self.scale_range),
+            crop=self.train_crop if train else None,
             seed=self.seed,
             cache_mb=self.cache_mb,
         )
@@ -342,8 +362,13 @@ class LesionDetector(BaseEstimator):
         device = torch.device(self.device)
         model.to(device)
         params = [p for p in model.parameters() if p.requires_grad]
-        opt = torch.optim.SGD(params, lr=self.lr, momentum=self.momentum,
-                              weight_decay=self.weight_decay)
+        if self.optimizer == "sgd":
+            opt = torch.optim.SGD(params, lr=self.lr, momentum=self.momentum,
+                                  weight_decay=self.weight_decay)
+        elif self.optimizer == "adamw":
+            opt = torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay)
+        else:
+            raise ModelError(f"unknown optimizer {self.optimizer!r}; use 'sgd' or 'adamw'")
         n = len(dataset)
         steps_per_epoch = int(np.ceil(n / self.batch_size))
         total = steps_per_epoch * int(self.epochs)
@@ -542,8 +567,30 @@ class LesionDetector(BaseEstimator):
         valid = set(cls().get_params())
         det = cls(**{k: v for k, v in params.items() if k in valid})
         det.classes_ = list(ck["classes"])
+        version = ck.get("format_version")
+        if isinstance(version, int) and version > CHECKPOINT_VERSION:
+            raise CheckpointError(
+                f"{path}: detector checkpoint format {version} is newer than this deeplesion-lab "
+                f"reads ({CHECKPOINT_VERSION}); upgrade deeplesion-lab"
+            )
         det.model_ = det._build(len(det.classes_))
-        det.model_.load_state_dict(ck["state_dict"])
+        try:
+            det.model_.load_state_dict(ck["state_dict"])
+        except RuntimeError as exc:
+            # another network layout: a checkpoint of an older deeplesion-lab, or edited params
+            missing, unexpected, shapes = _state_mismatch(det.model_.state_dict(),
+                                                          ck["state_dict"])
+            made = (ck.get("lineage") or {}).get("versions", {}).get("deeplesion_lab", "?")
+            raise CheckpointError(
+                f"{path}: the saved weights do not fit the network its settings build "
+                f"(backbone {det.backbone}; checkpoint format {version or 'unversioned'}, made "
+                f"by deeplesion-lab {made}): {len(missing)} tensors missing, {len(unexpected)} "
+                f"unexpected, {len(shapes)} of another shape"
+                + (f" (e.g. {(missing + unexpected + shapes)[0]})"
+                   if missing or unexpected or shapes else "")
+                + "; retrain it (`train-detector --overwrite`) or load it with the "
+                "deeplesion-lab version that made it"
+            ) from exc
         det.model_.eval()
         det.lineage_ = dict(ck.get("lineage") or {})
         det.lineage_.setdefault("checkpoint", str(path.resolve()))
@@ -563,6 +610,16 @@ def _load(path: Path) -> dict:
     if not isinstance(obj, dict) or obj.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path}: not a deeplesion-lab detector checkpoint")
     return obj
+
+
+def _state_mismatch(want: Mapping[str, torch.Tensor], got: Mapping[str, Any]
+                    ) -> tuple[list[str], list[str], list[str]]:
+    """Keys missing from ``got``, keys ``want`` lacks, and keys whose shapes differ."""
+    missing = [k for k in want if k not in got]
+    unexpected = [k for k in got if k not in want]
+    shapes = [k for k in want if k in got and hasattr(got[k], "shape")
+              and tuple(got[k].shape) != tuple(want[k].shape)]
+    return missing, unexpected, shapes
 
 
 def _diff(a: Mapping, b: Mapping, prefix: str = "") -> list[str]:

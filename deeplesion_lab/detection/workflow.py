@@ -37,8 +37,13 @@ __all__ = [
     "load_detector",
     "record_evaluation",
     "resolve_finetune_labels",
+    "store_added_lesions",
     "run_finetune",
 ]
+
+
+#: Fine-tuning's default learning rate, relative to the base model's.
+FINETUNE_LR_FACTOR = 0.25
 
 
 def add_training_arguments(p: argparse.ArgumentParser, *, finetune: bool = False) -> None:
@@ -47,8 +52,15 @@ def add_training_arguments(p: argparse.ArgumentParser, *, finetune: bool = False
     g.add_argument("--epochs", type=int, default=3 if finetune else 10,
                    help=f"epochs (default {3 if finetune else 10})")
     g.add_argument("--batch-size", type=int, default=None, help="images per step (default 4)")
-    g.add_argument("--lr", type=float, default=None,
-                   help=f"SGD learning rate (default {0.005 if finetune else 0.02})")
+    if finetune:
+        g.add_argument("--lr", type=float, default=None,
+                       help="learning rate (default: a quarter of the base model's)")
+    else:
+        g.add_argument("--lr", type=float, default=None,
+                       help="learning rate (default 0.001 with adamw, 0.02 with sgd)")
+        g.add_argument("--optimizer", choices=["adamw", "sgd"], default="adamw",
+                       help="adamw (default; fast from random weights) or sgd (for a "
+                            "pretrained backbone)")
     g.add_argument("--unannotated", choices=["neighbours", "none"], default=None,
                    help="missing-annotation strategy: ignore regions on lesions annotated on "
                         "nearby slices (default neighbours)")
@@ -88,6 +100,15 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
                    help="distance between the 3 context slices (default 2)")
     g.add_argument("--box-head", type=int, default=None,
                    help="box head width (default 1024 on cuda, 256 on cpu)")
+    g.add_argument("--box-batch", type=int, default=None,
+                   help="proposals per image that train the box head (default 128 on cuda, "
+                        "32 on cpu)")
+    g.add_argument("--window", default="soft tissue",
+                   help="HU window of the input: a preset name (e.g. 'soft tissue', 'wide') or "
+                        "LOW,HIGH (default 'soft tissue', -160 to 240 HU)")
+    g.add_argument("--train-crop", type=int, default=None,
+                   help="train on windows of this many pixels, mostly around lesions "
+                        "(default 128 on cpu, whole images on cuda; 0: whole images)")
 
 
 def detector_params(args: argparse.Namespace, *, new: bool) -> dict[str, Any]:
@@ -106,7 +127,15 @@ def detector_params(args: argparse.Namespace, *, new: bool) -> dict[str, Any]:
         if v is not None:
             out[key] = v
     if new:
+        optimizer = getattr(args, "optimizer", "adamw")
+        if getattr(args, "lr", None) is None:
+            out["lr"] = 0.001 if optimizer == "adamw" else 0.02
+        crop = args.train_crop if args.train_crop is not None else (None if cuda else 128)
         out.update(
+            optimizer=optimizer,
+            window=parse_window(args.window),
+            train_crop=crop or None,
+            box_batch_size=args.box_batch or (128 if cuda else 32),
             backbone=args.backbone,
             backbone_weights=str(args.backbone_weights) if args.backbone_weights else None,
             image_size=args.image_size or (512 if cuda else 256),
@@ -115,6 +144,25 @@ def detector_params(args: argparse.Namespace, *, new: bool) -> dict[str, Any]:
             box_head_size=args.box_head or (1024 if cuda else 256),
         )
     return out
+
+
+def parse_window(text: str) -> str | tuple[float, float]:
+    """``--window``: a preset name or ``LOW,HIGH`` in HU."""
+    from ..images import WINDOW_PRESETS
+
+    t = str(text).strip()
+    if "," in t:
+        try:
+            low, high = (float(v) for v in t.split(","))
+        except ValueError:
+            raise LabError(f"--window {text!r}: expected LOW,HIGH in HU (e.g. -160,240)") from None
+        if not low < high:
+            raise LabError(f"--window {text!r}: LOW must be below HIGH")
+        return (low, high)
+    if t.lower() != "wide" and t.lower() not in WINDOW_PRESETS:
+        raise LabError(f"--window {text!r}: unknown preset; use LOW,HIGH or one of wide, "
+                       f"{', '.join(WINDOW_PRESETS)}")
+    return t.lower()
 
 
 def model_dir(run: RunDir, name: str) -> Path:
@@ -216,6 +264,17 @@ def resolve_finetune_labels(
     return df, {"labels_source": _redact(db), "label_snapshot_id": sid}
 
 
+def store_added_lesions(run: RunDir, store: str | None = None) -> pd.DataFrame | None:
+    """The lesions people added in the run's label store (None when there is no store)."""
+    db = store or str(run.label_db)
+    if not db.startswith("postgresql") and not Path(db).is_file():
+        return None
+    from ..labels import LabelStore
+
+    with LabelStore.open(db) as s:
+        return s.added_lesions()
+
+
 def _redact(url: str) -> str:
     """A store location without its password (``postgresql://user:secret@host`` -> ``user@``)."""
     import re
@@ -244,9 +303,16 @@ def run_finetune(
     eval_split: str = "test",
     ignore_boxes: Mapping | None = None,
     overwrite: bool = False,
+    added: pd.DataFrame | None = None,
     out=print,
 ) -> dict[str, Any]:
     """Fine-tune ``base`` on ``labels``; evaluate before and after; record everything.
+
+    ``added``: lesions people added (accepted proposals,
+    :meth:`~deeplesion_lab.labels.LabelStore.added_lesions`); those with a row in ``labels``
+    join the training key slices as annotations (:func:`~deeplesion_lab.labels.manifest_with_added`).
+    Before and after are scored on the manifest's own annotations (the official ground truth),
+    so that the two numbers stay comparable.
 
     Returns the ``finetune`` metrics entry.
     """
@@ -258,9 +324,21 @@ def run_finetune(
 
     base = base or latest_model(run, multi_class=True)
     base_name, det = load_detector(run, base, **dict(params or {}))
+    if "lr" not in dict(params or {}):  # a quarter of the base model's learning rate
+        det.set_params(lr=det.lr * FINETUNE_LR_FACTOR)
     labels = apply_class_map(labels, dict(class_map or {}))
     manifest = run.load_manifest()
-    train = select_split(manifest, "train")
+    train_manifest, n_added = manifest, 0
+    if added is not None and len(added):
+        from ..labels import manifest_with_added
+
+        use = added[added["lesion_id"].isin(set(labels["lesion_id"].astype(str)))]
+        train_manifest = manifest_with_added(manifest, use)
+        n_added = int(select_split(train_manifest, "train")["lesion_id"]
+                      .isin(set(use["lesion_id"])).sum())
+        out(f"training rows: {n_added} lesions people added (accepted proposals) join the "
+            "annotations")
+    train = select_split(train_manifest, "train")
     # check the labels against the model before anything is written
     class_indices(train["lesion_id"].astype(str).tolist(), labels,
                   None if reset_head else det.classes_,
@@ -278,10 +356,10 @@ def run_finetune(
     before = evaluate_predictions(before_pred, manifest, eval_split)
 
     det.set_params(warm_start=True)
-    det.fit(manifest, labels, reset_head=reset_head, checkpoint_dir=folder,
+    det.fit(train_manifest, labels, reset_head=reset_head, checkpoint_dir=folder,
             resume=not overwrite, ignore_boxes=ignore_boxes,
             lineage={**source, "finetuned_from": base_name,
-                     "class_map": dict(class_map or {})})
+                     "class_map": dict(class_map or {}), "n_added_lesions": n_added})
     set_latest(run, name)
     after_pred = det.predict(manifest, eval_split)
     after = evaluate_predictions(after_pred, manifest, eval_split)
@@ -301,6 +379,7 @@ def run_finetune(
         "labels_hash": labels_hash(labels),
         "n_labels": len(labels),
         "corrected": _n_corrected(run, labels),
+        "added_lesions": n_added,
         "classes": det.classes_,
         "epochs": det.epochs,
         "train_images_per_s": _images_per_s(det.history_),

@@ -29,7 +29,6 @@ from .matching import (
     split_patients,
 )
 from .missing import (
-    ACCEPTED_COLUMNS,
     PROPOSAL_COLUMNS,
     accept_proposals,
     evaluate_proposals,
@@ -45,7 +44,6 @@ from .tracks import TRACK_COLUMNS, build_tracks
 from .truth import read_truth, track_ids_for
 
 __all__ = [
-    "ACCEPTED_COLUMNS",
     "EDGE_COLUMNS",
     "NODE_COLUMNS",
     "PAIR_FEATURES",

@@ -20,8 +20,9 @@ visible. Running the detector on the annotated key slices (and their neighbours)
    inclusive-pixel IoU, as in the detection evaluation), or, with ``hit="centre"``, when its
    centre lies inside the lesion's box; each lesion is hit once (later hits on it are
    false positives).
-4. :func:`accept_proposals` turns chosen proposals into new annotated lesions (who, when), see
-   its docstring for where they are recorded.
+4. :func:`accept_proposals` turns chosen proposals into new annotated lesions through the
+   run's label store (one event: who, when), so they reach the history, exports and
+   fine-tuning.
 
 Proposal ids are the lesion ids the proposals get when accepted
 (:func:`deeplesion_lab.dl_info.make_lesion_id` of the key image and the RECIST points of the
@@ -32,21 +33,19 @@ from __future__ import annotations
 
 import getpass
 import re
-import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from ..atomic import write_parquet
 from ..dl_info import make_lesion_id
 from ..images import box_to_recist
+from ..run import RunDir
 from .lesion_table import GraphError, LesionTable, normalize_rows
 
 __all__ = [
     "PROPOSAL_COLUMNS",
-    "ACCEPTED_COLUMNS",
     "pairwise_iou",
     "propose_missing",
     "proposal_similarity",
@@ -80,27 +79,6 @@ PROPOSAL_COLUMNS: tuple[str, ...] = (
     "rank_score",
     "rank_in_image",
 )
-
-ACCEPTED_COLUMNS: tuple[str, ...] = (
-    "lesion_id",
-    "proposal_id",
-    "file_name",
-    "patient_index",
-    "study_index",
-    "series_id",
-    "key_slice_index",
-    "bbox_x1",
-    "bbox_y1",
-    "bbox_x2",
-    "bbox_y2",
-    *(f"recist_{a}{i}" for i in range(1, 5) for a in "xy"),
-    "label",
-    "score",
-    "accepted_by",
-    "accepted_at",
-    "comment",
-)
-
 
 # geometry -----------------------------------------------------------------------------------
 def _area(b: np.ndarray) -> np.ndarray:
@@ -531,54 +509,66 @@ def evaluate_proposals(
 
 
 # accepting ----------------------------------------------------------------------------------
-def read_accepted(path: str | Path) -> pd.DataFrame:
-    """``accepted.parquet`` (empty table with :data:`ACCEPTED_COLUMNS` when absent)."""
-    path = Path(path)
-    if path.is_file():
-        return pd.read_parquet(path)
-    return pd.DataFrame({c: pd.Series(dtype=object) for c in ACCEPTED_COLUMNS})
+def read_accepted(run: str | Path | RunDir) -> pd.DataFrame:
+    """The accepted proposals of a run: the lesions people added, from its label store
+    (:meth:`~deeplesion_lab.labels.LabelStore.added_lesions`; empty when there are none)."""
+    from ..labels import LabelStore
+
+    with LabelStore.for_run(run) as store:
+        return store.added_lesions()
 
 
 def accept_proposals(
-    graph_dir: str | Path,
+    run: str | Path | RunDir,
     proposal_ids: Sequence[str],
     user: str | None = None,
     *,
     label: str | None = None,
     comment: str | None = None,
+    store=None,
+    tool: str = "api",
 ) -> pd.DataFrame:
-    """Accept proposals as new annotated lesions.
+    """Accept proposals as new annotated lesions, through the label store.
 
-    The accepted lesions are appended to ``graph_dir/accepted.parquet`` (written atomically; one
-    row per lesion with its box, RECIST points, ``accepted_by`` and ``accepted_at``), in the
-    manifest's terms, so that fine-tuning can add them to its training rows. Accepting a
-    proposal twice is a no-op for it. The label store (:mod:`deeplesion_lab.labels`) holds
-    labels of manifest lesions only and has no way yet to add a lesion, so the accepted lesions
-    live in this table (with their ``label``) until it does.
+    The lesions are added to the run's label store as one ``add_lesions`` event (who, when,
+    tool, comment) with their key slice, box and RECIST points (a cross inside the box), so
+    that they are in the history, in the exports and in fine-tuning's training rows
+    (:func:`~deeplesion_lab.labels.manifest_with_added`). Accepting a proposal twice is a no-op
+    for it; retract one by marking it "not a lesion".
 
     Parameters
     ----------
-    graph_dir : path
-        ``RUN_DIR/graph`` holding ``proposals.parquet``.
+    run : path or RunDir
+        The run directory (``RUN_DIR/graph/proposals.parquet`` holds the proposals).
     proposal_ids : sequence of str
+        Proposal ids; an accepted lesion keeps its proposal's id, which is the lesion id it
+        gets when written back into a DL_info.csv with its RECIST points.
     user : str, optional
         Who accepts (default: the login name).
     label : str, optional
-        Lesion type name given to the new lesions.
+        Class given to the new lesions (a class of the store's taxonomy).
     comment : str, optional
+    store : LabelStore, optional
+        An open store (default: the run's, opened and closed here).
+    tool : str, default "api"
 
     Returns
     -------
     pandas.DataFrame
-        The rows added (empty when all were already accepted).
+        The lesions added (:data:`~deeplesion_lab.labels.ADDED_COLUMNS`; empty when all were
+        already accepted).
 
     Raises
     ------
     GraphError
         No proposals file, or an id that is not a proposal; nothing is written then.
+    LabelStoreError
+        An unknown class, or a store that cannot take them; nothing is written then.
     """
-    graph_dir = Path(graph_dir)
-    path = graph_dir / "proposals.parquet"
+    from ..labels import LabelStore
+
+    run = run if isinstance(run, RunDir) else RunDir(run)
+    path = run.graph_dir / "proposals.parquet"
     if not path.is_file():
         raise GraphError(
             f"{path} not found; run `deeplesion-lab graph --run RUN_DIR --predictions PRED.csv`"
@@ -592,15 +582,7 @@ def accept_proposals(
         raise GraphError(
             f"{path}: proposal_id {unknown[0]!r} is not a proposal ({len(unknown)} unknown ids)"
         )
-    acc_path = graph_dir / "accepted.parquet"
-    acc = read_accepted(acc_path)
-    done = set(acc["proposal_id"].astype(str)) if len(acc) else set()
-    new = [i for i in dict.fromkeys(ids) if i not in done]
-    if not new:
-        return acc.iloc[0:0]
-    p = props.loc[new]
-    user = user or getpass.getuser()
-    now = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    p = props.loc[list(dict.fromkeys(ids))]
     rows = []
     for r in p.itertuples(index=False):
         box = np.array([r.x1, r.y1, r.x2, r.y2], dtype=float)
@@ -608,7 +590,6 @@ def accept_proposals(
         rec = box_to_recist(box, pad=pad)
         rows.append({
             "lesion_id": r.proposal_id,
-            "proposal_id": r.proposal_id,
             "file_name": r.file_name,
             "patient_index": int(r.patient_index),
             "study_index": int(r.study_index),
@@ -617,16 +598,18 @@ def accept_proposals(
             "bbox_x1": box[0], "bbox_y1": box[1], "bbox_x2": box[2], "bbox_y2": box[3],
             **{f"recist_{a}{i}": float(rec[2 * (i - 1) + k])
                for i in range(1, 5) for k, a in enumerate("xy")},
-            "label": label,
             "score": float(r.score),
-            "accepted_by": user,
-            "accepted_at": now,
-            "comment": comment,
         })
-    add = pd.DataFrame(rows, columns=list(ACCEPTED_COLUMNS))
-    both = pd.concat([acc, add], ignore_index=True) if len(acc) else add
-    for c in ("lesion_id", "proposal_id", "file_name", "label", "accepted_by", "accepted_at",
-              "comment"):
-        both[c] = both[c].astype("string")
-    write_parquet(both, acc_path)
-    return add
+    own = store is None
+    if own:
+        store = LabelStore.for_run(run)
+    try:
+        eid = store.add_lesions(pd.DataFrame(rows), user or getpass.getuser(), label=label,
+                                tool=tool, comment=comment, origin="proposal")
+        added = store.added_lesions()
+    finally:
+        if own:
+            store.close()
+    if eid is None:
+        return added.iloc[0:0]
+    return added[added["event_id"] == eid].reset_index(drop=True)

@@ -22,6 +22,7 @@ from .errors import (
     UnknownClassError,
     UnknownLesionError,
 )
+from .lesions import ADDED_COLUMNS, manifest_with_added
 from .store import CURRENT_COLUMNS, ChangeEvent, InitReport, LabelStore, UndoResult
 from .taxonomy import NOT_A_LESION, UNSURE, ClassDef
 
@@ -32,6 +33,8 @@ __all__ = [
     "UndoResult",
     "ClassDef",
     "CURRENT_COLUMNS",
+    "ADDED_COLUMNS",
+    "manifest_with_added",
     "NOT_A_LESION",
     "UNSURE",
     "LabelStoreError",

@@ -37,7 +37,7 @@ class ChangeEvent:
     op : str
         ``relabel``, ``relabel_cluster``, ``merge_clusters``, ``split_cluster``,
         ``rename_cluster``, ``mark_not_lesion``, ``mark_unsure``, ``comment``, ``add_class``,
-        ``undo``, ``redo`` or ``init``.
+        ``undo``, ``redo``, ``init`` or ``add_lesions``.
     user : str
     lesion_ids : tuple of str
         Lesions whose label or cluster changed (empty for class/cluster-name events; for
@@ -161,6 +161,10 @@ def describe_event(op: str, params: dict, n: int, target: Any) -> str:
     if op in ("undo", "redo"):
         skipped = f", {params['skipped']} skipped (conflicts)" if params.get("skipped") else ""
         return f"{op} of event {target} ({n} lesions{skipped})"
+    if op == "add_lesions":
+        labels = params.get("labels") or []
+        what = f" as {', '.join(labels)}" if labels else ""
+        return f"{n} lesions added ({params.get('origin', 'by hand')}){what}"
     if op == "comment":
         return f"comment on {params.get('n_lesions', '?')} lesions"
     return f"{n} changes"

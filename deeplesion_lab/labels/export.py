@@ -97,6 +97,17 @@ def export_labels(
     return write_csv(df, path)
 
 
+def _with_added(store: LabelStore, manifest: pd.DataFrame) -> pd.DataFrame:
+    """The manifest plus the lesions people added that it does not hold yet."""
+    from .lesions import manifest_with_added
+
+    if not isinstance(manifest, pd.DataFrame) or "lesion_id" not in manifest.columns:
+        return manifest  # _check_manifest explains
+    added = store.added_lesions()
+    added = added[~added["lesion_id"].isin(set(manifest["lesion_id"].astype(str)))]
+    return manifest_with_added(manifest, added, keep_not_lesion=True)
+
+
 def _check_manifest(store: LabelStore, manifest: pd.DataFrame, labels: pd.DataFrame,
                     needs: list[str]) -> None:
     if not isinstance(manifest, pd.DataFrame):
@@ -137,6 +148,7 @@ def export_coco(
     """
     path = Path(path)
     labels = labels_for_export(store, snapshot)
+    manifest_df = _with_added(store, manifest_df)
     _check_manifest(store, manifest_df, labels,
                     ["lesion_id", "file_name", *_BOX, "image_width", "image_height"])
     m = manifest_df.sort_values(["file_name", "lesion_id"], kind="stable").reset_index(drop=True)
@@ -266,10 +278,12 @@ def export_dl_info(
         raise LabelStoreError(f"pseudo must be 'none', 'fill' or 'all' (got {pseudo!r})")
     path = Path(path)
     labels = labels_for_export(store, snapshot)
+    manifest_df = _with_added(store, manifest_df)
     _check_manifest(store, manifest_df, labels, _DL_INFO_NEEDS)
     m = manifest_df
-    if "source_line" in m.columns:
-        m = m.sort_values("source_line", kind="stable")
+    if "source_line" in m.columns:  # added lesions (source_line 0) after the source's rows
+        m = m.sort_values("source_line", kind="stable",
+                          key=lambda s: s.where(s > 0, np.iinfo(np.int64).max))
     m = m.reset_index(drop=True)
     lab = labels.set_index("lesion_id")
     cur = lab["label"].reindex(m["lesion_id"]).to_numpy(dtype=object)

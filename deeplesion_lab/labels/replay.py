@@ -41,6 +41,8 @@ class ReplayMixin:
             if op == "init" and bid in runs:
                 new = {r[0]: r for r in pseudo[runs[bid]]}
                 for lid, st in state.items():
+                    if st[3] == "added":  # a lesion people added: re-mining leaves it alone
+                        continue
                     p = new.get(lid)
                     if p is not None:
                         st[1] = p[1]

@@ -49,7 +49,7 @@ __all__ = [
 ]
 
 APP_ID = "deeplesion-lab-labels"
-CURRENT_VERSION = 2
+CURRENT_VERSION = 3
 
 Step = str | dict[str, str] | Callable[[Backend], None]
 
@@ -163,6 +163,32 @@ _V2 = (
     *({"postgresql": s} for s in _PG_TRIGGERS),
 )
 
+#: Geometry of the lesions people added (accepted proposals of the lesion graph): one row per
+#: lesion, written once with its ``add_lesions`` batch (append-only like the log).
+ADDED_LESION_COLUMNS: tuple[str, ...] = (
+    "file_name", "patient_index", "study_index", "series_id", "key_slice_index",
+    "bbox_x1", "bbox_y1", "bbox_x2", "bbox_y2",
+    *(f"recist_{a}{i}" for i in range(1, 5) for a in "xy"),
+    "score", "origin",
+)
+
+_V3 = (
+    "CREATE TABLE added_lesions (lesion_id TEXT PRIMARY KEY, "
+    "batch_id {bigint} NOT NULL REFERENCES batches (id), file_name TEXT NOT NULL, "
+    "patient_index {bigint} NOT NULL, study_index {bigint} NOT NULL, "
+    "series_id {bigint} NOT NULL, key_slice_index {bigint} NOT NULL, "
+    + ", ".join(f"{c} {{real}} NOT NULL" for c in ("bbox_x1", "bbox_y1", "bbox_x2", "bbox_y2"))
+    + ", "
+    + ", ".join(f"recist_{a}{i} {{real}}" for i in range(1, 5) for a in "xy")
+    + ", score {real}, origin TEXT){without_rowid}",
+    {"sqlite": "CREATE TRIGGER added_lesions_append_only_update BEFORE UPDATE ON added_lesions "
+               "BEGIN SELECT RAISE(ABORT, 'added_lesions is append-only'); END"},
+    {"sqlite": "CREATE TRIGGER added_lesions_append_only_delete BEFORE DELETE ON added_lesions "
+               "BEGIN SELECT RAISE(ABORT, 'added_lesions is append-only'); END"},
+    {"postgresql": "CREATE TRIGGER added_lesions_append_only BEFORE UPDATE OR DELETE ON "
+                   "added_lesions FOR EACH ROW EXECUTE FUNCTION dl_labels_append_only()"},
+)
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "initial schema: classes, event log, pseudo-labels, current labels, snapshots", _V1),
     Migration(
@@ -170,6 +196,7 @@ MIGRATIONS: tuple[Migration, ...] = (
         "batch params, cluster names, comments, snapshot hashes, append-only triggers",
         _V2,
     ),
+    Migration(3, "lesions added by people (accepted proposals) with their geometry", _V3),
 )
 
 

@@ -68,6 +68,7 @@ from .errors import (
 )
 from .events import UNDOABLE_OPS, ChangeEvent, InitReport, UndoResult
 from .history import HistoryMixin
+from .lesions import AddedLesionsMixin
 from .replay import ReplayMixin
 from .snapshots import SnapshotMixin
 from .taxonomy import (
@@ -111,7 +112,7 @@ _KEEP = _Keep()
 
 
 # the store --------------------------------------------------------------------------------------
-class LabelStore(UndoMixin, HistoryMixin, SnapshotMixin, ReplayMixin):
+class LabelStore(UndoMixin, HistoryMixin, SnapshotMixin, ReplayMixin, AddedLesionsMixin):
     """Pseudo-labels, corrections, history, undo/redo, snapshots and exports of one dataset.
 
     Open one with :meth:`open` (a SQLite file, e.g. ``RunDir.label_db``, or a
@@ -134,6 +135,20 @@ class LabelStore(UndoMixin, HistoryMixin, SnapshotMixin, ReplayMixin):
         self._before_commit: Callable[[list[ChangeEvent]], Any] | None = None
         #: The id of the last event this object committed.
         self.last_event_id: int | None = None
+        #: (version, frame) of the last :meth:`current_labels` read.
+        self._current_cache: tuple[int, pd.DataFrame] | None = None
+
+    def share(self) -> LabelStore:
+        """Another store object on this one's connection, with its own subscribers.
+
+        For servers that give each session its own store (a commit notifies only the writer's
+        session at once, the others see it at their next poll) without opening the database
+        again. Reopening a SQLite file in the same process would be safe with this store
+        (:meth:`open` never touches the file outside SQLite), but one connection per process
+        is lighter and keeps every session on one consistent view. The shared connection is
+        guarded by a lock, so sessions on several threads are safe.
+        """
+        return type(self)(self._db)
 
     # opening ------------------------------------------------------------------------------------
     @classmethod
@@ -296,7 +311,10 @@ class LabelStore(UndoMixin, HistoryMixin, SnapshotMixin, ReplayMixin):
             return
         new_ids = ds.ids
         if have is not None:
-            existing = {r[0] for r in db.query("SELECT lesion_id FROM labels_current")}
+            existing = {r[0] for r in db.query(
+                "SELECT lesion_id FROM labels_current WHERE lesion_id NOT IN "
+                "(SELECT lesion_id FROM added_lesions)"
+            )}
             outside = sorted(existing - set(ds.ids))
             if meta.get("dataset_kind") != "lesion_ids" or outside:
                 why = (
@@ -702,13 +720,26 @@ class LabelStore(UndoMixin, HistoryMixin, SnapshotMixin, ReplayMixin):
         pandas.DataFrame
             ``lesion_id``, ``label`` (class name; None for a pseudo-labelled lesion without a
             type), ``cluster`` (Int64), ``confidence`` (pseudo-label confidence; 1.0 once
-            corrected), ``source`` (``"pseudo"`` or ``"corrected"``), ``updated_by`` and
+            corrected), ``source`` (``"pseudo"``, ``"corrected"``, or ``"added"`` for a lesion
+            people added), ``updated_by`` and
             ``updated_at`` (the user and time of the batch that set the current state; None/NaT
             for pseudo-labels), ``event_id`` (that batch; <NA> for pseudo-labels). Sorted by
             lesion id; empty (with these columns) before the first init.
+
+        Notes
+        -----
+        The frame is kept with the store's :meth:`version` (the newest event id; every change
+        of labels is an event, and events commit in id order): while no event was committed,
+        by anyone, a read returns a copy of it instead of reading every row again.
         """
         with self._db.read():
-            return self._current("c.source IS NOT NULL")
+            v = self.version()
+            cached = self._current_cache
+            if cached is not None and cached[0] == v:
+                return cached[1].copy()
+            df = self._current("c.source IS NOT NULL")
+        self._current_cache = (v, df)
+        return df.copy()
 
     def _current(self, where: str, params: Sequence[Any] = ()) -> pd.DataFrame:
         """Current-label rows matching ``where`` (SQL on alias ``c``), sorted by lesion id."""

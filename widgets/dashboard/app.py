@@ -448,25 +448,13 @@ class DashboardContext:
         self._poller.start()
 
     def session_store(self):
-        """The label store as one session sees it: a store object of its own, so that a
-        commit notifies only the writer's session at once (the others see it at their next
-        :meth:`Dashboard.poll`, as they see other processes' changes).
-
-        It shares the server's one SQLite connection rather than opening the file again:
-        opening the database file anew in this process (``LabelStore.open`` reads its header
-        with Python's ``open``) would drop this process's SQLite file locks (POSIX locks are
-        per process and die with any ``close`` of the file), after which another process
-        closing its own connection removes the WAL under this one: "database disk image is
-        malformed". All sessions run on the server's IO loop thread, so sharing is safe.
-        """
+        """The label store as one session sees it: a store object of its own (so that a
+        commit notifies only the writer's session at once; the others see it at their next
+        :meth:`Dashboard.poll`, as they see other processes' changes) on the server's one
+        connection (:meth:`LabelStore.share`)."""
         if self.store is None:
             return None
-        from deeplesion_lab.labels import LabelStore
-
-        backend = getattr(self.store, "_db", None)
-        if backend is None:  # pragma: no cover - a store without a shareable backend
-            return LabelStore.open(self.run.label_db, check=False)
-        return LabelStore(backend)
+        return self.store.share()
 
     def cached(self, key: tuple, make: Callable[[], str]) -> str:
         """``make()`` once per store version and ``key``, shared by all sessions."""
