@@ -123,7 +123,9 @@ def main() -> int:
     wrong = p_train[p_train["label"] != p_train["true"]]
     pseudo_acc = 1 - len(wrong) / len(p_train)
 
-    params = dict(image_size=args.size, spacing_mm=1.6, box_head_size=256, batch_size=4,
+    # the CLI's CPU defaults (deeplesion_lab.detection.workflow.detector_params)
+    params = dict(image_size=args.size, spacing_mm=1.6, box_head_size=256, box_batch_size=32,
+                  batch_size=4, optimizer="adamw", lr=0.001, window="soft tissue",
                   epochs=args.epochs, seed=args.seed, num_threads=args.threads, progress=False)
     results: dict[str, dict] = {}
     test_only: dict[str, dict] = {}
@@ -180,8 +182,8 @@ def main() -> int:
     corrected["label"] = corrected["label"].astype("string")
     new_classes = sorted(set(corrected.loc[corrected["lesion_id"].isin(train_ids), "label"]))
     reset = new_classes != multi.classes_
-    ft_params = {"epochs": args.finetune_epochs, "lr": 0.005, "num_threads": args.threads,
-                 "progress": False}
+    ft_params = {"epochs": args.finetune_epochs, "num_threads": args.threads,
+                 "progress": False}  # lr: a quarter of the base model's (as `finetune`)
     t = time.perf_counter()
     ft = run_finetune(run, corrected, {"labels_source": "simulated corrections",
                                        "label_snapshot_id": None},
@@ -270,8 +272,9 @@ def write_markdown(path: Path, r: dict) -> None:
         f"({p['wrong']} wrong).",
         "",
         "Detector: Faster R-CNN MobileNetV3-Large-FPN from random weights (no pretrained file "
-        "available offline), 3-slice context (2 mm), 256 px canvas at 1.6 mm/px, box head 256, "
-        f"batch 4, SGD lr 0.02, {a['epochs']} epochs, same seed for every model; missing "
+        "available offline), 3-slice context (2 mm), soft-tissue window (-160 to 240 HU), 256 px "
+        "canvas at 1.6 mm/px, box head 256 trained on 32 proposals per image, batch 4, AdamW "
+        f"lr 0.001 (cosine), {a['epochs']} epochs, same seed for every model; missing "
         "annotations handled by ignore regions on lesions annotated on nearby slices.",
         "",
         "## Sensitivity (DeepLesion protocol: IoU >= 0.5, noisy excluded)",
@@ -303,7 +306,7 @@ def write_markdown(path: Path, r: dict) -> None:
         "",
         f"Simulated annotators fixed {p['fixed']} of the {p['wrong']} wrong training "
         f"pseudo-labels ({float(a['share']):.0%}) with the truth file; the multi-class detector "
-        f"was fine-tuned for {a['finetune_epochs']} epochs (lr 0.005)"
+        f"was fine-tuned for {a['finetune_epochs']} epochs (lr 0.00025)"
         + (" with a new classification layer (the corrected labels add classes)"
            if p["reset_head"] else "")
         + ". Control: the same fine-tuning on the uncorrected pseudo-labels.",

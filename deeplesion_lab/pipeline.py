@@ -34,8 +34,8 @@ class PipelineConfig:
     source_csv: Path | None = None
     embed_epochs: int = 6
     clusters: int | None = None
-    detector_epochs: int = 6
-    finetune_epochs: int = 3
+    detector_epochs: int = 16
+    finetune_epochs: int = 6
     correction_share: float = 0.5
     annotator: str = "demo-annotator"
     detector: bool = True

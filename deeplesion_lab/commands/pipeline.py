@@ -25,8 +25,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--truth", type=Path, default=None, help="truth file (demo data only)")
     p.add_argument("--embed-epochs", type=int, default=6)
     p.add_argument("--clusters", type=int, default=None, help="K for mining (default: chosen)")
-    p.add_argument("--detector-epochs", type=int, default=6)
-    p.add_argument("--finetune-epochs", type=int, default=3)
+    p.add_argument("--detector-epochs", type=int, default=16,
+                   help="epochs of each detector (default 16; on a CPU each epoch sees one "
+                        "128-px window per training slice)")
+    p.add_argument("--finetune-epochs", type=int, default=6)
     p.add_argument("--correction-share", type=float, default=0.5,
                    help="share of wrong pseudo-labels the simulated annotator fixes")
     p.add_argument("--no-detector", action="store_true", help="skip detector steps")

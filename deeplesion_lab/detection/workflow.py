@@ -91,11 +91,11 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--backbone", choices=BACKBONES, default="mobilenet_v3_large_fpn")
     g.add_argument("--backbone-weights", type=Path, default=None, metavar="FILE",
                    help="local classification checkpoint for the backbone (never downloaded)")
-    g.add_argument("--image-size", type=int, default=None,
-                   help="canvas side in px (default 512 on cuda, 256 on cpu)")
-    g.add_argument("--spacing-mm", type=float, default=None,
-                   help="in-plane mm per pixel after resampling (default 0.8 on cuda, 1.6 on "
-                        "cpu; DeepLesion's detectors use about 0.8)")
+    g.add_argument("--image-size", type=int, default=512,
+                   help="canvas side in px (default 512)")
+    g.add_argument("--spacing-mm", type=float, default=0.8,
+                   help="in-plane mm per pixel after resampling (default 0.8, as DeepLesion's "
+                        "detectors use)")
     g.add_argument("--slice-spacing-mm", type=float, default=2.0,
                    help="distance between the 3 context slices (default 2)")
     g.add_argument("--box-head", type=int, default=None,
@@ -131,6 +131,8 @@ def detector_params(args: argparse.Namespace, *, new: bool) -> dict[str, Any]:
         if getattr(args, "lr", None) is None:
             out["lr"] = 0.001 if optimizer == "adamw" else 0.02
         crop = args.train_crop if args.train_crop is not None else (None if cuda else 128)
+        if args.train_crop is None and crop is not None and crop >= args.image_size:
+            crop = None  # the default window is no smaller than the canvas: whole images
         out.update(
             optimizer=optimizer,
             window=parse_window(args.window),
@@ -138,8 +140,8 @@ def detector_params(args: argparse.Namespace, *, new: bool) -> dict[str, Any]:
             box_batch_size=args.box_batch or (128 if cuda else 32),
             backbone=args.backbone,
             backbone_weights=str(args.backbone_weights) if args.backbone_weights else None,
-            image_size=args.image_size or (512 if cuda else 256),
-            spacing_mm=args.spacing_mm or (0.8 if cuda else 1.6),
+            image_size=args.image_size,
+            spacing_mm=args.spacing_mm,
             slice_spacing_mm=args.slice_spacing_mm,
             box_head_size=args.box_head or (1024 if cuda else 256),
         )
