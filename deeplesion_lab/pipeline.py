@@ -32,7 +32,7 @@ class PipelineConfig:
     run_dir: Path
     truth: Path | None = None
     source_csv: Path | None = None
-    embed_epochs: int = 6
+    embed_epochs: int = 10
     clusters: int | None = None
     detector_epochs: int = 16
     finetune_epochs: int = 6

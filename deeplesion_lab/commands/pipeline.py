@@ -23,7 +23,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--csv", type=Path, default=None,
                    help="DL_info.csv to build the manifest from when it does not exist")
     p.add_argument("--truth", type=Path, default=None, help="truth file (demo data only)")
-    p.add_argument("--embed-epochs", type=int, default=6)
+    p.add_argument("--embed-epochs", type=int, default=10)
     p.add_argument("--clusters", type=int, default=None, help="K for mining (default: chosen)")
     p.add_argument("--detector-epochs", type=int, default=16,
                    help="epochs of each detector (default 16; on a CPU each epoch sees one "
