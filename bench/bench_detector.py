@@ -65,7 +65,10 @@ def cli(*argv) -> None:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--patients", type=int, default=30)
-    ap.add_argument("--size", type=int, default=256)
+    ap.add_argument("--size", type=int, default=256, help="demo slice side in px (data only)")
+    ap.add_argument("--canvas", type=int, default=512, help="detector canvas in px")
+    ap.add_argument("--spacing", type=float, default=0.8, help="detector mm per pixel")
+    ap.add_argument("--crop", type=int, default=128, help="training windows in px (0: whole)")
     ap.add_argument("--epochs", type=int, default=12)
     ap.add_argument("--finetune-epochs", type=int, default=4)
     ap.add_argument("--embed-epochs", type=int, default=6)
@@ -124,7 +127,8 @@ def main() -> int:
     pseudo_acc = 1 - len(wrong) / len(p_train)
 
     # the CLI's CPU defaults (deeplesion_lab.detection.workflow.detector_params)
-    params = dict(image_size=args.size, spacing_mm=1.6, box_head_size=256, box_batch_size=32,
+    params = dict(image_size=args.canvas, spacing_mm=args.spacing, train_crop=args.crop or None,
+                  box_head_size=256, box_batch_size=32,
                   batch_size=4, optimizer="adamw", lr=0.001, window="soft tissue",
                   epochs=args.epochs, seed=args.seed, num_threads=args.threads, progress=False)
     results: dict[str, dict] = {}
@@ -257,6 +261,7 @@ def write_markdown(path: Path, r: dict) -> None:
         "",
         f"Produced by `.venv/bin/python bench/bench_detector.py --patients {a['patients']} "
         f"--epochs {a['epochs']} --finetune-epochs {a['finetune_epochs']} --share {a['share']} "
+        f"--canvas {a['canvas']} --spacing {a['spacing']} --crop {a['crop']} "
         f"--threads {a['threads']}` (CPU only; {r['machine']['cpu_count']} cores shared with "
         f"other jobs, load average at the end {r['machine']['load_end']}; torch "
         f"{r['machine']['torch']}).",
@@ -272,8 +277,11 @@ def write_markdown(path: Path, r: dict) -> None:
         f"({p['wrong']} wrong).",
         "",
         "Detector: Faster R-CNN MobileNetV3-Large-FPN from random weights (no pretrained file "
-        "available offline), 3-slice context (2 mm), soft-tissue window (-160 to 240 HU), 256 px "
-        "canvas at 1.6 mm/px, box head 256 trained on 32 proposals per image, batch 4, AdamW "
+        "available offline), 3-slice context (2 mm), soft-tissue window (-160 to 240 HU), "
+        f"{a['canvas']} px canvas at {a['spacing']} mm/px, trained on "
+        + (f"{a['crop']}-px windows (mostly around lesions; inference on the whole canvas)"
+           if str(a.get("crop", "0")) != "0" else "whole canvases")
+        + ", box head 256 trained on 32 proposals per image, batch 4, AdamW "
         f"lr 0.001 (cosine), {a['epochs']} epochs, same seed for every model; missing "
         "annotations handled by ignore regions on lesions annotated on nearby slices.",
         "",

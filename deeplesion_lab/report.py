@@ -104,6 +104,64 @@ def _froc_figure(detection: dict[str, Any], title: str) -> str | None:
     return _png(fig)
 
 
+def _k_figure(mining: dict[str, Any]) -> str | None:
+    """Silhouette and stability over K, the chosen K marked."""
+    rows = mining.get("k_scores")
+    if not isinstance(rows, list) or not rows:
+        return None
+    import matplotlib.pyplot as plt
+
+    df = pd.DataFrame(rows)
+    fig, ax = plt.subplots(figsize=(5.5, 3.2))
+    for col in ("silhouette", "stability"):
+        if col in df:
+            ax.plot(df["k"], df[col], marker="o", label=col)
+    if mining.get("k") is not None:
+        ax.axvline(float(mining["k"]), color="#888", ls="--",
+                   label=f"K = {mining['k']} ({mining.get('k_chosen_by', 'chosen')})")
+    ax.set_xlabel("K (clusters)")
+    ax.set_title("Choosing K")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _png(fig)
+
+
+def _accuracy_figure(cls: dict[str, Any]) -> str | None:
+    """8-class accuracy of the embedding and the baselines (and the paper's figure)."""
+    bars = [(name, cls.get(f"{key}_accuracy")) for name, key in [
+        ("trained embedding", "embedding"), ("untrained network", "untrained"),
+        ("raw intensity", "raw_intensity"), ("location only", "location_only"),
+        ("paper: location only (real data)", "paper_location_only")]]
+    bars = [(n, float(v)) for n, v in bars if isinstance(v, int | float)]
+    if not bars:
+        return None
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 2.6))
+    colors = ["#1f77b4"] + ["#999999"] * (len(bars) - 1)
+    colors = ["#bbbbbb" if n.startswith("paper") else c for (n, _), c in zip(bars, colors,
+                                                                               strict=True)]
+    ax.barh([n for n, _ in bars][::-1], [v for _, v in bars][::-1], color=colors[::-1])
+    for i, (_, v) in enumerate(bars[::-1]):
+        ax.text(v + 0.01, i, f"{v:.3f}", va="center", fontsize=8)
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("8-class accuracy (test half of the labelled lesions)")
+    ax.set_title("Classification from embeddings vs baselines")
+    return _png(fig)
+
+
+def _sens_table(curves: dict[str, dict[str, Any]]) -> str:
+    """One row per model: sensitivity at each FP rate and the mean over 0.5-4."""
+    head = "".join(f"<th>{f} FP</th>" for f in FP_RATES)
+    body = ""
+    for name, d in curves.items():
+        sens = d.get("sensitivity", {})
+        cells = "".join(f"<td>{_fmt(sens.get(f))}</td>" for f in FP_RATES)
+        body += (f"<tr><td>{html.escape(name)}</td>{cells}"
+                 f"<td>{_fmt(d.get('mean_sensitivity_0_5_to_4'))}</td></tr>")
+    return (f"<table><tr><th>model</th>{head}<th>mean 0.5-4</th></tr>{body}</table>")
+
+
 def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
     """Write ``RUN_DIR/report.html`` (or ``out``) from the run's metrics and outputs."""
     run = RunDir(run_dir)
@@ -120,40 +178,48 @@ def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
     section("Run", _table(head))
 
     fig = _map_figure(run)
-    mining = flatten_metrics(metrics.get("mining", {}))
+    raw_mining = metrics.get("mining", {})
+    kfig = _k_figure(raw_mining)
+    mining = flatten_metrics({k: v for k, v in raw_mining.items()
+                              if k not in ("k_scores", "cluster_labels")})
     content = _table(sorted(mining.items())) if mining else "<p>No mining metrics yet.</p>"
+    names = raw_mining.get("cluster_labels")
+    if isinstance(names, dict) and names:
+        rows = "".join(f"<tr><td>{html.escape(str(c))}</td><td>{html.escape(str(n))}</td></tr>"
+                       for c, n in sorted(names.items(), key=lambda kv: int(kv[0])))
+        content += f"<table><tr><th>cluster</th><th>named after its known types</th></tr>{rows}</table>"
+    if kfig:
+        content = f'<img alt="choosing K" src="{kfig}">' + content
     if fig:
         content = f'<img alt="embedding map" src="{fig}">' + content
     section("Pseudo-labels: embedding map and clustering quality", content)
 
-    for key, title in [
-        ("retrieval", "Similar-lesion retrieval"),
-        ("classification", "Classification from embeddings vs baselines (paper protocol)"),
-    ]:
-        if key in metrics:
-            section(title, _table(sorted(flatten_metrics(metrics[key]).items())))
+    if "retrieval" in metrics:
+        section("Similar-lesion retrieval",
+                _table(sorted(flatten_metrics(metrics["retrieval"]).items())))
+    if "classification" in metrics:
+        afig = _accuracy_figure(metrics["classification"])
+        section("Classification from embeddings vs baselines (paper protocol)",
+                (f'<img alt="accuracy" src="{afig}">' if afig else "")
+                + _table(sorted(flatten_metrics(metrics["classification"]).items())))
 
     det = metrics.get("detection", {})
     if det:
         fig = _froc_figure(det, "FROC on the key slices (DeepLesion protocol)")
-        rows = []
-        for name, d in det.items():
-            if isinstance(d, dict) and "sensitivity" in d:
-                for f in FP_RATES:
-                    rows.append((f"{name} sensitivity @ {f} FP/image", d["sensitivity"].get(f)))
-                rows.append((f"{name} mean sensitivity 0.5-4",
-                             d.get("mean_sensitivity_0_5_to_4")))
-        section("Detection", (f'<img alt="FROC" src="{fig}">' if fig else "") + _table(rows))
+        curves = {n: d for n, d in det.items() if isinstance(d, dict) and "sensitivity" in d}
+        section("Detection", (f'<img alt="FROC" src="{fig}">' if fig else "")
+                + _sens_table(curves))
     ft = metrics.get("finetune", {})
     if ft.get("before") and ft.get("after"):
         fig = _froc_figure({"before fine-tuning": ft["before"], "after fine-tuning": ft["after"]},
                            "Fine-tuning on corrected labels: before / after")
         rest = {k: v for k, v in ft.items() if k not in ("before", "after")}
-        rows = sorted(flatten_metrics({"before": ft["before"], "after": ft["after"]}).items())
         section(
             "Fine-tuning from corrected labels",
             (f'<img alt="FROC before/after" src="{fig}">' if fig else "")
-            + _table(rows + sorted(flatten_metrics(rest).items())),
+            + _sens_table({f"before ({ft['before'].get('model', '')})": ft["before"],
+                           f"after ({ft['after'].get('model', '')})": ft["after"]})
+            + _table(sorted(flatten_metrics(rest).items())),
         )
     for key, title in [("matching", "Lesion graph: intra-patient matching"),
                        ("missing_annotations", "Mining unannotated lesions")]:

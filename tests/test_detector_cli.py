@@ -95,6 +95,37 @@ def test_help_does_not_import_torch() -> None:
     assert res.returncode == 0, res.stderr
 
 
+def test_model_options_and_cpu_defaults() -> None:
+    import argparse
+
+    from deeplesion_lab.detection.workflow import (
+        add_model_arguments,
+        add_training_arguments,
+        detector_params,
+        parse_window,
+    )
+    from deeplesion_lab.errors import LabError
+
+    assert parse_window("Soft Tissue") == "soft tissue" and parse_window("wide") == "wide"
+    assert parse_window("-160,240") == (-160.0, 240.0)
+    for bad, msg in [("240,-160", "LOW must be below"), ("a,b", "LOW,HIGH"),
+                     ("tissue", "unknown preset")]:
+        with pytest.raises(LabError, match=msg):
+            parse_window(bad)
+    p = argparse.ArgumentParser()
+    add_model_arguments(p)
+    add_training_arguments(p)
+    cpu = detector_params(p.parse_args([]), new=True)
+    assert (cpu["optimizer"], cpu["lr"], cpu["window"]) == ("adamw", 0.001, "soft tissue")
+    assert (cpu["image_size"], cpu["spacing_mm"], cpu["train_crop"], cpu["box_batch_size"]) \
+        == (512, 0.8, 128, 32)
+    gpu = detector_params(p.parse_args(["--device", "cuda", "--optimizer", "sgd"]), new=True)
+    assert (gpu["train_crop"], gpu["box_batch_size"], gpu["lr"]) == (None, 128, 0.02)
+    small = detector_params(p.parse_args(["--image-size", "96"]), new=True)
+    assert small["train_crop"] is None  # the default window is never larger than the canvas
+    assert detector_params(p.parse_args(["--train-crop", "0"]), new=True)["train_crop"] is None
+
+
 def test_train_detect_evaluate(demo, tmp_path, capsys) -> None:
     manifest, types = demo
     run = _new_run(tmp_path, manifest, types)

@@ -73,7 +73,9 @@ def test_report_is_self_contained(tiny_lab: Path) -> None:
     assert "FROC" in html and "embedding map" in html
     # nothing loads from the network: no src/href to http(s)
     assert not re.search(r"""(src|href)\s*=\s*["']?https?://""", html)
-    assert html.count("data:image/png;base64,") >= 3
+    assert 'alt="choosing K"' in html and 'alt="accuracy"' in html
+    assert html.count("<th>mean 0.5-4</th>") >= 2  # detection and before/after tables
+    assert html.count("data:image/png;base64,") >= 5
 
 
 def test_second_pipeline_run_reuses_everything(tiny_lab: Path, capsys) -> None:

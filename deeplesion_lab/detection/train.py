@@ -107,12 +107,15 @@ class LesionDetector(BaseEstimator):
         In-plane pixel size the slices are resampled to.
     slice_spacing_mm : float, default 2
         Distance between the context slices.
-    window : str or (low, high), default "wide"
-        HU window (``"wide"`` is [-1024, 3071], as the DeepLesion detectors use).
+    window : str or (low, high), default "soft tissue"
+        HU window: a preset of :data:`deeplesion_lab.images.WINDOW_PRESETS` or bounds.
+        ``"soft tissue"`` (-160 to 240 HU) learns much faster from random weights than
+        ``"wide"`` ([-1024, 3071], what the DeepLesion detectors with ImageNet backbones use);
+        see ``bench/results/detector_configs.md``.
     epochs : int, default 10
     batch_size : int, default 4
-    lr : float, default 0.02
-        SGD learning rate (linear warm-up, then cosine decay to 10 %).
+    lr : float, default 0.001
+        Learning rate (linear warm-up, then cosine decay to 10 %); about 0.02 suits SGD.
     momentum, weight_decay : float
     warmup_steps : int, default 50
         Linear warm-up steps (at most a fifth of the run).
@@ -124,8 +127,9 @@ class LesionDetector(BaseEstimator):
         canvases: several times more steps for the same CPU time (see
         :class:`~deeplesion_lab.detection.dataset.KeySliceDataset`). Inference always sees the
         whole canvas.
-    optimizer : {"sgd", "adamw"}, default "sgd"
-        AdamW converges much faster from random weights; SGD suits a pretrained backbone.
+    optimizer : {"adamw", "sgd"}, default "adamw"
+        AdamW converges much faster from random weights (the usual case here: no weights are
+        downloaded); SGD suits a pretrained backbone.
     unannotated : {"neighbours", "none"}, default "neighbours"
         Missing-annotation strategy (see :mod:`deeplesion_lab.detection.dataset`).
     neighbour_factor : float, default 1
@@ -174,11 +178,11 @@ class LesionDetector(BaseEstimator):
         image_size: int = 512,
         spacing_mm: float = 0.8,
         slice_spacing_mm: float = 2.0,
-        window: str | tuple[float, float] = "wide",
+        window: str | tuple[float, float] = "soft tissue",
         epochs: int = 10,
         batch_size: int = 4,
-        lr: float = 0.02,
-        optimizer: str = "sgd",
+        lr: float = 0.001,
+        optimizer: str = "adamw",
         momentum: float = 0.9,
         weight_decay: float = 1e-4,
         warmup_steps: int = 50,
