@@ -34,7 +34,17 @@ __all__ = [
     "read_dl_info",
     "make_lesion_id",
     "BOX_TOLERANCE_PX",
+    "RECIST_COLUMNS",
+    "BOX_COLUMNS",
+    "FILE_NAME_RE",
 ]
+
+#: Typed names of the 8 RECIST coordinates (``Measurement_coordinates``), x1, y1, ... y4.
+RECIST_COLUMNS: tuple[str, ...] = tuple(f"recist_{a}{i}" for i in range(1, 5) for a in "xy")
+#: Typed names of the box (``Bounding_boxes``).
+BOX_COLUMNS: tuple[str, ...] = ("bbox_x1", "bbox_y1", "bbox_x2", "bbox_y2")
+#: A DeepLesion key slice name, ``{patient}_{study}_{series}_{slice}.png`` (the 4 numbers).
+FILE_NAME_RE = re.compile(r"^(\d+)_(\d+)_(\d+)_(\d+)\.png$")
 
 #: The 18 columns of the official ``DL_info.csv``, in order.
 OFFICIAL_COLUMNS: tuple[str, ...] = (
@@ -68,11 +78,8 @@ _NUMERIC: dict[str, tuple[tuple[str, ...], bool]] = {
     "Study_index": (("study_index",), True),
     "Series_ID": (("series_id",), True),
     "Key_slice_index": (("key_slice_index",), True),
-    "Measurement_coordinates": (
-        tuple(f"recist_{a}{i}" for i in range(1, 5) for a in "xy"),
-        False,
-    ),
-    "Bounding_boxes": (("bbox_x1", "bbox_y1", "bbox_x2", "bbox_y2"), False),
+    "Measurement_coordinates": (RECIST_COLUMNS, False),
+    "Bounding_boxes": (BOX_COLUMNS, False),
     "Lesion_diameters_Pixel_": (("long_diameter_px", "short_diameter_px"), False),
     "Normalized_lesion_location": (("location_x", "location_y", "location_z"), False),
     "Coarse_lesion_type": (("coarse_type",), True),
@@ -83,8 +90,6 @@ _NUMERIC: dict[str, tuple[tuple[str, ...], bool]] = {
     "DICOM_windows": (("window_low", "window_high"), False),
     "Train_Val_Test": (("split",), True),
 }
-
-_FILE_NAME_RE = re.compile(r"^(\d+)_(\d+)_(\d+)_(\d+)\.png$")
 
 #: Typed columns of :attr:`DLInfo.lesions`, in order (extra source columns follow).
 LESION_COLUMNS: tuple[str, ...] = (
@@ -307,7 +312,7 @@ def read_dl_info(
     t = pd.concat(parsed, axis=1)
 
     fname = raw["File_name"].str.strip()
-    m = fname.str.extract(_FILE_NAME_RE)
+    m = fname.str.extract(FILE_NAME_RE)
     bad_name = m[0].isna().to_numpy()
     problems.add(bad_name, "File_name", "expected {patient}_{study}_{series}_{slice}.png")
     name_nums = m.astype(float)

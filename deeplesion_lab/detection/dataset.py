@@ -42,6 +42,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
+from ..dl_info import BOX_COLUMNS
 from ..errors import LabError
 from ..images import ImageError, key_slice_path
 from ..transforms import IntensityJitter, LoadContext, RandomFlip, Window
@@ -55,7 +56,7 @@ __all__ = [
     "check_images",
 ]
 
-BOX_COLS = ["bbox_x1", "bbox_y1", "bbox_x2", "bbox_y2"]
+BOX_COLS = list(BOX_COLUMNS)
 
 
 class DatasetError(LabError, ValueError):

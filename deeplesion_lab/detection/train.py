@@ -597,7 +597,6 @@ class LesionDetector(BaseEstimator):
             ) from exc
         det.model_.eval()
         det.lineage_ = dict(ck.get("lineage") or {})
-        det.lineage_.setdefault("checkpoint", str(path.resolve()))
         det.lineage_["checkpoint"] = str(path.resolve())
         det.history_ = list(ck.get("history") or [])
         det.n_iter_ = int(ck.get("n_iter", 0))

@@ -32,14 +32,13 @@ box), so an accepted lesion keeps its id when written back into a DL_info.csv.
 from __future__ import annotations
 
 import getpass
-import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from ..dl_info import make_lesion_id
+from ..dl_info import BOX_COLUMNS, FILE_NAME_RE, RECIST_COLUMNS, make_lesion_id
 from ..images import box_to_recist
 from ..run import RunDir
 from .lesion_table import GraphError, LesionTable, normalize_rows
@@ -56,8 +55,6 @@ __all__ = [
     "proposal_manifest",
     "neighbour_rows",
 ]
-
-_FILE_RE = re.compile(r"^(\d+)_(\d+)_(\d+)_(\d+)\.png$")
 
 PROPOSAL_COLUMNS: tuple[str, ...] = (
     "proposal_id",
@@ -120,7 +117,7 @@ def _nms(boxes: np.ndarray, scores: np.ndarray, iou: float) -> np.ndarray:
 
 
 def _parse_files(names: Sequence[str], what: str) -> pd.DataFrame:
-    parts = pd.Series(list(names), dtype=object).astype(str).str.extract(_FILE_RE.pattern)
+    parts = pd.Series(list(names), dtype=object).astype(str).str.extract(FILE_NAME_RE.pattern)
     bad = parts[0].isna().to_numpy()
     if bad.any():
         i = int(np.flatnonzero(bad)[0])
@@ -595,9 +592,8 @@ def accept_proposals(
             "study_index": int(r.study_index),
             "series_id": int(r.series_id),
             "key_slice_index": int(r.slice_index),
-            "bbox_x1": box[0], "bbox_y1": box[1], "bbox_x2": box[2], "bbox_y2": box[3],
-            **{f"recist_{a}{i}": float(rec[2 * (i - 1) + k])
-               for i in range(1, 5) for k, a in enumerate("xy")},
+            **dict(zip(BOX_COLUMNS, box.tolist(), strict=True)),
+            **dict(zip(RECIST_COLUMNS, np.asarray(rec, dtype=float).tolist(), strict=True)),
             "score": float(r.score),
         })
     own = store is None

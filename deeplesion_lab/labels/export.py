@@ -34,7 +34,7 @@ import numpy as np
 import pandas as pd
 
 from ..atomic import write_csv, write_json, write_parquet
-from ..dl_info import OFFICIAL_COLUMNS
+from ..dl_info import BOX_COLUMNS, OFFICIAL_COLUMNS, RECIST_COLUMNS
 from ..images import key_slice_path
 from ..lesion_types import TYPE_CODES, UNLABELED, UNLABELED_NAME
 from .errors import LabelStoreError
@@ -45,8 +45,8 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = ["export_labels", "export_coco", "export_dl_info", "labels_for_export"]
 
-_BOX = ["bbox_x1", "bbox_y1", "bbox_x2", "bbox_y2"]
-_RECIST = [f"recist_{a}{i}" for i in range(1, 5) for a in "xy"]
+_BOX = list(BOX_COLUMNS)
+_RECIST = list(RECIST_COLUMNS)
 _DL_INFO_NEEDS = [
     "lesion_id", "file_name", "patient_index", "study_index", "series_id", "key_slice_index",
     *_RECIST, *_BOX, "long_diameter_px", "short_diameter_px", "location_x", "location_y",

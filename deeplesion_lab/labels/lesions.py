@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ..dl_info import BOX_COLUMNS, RECIST_COLUMNS
 from . import schema
 from .checks import check_comment, check_text
 from .errors import LabelStoreError
@@ -27,8 +28,6 @@ from .events import ChangeEvent
 __all__ = ["AddedLesionsMixin", "ADDED_COLUMNS", "manifest_with_added"]
 
 _INT_COLS = ("patient_index", "study_index", "series_id", "key_slice_index")
-_BOX_COLS = ("bbox_x1", "bbox_y1", "bbox_x2", "bbox_y2")
-_RECIST_COLS = tuple(f"recist_{a}{i}" for i in range(1, 5) for a in "xy")
 
 #: Columns of :meth:`AddedLesionsMixin.added_lesions`.
 ADDED_COLUMNS: tuple[str, ...] = (
@@ -42,7 +41,7 @@ def _rows(df: pd.DataFrame, default_label: str | None, default_origin: str,
     """Validated ``(lesion_id, label, *geometry)`` rows; errors name the row and the field."""
     if not isinstance(df, pd.DataFrame):
         raise LabelStoreError("lesions must be a DataFrame (lesion_id, file_name, key slice, box)")
-    need = ["lesion_id", "file_name", *_INT_COLS, *_BOX_COLS]
+    need = ["lesion_id", "file_name", *_INT_COLS, *BOX_COLUMNS]
     missing = [c for c in need if c not in df.columns]
     if missing:
         raise LabelStoreError(
@@ -71,10 +70,10 @@ def _rows(df: pd.DataFrame, default_label: str | None, default_origin: str,
                 raise LabelStoreError(f"{where}: {c} must be a whole number >= 0, got {v!r}")
             ints.append(int(v))
         nums = {}
-        for c in (*_BOX_COLS, *_RECIST_COLS, "score"):
+        for c in (*BOX_COLUMNS, *RECIST_COLUMNS, "score"):
             v = r.get(c)
             if v is None or (isinstance(v, float) and math.isnan(v)):
-                if c in _BOX_COLS:
+                if c in BOX_COLUMNS:
                     raise LabelStoreError(f"{where}: {c} is missing")
                 nums[c] = None
                 continue
@@ -99,7 +98,7 @@ def _rows(df: pd.DataFrame, default_label: str | None, default_origin: str,
                 f"{', '.join(sorted(classes))}; nothing was written"
             )
         origin = r.get("origin") or default_origin
-        out.append((lid, label, fname, *ints, *(nums[c] for c in (*_BOX_COLS, *_RECIST_COLS)),
+        out.append((lid, label, fname, *ints, *(nums[c] for c in (*BOX_COLUMNS, *RECIST_COLUMNS)),
                     nums["score"], str(origin)))
     return out
 
@@ -153,19 +152,14 @@ class AddedLesionsMixin:
             self._require_dataset()
             ids = [r[0] for r in rows]
             db.fill_selection(ids)
-            present = {
-                r[0] for r in db.query(
-                    "SELECT c.lesion_id FROM sel_ids s JOIN labels_current c "
-                    "ON c.lesion_id = s.lesion_id"
-                )
-            }
-            added = {
-                r[0] for r in db.query(
-                    "SELECT a.lesion_id FROM sel_ids s JOIN added_lesions a "
-                    "ON a.lesion_id = s.lesion_id"
-                )
-            }
-            clash = sorted(present - added)
+            # ids the dataset has already: added earlier (skipped) or original lesions (an error)
+            present = db.query(
+                "SELECT c.lesion_id, a.lesion_id IS NOT NULL FROM sel_ids s "
+                "JOIN labels_current c ON c.lesion_id = s.lesion_id "
+                "LEFT JOIN added_lesions a ON a.lesion_id = s.lesion_id"
+            )
+            added = {lid for lid, was_added in present if was_added}
+            clash = sorted(lid for lid, was_added in present if not was_added)
             if clash:
                 raise LabelStoreError(
                     f"{len(clash)} lesion id(s) are lesions of the dataset already, not new "
@@ -221,7 +215,7 @@ class AddedLesionsMixin:
         df = pd.DataFrame(rows, columns=list(ADDED_COLUMNS))
         for c in _INT_COLS:
             df[c] = df[c].astype("int64")
-        for c in (*_BOX_COLS, *_RECIST_COLS, "score"):
+        for c in (*BOX_COLUMNS, *RECIST_COLUMNS, "score"):
             df[c] = df[c].astype(float)
         df["added_at"] = pd.to_datetime(df["added_at"], utc=True, format="ISO8601")
         return df
@@ -283,11 +277,11 @@ def manifest_with_added(manifest: pd.DataFrame, added: pd.DataFrame, *,
         row = dict(base, file_name=fname)
         row["lesion_id"] = r["lesion_id"]
         row["key_slice_index"] = int(r["key_slice_index"])
-        box = np.array([r[c] for c in _BOX_COLS], dtype=float)
-        rec = np.array([r.get(c, np.nan) for c in _RECIST_COLS], dtype=float)
-        for c in _BOX_COLS:
+        box = np.array([r[c] for c in BOX_COLUMNS], dtype=float)
+        rec = np.array([r.get(c, np.nan) for c in RECIST_COLUMNS], dtype=float)
+        for c in BOX_COLUMNS:
             row[c] = float(r[c])
-        for c, v in zip(_RECIST_COLS, rec, strict=True):
+        for c, v in zip(RECIST_COLUMNS, rec, strict=True):
             row[c] = float(v)
         if np.isfinite(rec).all():
             p = rec.reshape(4, 2)

@@ -33,6 +33,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from ..dl_info import BOX_COLUMNS, RECIST_COLUMNS
 from .backend import Backend
 from .errors import StoreFormatError
 
@@ -167,9 +168,7 @@ _V2 = (
 #: lesion, written once with its ``add_lesions`` batch (append-only like the log).
 ADDED_LESION_COLUMNS: tuple[str, ...] = (
     "file_name", "patient_index", "study_index", "series_id", "key_slice_index",
-    "bbox_x1", "bbox_y1", "bbox_x2", "bbox_y2",
-    *(f"recist_{a}{i}" for i in range(1, 5) for a in "xy"),
-    "score", "origin",
+    *BOX_COLUMNS, *RECIST_COLUMNS, "score", "origin",
 )
 
 _V3 = (
@@ -177,9 +176,9 @@ _V3 = (
     "batch_id {bigint} NOT NULL REFERENCES batches (id), file_name TEXT NOT NULL, "
     "patient_index {bigint} NOT NULL, study_index {bigint} NOT NULL, "
     "series_id {bigint} NOT NULL, key_slice_index {bigint} NOT NULL, "
-    + ", ".join(f"{c} {{real}} NOT NULL" for c in ("bbox_x1", "bbox_y1", "bbox_x2", "bbox_y2"))
+    + ", ".join(f"{c} {{real}} NOT NULL" for c in BOX_COLUMNS)
     + ", "
-    + ", ".join(f"recist_{a}{i} {{real}}" for i in range(1, 5) for a in "xy")
+    + ", ".join(f"{c} {{real}}" for c in RECIST_COLUMNS)
     + ", score {real}, origin TEXT){without_rowid}",
     {"sqlite": "CREATE TRIGGER added_lesions_append_only_update BEFORE UPDATE ON added_lesions "
                "BEGIN SELECT RAISE(ABORT, 'added_lesions is append-only'); END"},
