@@ -76,6 +76,9 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=1,
                     help="torch threads for training (2 oversubscribes a shared 2-core machine)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--sequential", dest="parallel", action="store_false",
+                    help="train the paired models one after the other (default: two processes "
+                         "side by side, --threads each)")
     ap.add_argument("--out", type=Path, default=Path("/tmp/bench_detector"))
     ap.add_argument("--results", type=Path, default=HERE / "results" / "detection.md")
     args = ap.parse_args()
@@ -88,7 +91,7 @@ def main() -> int:
     from deeplesion_lab.detection.labels_table import labels_from_pseudo
     from deeplesion_lab.detection.plots import plot_froc
     from deeplesion_lab.detection.train import LesionDetector, select_split
-    from deeplesion_lab.detection.workflow import run_finetune, set_latest
+    from deeplesion_lab.detection.workflow import set_latest
     from deeplesion_lab.lesion_types import COARSE_TYPES
     from deeplesion_lab.manifest import read_manifest, write_manifest
     from deeplesion_lab.run import RunDir
@@ -136,27 +139,29 @@ def main() -> int:
     evals = {}
     speed: dict[str, dict] = {}
 
-    def train_eval(name: str, labels: pd.DataFrame | None) -> LesionDetector:
-        folder = run.detector_dir / name
-        det = LesionDetector(**params)
-        t = time.perf_counter()
-        det.fit(m, labels, checkpoint_dir=folder,
-                lineage={"labels_source": "pseudo" if labels is not None else "single class"})
+    pseudo_path = out / "pseudo_labels_table.parquet"
+    pseudo.to_parquet(pseudo_path, index=False)
+    jobs = [
+        {"manifest": str(manifest_path), "labels": None, "params": params,
+         "folder": str(run.detector_dir / "single"), "lineage": {"labels_source": "single class"}},
+        {"manifest": str(manifest_path), "labels": str(pseudo_path), "params": params,
+         "folder": str(run.detector_dir / "pseudo"), "lineage": {"labels_source": "pseudo"}},
+    ]
+    fits = parallel(_fit_job, jobs, args.parallel)
+    for name, fit in zip(("single", "pseudo"), fits, strict=True):
+        timings[f"train {name}"] = fit["seconds"]
         set_latest(run, name)
-        timings[f"train {name}"] = time.perf_counter() - t
+        det = LesionDetector.load(run.detector_dir / name, num_threads=2, progress=False)
         pred = det.predict(m, EVAL)
         evals[name] = evaluate_predictions(pred, m, EVAL)
         test_only[name] = evaluate_predictions(pred, m, "test").to_metrics()
-        pred.to_csv(folder / "predictions_eval.csv", index=False)
+        pred.to_csv(run.detector_dir / name / "predictions_eval.csv", index=False)
         secs = sum(h["seconds"] for h in det.history_)
         speed[name] = {"train_images_per_s": sum(h["images"] for h in det.history_) / secs,
                        "infer_ms_per_image": det.predict_ms_per_image_,
-                       "load_during": load()}
+                       "load_during": fit["load"]}
         results[name] = evals[name].to_metrics()
-        return det
-
-    train_eval("single", None)
-    multi = train_eval("pseudo", pseudo)
+    multi = det
 
     # unannotated truth lesions on the evaluated key slices as ignore regions
     gt = ground_truth(m, EVAL)
@@ -188,20 +193,38 @@ def main() -> int:
     reset = new_classes != multi.classes_
     ft_params = {"epochs": args.finetune_epochs, "num_threads": args.threads,
                  "progress": False}  # lr: a quarter of the base model's (as `finetune`)
+    corrected_path = out / "corrected_labels_table.parquet"
+    corrected.to_parquet(corrected_path, index=False)
+    ft_jobs = [
+        {"run": str(run.path), "labels": str(corrected_path), "name": "pseudo-corrected",
+         "source": {"labels_source": "simulated corrections", "label_snapshot_id": None},
+         "reset_head": reset, "params": ft_params},
+        {"run": str(run.path), "labels": str(pseudo_path), "name": "pseudo-more",
+         "source": {"labels_source": "pseudo (control)", "label_snapshot_id": None},
+         "reset_head": False, "params": ft_params},
+    ]
     t = time.perf_counter()
-    ft = run_finetune(run, corrected, {"labels_source": "simulated corrections",
-                                       "label_snapshot_id": None},
-                      base="pseudo", name="pseudo-corrected", reset_head=reset,
-                      params=ft_params, eval_split=EVAL, out=lambda *a: None)
-    timings["fine-tune (corrected)"] = time.perf_counter() - t
-    t = time.perf_counter()
-    ctrl = run_finetune(run, pseudo, {"labels_source": "pseudo (control)",
-                                      "label_snapshot_id": None},
-                        base="pseudo", name="pseudo-more", params=ft_params,
-                        eval_split=EVAL, out=lambda *a: None)
-    timings["fine-tune (control)"] = time.perf_counter() - t
+    ft, ctrl = parallel(_finetune_job, ft_jobs, args.parallel)
+    timings["fine-tune (corrected and control)"] = time.perf_counter() - t
     results["pseudo-corrected"] = ft["after"]
     results["pseudo-more"] = ctrl["after"]
+    from deeplesion_lab.detection.froc import read_predictions
+
+    for name, entry in (("pseudo-corrected", ft["after"]), ("pseudo-more", ctrl["after"])):
+        evals[name] = evaluate_predictions(read_predictions(entry["predictions"]), m, EVAL)
+
+    # how sure: 95 % bootstrap intervals over the evaluated key slices, and paired differences
+    from deeplesion_lab.detection.bootstrap import bootstrap_sensitivity, paired_difference
+
+    intervals = {n: bootstrap_sensitivity(e.curve, n_boot=2000).to_metrics()
+                 for n, e in evals.items()}
+    pairs = {
+        "pseudo - single": ("pseudo", "single"),
+        "corrected - before": ("pseudo-corrected", "pseudo"),
+        "corrected - control": ("pseudo-corrected", "pseudo-more"),
+    }
+    differences = {k: paired_difference(evals[a].curve, evals[b].curve, n_boot=2000).to_metrics()
+                   for k, (a, b) in pairs.items()}
 
     # inference speed with 1 and 2 threads (the loaded model, test slices)
     from deeplesion_lab.detection.workflow import load_detector
@@ -232,6 +255,7 @@ def main() -> int:
         "pseudo_labels": {"classes": multi.classes_, "train_accuracy": pseudo_acc,
                           "wrong": len(wrong), "fixed": len(fix), "reset_head": reset},
         "results": results, "test_only": test_only, "full_truth": full_truth,
+        "intervals": intervals, "differences": differences,
         "speed": speed, "eval_split": EVAL,
         "infer_ms_per_image_by_threads": infer, "timings_s": timings,
         "finetune": {"before": ft["before"]["sensitivity"], "after": ft["after"]["sensitivity"],
@@ -241,6 +265,48 @@ def main() -> int:
     write_markdown(args.results, record)
     print(args.results.read_text())
     return 0
+
+
+def _fit_job(job: dict) -> dict:
+    """Train one detector (in its own process when run through :func:`parallel`)."""
+    import torch
+
+    from deeplesion_lab.detection.train import LesionDetector
+    from deeplesion_lab.manifest import read_manifest
+
+    torch.set_num_threads(int(job["params"].get("num_threads") or 1))
+    m = read_manifest(job["manifest"])
+    labels = pd.read_parquet(job["labels"]) if job["labels"] else None
+    t = time.perf_counter()
+    LesionDetector(**job["params"]).fit(m, labels, checkpoint_dir=job["folder"],
+                                       lineage=job["lineage"])
+    return {"seconds": time.perf_counter() - t, "load": load()}
+
+
+def _finetune_job(job: dict) -> dict:
+    """Fine-tune the pseudo-label detector (``run_finetune``, as ``deeplesion-lab finetune``)."""
+    from deeplesion_lab.detection.workflow import run_finetune
+    from deeplesion_lab.run import RunDir
+
+    return run_finetune(RunDir(job["run"]), pd.read_parquet(job["labels"]), job["source"],
+                        base="pseudo", name=job["name"], reset_head=job["reset_head"],
+                        params=job["params"], eval_split=EVAL, out=lambda *a: None)
+
+
+def parallel(fn, jobs: list[dict], processes: bool) -> list[dict]:
+    """Run ``fn`` over ``jobs``: in as many fresh processes (one torch thread each), or in turn."""
+    if not processes:
+        return [fn(j) for j in jobs]
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(len(jobs), mp_context=mp.get_context("spawn")) as pool:
+        return list(pool.map(fn, jobs))
+
+
+def res_mean(r: dict, name: str) -> float:
+    """The 0.5-4 FP mean sensitivity of a model of the results record."""
+    return float(r["results"][name]["mean_sensitivity_0_5_to_4"])
 
 
 def write_markdown(path: Path, r: dict) -> None:
@@ -323,6 +389,26 @@ def write_markdown(path: Path, r: dict) -> None:
         row("before (pseudo)", r["finetune"]["before"]),
         row("after, corrected labels", r["finetune"]["after"]),
         row("after, uncorrected (control)", r["finetune"]["control"]),
+        "",
+        "## How sure (95 % bootstrap over the evaluated key slices, 2,000 resamples)",
+        "",
+        "Mean sensitivity over 0.5-4 FPs per image with its interval, and paired differences "
+        "(both models scored on the same resampled slices; p = share of resamples in which the "
+        "first model is not better):",
+        "",
+        "| model | mean 0.5-4 | 95 % interval | sensitivity at 4 FP | 95 % interval |",
+        "|---|---|---|---|---|",
+        *[f"| {n} | {res_mean(r, n):.3f} | "
+          f"{v['interval']['mean_0.5-4'][0]:.3f}-{v['interval']['mean_0.5-4'][1]:.3f} | "
+          f"{r['results'][n]['sensitivity']['4']:.3f} | "
+          f"{v['interval']['4'][0]:.3f}-{v['interval']['4'][1]:.3f} |"
+          for n, v in r["intervals"].items()],
+        "",
+        "| comparison | difference, mean 0.5-4 | 95 % interval | p |",
+        "|---|---|---|---|",
+        *[f"| {k} | {v['difference']['mean_0.5-4']:+.3f} | "
+          f"{v['interval']['mean_0.5-4'][0]:+.3f} to {v['interval']['mean_0.5-4'][1]:+.3f} | "
+          f"{v['p_le_zero']['mean_0.5-4']:.3f} |" for k, v in r["differences"].items()],
         "",
         "## Speed (2 CPU cores, shared)",
         "",

@@ -39,6 +39,13 @@ def main() -> int:
     ap.add_argument("--box-batch", type=int, default=128)
     ap.add_argument("--anchors", default="16,32,64,128,256")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--norm", default="batch", choices=["batch", "group"])
+    ap.add_argument("--batch", type=int, default=4)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--rpn-fg-iou", type=float, default=0.7)
+    ap.add_argument("--save", type=Path, default=None, help="save the detector in this folder")
+    ap.add_argument("--proposals", default="",
+                    help="also score with these RPN proposal counts at inference, e.g. 1000")
     args = ap.parse_args()
 
     from deeplesion_lab.detection.froc import evaluate_predictions
@@ -49,7 +56,8 @@ def main() -> int:
     window = "wide" if args.window == "wide" else tuple(float(v) for v in args.window.split(","))
     det = LesionDetector(
         backbone=args.backbone, image_size=args.size, spacing_mm=args.spacing,
-        box_head_size=256, batch_size=4, epochs=args.epochs, train_crop=args.crop or None,
+        box_head_size=256, batch_size=args.batch, norm=args.norm, seed=args.seed,
+        rpn_fg_iou=args.rpn_fg_iou, epochs=args.epochs, train_crop=args.crop or None,
         box_batch_size=args.box_batch, anchor_sizes=tuple(int(v) for v in args.anchors.split(",")),
         lr=args.lr, optimizer=args.optimizer, window=window, progress=False,
         num_threads=args.threads,
@@ -57,13 +65,20 @@ def main() -> int:
     t = time.time()
     det.fit(m)
     seconds = time.time() - t
-    pred = det.predict(m, "all")
-    res = {}
-    for split in ("train", "val", "test"):
-        r = evaluate_predictions(pred, m, split)
-        res[split] = [{k: round(v, 3) for k, v in r.sensitivity.items()},
-                      round(r.mean_sensitivity_0_5_to_4, 3)]
-    print("RESULT", args.name, round(seconds), json.dumps(res), flush=True)
+    if args.save:
+        det.save(args.save)
+    for proposals in [None] + [int(v) for v in args.proposals.split(",") if v]:
+        if proposals:
+            det.model_.rpn._pre_nms_top_n["testing"] = proposals
+            det.model_.rpn._post_nms_top_n["testing"] = proposals
+        pred = det.predict(m, "all")
+        res = {}
+        for split in ("train", "val", "test"):
+            r = evaluate_predictions(pred, m, split)
+            res[split] = [{k: round(v, 3) for k, v in r.sensitivity.items()},
+                          round(r.mean_sensitivity_0_5_to_4, 3)]
+        tag = args.name if not proposals else f"{args.name}/p{proposals}"
+        print("RESULT", tag, round(seconds), json.dumps(res), flush=True)
     return 0
 
 

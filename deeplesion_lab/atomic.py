@@ -12,7 +12,7 @@ from typing import Any
 
 import pandas as pd
 
-__all__ = ["atomic_path", "write_parquet", "write_csv", "write_json", "update_json"]
+__all__ = ["atomic_path", "file_lock", "write_parquet", "write_csv", "write_json", "update_json"]
 
 
 @contextlib.contextmanager
@@ -60,9 +60,41 @@ def write_json(obj: Any, path: str | Path) -> Path:
     return Path(path)
 
 
-def update_json(path: str | Path, updates: dict[str, Any]) -> dict[str, Any]:
-    """Deep-merge ``updates`` into the JSON object at ``path`` (created if absent), atomically."""
+@contextlib.contextmanager
+def file_lock(path: str | Path) -> Iterator[None]:
+    """Hold an exclusive advisory lock on ``.NAME.lock`` beside ``path`` (POSIX ``flock``).
+
+    Serialises read-modify-write updates of one file between processes (two commands of a
+    pipeline, a notebook and a CLI). Where ``fcntl`` does not exist the block runs unlocked.
+    """
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        yield
+        return
     path = Path(path)
+    lock = path.parent / f".{path.name}.lock"
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock, "a") as fh:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+
+def update_json(path: str | Path, updates: dict[str, Any]) -> dict[str, Any]:
+    """Deep-merge ``updates`` into the JSON object at ``path`` (created if absent), atomically.
+
+    The read, merge and write happen under :func:`file_lock`, so concurrent updates from
+    several processes all land.
+    """
+    path = Path(path)
+    with file_lock(path):
+        return _update_json(path, updates)
+
+
+def _update_json(path: Path, updates: dict[str, Any]) -> dict[str, Any]:
     data: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {}
 
     def merge(dst: dict, src: dict) -> None:

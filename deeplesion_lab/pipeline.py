@@ -34,7 +34,7 @@ class PipelineConfig:
     source_csv: Path | None = None
     embed_epochs: int = 10
     clusters: int | None = None
-    detector_epochs: int = 16
+    detector_epochs: int = 24
     finetune_epochs: int = 6
     correction_share: float = 0.5
     annotator: str = "demo-annotator"

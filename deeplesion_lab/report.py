@@ -157,9 +157,26 @@ def _sens_table(curves: dict[str, dict[str, Any]]) -> str:
     for name, d in curves.items():
         sens = d.get("sensitivity", {})
         cells = "".join(f"<td>{_fmt(sens.get(f))}</td>" for f in FP_RATES)
+        ci = (d.get("interval95") or {}).get("interval", {}).get("mean_0.5-4")
+        span = f"{_fmt(ci[0])} - {_fmt(ci[1])}" if ci else ""
         body += (f"<tr><td>{html.escape(name)}</td>{cells}"
-                 f"<td>{_fmt(d.get('mean_sensitivity_0_5_to_4'))}</td></tr>")
-    return (f"<table><tr><th>model</th>{head}<th>mean 0.5-4</th></tr>{body}</table>")
+                 f"<td>{_fmt(d.get('mean_sensitivity_0_5_to_4'))}</td><td>{span}</td>"
+                 f"<td>{_fmt(d.get('n_lesions'))}</td></tr>")
+    return (f"<table><tr><th>model</th>{head}<th>mean 0.5-4</th>"
+            f"<th>95 % interval (bootstrap over slices)</th><th>lesions</th></tr>{body}</table>")
+
+
+def _difference(diff: dict[str, Any]) -> str:
+    """One sentence: the paired change of the 0.5-4 FP mean with its interval."""
+    try:
+        d = diff["difference"]["mean_0.5-4"]
+        low, high = diff["interval"]["mean_0.5-4"]
+        p = diff["p_le_zero"]["mean_0.5-4"]
+    except (KeyError, TypeError, ValueError):
+        return ""
+    return (f"<p>After minus before, mean sensitivity 0.5-4 FPs per image: <b>{d:+.3f}</b> "
+            f"(95 % paired bootstrap interval {low:+.3f} to {high:+.3f}; the fine-tuned model "
+            f"is not better in {p:.0%} of {diff.get('n_boot', '')} resamples).</p>")
 
 
 def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
@@ -213,12 +230,13 @@ def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
     if ft.get("before") and ft.get("after"):
         fig = _froc_figure({"before fine-tuning": ft["before"], "after fine-tuning": ft["after"]},
                            "Fine-tuning on corrected labels: before / after")
-        rest = {k: v for k, v in ft.items() if k not in ("before", "after")}
+        rest = {k: v for k, v in ft.items() if k not in ("before", "after", "difference")}
         section(
             "Fine-tuning from corrected labels",
             (f'<img alt="FROC before/after" src="{fig}">' if fig else "")
             + _sens_table({f"before ({ft['before'].get('model', '')})": ft["before"],
                            f"after ({ft['after'].get('model', '')})": ft["after"]})
+            + _difference(ft.get("difference") or {})
             + _table(sorted(flatten_metrics(rest).items())),
         )
     for key, title in [("matching", "Lesion graph: intra-patient matching"),

@@ -124,6 +124,8 @@ def test_model_options_and_cpu_defaults() -> None:
     small = detector_params(p.parse_args(["--image-size", "96"]), new=True)
     assert small["train_crop"] is None  # the default window is never larger than the canvas
     assert detector_params(p.parse_args(["--train-crop", "0"]), new=True)["train_crop"] is None
+    assert cpu["norm"] == "batch"
+    assert detector_params(p.parse_args(["--norm", "group"]), new=True)["norm"] == "group"
 
 
 def test_train_detect_evaluate(demo, tmp_path, capsys) -> None:
@@ -153,6 +155,9 @@ def test_train_detect_evaluate(demo, tmp_path, capsys) -> None:
     det = _metrics(run)["detection"]["single"]
     assert set(det["sensitivity"]) == KEYS
     assert 0.0 <= det["mean_sensitivity_0_5_to_4"] <= 1.0
+    low, high = det["interval95"]["interval"]["mean_0.5-4"]
+    assert low <= det["mean_sensitivity_0_5_to_4"] <= high
+    assert f"95 % interval [{low:.3f}, {high:.3f}]" in out
     assert det["n_images"] == m.loc[(m["split"] == 3) & (m["possibly_noisy"] == 0),
                                     "file_name"].nunique()
     assert Path(det["plot_png"]).is_file() and Path(det["plot_html"]).is_file()
@@ -194,6 +199,13 @@ def test_pseudo_classes_and_finetune_from_a_labels_table(demo, pseudo_run, tmp_p
     ft = _metrics(run)["finetune"]
     assert set(ft["before"]["sensitivity"]) == KEYS and set(ft["after"]["sensitivity"]) == KEYS
     assert "mean_sensitivity_0_5_to_4" in ft["before"] and "mean_sensitivity_0_5_to_4" in ft["after"]
+    # the change with a paired bootstrap interval over the same key slices
+    d = ft["difference"]
+    assert d["difference"]["mean_0.5-4"] == pytest.approx(
+        ft["after"]["mean_sensitivity_0_5_to_4"] - ft["before"]["mean_sensitivity_0_5_to_4"])
+    low, high = d["interval"]["mean_0.5-4"]
+    assert low <= d["difference"]["mean_0.5-4"] <= high and 0 <= d["p_le_zero"]["mean_0.5-4"] <= 1
+    assert "after - before, mean 0.5-4 FP" in out
     assert ft["parent"] == "pseudo" and ft["corrected"] == 2
     assert ft["labels_source"] == str(table.resolve()) and ft["label_snapshot_id"] is None
     new = run.detector_dir / ft["model"]

@@ -75,6 +75,8 @@ def test_report_is_self_contained(tiny_lab: Path) -> None:
     assert not re.search(r"""(src|href)\s*=\s*["']?https?://""", html)
     assert 'alt="choosing K"' in html and 'alt="accuracy"' in html
     assert html.count("<th>mean 0.5-4</th>") >= 2  # detection and before/after tables
+    assert html.count("95 % interval (bootstrap over slices)") >= 2
+    assert "After minus before, mean sensitivity 0.5-4 FPs per image" in html
     assert html.count("data:image/png;base64,") >= 5
 
 

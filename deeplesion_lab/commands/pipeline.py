@@ -25,8 +25,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--truth", type=Path, default=None, help="truth file (demo data only)")
     p.add_argument("--embed-epochs", type=int, default=10)
     p.add_argument("--clusters", type=int, default=None, help="K for mining (default: chosen)")
-    p.add_argument("--detector-epochs", type=int, default=16,
-                   help="epochs of each detector (default 16; on a CPU each epoch sees one "
+    p.add_argument("--detector-epochs", type=int, default=24,
+                   help="epochs of each detector (default 24; on a CPU each epoch sees one "
                         "128-px window per training slice)")
     p.add_argument("--finetune-epochs", type=int, default=6)
     p.add_argument("--correction-share", type=float, default=0.5,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["BACKBONES"]
+__all__ = ["BACKBONES", "NORMS"]
 
 #: Backbone names accepted by :func:`deeplesion_lab.detection.model.build_detector`.
 BACKBONES: tuple[str, ...] = (
@@ -11,3 +11,6 @@ BACKBONES: tuple[str, ...] = (
     "resnet18_fpn",
     "resnet50_fpn",
 )
+
+#: Normalisation layers the backbones can be built with (``build_detector(norm=...)``).
+NORMS: tuple[str, ...] = ("batch", "group")

@@ -135,6 +135,10 @@ class FROCCurve:
         ``n`` (past the end) for a lesion never hit.
     gt_class : numpy.ndarray
         Per lesion, its class (any labels; ``None`` entries when unknown).
+    image_index : numpy.ndarray
+        Per detection (evaluation order), the index of its image.
+    gt_per_image : numpy.ndarray
+        Ground-truth lesions of each image.
     """
 
     scores: np.ndarray
@@ -145,6 +149,8 @@ class FROCCurve:
     n_gt: int
     gt_first_hit: np.ndarray
     gt_class: np.ndarray
+    image_index: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    gt_per_image: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
 
     @property
     def sensitivity(self) -> np.ndarray:
@@ -278,6 +284,8 @@ def froc(
         n_gt=n_gt,
         gt_first_hit=first_hit,
         gt_class=cls,
+        image_index=img_idx,
+        gt_per_image=np.diff(offsets).astype(np.int64),
     )
 
 

@@ -37,10 +37,12 @@ from torchvision.ops import boxes as box_ops
 from torchvision.ops import misc as misc_nn_ops
 
 from ..errors import LabError
-from .config import BACKBONES
+from .config import BACKBONES, NORMS
+from .roi_align import SeparableRoIAlign
 
 __all__ = [
     "BACKBONES",
+    "NORMS",
     "ModelError",
     "LesionRPN",
     "LesionRoIHeads",
@@ -138,11 +140,23 @@ class CanvasTransform(GeneralizedRCNNTransform):
         return image, target
 
 
-def _backbone(name: str, pretrained_file: bool, trainable_layers: int | None) -> nn.Module:
+def group_norm(channels: int) -> nn.GroupNorm:
+    """Group normalisation with 8 groups (or fewer, so that the groups divide ``channels``)."""
+    groups = next(g for g in (8, 4, 2, 1) if channels % g == 0)
+    return nn.GroupNorm(groups, channels)
+
+
+def _backbone(name: str, pretrained_file: bool, trainable_layers: int | None,
+              norm_name: str = "batch") -> nn.Module:
     from torchvision.models.detection.backbone_utils import mobilenet_backbone, resnet_fpn_backbone
 
-    # torchvision freezes batch norm only for pretrained backbones (tiny detection batches)
-    norm = misc_nn_ops.FrozenBatchNorm2d if pretrained_file else nn.BatchNorm2d
+    if norm_name not in NORMS:
+        raise ModelError(f"unknown norm {norm_name!r}; choose one of {', '.join(NORMS)}")
+    if norm_name == "group":
+        norm = group_norm
+    else:
+        # torchvision freezes batch norm only for pretrained backbones (tiny detection batches)
+        norm = misc_nn_ops.FrozenBatchNorm2d if pretrained_file else nn.BatchNorm2d
     if name.startswith("mobilenet"):
         layers = 6 if trainable_layers is None else trainable_layers
         # torchvision's default returns two stride-32 maps only, far too coarse for lesions of
@@ -217,8 +231,10 @@ def build_detector(
     image_size: int = 512,
     backbone_weights: str | Path | None = None,
     trainable_layers: int | None = None,
+    norm: str = "batch",
     anchor_sizes: Sequence[int] = (16, 32, 64, 128, 256),
     ignore_iou: float = 0.3,
+    rpn_fg_iou: float = 0.7,
     rpn_pre_nms_top_n: tuple[int, int] = (600, 300),
     rpn_post_nms_top_n: tuple[int, int] = (300, 150),
     box_batch_size_per_image: int = 128,
@@ -241,6 +257,10 @@ def build_detector(
         Local classification checkpoint for the backbone (see :func:`load_backbone_weights`).
     trainable_layers : int, optional
         Backbone stages to train (torchvision's meaning); default all.
+    norm : {"batch", "group"}, default "batch"
+        Normalisation layers of the backbone: batch norm (frozen when ``backbone_weights`` are
+        loaded, as torchvision does) or group norm, which does not depend on the batch and
+        so behaves the same on small training windows and on whole canvases at inference.
     anchor_sizes : sequence of int
         Base anchor side of each feature level in pixels, smallest (finest level) first; each
         level also gets a size ``sqrt(2)`` larger, with aspect ratios 0.5, 1 and 2. MobileNet
@@ -248,6 +268,9 @@ def build_detector(
         lesions are small: 16 px by default.
     ignore_iou : float, default 0.3
         Overlap with an ignore region that removes a negative anchor or proposal from the loss.
+    rpn_fg_iou : float, default 0.7
+        Overlap that makes an anchor a positive of the proposal network (below 0.3 it is a
+        negative). Each lesion also gets its best-overlapping anchors as positives.
     rpn_pre_nms_top_n, rpn_post_nms_top_n : (train, test)
         Proposal counts (lower than torchvision's COCO defaults: a few lesions per slice, and
         CPU time).
@@ -261,7 +284,7 @@ def build_detector(
         raise ModelError(f"unknown backbone {backbone!r}; choose one of {', '.join(BACKBONES)}")
     if num_classes < 1:
         raise ModelError("a detector needs at least one lesion class")
-    body = _backbone(backbone, backbone_weights is not None, trainable_layers)
+    body = _backbone(backbone, backbone_weights is not None, trainable_layers, norm)
     # feature levels: MobileNet strides 8, 16, 32, 64; ResNet strides 4, 8, 16, 32, 64
     n_levels = 4 if backbone.startswith("mobilenet") else 5
     sizes = tuple(int(s) for s in anchor_sizes)
@@ -275,6 +298,7 @@ def build_detector(
     resolution = 7  # torchvision's RoI pooling size
     model = FasterRCNN(
         body,
+        box_roi_pool=SeparableRoIAlign(["0", "1", "2", "3"], output_size=7, sampling_ratio=2),
         box_head=TwoMLPHead(body.out_channels * resolution**2, box_head_size),
         box_predictor=FastRCNNPredictor(box_head_size, num_classes + 1),
         min_size=image_size,
@@ -294,7 +318,7 @@ def build_detector(
     rpn, heads = model.rpn, model.roi_heads
     new_rpn = LesionRPN(
         rpn.anchor_generator, rpn.head,
-        fg_iou_thresh=0.7, bg_iou_thresh=0.3, batch_size_per_image=256, positive_fraction=0.5,
+        fg_iou_thresh=rpn_fg_iou, bg_iou_thresh=min(0.3, rpn_fg_iou), batch_size_per_image=256, positive_fraction=0.5,
         pre_nms_top_n=dict(rpn._pre_nms_top_n), post_nms_top_n=dict(rpn._post_nms_top_n),
         nms_thresh=rpn.nms_thresh, score_thresh=rpn.score_thresh,
     )

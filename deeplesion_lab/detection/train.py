@@ -49,6 +49,7 @@ CHECKPOINT_VERSION = 1
 
 #: Parameters that may change between an interrupted run and its resumption.
 _RUNTIME_PARAMS = {"epochs", "progress", "device", "num_threads", "checkpoint_every", "cache_mb",
+                   "test_proposals",
                    "warm_start"}
 
 
@@ -101,6 +102,8 @@ class LesionDetector(BaseEstimator):
         See :data:`deeplesion_lab.detection.model.BACKBONES`.
     backbone_weights : str, optional
         Local classification checkpoint for the backbone (no download ever happens).
+    norm : {"batch", "group"}, default "batch"
+        The backbone's normalisation layers (see :func:`~.model.build_detector`).
     image_size : int, default 512
         Canvas side in pixels.
     spacing_mm : float, default 0.8
@@ -134,6 +137,10 @@ class LesionDetector(BaseEstimator):
         Missing-annotation strategy (see :mod:`deeplesion_lab.detection.dataset`).
     neighbour_factor : float, default 1
     ignore_iou : float, default 0.3
+    rpn_fg_iou : float, default 0.7
+        Anchor overlap that makes a positive of the proposal network.
+    test_proposals : int, default 150
+        Proposals per image the box head scores at inference.
     anchor_sizes : tuple of int, default (16, 32, 64, 128, 256)
     box_head_size : int, default 1024
         Width of the box head (256 trains faster on a CPU).
@@ -175,6 +182,7 @@ class LesionDetector(BaseEstimator):
         self,
         backbone: str = "mobilenet_v3_large_fpn",
         backbone_weights: str | None = None,
+        norm: str = "batch",
         image_size: int = 512,
         spacing_mm: float = 0.8,
         slice_spacing_mm: float = 2.0,
@@ -192,6 +200,8 @@ class LesionDetector(BaseEstimator):
         unannotated: str = "neighbours",
         neighbour_factor: float = 1.0,
         ignore_iou: float = 0.3,
+        rpn_fg_iou: float = 0.7,
+        test_proposals: int = 150,
         anchor_sizes: tuple[int, ...] = (16, 32, 64, 128, 256),
         box_head_size: int = 1024,
         box_batch_size: int = 128,
@@ -207,6 +217,7 @@ class LesionDetector(BaseEstimator):
     ):
         self.backbone = backbone
         self.backbone_weights = backbone_weights
+        self.norm = norm
         self.image_size = image_size
         self.spacing_mm = spacing_mm
         self.slice_spacing_mm = slice_spacing_mm
@@ -224,6 +235,8 @@ class LesionDetector(BaseEstimator):
         self.unannotated = unannotated
         self.neighbour_factor = neighbour_factor
         self.ignore_iou = ignore_iou
+        self.rpn_fg_iou = rpn_fg_iou
+        self.test_proposals = test_proposals
         self.anchor_sizes = anchor_sizes
         self.box_head_size = box_head_size
         self.box_batch_size = box_batch_size
@@ -244,8 +257,12 @@ class LesionDetector(BaseEstimator):
             backbone=self.backbone,
             image_size=self.image_size,
             backbone_weights=self.backbone_weights,
+            norm=self.norm,
             anchor_sizes=tuple(self.anchor_sizes),
             ignore_iou=self.ignore_iou,
+            rpn_fg_iou=self.rpn_fg_iou,
+            rpn_pre_nms_top_n=(600, max(300, int(self.test_proposals))),
+            rpn_post_nms_top_n=(300, int(self.test_proposals)),
             box_head_size=self.box_head_size,
             box_batch_size_per_image=self.box_batch_size,
             box_score_thresh=self.score_threshold,

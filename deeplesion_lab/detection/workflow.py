@@ -26,6 +26,7 @@ from ..atomic import write_json
 from ..errors import LabError
 from ..manifest import manifest_images_root
 from ..run import RunDir
+from .bootstrap import MEAN_KEY, bootstrap_sensitivity, paired_difference
 from .froc import FROCResult, evaluate_predictions, results_table
 
 __all__ = [
@@ -44,6 +45,9 @@ __all__ = [
 
 #: Fine-tuning's default learning rate, relative to the base model's.
 FINETUNE_LR_FACTOR = 0.25
+
+#: Bootstrap resamples behind the 95 % intervals written to metrics.json.
+N_BOOT = 1000
 
 
 def add_training_arguments(p: argparse.ArgumentParser, *, finetune: bool = False) -> None:
@@ -85,12 +89,15 @@ def add_runtime_arguments(p: argparse.ArgumentParser) -> None:
 
 def add_model_arguments(p: argparse.ArgumentParser) -> None:
     """Network and input options of a new detector."""
-    from .config import BACKBONES
+    from .config import BACKBONES, NORMS
 
     g = p.add_argument_group("network and input")
     g.add_argument("--backbone", choices=BACKBONES, default="mobilenet_v3_large_fpn")
     g.add_argument("--backbone-weights", type=Path, default=None, metavar="FILE",
                    help="local classification checkpoint for the backbone (never downloaded)")
+    g.add_argument("--norm", choices=NORMS, default="batch",
+                   help="normalisation layers of the backbone: batch (default; frozen with "
+                        "--backbone-weights) or group (independent of the batch)")
     g.add_argument("--image-size", type=int, default=512,
                    help="canvas side in px (default 512)")
     g.add_argument("--spacing-mm", type=float, default=0.8,
@@ -139,6 +146,7 @@ def detector_params(args: argparse.Namespace, *, new: bool) -> dict[str, Any]:
             train_crop=crop or None,
             box_batch_size=args.box_batch or (128 if cuda else 32),
             backbone=args.backbone,
+            norm=args.norm,
             backbone_weights=str(args.backbone_weights) if args.backbone_weights else None,
             image_size=args.image_size,
             spacing_mm=args.spacing_mm,
@@ -227,8 +235,14 @@ def record_evaluation(
     result: FROCResult,
     **extra: Any,
 ) -> dict:
-    """Write ``detection.<name>`` into the run's metrics (when a run is given); return it."""
-    entry = {**result.to_metrics(), **{k: v for k, v in extra.items() if v is not None}}
+    """Write ``detection.<name>`` into the run's metrics (when a run is given); return it.
+
+    The entry holds the sensitivities, their 95 % bootstrap intervals over the evaluated images
+    (``interval95``, :func:`~deeplesion_lab.detection.bootstrap.bootstrap_sensitivity`) and
+    ``extra``.
+    """
+    entry = {**result.to_metrics(), "interval95": interval_metrics(result),
+             **{k: v for k, v in extra.items() if v is not None}}
     if run is not None:
         run.update_metrics({"detection": {name: entry}})
     return entry
@@ -371,9 +385,13 @@ def run_finetune(
     plot_froc(curves, folder / "froc_before_after.png", title="Fine-tuning: before / after")
     froc_html(curves, folder / "froc_before_after.html", title="Fine-tuning: before / after")
 
+    diff = paired_difference(after.curve, before.curve, n_boot=N_BOOT)
     ft = {
-        "before": {**before.to_metrics(), "model": base_name, "predictions": str(p_before)},
-        "after": {**after.to_metrics(), "model": name, "predictions": str(p_after)},
+        "before": {**before.to_metrics(), "interval95": interval_metrics(before),
+                   "model": base_name, "predictions": str(p_before)},
+        "after": {**after.to_metrics(), "interval95": interval_metrics(after),
+                  "model": name, "predictions": str(p_after)},
+        "difference": diff.to_metrics(),
         "model": name,
         "parent": base_name,
         "labels_source": source.get("labels_source"),
@@ -388,7 +406,17 @@ def run_finetune(
     }
     run.update_metrics({"finetune": ft, "detection": {name: ft["after"]}})
     out(results_table({"before": before, "after": after}))
+    out(f"after - before, mean 0.5-4 FP: {diff.format()} (95 % paired bootstrap over the "
+        f"{after.n_images} key slices; after not better in {diff.p_le_zero[MEAN_KEY]:.0%} of "
+        "resamples)")
     return ft
+
+
+def interval_metrics(result: FROCResult, n_boot: int | None = None) -> dict | None:
+    """95 % bootstrap intervals of a result's sensitivities, JSON-able (``None``: no lesion)."""
+    if result.n_lesions == 0:
+        return None
+    return bootstrap_sensitivity(result.curve, n_boot=n_boot or N_BOOT).to_metrics()
 
 
 def _images_per_s(history: list[dict]) -> float | None:
