@@ -53,6 +53,13 @@ def test_pipeline_writes_every_figure(tiny_lab: Path) -> None:
         vals = [sens[k] for k in ("0.5", "1", "2", "4", "8", "16")]
         assert vals == sorted(vals)
     assert set(metrics["finetune"]["before"]["sensitivity"]) == set(sens)
+    if (os.cpu_count() or 1) > 1:  # the two detectors trained side by side, one log each
+        for name in ("single", "pseudo"):
+            log = (run / "logs" / f"train-detector-{name}.log").read_text()
+            assert f"detector/{name}" in log
+    # the latest model is the fine-tuned one, made from the pseudo-label detector
+    latest = json.loads((run / "detector" / "latest.json").read_text())["name"]
+    assert latest == metrics["finetune"]["model"] and metrics["finetune"]["parent"] == "pseudo"
     assert set(metrics["finetune"]["after"]["sensitivity"]) == set(sens)
     for key in ("precision", "recall", "f1", "auc"):
         assert 0.0 <= metrics["matching"][key] <= 1.0
@@ -116,3 +123,16 @@ def test_notebook_runs_headless(path: Path, tiny_lab: Path, monkeypatch) -> None
     assert not errors, errors
     shown = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
     assert shown, "the notebook displayed nothing"
+
+
+def test_side_by_side_commands_report_failures_with_their_log(tmp_path) -> None:
+    from deeplesion_lab.errors import LabError
+    from deeplesion_lab.pipeline import _cli_side_by_side
+
+    with pytest.raises(LabError) as err:
+        _cli_side_by_side({"ok": ["--help"], "bad": ["train-detector", "--run", tmp_path / "none",
+                                                     "--classes", "single"]}, tmp_path / "logs")
+    msg = str(err.value)
+    assert "`bad` failed (2)" in msg and "`ok`" not in msg
+    assert str(tmp_path / "logs" / "bad.log") in msg
+    assert "usage" in (tmp_path / "logs" / "ok.log").read_text()
