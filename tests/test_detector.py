@@ -83,6 +83,18 @@ def test_build_detector_and_errors() -> None:
         build_detector(0)
 
 
+def test_proposal_settings_reach_the_network() -> None:
+    det = LesionDetector(test_proposals=500, rpn_fg_iou=0.5, image_size=64, box_head_size=32)
+    m = det._build(1)
+    assert m.rpn._post_nms_top_n["testing"] == 500 and m.rpn._pre_nms_top_n["testing"] == 500
+    assert m.rpn._post_nms_top_n["training"] == 300
+    assert m.rpn.proposal_matcher.high_threshold == 0.5
+    assert m.rpn.proposal_matcher.low_threshold == 0.3
+    default = LesionDetector(image_size=64, box_head_size=32)._build(1)
+    assert default.rpn._post_nms_top_n["testing"] == 150
+    assert default.rpn.proposal_matcher.high_threshold == 0.7
+
+
 def test_class_agnostic_lesion_score() -> None:
     m = build_detector(3, image_size=64, box_head_size=32, box_score_thresh=0.0,
                        box_nms_thresh=0.5)

@@ -318,7 +318,8 @@ def build_detector(
     rpn, heads = model.rpn, model.roi_heads
     new_rpn = LesionRPN(
         rpn.anchor_generator, rpn.head,
-        fg_iou_thresh=rpn_fg_iou, bg_iou_thresh=min(0.3, rpn_fg_iou), batch_size_per_image=256, positive_fraction=0.5,
+        fg_iou_thresh=rpn_fg_iou, bg_iou_thresh=min(0.3, rpn_fg_iou), batch_size_per_image=256,
+        positive_fraction=0.5,
         pre_nms_top_n=dict(rpn._pre_nms_top_n), post_nms_top_n=dict(rpn._post_nms_top_n),
         nms_thresh=rpn.nms_thresh, score_thresh=rpn.score_thresh,
     )
