@@ -269,12 +269,9 @@ def main() -> int:
 
 def _fit_job(job: dict) -> dict:
     """Train one detector (in its own process when run through :func:`parallel`)."""
-    import torch
-
     from deeplesion_lab.detection.train import LesionDetector
     from deeplesion_lab.manifest import read_manifest
 
-    torch.set_num_threads(int(job["params"].get("num_threads") or 1))
     m = read_manifest(job["manifest"])
     labels = pd.read_parquet(job["labels"]) if job["labels"] else None
     t = time.perf_counter()

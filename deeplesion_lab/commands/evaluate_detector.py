@@ -69,11 +69,10 @@ def run(args: argparse.Namespace) -> int:
             print(f"wrote {v}")
     entry = record_evaluation(run_dir, name, res, predictions=str(args.predictions.resolve()),
                               **plots)
-    ci = entry.get("interval95")
-    if ci:
-        low, high = ci["interval"]["mean_0.5-4"]
-        print(f"mean 0.5-4: {res.mean_sensitivity_0_5_to_4:.3f}, 95 % interval [{low:.3f}, "
-              f"{high:.3f}] ({ci['n_boot']} bootstrap resamples of the {res.n_images} key slices)")
+    ci = entry["interval95"]
+    low, high = ci["interval"]["mean_0.5-4"]
+    print(f"mean 0.5-4: {res.mean_sensitivity_0_5_to_4:.3f}, 95 % interval [{low:.3f}, "
+          f"{high:.3f}] ({ci['n_boot']} bootstrap resamples of the {res.n_images} key slices)")
     if run_dir is not None:
         print(f"metrics: {run_dir.metrics} (detection.{name})")
     return 0

@@ -66,11 +66,10 @@ class SensitivityInterval:
             out["p_le_zero"] = dict(self.p_le_zero)
         return out
 
-    def format(self, key: str = "mean_0.5-4", digits: int = 3) -> str:
+    def format(self, key: str = MEAN_KEY, digits: int = 3) -> str:
         """``"0.412 [0.301, 0.520]"`` for one key."""
         return (f"{self.estimate[key]:.{digits}f} "
                 f"[{self.low[key]:.{digits}f}, {self.high[key]:.{digits}f}]")
-
 
 
 def _check(curve: FROCCurve) -> None:
@@ -121,8 +120,9 @@ def _with_mean(values: np.ndarray, fp_rates: Sequence[float]) -> np.ndarray:
     return np.concatenate([values, mean], axis=-1)
 
 
-def _interval(point: np.ndarray, draws: np.ndarray, keys: list[str], level: float,
+def _interval(point: np.ndarray, draws: np.ndarray, fp_rates: Sequence[float], level: float,
               n_boot: int, paired: bool) -> SensitivityInterval:
+    keys = [fp_key(f) for f in fp_rates] + [MEAN_KEY]
     alpha = (1.0 - level) / 2.0
     lo = np.quantile(draws, alpha, axis=0)
     hi = np.quantile(draws, 1.0 - alpha, axis=0)
@@ -164,10 +164,9 @@ def bootstrap_sensitivity(
     SensitivityInterval
     """
     _check(curve)
-    keys = [fp_key(f) for f in fp_rates] + [MEAN_KEY]
     point = _with_mean(curve.sensitivity_at(fp_rates), fp_rates)
     (draws,) = _draws([curve], fp_rates, n_boot, seed)
-    return _interval(point, _with_mean(draws, fp_rates), keys, level, n_boot, paired=False)
+    return _interval(point, _with_mean(draws, fp_rates), fp_rates, level, n_boot, paired=False)
 
 
 def paired_difference(
@@ -196,9 +195,8 @@ def paired_difference(
                                                                     curve_b.gt_per_image):
         raise FROCError("paired comparison needs two curves over the same images and lesions "
                         f"({curve_a.n_images} vs {curve_b.n_images} images)")
-    keys = [fp_key(f) for f in fp_rates] + [MEAN_KEY]
     point = (_with_mean(curve_a.sensitivity_at(fp_rates), fp_rates)
              - _with_mean(curve_b.sensitivity_at(fp_rates), fp_rates))
     da, db = _draws([curve_a, curve_b], fp_rates, n_boot, seed)
     diff = _with_mean(da, fp_rates) - _with_mean(db, fp_rates)
-    return _interval(point, diff, keys, level, n_boot, paired=True)
+    return _interval(point, diff, fp_rates, level, n_boot, paired=True)

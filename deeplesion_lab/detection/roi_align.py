@@ -12,7 +12,8 @@ interpolation weights (torchvision's rules: sample points beyond one pixel outsi
 ``einsum`` calls per image and level, whose gradients are ordinary (multi-threaded) matrix
 products. :class:`SeparableRoIAlign` uses it while gradients are being recorded on a CPU
 (training) and torchvision's kernel otherwise (inference on whole canvases, where the forward
-pass of the kernel is cheaper, and GPUs, whose kernel is fast). The two agree to float rounding (``tests/test_detector_roi_align.py``).
+pass of the kernel is cheaper, and GPUs, whose kernel is fast). The two agree to float
+rounding (``tests/test_detector_roi_align.py``).
 """
 
 from __future__ import annotations

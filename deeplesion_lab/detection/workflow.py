@@ -412,11 +412,12 @@ def run_finetune(
     return ft
 
 
-def interval_metrics(result: FROCResult, n_boot: int | None = None) -> dict | None:
-    """95 % bootstrap intervals of a result's sensitivities, JSON-able (``None``: no lesion)."""
-    if result.n_lesions == 0:
-        return None
-    return bootstrap_sensitivity(result.curve, n_boot=n_boot or N_BOOT).to_metrics()
+def interval_metrics(result: FROCResult) -> dict:
+    """95 % bootstrap intervals of a result's sensitivities, JSON-able.
+
+    ``evaluate_predictions`` refuses a split without lesions, so every result has some.
+    """
+    return bootstrap_sensitivity(result.curve, n_boot=N_BOOT).to_metrics()
 
 
 def _images_per_s(history: list[dict]) -> float | None:
