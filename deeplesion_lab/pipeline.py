@@ -165,7 +165,7 @@ def pipeline_steps(cfg: PipelineConfig) -> list[Step]:
     m, r = cfg.manifest, cfg.run_dir
     truth = ["--truth", cfg.truth] if cfg.truth else []
     det = run.detector_dir
-    pred_all = det / "predictions_all.csv"
+    pred_all = run.predictions_file("pseudo", "all")
 
     def manifest_step() -> None:
         if cfg.source_csv is None:
@@ -191,9 +191,9 @@ def pipeline_steps(cfg: PipelineConfig) -> list[Step]:
             Step("detect + evaluate (test split)",
                  lambda: {"single", "pseudo"} <= set(_metrics(run).get("detection", {})),
                  lambda: [
-                     (_cli(["detect", "--run", r, "--out", det / f"predictions_{n}_test.csv",
+                     (_cli(["detect", "--run", r, "--out", run.predictions_file(n, "test"),
                             "--model", n]),
-                      _cli(["evaluate-detector", det / f"predictions_{n}_test.csv",
+                      _cli(["evaluate-detector", run.predictions_file(n, "test"),
                             "--manifest", m, "--run", r, "--name", n]))
                      for n in ("single", "pseudo")
                  ]),

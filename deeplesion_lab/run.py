@@ -10,7 +10,13 @@ Layout (each step owns its files; all writes are atomic)::
       umap.parquet           lesion_id, x, y
       metrics.json           every evaluation's numbers, nested by step
       labels.sqlite          the label store (corrections, history, snapshots)
-      detector/              detector checkpoints and predictions
+      detector/              detector checkpoints and predictions:
+        <model>/model.pt                   one folder per trained model (single, pseudo, ...-ft1)
+        predictions_<model>_<split>.csv    ``detect`` of a model on a split (``all``: every key
+                                           slice); the pipeline writes single/pseudo on ``test``
+                                           and pseudo on ``all`` (the lesion graph's detections)
+        <model>/predictions_<split>.csv    a fine-tuned model on its evaluation split (and
+                                           ``predictions_before_<split>.csv``: its parent's)
       graph/                 lesion graph, tracks, proposals
 """
 
@@ -28,6 +34,9 @@ from .atomic import update_json, write_json, write_parquet
 from .errors import LabError
 
 __all__ = ["RunDir", "RunError", "versions"]
+
+#: ``detect --split all`` of runs made before the per-model name (read, never written).
+LEGACY_PREDICTIONS_ALL = "predictions_all.csv"
 
 
 class RunError(LabError, ValueError):
@@ -89,6 +98,51 @@ class RunDir:
     @property
     def graph_dir(self) -> Path:
         return self.path / "graph"
+
+    # detector predictions: the one place that names them (pipeline, finetune, widgets) ---------
+    def predictions_file(self, model: str, split: str = "test") -> Path:
+        """``detector/predictions_<model>_<split>.csv``: ``detect`` of one model on one split."""
+        return self.detector_dir / f"predictions_{model}_{split}.csv"
+
+    def model_predictions_file(self, model: str, split: str = "test", before: bool = False) -> Path:
+        """``detector/<model>/predictions_<split>.csv`` written by ``finetune`` for the new model
+        (``before``: ``predictions_before_<split>.csv``, its parent's on the same slices)."""
+        name = f"predictions_before_{split}.csv" if before else f"predictions_{split}.csv"
+        return self.detector_dir / model / name
+
+    def prediction_files(self) -> dict[str, list[tuple[str, Path]]]:
+        """Every prediction table of the run, by model: ``{model: [(split, path), ...]}``.
+
+        Models are the folders of ``detector/`` with a ``model.pt`` (in creation order) plus any
+        model named by a ``predictions_<model>_<split>.csv``; a legacy ``predictions_all.csv``
+        appears as model ``"all"``. The tables of each model are listed widest split first
+        (``all`` before ``test``/``val``/``train``). A fine-tuned model's "before" table is its
+        parent's and is not listed.
+        """
+        det = self.detector_dir
+        out: dict[str, list[tuple[str, Path]]] = {}
+        if not det.is_dir():
+            return out
+        models = sorted((p.parent for p in det.glob("*/model.pt")), key=lambda p: p.stat().st_mtime)
+        for folder in models:
+            out.setdefault(folder.name, [])
+        for p in sorted(det.glob("predictions_*_*.csv")):
+            model, _, split = p.stem[len("predictions_"):].rpartition("_")
+            if model:
+                out.setdefault(model, []).append((split, p))
+        for folder in models:
+            for p in sorted(folder.glob("predictions_*.csv")):
+                split = p.stem[len("predictions_"):]
+                if not split.startswith("before_"):
+                    out[folder.name].append((split, p))
+        legacy = det / LEGACY_PREDICTIONS_ALL
+        if legacy.is_file():
+            out.setdefault("all", []).append(("all", legacy))
+        order = {"all": 0, "test": 1, "val": 2, "train": 3}
+        return {
+            m: sorted(v, key=lambda sp: (order.get(sp[0], 9), sp[0]))
+            for m, v in out.items() if v
+        }
 
     # run.json --------------------------------------------------------------------------------
     def init(self, manifest: str | Path, truth: str | Path | None = None) -> RunDir:

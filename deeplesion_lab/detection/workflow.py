@@ -379,8 +379,8 @@ def run_finetune(
     set_latest(run, name)
     after_pred = det.predict(manifest, eval_split)
     after = evaluate_predictions(after_pred, manifest, eval_split)
-    p_before = write_predictions(before_pred, folder / f"predictions_before_{eval_split}.csv")
-    p_after = write_predictions(after_pred, folder / f"predictions_{eval_split}.csv")
+    p_before = write_predictions(before_pred, run.model_predictions_file(name, eval_split, before=True))
+    p_after = write_predictions(after_pred, run.model_predictions_file(name, eval_split))
     curves = {f"before ({base_name})": before, f"after ({name})": after}
     plot_froc(curves, folder / "froc_before_after.png", title="Fine-tuning: before / after")
     froc_html(curves, folder / "froc_before_after.html", title="Fine-tuning: before / after")
