@@ -7,9 +7,10 @@ then writes ``embeddings.parquet``, ``pseudo_labels.parquet`` and ``umap.parquet
 simple features** (a noisy one-hot of the lesion's true type plus its location), not with the
 embedding network: the widgets only read those files, and this keeps the tests fast. A few
 lesions get a deliberately wrong pseudo-label with low confidence (``RUN.planted_wrong``), so
-"suggest next" has something real to find. Detector predictions (``detector/predictions.csv``,
-the ``detect`` command's columns) and mined candidates (``graph/proposals.parquet``) are written
-too, so the viewer's overlays have content.
+"suggest next" has something real to find. Detector predictions of two models (the ``detect``
+command's columns, where the run layout puts them: ``pseudo`` on every key image, ``single`` on
+the test split) and mined candidates (``graph/proposals.parquet``) are written too, so the
+viewer's overlays have content.
 
 With ``source="demo"`` (or ``"auto"`` when :mod:`deeplesion_lab.demo` is importable) the images
 and CSV come from the demo generator instead of the hand-made slices.
@@ -213,17 +214,21 @@ def make_tiny_run(tmp: Path, source: str = "hand", n_patients: int = 4, seed: in
     um.to_parquet(run.umap, index=False)
 
     # detector predictions (detect's CSV columns) and mined candidates, on the key images
-    pred_rows, cand_rows = [], []
+    pred_rows, cand_rows, single_rows = [], [], []
     for r in les.itertuples(index=False):
+        if r.split_name == "test":
+            single_rows.append([r.file_name, r.bbox_x1 - 3, r.bbox_y1 - 3, r.bbox_x2 + 3,
+                                r.bbox_y2 + 3, 0.6, "lesion"])
         b = [r.bbox_x1, r.bbox_y1, r.bbox_x2, r.bbox_y2]
         pred_rows.append([r.file_name, b[0] + 2, b[1] + 1, b[2] + 1, b[3] - 2, 0.9,
                           labels[les.index[les.lesion_id == r.lesion_id][0]]])
         pred_rows.append([r.file_name, 5, 5, 25, 25, 0.2, "lung"])
         cand_rows.append([r.file_name, b[0] + 40, b[1] + 10, b[2] + 30, b[3] + 10, 0.7])
     run.detector_dir.mkdir(exist_ok=True)
-    pd.DataFrame(pred_rows, columns=["file_name", "x1", "y1", "x2", "y2", "score", "label"]).to_csv(
-        run.detector_dir / "predictions.csv", index=False
-    )
+    cols = ["file_name", "x1", "y1", "x2", "y2", "score", "label"]
+    pd.DataFrame(pred_rows, columns=cols).to_csv(run.predictions_file("pseudo", "all"), index=False)
+    pd.DataFrame(single_rows, columns=cols).to_csv(run.predictions_file("single", "test"),
+                                                   index=False)
     run.graph_dir.mkdir(exist_ok=True)
     pd.DataFrame(cand_rows, columns=["file_name", "x1", "y1", "x2", "y2", "score"]).to_parquet(
         run.graph_dir / "proposals.parquet", index=False

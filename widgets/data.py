@@ -24,8 +24,8 @@ __all__ = ["LabData", "WidgetDataError", "thumbnail", "BOX_COLUMNS"]
 #: Box columns accepted in prediction / candidate tables (first match wins).
 BOX_COLUMNS = (("x1", "y1", "x2", "y2"), ("bbox_x1", "bbox_y1", "bbox_x2", "bbox_y2"))
 
-#: File names looked for in ``RUN_DIR/detector`` and ``RUN_DIR/graph``.
-_PRED_FILES = ("predictions.csv", "predictions_test.csv", "predictions.parquet")
+#: Mined candidates looked for in ``RUN_DIR/graph`` (detector predictions: the run layout,
+#: :meth:`deeplesion_lab.run.RunDir.prediction_files`).
 _CAND_FILES = ("proposals.parquet", "proposals.csv", "candidates.parquet")
 
 _SLICE_CACHE = 96  # slices kept in memory (512x512 int16 = 0.5 MB each)
@@ -138,6 +138,9 @@ class LabData:
         label``).
     run : RunDir or None
         The run directory, when there is one.
+    prediction_sets : dict, optional
+        Predictions of several models, ``{model: table}``; :attr:`predictions` is the one of
+        :attr:`prediction_model` (default: the table covering the most key images).
     """
 
     def __init__(
@@ -148,15 +151,26 @@ class LabData:
         predictions: pd.DataFrame | None = None,
         candidates: pd.DataFrame | None = None,
         run: RunDir | None = None,
+        prediction_sets: dict[str, pd.DataFrame] | None = None,
     ):
         if "lesion_id" not in lesions.columns:
             raise WidgetDataError("the lesion table has no lesion_id column")
         self.lesions = lesions.reset_index(drop=True)
         self.images_root = Path(images_root) if images_root else None
         self.embeddings = embeddings
-        self.predictions = predictions
         self.candidates = candidates
         self.run = run
+        sets = dict(prediction_sets or {})
+        if predictions is not None:
+            sets = {"predictions": predictions, **sets}
+        #: predictions by model name (see :meth:`set_prediction_model`)
+        self.prediction_sets: dict[str, pd.DataFrame] = sets
+        self.prediction_model: str | None = None
+        self.predictions: pd.DataFrame | None = None
+        self._pred_by_file: dict[str, pd.DataFrame] = {}
+        if sets:
+            widest = max(sets, key=lambda k: sets[k]["file_name"].nunique() if len(sets[k]) else -1)
+            self.set_prediction_model("predictions" if predictions is not None else widest)
         ids = self.lesions["lesion_id"].astype(str).to_numpy()
         self.lesion_ids = ids
         self.row_of: dict[str, int] = {lid: i for i, lid in enumerate(ids)}
@@ -170,7 +184,6 @@ class LabData:
         self.point_of_row[self.point_rows] = np.arange(len(self.point_rows))
         self._slices: OrderedDict[tuple[str, int], np.ndarray] = OrderedDict()
         self._series: dict[str, list[int]] = {}
-        self._pred_by_file = self._group(predictions)
         self._cand_by_file = self._group(candidates)
         self._lesions_by_file = {
             k: np.asarray(v, dtype=np.int64)
@@ -216,8 +229,10 @@ class LabData:
     ) -> LabData:
         """From a run directory: manifest + ``umap.parquet`` + embeddings + pseudo-labels.
 
-        Detector predictions are read from ``detector/predictions.csv`` and mined candidates
-        from ``graph/proposals.parquet`` (or ``.csv``) when present, unless given explicitly.
+        The predictions of every model of the run are read where the run layout puts them
+        (:meth:`deeplesion_lab.run.RunDir.prediction_files`; one table per model, its splits
+        together) and mined candidates from ``graph/proposals.parquet`` (or ``.csv``), unless
+        given explicitly.
         """
         run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
         from deeplesion_lab.manifest import read_manifest
@@ -255,8 +270,9 @@ class LabData:
             emb = np.full((len(les), vec.shape[1]), np.nan, dtype=np.float32)
             emb[idx >= 0] = vec[idx[idx >= 0]]
         # explicit tables must be right; files found by name in the run are shown if they fit
+        sets: dict[str, pd.DataFrame] = {}
         if predictions is None:
-            predictions = _safe_overlay(_find_overlay_file(run.detector_dir, _PRED_FILES), "predictions")
+            sets = run_prediction_sets(run)
         else:
             predictions = _overlay_table(predictions, "predictions")
         if candidates is None:
@@ -271,7 +287,17 @@ class LabData:
             predictions=predictions,
             candidates=candidates,
             run=run,
+            prediction_sets=sets,
         )
+
+    def set_prediction_model(self, name: str) -> None:
+        """Show the predictions of model ``name`` (one of :attr:`prediction_sets`)."""
+        if name not in self.prediction_sets:
+            known = ", ".join(self.prediction_sets) or "none"
+            raise WidgetDataError(f"no predictions of model {name!r} in this run (known: {known})")
+        self.prediction_model = name
+        self.predictions = self.prediction_sets[name]
+        self._pred_by_file = self._group(self.predictions)
 
     @staticmethod
     def _group(df: pd.DataFrame | None) -> dict[str, pd.DataFrame]:
@@ -359,6 +385,28 @@ class LabData:
             return None
         box = [float(row[c]) for c in ("bbox_x1", "bbox_y1", "bbox_x2", "bbox_y2")]
         return thumbnail(hu, box, self.lesion_window(row), size=size)
+
+
+def run_prediction_sets(run: RunDir) -> dict[str, pd.DataFrame]:
+    """``{model: predictions}`` of a run, one table per model from the run layout.
+
+    A model's tables of several splits are joined; where two cover the same key image (an
+    ``all`` table and a ``test`` one), the first (widest) one's boxes are kept. Unreadable
+    tables are skipped with a warning naming the file.
+    """
+    out: dict[str, pd.DataFrame] = {}
+    for model, tables in run.prediction_files().items():
+        parts, seen = [], set()
+        for _split, path in tables:
+            df = _safe_overlay(path, "predictions")
+            if df is None:
+                continue
+            df = df[~df["file_name"].isin(seen)]
+            seen.update(df["file_name"].unique())
+            parts.append(df)
+        if parts:
+            out[model] = pd.concat(parts, ignore_index=True)
+    return out
 
 
 def _safe_overlay(source, what: str) -> pd.DataFrame | None:

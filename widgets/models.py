@@ -293,7 +293,9 @@ class ViewerModel:
     show : dict
         Visibility of ``annotations``, ``predictions`` and ``candidates``.
     score_threshold : float
-        Predictions below it are hidden.
+        Predictions and mined candidates scoring below it are hidden.
+    prediction_model : str or None
+        The model whose predictions are shown (one of :attr:`prediction_models`).
     """
 
     OVERLAYS = ("annotations", "predictions", "candidates")
@@ -383,6 +385,20 @@ class ViewerModel:
 
     def set_score_threshold(self, value: float) -> None:
         self.score_threshold = float(min(max(value, 0.0), 1.0))
+        self.overlays_changed.emit()
+
+    @property
+    def prediction_models(self) -> list[str]:
+        """Models of the run with predictions (single, pseudo, fine-tuned, ...)."""
+        return list(self.data.prediction_sets)
+
+    @property
+    def prediction_model(self) -> str | None:
+        return self.data.prediction_model
+
+    def set_prediction_model(self, name: str) -> None:
+        """Show the predictions of another model of the run."""
+        self.data.set_prediction_model(name)
         self.overlays_changed.emit()
 
     # content -----------------------------------------------------------------------------------

@@ -9,7 +9,9 @@
 //   window_level, window_width (HU), preset (name), presets {name: [level, width]}
 //   annotations      [{lesion_id, box, recist, label, color, current, long_mm, short_mm}]
 //   predictions      [{box, score, label, color}]   candidates: same, mined unannotated lesions
-//   show_annotations, show_predictions, show_candidates (bool), score_threshold (0-1)
+//   show_annotations, show_predictions, show_candidates (bool), score_threshold (0-1): hides
+//                    predictions and candidates scoring below it
+//   prediction_models [name]  models of the run with predictions; prediction_model: the one shown
 //   spacing          mm per pixel; title, subtitle, status (text); canvas_size (css px)
 // Windowing happens here, so a window drag never waits for the server.
 
@@ -40,6 +42,9 @@ const STYLE = `
 .dlv-sw{display:inline-block;width:16px;height:10px;margin-right:4px;vertical-align:-1px;border-radius:1px}
 .dlv-help{color:#6f757d;font-size:11px}
 `;
+
+// one colour per layer, the same in the legend and on the image (the class is in the tag)
+const COLORS = { annotations: "#f5c542", predictions: "#4aa3ff", candidates: "#ff5ad9" };
 
 function bytesOf(v) {
   if (v == null) return new Uint8Array(0);
@@ -86,21 +91,24 @@ function render({ model, el }) {
   // which double as the legend (each shows the style it draws)
   const presetSel = h("select", { title: "window preset (or drag with the right button)" });
   const wl = h("span", { class: "dlv-wl" });
-  const thr = h("input", { type: "range", min: "0", max: "1", step: "0.01", title: "hide predicted boxes scoring below", style: "width:90px" });
+  const thr = h("input", { type: "range", min: "0", max: "1", step: "0.01", title: "hide predicted boxes and candidates scoring below", style: "width:90px" });
+  const modelSel = h("select", { class: "dlv-model", title: "whose predictions are drawn" });
+  modelSel.addEventListener("change", () => { model.set("prediction_model", modelSel.value); model.save_changes(); });
   const thrVal = h("span", { class: "dlv-num", style: "min-width:34px;text-align:left" });
   thr.addEventListener("input", () => {
     thrVal.textContent = Number(thr.value).toFixed(2);
     model.set("score_threshold", Number(thr.value)); model.save_changes(); schedule();
   });
-  root.append(h("div", { class: "dlv-bar" }, presetSel, wl,
-    h("label", { title: "hide predicted boxes scoring below", style: "margin-left:auto" }, "score ≥", thr, thrVal)));
+  const modelLabel = h("label", { title: "whose predictions are drawn" }, "model", modelSel);
+  root.append(h("div", { class: "dlv-bar" }, presetSel, wl, modelLabel,
+    h("label", { title: "hide predicted boxes and candidates scoring below", style: "margin-left:auto" }, "score ≥", thr, thrVal)));
   const toggles = {};
   const legend = h("div", { class: "dlv-legend" });
   const sw = (style) => h("span", { class: "dlv-sw", style });
   for (const [key, name, style] of [
-    ["annotations", "annotated box + RECIST", "border:2px solid #f5c542"],
-    ["predictions", "predicted (class, score)", "border:2px solid #4aa3ff"],
-    ["candidates", "mined candidate", "border:2px dashed #ff5ad9"],
+    ["annotations", "annotated box + RECIST", `border:2px solid ${COLORS.annotations}`],
+    ["predictions", "predicted (class, score)", `border:2px solid ${COLORS.predictions}`],
+    ["candidates", "mined candidate", `border:2px dashed ${COLORS.candidates}`],
   ]) {
     const cb = h("input", { type: "checkbox" });
     cb.addEventListener("change", () => { model.set(`show_${key}`, cb.checked); model.save_changes(); schedule(); });
@@ -179,14 +187,21 @@ function render({ model, el }) {
     return [(sx - size / 2 - panX) / s + iw / 2, (sy - size / 2 - panY) / s + ih / 2];
   }
 
-  function tag(text, x, y, color) {
+  // tags never overlap: one that would cover an earlier one is left out (its box stays)
+  let tags = [];
+  function tag(text, x, y, color, dot) {
     ctx.font = "600 11px system-ui,sans-serif";
-    const w = ctx.measureText(text).width + 8;
+    const w = ctx.measureText(text).width + 8 + (dot ? 10 : 0);
     const ty = y - 17 < 2 ? y + 3 : y - 17;
+    if (tags.some((r) => x < r[0] + r[2] && r[0] < x + w && ty < r[1] + 15 && r[1] < ty + 15)) return false;
+    tags.push([x, ty, w, 15]);
     ctx.fillStyle = "rgba(0,0,0,0.72)";
     ctx.fillRect(x, ty, w, 15);
+    let tx = x + 4;
+    if (dot) { ctx.fillStyle = dot; ctx.beginPath(); ctx.arc(x + 8, ty + 7.5, 3.5, 0, 7); ctx.fill(); tx += 10; }
     ctx.fillStyle = color;
-    ctx.fillText(text, x + 4, ty + 11.5);
+    ctx.fillText(text, tx, ty + 11.5);
+    return true;
   }
 
   function boxPath(b) {
@@ -206,31 +221,14 @@ function render({ model, el }) {
     ctx.imageSmoothingEnabled = s < 2;
     ctx.drawImage(off, x0, y0, iw * s, ih * s);
     const lw = 1.5;
-    // predictions (thin solid, class colour, score tag)
-    if (model.get("show_predictions")) {
-      const t = model.get("score_threshold") || 0;
-      for (const p of model.get("predictions") || []) {
-        if (p.score < t) continue;
-        const [x, y, w, hh] = boxPath(p.box);
-        ctx.strokeStyle = p.color || "#4aa3ff"; ctx.lineWidth = lw; ctx.setLineDash([]);
-        ctx.strokeRect(x, y, w, hh);
-        tag(`${p.label || "lesion"} ${p.score.toFixed(2)}`, x, y, p.color || "#4aa3ff");
-      }
-    }
-    // mined candidates (dashed magenta)
-    if (model.get("show_candidates")) {
-      for (const c of model.get("candidates") || []) {
-        const [x, y, w, hh] = boxPath(c.box);
-        ctx.strokeStyle = "#ff5ad9"; ctx.lineWidth = lw; ctx.setLineDash([5, 4]);
-        ctx.strokeRect(x, y, w, hh);
-        ctx.setLineDash([]);
-        tag(`candidate${c.score != null ? " " + c.score.toFixed(2) : ""}`, x, y + hh + 20, "#ff9ceb");
-      }
-    }
-    // annotations: box in label colour + RECIST diameters
+    const t = model.get("score_threshold") || 0;
+    tags = [];
+    let shown = { annotations: 0, predictions: 0, candidates: 0 };
+    // annotations first (their tags win): box in the annotation colour + RECIST diameters;
+    // the tag names the current label, with its class colour as a dot
     if (model.get("show_annotations")) {
       for (const a of model.get("annotations") || []) {
-        const col = a.color || "#f5c542";
+        const col = COLORS.annotations;
         const [x, y, w, hh] = boxPath(a.box);
         ctx.setLineDash([]);
         ctx.lineWidth = a.current ? 2.2 : 1.4;
@@ -252,9 +250,36 @@ function render({ model, el }) {
         }
         ctx.globalAlpha = 1;
         const mm = a.long_mm != null ? ` ${a.long_mm}×${a.short_mm} mm` : "";
-        tag(`${a.label}${mm}${a.noisy ? " (noisy)" : ""}`, x, y, col);
+        tag(`${a.label}${mm}${a.noisy ? " (noisy)" : ""}`, x, y, col, a.color);
+        shown.annotations += 1;
       }
     }
+    // predictions (thin solid blue, "class score" tag), best first
+    if (model.get("show_predictions")) {
+      for (const p of model.get("predictions") || []) {
+        if (p.score < t) continue;
+        const [x, y, w, hh] = boxPath(p.box);
+        ctx.strokeStyle = COLORS.predictions; ctx.lineWidth = lw; ctx.setLineDash([]);
+        ctx.strokeRect(x, y, w, hh);
+        tag(`${p.label || "lesion"} ${p.score.toFixed(2)}`, x, y, COLORS.predictions);
+        shown.predictions += 1;
+      }
+    }
+    // mined candidates (dashed magenta), under the same score threshold
+    if (model.get("show_candidates")) {
+      for (const c of model.get("candidates") || []) {
+        if (c.score != null && c.score < t) continue;
+        const [x, y, w, hh] = boxPath(c.box);
+        ctx.strokeStyle = COLORS.candidates; ctx.lineWidth = lw; ctx.setLineDash([5, 4]);
+        ctx.strokeRect(x, y, w, hh);
+        ctx.setLineDash([]);
+        tag(`candidate${c.score != null ? " " + c.score.toFixed(2) : ""}`, x, y + hh + 20, "#ff9ceb");
+        shown.candidates += 1;
+      }
+    }
+    el.dataset.shownAnnotations = String(shown.annotations);
+    el.dataset.shownPredictions = String(shown.predictions);
+    el.dataset.shownCandidates = String(shown.candidates);
     ctx.setLineDash([]);
     // scale bar (10 mm) and slice position
     const sp = model.get("spacing");
@@ -328,6 +353,13 @@ function render({ model, el }) {
     const names = ["dicom", ...Object.keys(model.get("presets") || {}), "custom"];
     for (const n of names) presetSel.append(h("option", { value: n, text: n === "dicom" ? "DICOM (lesion)" : n }));
     syncWindow();
+  }
+
+  function syncModels() {
+    const names = model.get("prediction_models") || [];
+    modelSel.replaceChildren(...names.map((n) => h("option", { value: n, text: n })));
+    modelLabel.style.display = names.length ? "" : "none";
+    if (names.includes(model.get("prediction_model"))) modelSel.value = model.get("prediction_model");
   }
 
   function syncToggles() {
@@ -450,11 +482,12 @@ function render({ model, el }) {
     ["change:annotations", schedule], ["change:predictions", schedule], ["change:candidates", schedule],
     ["change:show_annotations", syncToggles], ["change:show_predictions", syncToggles],
     ["change:show_candidates", syncToggles], ["change:score_threshold", syncToggles],
+    ["change:prediction_models", syncModels], ["change:prediction_model", syncModels],
     ["change:spacing", schedule], ["change:title", syncTitle], ["change:subtitle", syncTitle],
     ["change:status", syncImage],
   ];
   for (const [ev, fn] of handlers) model.on(ev, fn);
-  syncPresets(); syncToggles(); syncTitle(); syncImage();
+  syncPresets(); syncModels(); syncToggles(); syncTitle(); syncImage();
   return () => { for (const [ev, fn] of handlers) model.off(ev, fn); if (frame) cancelAnimationFrame(frame); };
 }
 

@@ -57,6 +57,8 @@ class SliceViewer(anywidget.AnyWidget):
     show_predictions = t.Bool(True).tag(sync=True)
     show_candidates = t.Bool(True).tag(sync=True)
     score_threshold = t.Float(0.5).tag(sync=True)
+    prediction_models = t.List(t.Unicode()).tag(sync=True)
+    prediction_model = t.Unicode("").tag(sync=True)
     spacing = t.Float(0.0).tag(sync=True)
     lesion_id = t.Unicode("").tag(sync=True)
     title = t.Unicode("").tag(sync=True)
@@ -73,6 +75,8 @@ class SliceViewer(anywidget.AnyWidget):
         self.show_predictions = model.show["predictions"]
         self.show_candidates = model.show["candidates"]
         self.score_threshold = model.score_threshold
+        self.prediction_models = model.prediction_models
+        self.prediction_model = model.prediction_model or ""
         model.lesion_changed.connect(self._on_lesion)
         model.slice_changed.connect(self._on_slice)
         model.window_changed.connect(self._on_window)
@@ -176,6 +180,8 @@ class SliceViewer(anywidget.AnyWidget):
             self.show_predictions = m.show["predictions"]
             self.show_candidates = m.show["candidates"]
             self.score_threshold = m.score_threshold
+            self.prediction_models = m.prediction_models
+            self.prediction_model = m.prediction_model or ""
             self._set_overlays()
             if m.lesion_id is not None:
                 info = lesion_summary(m.data, m.labels, m.lesion_id)
@@ -211,3 +217,8 @@ class SliceViewer(anywidget.AnyWidget):
     def _threshold(self, change) -> None:
         if not self._quiet:
             self.model.score_threshold = float(change["new"])
+
+    @t.observe("prediction_model")
+    def _model_chosen(self, change) -> None:
+        if not self._quiet and change["new"] and change["new"] != self.model.prediction_model:
+            self.model.set_prediction_model(change["new"])
