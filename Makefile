@@ -11,7 +11,7 @@ RUN_DIR ?= runs/demo
 LAB_PORT ?= 8888
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 export NUMBA_CACHE_DIR ?= $(CURDIR)/.cache/numba
-export MPLBACKEND ?= Agg
+# no MPLBACKEND here: it would reach `jupyter lab`'s kernels, which then draw no inline figure
 
 .PHONY: all venv lab demo demo-data pipeline test test-fast browser lint bench dashboard clean help
 
@@ -61,11 +61,19 @@ pipeline: $(STAMP) $(MANIFEST)
 	  --truth $(DEMO_DIR)/truth.parquet $(PIPELINE_ARGS)
 
 lab: pipeline
-	@echo "Opening JupyterLab on lab/ at http://127.0.0.1:$(LAB_PORT)/lab (Ctrl-C stops it)"
 	@echo "Report of the run: $(RUN_DIR)/report.html"
-	DLLAB_RUN=$(CURDIR)/$(RUN_DIR) DLLAB_MANIFEST=$(CURDIR)/$(MANIFEST) DLLAB_TRUTH=$(CURDIR)/$(DEMO_DIR)/truth.parquet \
+	@# Jupyter runs in the background so that its real URL (token, and the port it took, which
+	@# is not LAB_PORT when that is busy) can be printed once it serves; Ctrl-C stops it.
+	@DLLAB_RUN=$(CURDIR)/$(RUN_DIR) DLLAB_MANIFEST=$(CURDIR)/$(MANIFEST) DLLAB_TRUTH=$(CURDIR)/$(DEMO_DIR)/truth.parquet \
 	$(BIN)/jupyter lab --no-browser --ip=127.0.0.1 --port=$(LAB_PORT) --notebook-dir=lab \
-	  $$( [ "$$(id -u)" = 0 ] && echo --allow-root )
+	  $$( [ "$$(id -u)" = 0 ] && echo --allow-root ) & pid=$$!; \
+	trap 'kill -TERM $$pid 2>/dev/null; wait $$pid; exit 130' INT TERM; \
+	url=; for i in $$(seq 1200); do \
+	  kill -0 $$pid 2>/dev/null || { wait $$pid; echo "JupyterLab exited ($$?)"; exit 1; }; \
+	  url=$$($(BIN)/python -c 'import json, pathlib, sys; from jupyter_core.paths import jupyter_runtime_dir as d; p = pathlib.Path(d()) / ("jpserver-" + sys.argv[1] + ".json"); i = json.loads(p.read_text()) if p.is_file() else None; print(i["url"].rstrip("/") + "/lab?token=" + i["token"] if i else "")' $$pid 2>/dev/null); \
+	  [ -n "$$url" ] && break; sleep 0.25; done; \
+	echo; echo "JupyterLab on lab/ is serving at $$url  (Ctrl-C stops it)"; echo; \
+	wait $$pid
 
 demo: pipeline
 	@echo "Run report (offline HTML): $(RUN_DIR)/report.html; metrics: $(RUN_DIR)/metrics.json"

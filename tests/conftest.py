@@ -11,7 +11,11 @@ REPO = Path(__file__).resolve().parents[1]
 REAL_DIR = Path(os.environ.get("DEEPLESION_REAL", REPO.parent / "shared" / "deeplesion_real"))
 
 os.environ.setdefault("NUMBA_CACHE_DIR", str(REPO / ".cache" / "numba"))
-os.environ.setdefault("MPLBACKEND", "Agg")
+# The test process draws off-screen; MPLBACKEND stays unset so that the notebook kernels the
+# tests start use the inline backend, as in JupyterLab (a figure in each plotting cell's output).
+import matplotlib  # noqa: E402
+
+matplotlib.use("Agg")
 
 
 @pytest.fixture(scope="session")
