@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
-__all__ = ["BACKBONES", "NORMS"]
+__all__ = ["ARCHS", "BACKBONES", "NORMS"]
+
+#: Detector architectures (``LesionDetector(arch=...)``, ``train-detector --arch``):
+#: a CenterNet-style heatmap detector on a small U-Net (:mod:`.centernet`), torchvision's
+#: Faster R-CNN (:mod:`.model`) and torchvision's FCOS.
+ARCHS: tuple[str, ...] = ("centernet", "fasterrcnn", "fcos")
 
 #: Backbone names accepted by :func:`deeplesion_lab.detection.model.build_detector`.
 BACKBONES: tuple[str, ...] = (

@@ -47,6 +47,8 @@ __all__ = [
     "LesionRPN",
     "LesionRoIHeads",
     "build_detector",
+    "build_fcos",
+    "build_model",
     "load_backbone_weights",
 ]
 
@@ -339,7 +341,83 @@ def build_detector(
     return model
 
 
-def reset_class_head(model: FasterRCNN, num_classes: int) -> None:
-    """Replace the box predictor with a fresh one for ``num_classes`` lesion classes."""
+def reset_class_head(model: nn.Module, num_classes: int) -> None:
+    """Replace the classification layer with a fresh one for ``num_classes`` lesion classes."""
+    if hasattr(model, "reset_class_head"):  # CenterNet, FCOS
+        model.reset_class_head(num_classes)
+        return
     old = model.roi_heads.box_predictor
     model.roi_heads.box_predictor = FastRCNNPredictor(old.cls_score.in_features, num_classes + 1)
+
+
+class LesionFCOS(nn.Module):
+    """torchvision FCOS (a dense one-stage detector) with ignore regions dropped from targets.
+
+    torchvision's FCOS has no ignore label: targets with label < 0 are removed before the loss
+    (they then count as background, a known weakness of this candidate), and every positive
+    target trains one class-agnostic "lesion" class; the class of a detection is unused.
+    """
+
+    arch = "fcos"
+
+    def __init__(self, fcos: nn.Module, num_classes: int):
+        super().__init__()
+        self.fcos = fcos
+        self.num_classes = int(num_classes)
+
+    def reset_class_head(self, num_classes: int) -> None:  # noqa: D102 - one lesion class
+        self.num_classes = int(num_classes)
+
+    def forward(self, images, targets=None):  # noqa: D102 - torchvision interface
+        if targets is not None:
+            targets = [{"boxes": t["boxes"][t["labels"] > 0],
+                        "labels": torch.ones(int((t["labels"] > 0).sum()), dtype=torch.int64,
+                                             device=t["boxes"].device)} for t in targets]
+        return self.fcos(images, targets)
+
+
+def build_fcos(num_classes: int, *, backbone: str = "mobilenet_v3_large_fpn",
+               image_size: int = 512, norm: str = "batch",
+               anchor_sizes: Sequence[int] = (16, 32, 64, 128, 256),
+               box_score_thresh: float = 0.01, box_nms_thresh: float = 0.5,
+               detections_per_img: int = 50) -> nn.Module:
+    """torchvision FCOS on a MobileNetV3/ResNet FPN, random weights, class-agnostic score."""
+    from torchvision.models.detection import FCOS
+
+    if backbone not in BACKBONES:
+        raise ModelError(f"unknown backbone {backbone!r}; choose one of {', '.join(BACKBONES)}")
+    if num_classes < 1:
+        raise ModelError("a detector needs at least one lesion class")
+    body = _backbone(backbone, False, None, norm)
+    n_levels = 4 if backbone.startswith("mobilenet") else 5
+    sizes = tuple(int(s) for s in anchor_sizes)[:n_levels]
+    anchors = AnchorGenerator(tuple((s,) for s in sizes), ((1.0,),) * n_levels)
+    fcos = FCOS(body, num_classes=2, min_size=image_size, max_size=image_size,
+                anchor_generator=anchors, score_thresh=box_score_thresh,
+                nms_thresh=box_nms_thresh, detections_per_img=detections_per_img,
+                topk_candidates=200)
+    t = fcos.transform
+    fcos.transform = CanvasTransform(image_size, image_size, t.image_mean, t.image_std)
+    return LesionFCOS(fcos, num_classes)
+
+
+def build_model(arch: str, num_classes: int, **kw) -> nn.Module:
+    """The network of architecture ``arch`` (one of :data:`~.config.ARCHS`).
+
+    ``kw`` are :func:`build_detector`'s options; each architecture takes those it has.
+    """
+    from .config import ARCHS
+
+    if arch == "fasterrcnn":
+        return build_detector(num_classes, **{k: v for k, v in kw.items() if k != "width"})
+    if arch == "fcos":
+        keep = ("backbone", "image_size", "norm", "anchor_sizes", "box_score_thresh",
+                "box_nms_thresh", "detections_per_img")
+        return build_fcos(num_classes, **{k: v for k, v in kw.items() if k in keep})
+    if arch == "centernet":
+        from .centernet import build_centernet
+
+        keep = ("image_size", "box_score_thresh", "box_nms_thresh", "detections_per_img",
+                "ignore_iou", "width")
+        return build_centernet(num_classes, **{k: v for k, v in kw.items() if k in keep})
+    raise ModelError(f"unknown detector architecture {arch!r}; choose one of {', '.join(ARCHS)}")

@@ -39,7 +39,7 @@ from ..lesion_types import SPLIT_CODES
 from ..manifest import data_hash, manifest_images_root
 from .dataset import DatasetError, KeySliceDataset, collate
 from .labels_table import class_indices, labels_hash
-from .model import ModelError, build_detector, reset_class_head
+from .model import ModelError, build_model, reset_class_head
 from .predict import predict_dataset
 
 __all__ = ["LesionDetector", "CheckpointError", "CHECKPOINT_FORMAT", "select_split"]
@@ -94,12 +94,20 @@ def _state_hash(state: Mapping[str, torch.Tensor]) -> str:
 
 
 class LesionDetector(BaseEstimator):
-    """Faster R-CNN lesion detector on 3-slice key-slice images (single- or multi-class).
+    """Lesion detector on 3-slice key-slice images (single- or multi-class, ``arch``).
 
     Parameters
     ----------
+    arch : {"fasterrcnn", "centernet", "fcos"}, default "fasterrcnn"
+        The network (:data:`~deeplesion_lab.detection.config.ARCHS`): torchvision's Faster
+        R-CNN (:mod:`~deeplesion_lab.detection.model`), the CenterNet-style heatmap detector
+        on a small U-Net (:mod:`~deeplesion_lab.detection.centernet`; several times more
+        training windows per CPU-second), or torchvision's FCOS. Checkpoints record it, and a
+        checkpoint loads only as its own architecture.
+    width : int, default 16
+        Channels of the CenterNet's first stage (``arch="centernet"`` only).
     backbone : str, default "mobilenet_v3_large_fpn"
-        See :data:`deeplesion_lab.detection.model.BACKBONES`.
+        See :data:`deeplesion_lab.detection.model.BACKBONES` (Faster R-CNN and FCOS).
     backbone_weights : str, optional
         Local classification checkpoint for the backbone (no download ever happens).
     norm : {"batch", "group"}, default "batch"
@@ -130,6 +138,9 @@ class LesionDetector(BaseEstimator):
         canvases: several times more steps for the same CPU time (see
         :class:`~deeplesion_lab.detection.dataset.KeySliceDataset`). Inference always sees the
         whole canvas.
+    crop_lesion_p : float, default 0.75
+        Share of training windows centred near a lesion (the others are placed uniformly: the
+        background and hard negatives the network sees).
     optimizer : {"adamw", "sgd"}, default "adamw"
         AdamW converges much faster from random weights (the usual case here: no weights are
         downloaded); SGD suits a pretrained backbone.
@@ -180,6 +191,8 @@ class LesionDetector(BaseEstimator):
 
     def __init__(
         self,
+        arch: str = "fasterrcnn",
+        width: int = 16,
         backbone: str = "mobilenet_v3_large_fpn",
         backbone_weights: str | None = None,
         norm: str = "batch",
@@ -197,6 +210,7 @@ class LesionDetector(BaseEstimator):
         augment: bool = True,
         scale_range: tuple[float, float] = (0.85, 1.15),
         train_crop: int | None = None,
+        crop_lesion_p: float = 0.75,
         unannotated: str = "neighbours",
         neighbour_factor: float = 1.0,
         ignore_iou: float = 0.3,
@@ -215,6 +229,8 @@ class LesionDetector(BaseEstimator):
         warm_start: bool = False,
         progress: bool = True,
     ):
+        self.arch = arch
+        self.width = width
         self.backbone = backbone
         self.backbone_weights = backbone_weights
         self.norm = norm
@@ -232,6 +248,7 @@ class LesionDetector(BaseEstimator):
         self.augment = augment
         self.scale_range = scale_range
         self.train_crop = train_crop
+        self.crop_lesion_p = crop_lesion_p
         self.unannotated = unannotated
         self.neighbour_factor = neighbour_factor
         self.ignore_iou = ignore_iou
@@ -252,8 +269,10 @@ class LesionDetector(BaseEstimator):
 
     # ------------------------------------------------------------------------------------------
     def _build(self, n_classes: int) -> torch.nn.Module:
-        return build_detector(
+        return build_model(
+            self.arch,
             n_classes,
+            width=self.width,
             backbone=self.backbone,
             image_size=self.image_size,
             backbone_weights=self.backbone_weights,
@@ -286,6 +305,7 @@ class LesionDetector(BaseEstimator):
             augment=self.augment and train,
             scale_range=tuple(self.scale_range),
             crop=self.train_crop if train else None,
+            crop_lesion_p=self.crop_lesion_p,
             seed=self.seed,
             cache_mb=self.cache_mb,
         )
@@ -357,6 +377,11 @@ class LesionDetector(BaseEstimator):
         )
         dataset = self._dataset(train, root, train=True, context=manifest, class_index=index,
                                 ignore_boxes=ignore_boxes)
+        if warm and getattr(self.model_, "arch", "fasterrcnn") != self.arch:
+            raise ModelError(
+                f"cannot continue training a {getattr(self.model_, 'arch', 'fasterrcnn')} "
+                f"detector as arch {self.arch!r}; train a new model instead"
+            )
         if warm:
             model = copy.deepcopy(self.model_)
             parent = dict(self.lineage_)
@@ -552,6 +577,7 @@ class LesionDetector(BaseEstimator):
                 {
                     "format": CHECKPOINT_FORMAT,
                     "format_version": CHECKPOINT_VERSION,
+                    "arch": self.arch,
                     "state_dict": self.model_.state_dict(),
                     "classes": list(self.classes_),
                     "params": params,
@@ -562,7 +588,8 @@ class LesionDetector(BaseEstimator):
                 tmp,
             )
         write_json(
-            {"classes": self.classes_, "params": params, "lineage": self.lineage_,
+            {"arch": self.arch, "classes": self.classes_, "params": params,
+             "lineage": self.lineage_,
              "history": self.history_, "n_iter": self.n_iter_},
             folder / "config.json",
         )
@@ -573,6 +600,8 @@ class LesionDetector(BaseEstimator):
         """Load a detector saved by :meth:`save` (``model.pt`` or its folder).
 
         ``overrides`` replace saved parameters (e.g. ``device``, ``epochs``, ``warm_start``).
+        An ``arch`` override other than the checkpoint's architecture is a
+        :class:`CheckpointError` (checkpoints made before ``arch`` existed are Faster R-CNNs).
         """
         path = Path(path)
         if path.is_dir():
@@ -581,6 +610,14 @@ class LesionDetector(BaseEstimator):
         if ck.get("format") != CHECKPOINT_FORMAT or "state_dict" not in ck:
             raise CheckpointError(f"{path}: not a finished deeplesion-lab detector checkpoint")
         params = dict(ck["params"])
+        saved_arch = str(ck.get("arch") or params.get("arch") or "fasterrcnn")
+        params["arch"] = saved_arch
+        want = overrides.get("arch")
+        if want is not None and want != saved_arch:
+            raise CheckpointError(
+                f"{path}: this checkpoint is a {saved_arch} detector, not {want}; load it "
+                f"without --arch (or with --arch {saved_arch}), or train a {want} model"
+            )
         for k in ("scale_range", "anchor_sizes"):
             if isinstance(params.get(k), list):
                 params[k] = tuple(params[k])
@@ -604,7 +641,7 @@ class LesionDetector(BaseEstimator):
             made = (ck.get("lineage") or {}).get("versions", {}).get("deeplesion_lab", "?")
             raise CheckpointError(
                 f"{path}: the saved weights do not fit the network its settings build "
-                f"(backbone {det.backbone}; checkpoint format {version or 'unversioned'}, made "
+                f"(arch {det.arch}, backbone {det.backbone}; checkpoint format {version or 'unversioned'}, made "
                 f"by deeplesion-lab {made}): {len(missing)} tensors missing, {len(unexpected)} "
                 f"unexpected, {len(shapes)} of another shape"
                 + (f" (e.g. {(missing + unexpected + shapes)[0]})"

@@ -43,6 +43,9 @@ __all__ = [
 ]
 
 
+#: Architecture of a new detector when ``--arch`` is not given.
+DEFAULT_ARCH = "fasterrcnn"
+
 #: Fine-tuning's default learning rate, relative to the base model's.
 FINETUNE_LR_FACTOR = 0.25
 
@@ -89,9 +92,16 @@ def add_runtime_arguments(p: argparse.ArgumentParser) -> None:
 
 def add_model_arguments(p: argparse.ArgumentParser) -> None:
     """Network and input options of a new detector."""
-    from .config import BACKBONES, NORMS
+    from .config import ARCHS, BACKBONES, NORMS
 
     g = p.add_argument_group("network and input")
+    g.add_argument("--arch", choices=ARCHS, default=None,
+                   help=f"detector architecture (default {DEFAULT_ARCH}): centernet (a "
+                        "heatmap detector on a small U-Net, fast to train on a CPU), fasterrcnn "
+                        "(torchvision's Faster R-CNN, for a GPU and a local ImageNet file) or "
+                        "fcos (torchvision's FCOS)")
+    g.add_argument("--width", type=int, default=None,
+                   help="channels of the centernet's first stage (default 16)")
     g.add_argument("--backbone", choices=BACKBONES, default="mobilenet_v3_large_fpn")
     g.add_argument("--backbone-weights", type=Path, default=None, metavar="FILE",
                    help="local classification checkpoint for the backbone (never downloaded)")
@@ -141,6 +151,8 @@ def detector_params(args: argparse.Namespace, *, new: bool) -> dict[str, Any]:
         if args.train_crop is None and crop is not None and crop >= args.image_size:
             crop = None  # the default window is no smaller than the canvas: whole images
         out.update(
+            arch=args.arch or DEFAULT_ARCH,
+            width=args.width or 16,
             optimizer=optimizer,
             window=parse_window(args.window),
             train_crop=crop or None,

@@ -1,0 +1,204 @@
+"""Detector candidates side by side at the same CPU budget, on the same demo data (issue 14).
+
+Usage::
+
+    .venv/bin/python bench/bench_detector_arch.py --data DEMO_DIR [--budget 240]
+        [--candidates fasterrcnn,centernet,fcos] [--seeds 0] [--jobs 2]
+        [--results bench/results/detector_arch.md]
+
+Each candidate trains on the demo's training key slices in its own process with **one torch
+thread** (at most ``--jobs`` processes at once), for as many epochs as fit ``--budget``
+CPU-seconds: a short calibration (a few steps after a warm-up, ``time.process_time``) gives
+the CPU-seconds per step, and the number of epochs is the budget divided by the cost of one
+epoch. The CPU time the whole ``fit`` really used is reported beside the budget (it includes
+loading and caching the images). 240 CPU-seconds is what the pipeline gives each detector in
+4 minutes on 2 cores (two detectors side by side, one thread each).
+
+Every candidate is evaluated the same way: the DeepLesion FROC protocol on the key slices of
+the validation and test patients together (and the test split alone), sensitivity at 0.5-16
+FPs per image with 95 % bootstrap intervals over the slices (2,000 resamples), inference ms per
+slice (1 thread) and the peak resident memory of the training process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+
+EVAL = "val+test"
+
+#: Shared settings (the CLI's CPU defaults: 0.8 mm/px, 512 px canvas, 128 px windows).
+BASE = dict(image_size=512, spacing_mm=0.8, train_crop=128, batch_size=4, optimizer="adamw",
+            lr=0.001, window="soft tissue", box_head_size=256, box_batch_size=32,
+            checkpoint_every=0, progress=False, num_threads=1)
+
+#: The candidates: name -> LesionDetector parameters on top of BASE.
+CANDIDATES: dict[str, dict] = {
+    "fasterrcnn": dict(arch="fasterrcnn"),
+    "centernet": dict(arch="centernet", width=16),
+    "fcos": dict(arch="fcos"),
+    "centernet-w32": dict(arch="centernet", width=32),
+    "centernet-1.6mm": dict(arch="centernet", width=16, image_size=256, spacing_mm=1.6,
+                            train_crop=64),
+    "centernet-whole": dict(arch="centernet", width=16, train_crop=None, batch_size=2),
+    "centernet-negatives": dict(arch="centernet", width=16, crop_lesion_p=0.4),
+    "centernet-lr3": dict(arch="centernet", width=16, lr=0.003),
+}
+
+
+def _job(job: dict) -> dict:
+    """Calibrate, train within the budget, evaluate (in a fresh 1-thread process)."""
+    os.environ["OMP_NUM_THREADS"] = "1"
+    import numpy as np
+    import torch
+
+    torch.set_num_threads(1)
+    from deeplesion_lab.detection.bootstrap import bootstrap_sensitivity
+    from deeplesion_lab.detection.dataset import collate
+    from deeplesion_lab.detection.froc import evaluate_predictions
+    from deeplesion_lab.detection.train import LesionDetector, select_split
+    from deeplesion_lab.manifest import manifest_images_root, read_manifest
+
+    m = read_manifest(job["manifest"])
+    params = {**BASE, **job["params"], "seed": job["seed"]}
+    det = LesionDetector(**params)
+    train = select_split(m, "train")
+    # calibration: CPU-seconds per optimiser step on this candidate's windows
+    ds = det._dataset(train, manifest_images_root(m), train=True, context=m)
+    torch.manual_seed(job["seed"])
+    model = det._build(1)
+    model.train()
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+    n = len(ds)
+    bs = int(params["batch_size"])
+    for i in range(n):  # fill the image cache first (fit's first epoch does it too)
+        ds._base(i)
+    per_step = []
+    for s in range(12):
+        c0 = time.process_time()
+        images, targets, _ = collate([ds[(s * bs + j) % n] for j in range(bs)])
+        loss = sum(model(images, targets).values())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if s >= 4:
+            per_step.append(time.process_time() - c0)
+    sec_step = float(np.median(per_step))
+    steps_per_epoch = int(np.ceil(n / bs))
+    epochs = max(1, int(job["budget"] / (sec_step * steps_per_epoch)))
+    del model, opt, ds
+    det.set_params(epochs=epochs)
+    c0, t0 = time.process_time(), time.perf_counter()
+    det.fit(m, None, checkpoint_dir=Path(job["out"]) / "model")
+    cpu_fit, wall_fit = time.process_time() - c0, time.perf_counter() - t0
+    windows = sum(h["images"] for h in det.history_)
+    pred = det.predict(m, EVAL)
+    ms = det.predict_ms_per_image_
+    ev = evaluate_predictions(pred, m, EVAL)
+    test = evaluate_predictions(pred, m, "test")
+    pred.to_csv(Path(job["out"]) / "predictions_eval.csv", index=False)
+    return {
+        "name": job["name"], "seed": job["seed"], "params": {k: str(v) for k, v in params.items()},
+        "epochs": epochs, "calibrated_cpu_s_per_step": sec_step,
+        "train_cpu_s": cpu_fit, "train_wall_s": wall_fit, "windows": windows,
+        "windows_per_cpu_s": windows / cpu_fit,
+        "infer_ms_per_slice": ms,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "eval": ev.to_metrics(), "test": test.to_metrics(),
+        "interval95": bootstrap_sensitivity(ev.curve, n_boot=2000).to_metrics(),
+        "final_loss": det.history_[-1]["loss"] if det.history_ else None,
+    }
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--data", type=Path, required=True,
+                    help="demo folder with manifest.parquet (generate_demo + write_manifest)")
+    ap.add_argument("--budget", type=float, default=240.0, help="CPU-seconds of training each")
+    ap.add_argument("--candidates", default="fasterrcnn,centernet,fcos")
+    ap.add_argument("--seeds", default="0", help="training seeds, comma separated")
+    ap.add_argument("--jobs", type=int, default=2, help="processes at once (1 thread each)")
+    ap.add_argument("--out", type=Path, default=Path("/tmp/bench_detector_arch"))
+    ap.add_argument("--results", type=Path, default=HERE / "results" / "detector_arch.md")
+    args = ap.parse_args()
+
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    names = [c.strip() for c in args.candidates.split(",") if c.strip()]
+    unknown = [c for c in names if c not in CANDIDATES]
+    if unknown:
+        raise SystemExit(f"unknown candidates {unknown}; known: {', '.join(CANDIDATES)}")
+    seeds = [int(s) for s in args.seeds.split(",")]
+    jobs = [{"name": c, "seed": s, "params": CANDIDATES[c], "budget": args.budget,
+             "manifest": str(args.data / "manifest.parquet"),
+             "out": str(args.out / f"{c}-s{s}")} for c in names for s in seeds]
+    args.out.mkdir(parents=True, exist_ok=True)
+    results = []
+    with ProcessPoolExecutor(args.jobs, mp_context=mp.get_context("spawn")) as pool:
+        for r in pool.map(_job, jobs):
+            results.append(r)
+            print(f"{r['name']} seed {r['seed']}: 4 FP {r['eval']['sensitivity']['4']:.3f}, "
+                  f"{r['train_cpu_s']:.0f} CPU-s, {r['windows_per_cpu_s']:.1f} windows/CPU-s",
+                  flush=True)
+    record = {"args": {k: str(v) for k, v in vars(args).items()}, "results": results,
+              "date": time.strftime("%Y-%m-%d"), "load_end": _load()}
+    (args.out / "results.json").write_text(json.dumps(record, indent=2, default=str))
+    write_markdown(args.results, record, args)
+    print(args.results.read_text())
+    return 0
+
+
+def _load() -> str:
+    try:
+        return "/".join(f"{x:.1f}" for x in os.getloadavg())
+    except OSError:  # pragma: no cover
+        return "?"
+
+
+def write_markdown(path: Path, rec: dict, args: argparse.Namespace) -> None:
+    """One table row per candidate and seed; appended to ``path`` under a dated heading."""
+    head = ("| candidate | seed | epochs | train CPU-s | windows/CPU-s | 0.5 FP | 1 FP | 2 FP | "
+            "4 FP [95 %] | 8 FP | mean 0.5-4 [95 %] | test 4 FP | infer ms/slice | peak MB |")
+    lines = [
+        f"## {rec['date']}: budget {args.budget:.0f} CPU-s per model, data "
+        f"`{args.data.name}`",
+        "",
+        f"Command: `.venv/bin/python bench/bench_detector_arch.py --data {args.data} "
+        f"--budget {args.budget:.0f} --candidates {args.candidates} --seeds {args.seeds} "
+        f"--jobs {args.jobs}` (1 torch thread per process; load average at the end "
+        f"{rec['load_end']}). Evaluated on the {EVAL} key slices.",
+        "",
+        head,
+        "|" + "---|" * (head.count("|") - 1),
+    ]
+    for r in rec["results"]:
+        s, iv = r["eval"]["sensitivity"], r["interval95"]["interval"]
+        lines.append(
+            f"| {r['name']} | {r['seed']} | {r['epochs']} | {r['train_cpu_s']:.0f} | "
+            f"{r['windows_per_cpu_s']:.1f} | {s['0.5']:.3f} | {s['1']:.3f} | {s['2']:.3f} | "
+            f"{s['4']:.3f} [{iv['4'][0]:.2f}-{iv['4'][1]:.2f}] | {s['8']:.3f} | "
+            f"{r['eval']['mean_sensitivity_0_5_to_4']:.3f} "
+            f"[{iv['mean_0.5-4'][0]:.2f}-{iv['mean_0.5-4'][1]:.2f}] | "
+            f"{r['test']['sensitivity']['4']:.3f} | {r['infer_ms_per_slice']:.0f} | "
+            f"{r['peak_rss_mb']:.0f} |")
+    ev = rec["results"][0]["eval"] if rec["results"] else {}
+    lines += ["", f"Evaluated lesions / key slices: {ev.get('n_lesions', '?')} / "
+              f"{ev.get('n_images', '?')}.", ""]
+    old = path.read_text() if path.is_file() else (
+        "# Detector candidates at the same CPU budget\n\n"
+        "Written by `bench/bench_detector_arch.py` (see its docstring for the protocol).\n")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(old.rstrip() + "\n\n" + "\n".join(lines))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,311 @@
+"""A CenterNet-style lesion detector for CPU training: a small U-Net and a centre heatmap.
+
+Why: on a CPU, most of a Faster R-CNN training step is not convolution but the two-stage
+machinery (anchor matching, proposal sampling and NMS, RoIAlign and its backward pass; see
+``bench/results/detector_profile.md``). A dense one-stage detector whose targets are a few
+Gaussians per image spends its time in a few convolutions, so it sees many more training
+windows per CPU-second, and lesions (compact blobs, a few per slice) suit a centre heatmap.
+
+Network (:class:`CenterNetLesion`)
+    A residual encoder with strides 2-32 (``width``, 2 x, 4 x, 6 x and 8 x ``width`` channels,
+    batch norm), an FPN-like top-down path back to stride 4, and three heads at stride 4:
+
+    - ``heatmap``: one class-agnostic lesion logit per cell (the lesion score);
+    - ``box``: distances from the cell to the box's four sides, as ``exp`` of the output times
+      the stride (TTFNet's box encoding: any cell near the centre predicts the whole box);
+    - ``classes``: logits over the lesion classes (multi-class training only; the class of a
+      detection is the argmax at its peak). With pseudo-label classes the lesion task is the
+      same as the single-class one, and the classes are an extra task for the same features.
+
+Targets and losses (:func:`centernet_targets`, :meth:`CenterNetLesion.loss`)
+    Each lesion puts an elliptical Gaussian on the heatmap (standard deviations a sixth of its
+    box width and height in cells, at least half a cell), 1 at its centre cell; the heatmap
+    loss is CenterNet's penalty-reduced focal loss, normalised by the number of lesions. The box
+    head is trained with the GIoU loss at the cells where the Gaussian exceeds 0.3, weighted by
+    it; the class head with cross-entropy at the same cells.
+
+Ignore regions (targets with label < 0, see :mod:`~deeplesion_lab.detection.dataset`)
+    Cells inside an ignore box are left out of the heatmap's negative term (they are neither
+    lesion nor background), unless a real lesion's Gaussian reaches them.
+
+Inference
+    Sigmoid heatmap, 3 x 3 max-pool peaks, the top-scoring peaks above ``score_thresh``, their
+    boxes, one class-agnostic NMS (``nms_thresh``), at most ``detections_per_img``. The model
+    takes and returns what torchvision detectors do (a list of images; losses in training, a
+    list of ``{"boxes", "scores", "labels"}`` at inference), so training, prediction and
+    checkpoints are shared with the Faster R-CNN (:mod:`~deeplesion_lab.detection.train`).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchvision.ops import batched_nms, generalized_box_iou_loss
+
+__all__ = ["CenterNetLesion", "build_centernet", "centernet_targets"]
+
+#: Output stride of the heads.
+STRIDE = 4
+
+
+def _conv(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout),
+                         nn.ReLU(inplace=True))
+
+
+class _Block(nn.Module):
+    """Two 3 x 3 convolutions with a residual connection (strided first convolution)."""
+
+    def __init__(self, cin: int, cout: int, stride: int):
+        super().__init__()
+        self.a = _conv(cin, cout, stride)
+        self.b = nn.Sequential(nn.Conv2d(cout, cout, 3, 1, 1, bias=False), nn.BatchNorm2d(cout))
+        self.skip = (nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False),
+                                   nn.BatchNorm2d(cout))
+                     if stride != 1 or cin != cout else nn.Identity())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
+        return F.relu(self.b(self.a(x)) + self.skip(x), inplace=True)
+
+
+class CenterNetLesion(nn.Module):
+    """CenterNet-style lesion detector (see the module docstring).
+
+    Parameters
+    ----------
+    num_classes : int
+        Lesion classes (1: single class, no class head).
+    width : int, default 16
+        Channels of the first stage (later stages 2, 4, 6 and 8 times as many).
+    fpn_channels : int, default 64
+        Channels of the top-down path and the heads.
+    score_thresh, nms_thresh : float
+        Lowest score kept and the NMS overlap at inference.
+    detections_per_img : int, default 50
+    ignore_iou : float, default 0.3
+        Kept for the interface of the other architectures (a cell is ignored when it lies
+        inside an ignore box).
+    """
+
+    arch = "centernet"
+
+    def __init__(self, num_classes: int, *, width: int = 16, fpn_channels: int = 64,
+                 score_thresh: float = 0.01, nms_thresh: float = 0.5,
+                 detections_per_img: int = 50, ignore_iou: float = 0.3):
+        super().__init__()
+        w = int(width)
+        chans = [w, 2 * w, 4 * w, 6 * w, 8 * w]
+        self.stem = nn.Sequential(_conv(3, w, 2), _conv(w, w))            # stride 2
+        self.stages = nn.ModuleList([
+            _Block(chans[0], chans[1], 2),                                  # 4
+            _Block(chans[1], chans[2], 2),                                  # 8
+            _Block(chans[2], chans[3], 2),                                  # 16
+            _Block(chans[3], chans[4], 2),                                  # 32
+        ])
+        d = int(fpn_channels)
+        self.lateral = nn.ModuleList([nn.Conv2d(c, d, 1) for c in chans[1:]])
+        self.smooth = _conv(d, d)
+        self.heatmap = nn.Sequential(_conv(d, d), nn.Conv2d(d, 1, 1))
+        self.box = nn.Sequential(_conv(d, d), nn.Conv2d(d, 4, 1))
+        self.num_classes = int(num_classes)
+        self.classes = nn.Conv2d(d, self.num_classes, 1) if self.num_classes > 1 else None
+        nn.init.constant_(self.heatmap[-1].bias, -math.log((1 - 0.01) / 0.01))
+        nn.init.constant_(self.box[-1].bias, math.log(2.0))
+        self.score_thresh = float(score_thresh)
+        self.nms_thresh = float(nms_thresh)
+        self.detections_per_img = int(detections_per_img)
+        self.ignore_iou = float(ignore_iou)
+
+    def reset_class_head(self, num_classes: int) -> None:
+        """A fresh class head for ``num_classes`` classes (fine-tuning on new classes)."""
+        self.num_classes = int(num_classes)
+        d = self.smooth[0].out_channels
+        dev = self.smooth[0].weight.device
+        self.classes = nn.Conv2d(d, self.num_classes, 1).to(dev) if num_classes > 1 else None
+
+    # ------------------------------------------------------------------------------------------
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Stride-4 features of a batch ``(B, 3, H, W)`` (H, W multiples of 32)."""
+        x = self.stem(x - 0.5)
+        feats = []
+        for stage in self.stages:
+            x = stage(x)
+            feats.append(x)
+        y = self.lateral[-1](feats[-1])
+        for lat, f in zip(self.lateral[-2::-1], feats[-2::-1], strict=True):
+            y = lat(f) + F.interpolate(y, size=f.shape[-2:], mode="nearest")
+        return self.smooth(y)
+
+    def heads(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Raw head outputs of a batch: heatmap logits, box distances (px), class logits."""
+        f = self.features(x)
+        out = {"heatmap": self.heatmap(f)[:, 0],
+               "box": torch.exp(self.box(f).clamp(max=6.0)) * STRIDE}
+        if self.classes is not None:
+            out["classes"] = self.classes(f)
+        return out
+
+    @staticmethod
+    def _batch(images: list[torch.Tensor]) -> torch.Tensor:
+        h = max(im.shape[-2] for im in images)
+        w = max(im.shape[-1] for im in images)
+        h, w = 32 * math.ceil(h / 32), 32 * math.ceil(w / 32)
+        out = images[0].new_zeros((len(images), 3, h, w))
+        for i, im in enumerate(images):
+            out[i, :, : im.shape[-2], : im.shape[-1]] = im
+        return out
+
+    def forward(self, images: list[torch.Tensor], targets: list[dict] | None = None):
+        """Losses (training, with ``targets``) or detections (inference), as torchvision's."""
+        x = self._batch(images)
+        out = self.heads(x)
+        if self.training:
+            if targets is None:
+                raise ValueError("training needs targets")
+            return self.loss(out, targets)
+        sizes = [tuple(im.shape[-2:]) for im in images]
+        return self.decode(out, sizes)
+
+    # ------------------------------------------------------------------------------------------
+    def loss(self, out: dict[str, torch.Tensor], targets: list[dict]) -> dict[str, torch.Tensor]:
+        """Focal heatmap loss, GIoU box loss and (multi-class) class loss of a batch."""
+        hm_logit = out["heatmap"]
+        b, h, w = hm_logit.shape
+        tg = [centernet_targets(t["boxes"], t["labels"], h, w) for t in targets]
+        gt = torch.stack([t[0] for t in tg])
+        ign = torch.stack([t[1] for t in tg])
+        p = torch.sigmoid(hm_logit).clamp(1e-4, 1 - 1e-4)
+        pos = gt >= 1.0
+        n_pos = max(int(pos.sum()), 1)
+        pos_loss = -(torch.log(p) * (1 - p) ** 2)[pos].sum()
+        neg_w = (1 - gt) ** 4 * (~pos) * (~ign)
+        neg_loss = -(torch.log(1 - p) * p**2 * neg_w).sum()
+        losses = {"loss_heatmap": (pos_loss + neg_loss) / n_pos}
+
+        # box and class losses at the cells near each lesion's centre
+        ys, xs = torch.meshgrid(torch.arange(h, device=gt.device),
+                                torch.arange(w, device=gt.device), indexing="ij")
+        cx = (xs.float() + 0.5) * STRIDE
+        cy = (ys.float() + 0.5) * STRIDE
+        pred_b, tgt_b, wts, cls_logit, cls_t = [], [], [], [], []
+        for i, (_, _, weight, owner) in enumerate(tg):
+            sel = weight > 0.3
+            if not sel.any():
+                continue
+            boxes = targets[i]["boxes"][targets[i]["labels"] > 0]
+            labels = targets[i]["labels"][targets[i]["labels"] > 0]
+            d = out["box"][i][:, sel]                                   # (4, n)
+            px, py = cx[sel], cy[sel]
+            pred_b.append(torch.stack([px - d[0], py - d[1], px + d[2], py + d[3]], 1))
+            tgt_b.append(boxes[owner[sel]])
+            wts.append(weight[sel])
+            if "classes" in out:
+                cls_logit.append(out["classes"][i][:, sel].T)
+                cls_t.append(labels[owner[sel]] - 1)
+        if pred_b:
+            pb, tb, wt = torch.cat(pred_b), torch.cat(tgt_b), torch.cat(wts)
+            giou = generalized_box_iou_loss(pb, tb, reduction="none")
+            losses["loss_box"] = 2.0 * (giou * wt).sum() / wt.sum().clamp(min=1e-6)
+            if cls_logit:
+                ce = F.cross_entropy(torch.cat(cls_logit), torch.cat(cls_t), reduction="none")
+                losses["loss_classes"] = (ce * wt).sum() / wt.sum().clamp(min=1e-6)
+        else:
+            losses["loss_box"] = out["box"].sum() * 0.0
+        if "classes" in out and "loss_classes" not in losses:
+            losses["loss_classes"] = out["classes"].sum() * 0.0
+        return losses
+
+    @torch.no_grad()
+    def decode(self, out: dict[str, torch.Tensor], sizes: list[tuple[int, int]]) -> list[dict]:
+        """Detections per image from the head outputs (see the module docstring)."""
+        heat = torch.sigmoid(out["heatmap"])
+        peaks = heat * (F.max_pool2d(heat[:, None], 3, 1, 1)[:, 0] == heat)
+        b, h, w = heat.shape
+        results = []
+        k = min(4 * self.detections_per_img, h * w)
+        for i in range(b):
+            score, idx = peaks[i].flatten().topk(k)
+            keep = score > self.score_thresh
+            score, idx = score[keep], idx[keep]
+            yy, xx = idx // w, idx % w
+            px, py = (xx.float() + 0.5) * STRIDE, (yy.float() + 0.5) * STRIDE
+            d = out["box"][i][:, yy, xx]
+            boxes = torch.stack([px - d[0], py - d[1], px + d[2], py + d[3]], 1)
+            hh, ww = sizes[i]
+            boxes[:, 0::2] = boxes[:, 0::2].clamp(0, ww)
+            boxes[:, 1::2] = boxes[:, 1::2].clamp(0, hh)
+            if "classes" in out:
+                labels = out["classes"][i][:, yy, xx].argmax(0) + 1
+            else:
+                labels = torch.ones_like(idx)
+            ok = (boxes[:, 2] - boxes[:, 0] > 1e-2) & (boxes[:, 3] - boxes[:, 1] > 1e-2)
+            boxes, score, labels = boxes[ok], score[ok], labels[ok]
+            keep = batched_nms(boxes, score, torch.zeros_like(labels), self.nms_thresh)
+            keep = keep[: self.detections_per_img]
+            results.append({"boxes": boxes[keep], "scores": score[keep],
+                            "labels": labels[keep].long()})
+        return results
+
+
+def centernet_targets(boxes: torch.Tensor, labels: torch.Tensor, h: int, w: int):
+    """Heatmap targets of one image on an ``h`` x ``w`` stride-4 grid.
+
+    Parameters
+    ----------
+    boxes : (N, 4) tensor
+        Target boxes in input pixels (``x1, y1, x2, y2``).
+    labels : (N,) tensor
+        Classes (> 0) or ignore regions (< 0).
+    h, w : int
+        Grid size.
+
+    Returns
+    -------
+    heatmap : (h, w) tensor
+        Gaussian of every lesion (their maximum), 1 at each lesion's centre cell.
+    ignore : (h, w) bool tensor
+        Cells inside an ignore box that no lesion's Gaussian reaches (> 0.05).
+    weight : (h, w) tensor
+        The largest Gaussian at each cell (where the box loss applies above 0.3).
+    owner : (h, w) long tensor
+        Index among the lesions (``labels > 0``) of that Gaussian.
+    """
+    dev = boxes.device
+    ys = torch.arange(h, device=dev, dtype=torch.float32)[:, None] + 0.5
+    xs = torch.arange(w, device=dev, dtype=torch.float32)[None, :] + 0.5
+    real = boxes[labels > 0] / STRIDE
+    heat = torch.zeros((h, w), device=dev)
+    owner = torch.zeros((h, w), dtype=torch.long, device=dev)
+    if len(real):
+        cx, cy = (real[:, 0] + real[:, 2]) / 2, (real[:, 1] + real[:, 3]) / 2
+        sx = ((real[:, 2] - real[:, 0]) / 6).clamp(min=0.5)
+        sy = ((real[:, 3] - real[:, 1]) / 6).clamp(min=0.5)
+        g = torch.exp(-((xs[None] - cx[:, None, None]) ** 2) / (2 * sx[:, None, None] ** 2)
+                      - ((ys[None] - cy[:, None, None]) ** 2) / (2 * sy[:, None, None] ** 2))
+        ix = cx.floor().long().clamp(0, w - 1)
+        iy = cy.floor().long().clamp(0, h - 1)
+        g[torch.arange(len(real), device=dev), iy, ix] = 1.0
+        heat, owner = g.max(0)
+    ignore = torch.zeros((h, w), dtype=torch.bool, device=dev)
+    for b in boxes[labels < 0] / STRIDE:
+        x0, y0 = int(b[0].floor().clamp(0, w)), int(b[1].floor().clamp(0, h))
+        x1, y1 = int(b[2].ceil().clamp(0, w)), int(b[3].ceil().clamp(0, h))
+        ignore[y0:y1, x0:x1] = True
+    ignore &= heat <= 0.05
+    return heat, ignore, heat, owner
+
+
+def build_centernet(num_classes: int, *, image_size: int = 512, width: int = 16,
+                    box_score_thresh: float = 0.01, box_nms_thresh: float = 0.5,
+                    detections_per_img: int = 50, ignore_iou: float = 0.3) -> CenterNetLesion:
+    """A :class:`CenterNetLesion` with random weights (``image_size`` is unused: any size)."""
+    from .model import ModelError
+
+    if num_classes < 1:
+        raise ModelError("a detector needs at least one lesion class")
+    return CenterNetLesion(num_classes, width=width, score_thresh=box_score_thresh,
+                           nms_thresh=box_nms_thresh, detections_per_img=detections_per_img,
+                           ignore_iou=ignore_iou)

@@ -1,0 +1,179 @@
+"""Detector architectures: the CenterNet-style detector, FCOS, ``arch`` in checkpoints.
+
+Real networks on tiny images (64-96 px, a few steps) and the series of ``detector_fixtures``.
+Behaviour only (shapes, ignore regions, resume, checkpoint errors), never accuracy.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from detector_fixtures import make_detection_data, true_types
+
+from deeplesion_lab.detection.centernet import STRIDE, CenterNetLesion, centernet_targets
+from deeplesion_lab.detection.froc import PREDICTION_COLUMNS
+from deeplesion_lab.detection.model import ModelError, build_model, reset_class_head
+from deeplesion_lab.detection.train import CheckpointError, LesionDetector
+
+torch.set_num_threads(1)
+
+TINY = dict(arch="centernet", width=8, image_size=96, spacing_mm=1.0, batch_size=2,
+            progress=False)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return make_detection_data(tmp_path_factory.mktemp("det_arch"))
+
+
+@pytest.fixture(scope="module")
+def fitted(data, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("ck_arch") / "cn"
+    det = LesionDetector(epochs=2, **TINY).fit(data.manifest, true_types(data.manifest),
+                                               checkpoint_dir=folder)
+    return det, folder
+
+
+def _targets(n: int = 2):
+    return [{"boxes": torch.tensor([[8.0, 12.0, 40.0, 36.0], [44.0, 40.0, 60.0, 60.0]]),
+             "labels": torch.tensor([2, -1])} for _ in range(n)]
+
+
+def test_centernet_shapes_losses_and_detections() -> None:
+    m = CenterNetLesion(3, width=8)
+    m.train()
+    losses = m([torch.rand(3, 64, 64), torch.rand(3, 64, 64)], _targets())
+    assert set(losses) == {"loss_heatmap", "loss_box", "loss_classes"}
+    assert all(torch.isfinite(v) and v.ndim == 0 for v in losses.values())
+    sum(losses.values()).backward()
+    assert m.classes.weight.grad is not None and m.box[-1].weight.grad.abs().sum() > 0
+    m.eval()
+    # any size: padded to a multiple of 32 inside, boxes clipped to each image
+    out = m([torch.rand(3, 70, 50), torch.rand(3, 64, 64)])
+    assert len(out) == 2
+    for o, (h, w) in zip(out, [(70, 50), (64, 64)], strict=True):
+        assert o["boxes"].shape[1] == 4 and len(o["boxes"]) == len(o["scores"]) == len(o["labels"])
+        assert len(o["boxes"]) <= m.detections_per_img
+        assert (o["boxes"][:, 2] <= w).all() and (o["boxes"][:, 3] <= h).all()
+        assert (o["boxes"] >= 0).all() and ((o["labels"] >= 1) & (o["labels"] <= 3)).all()
+        assert (o["scores"][:-1] >= o["scores"][1:]).all()
+    single = CenterNetLesion(1, width=8)
+    assert single.classes is None
+    single.train()
+    assert "loss_classes" not in single([torch.rand(3, 64, 64)], _targets(1))
+
+
+def test_centernet_targets_peaks_and_ignore_regions() -> None:
+    boxes = torch.tensor([[8.0, 8.0, 24.0, 24.0], [40.0, 40.0, 60.0, 60.0]])
+    heat, ignore, weight, owner = centernet_targets(boxes, torch.tensor([1, -1]), 16, 16)
+    assert heat.shape == ignore.shape == owner.shape == (16, 16)
+    cy, cx = int(16 / STRIDE), int(16 / STRIDE)  # centre cell of the lesion
+    assert heat[cy, cx] == 1.0 and (heat >= 1.0).sum() == 1
+    # the ignore box covers cells 10..15 and gets no Gaussian; the lesion's cells are not ignored
+    assert ignore[10:15, 10:15].all() and not ignore[cy, cx] and heat[12, 12] < 0.05
+    assert ignore.sum() == 25
+    assert torch.equal(weight, heat) and (owner == 0).all()
+    # nothing but an ignore region: no lesion anywhere
+    heat, ignore, _, _ = centernet_targets(boxes[1:], torch.tensor([-1]), 16, 16)
+    assert heat.max() == 0 and ignore.sum() == 25
+
+
+def test_centernet_ignore_regions_are_not_background() -> None:
+    """Heatmap outputs inside an ignore box get no gradient; outside it they do."""
+    torch.manual_seed(0)
+    m = CenterNetLesion(1, width=8)
+    m.train()
+    out = m.heads(torch.rand(1, 3, 64, 64))
+    logits = out["heatmap"].detach().requires_grad_(True)
+    out["heatmap"] = logits
+    t = [{"boxes": torch.tensor([[4.0, 4.0, 20.0, 20.0], [36.0, 36.0, 60.0, 60.0]]),
+          "labels": torch.tensor([1, -1])}]
+    m.loss(out, t)["loss_heatmap"].backward()
+    g = logits.grad[0]
+    assert g[10:14, 10:14].abs().max() == 0  # cells 9..14 lie in the ignore box [36, 60] / 4
+    assert g[0, 12].abs() > 0  # background cell away from both
+
+
+def test_multi_class_head_reset() -> None:
+    m = build_model("centernet", 3, width=8)
+    reset_class_head(m, 5)
+    assert m.classes.out_channels == 5
+    reset_class_head(m, 1)
+    assert m.classes is None
+    with pytest.raises(ModelError, match="unknown detector architecture"):
+        build_model("yolo", 1)
+    with pytest.raises(ModelError, match="at least one lesion class"):
+        build_model("centernet", 0)
+
+
+def test_fcos_drops_ignore_regions_from_its_targets() -> None:
+    m = build_model("fcos", 3, image_size=64, anchor_sizes=(8, 16, 32, 64))
+    assert m.arch == "fcos"
+    m.train()
+    losses = m([torch.rand(3, 64, 64)], _targets(1))  # label -1 would break torchvision's FCOS
+    assert all(torch.isfinite(v) for v in losses.values())
+    m.eval()
+    out = m([torch.rand(3, 64, 64)])
+    assert set(out[0]) == {"boxes", "scores", "labels"}
+
+
+def test_centernet_fit_predict_save_load(fitted, data) -> None:
+    det, folder = fitted
+    assert det.classes_ == sorted(set(true_types(data.manifest)["label"]))
+    assert det.model_.arch == "centernet" and det.n_iter_ > 0
+    cfg = json.loads((folder / "config.json").read_text())
+    assert cfg["arch"] == "centernet" and cfg["params"]["arch"] == "centernet"
+    assert torch.load(folder / "model.pt", weights_only=True)["arch"] == "centernet"
+    pred = det.predict(data.manifest, "test")
+    assert list(pred.columns) == list(PREDICTION_COLUMNS)
+    assert set(pred["label"]) <= set(det.classes_)
+    again = LesionDetector.load(folder, progress=False)
+    assert again.arch == "centernet"
+    assert again.predict(data.manifest, "test").equals(pred)
+
+
+def test_loading_as_another_architecture_is_a_clear_error(fitted, tmp_path) -> None:
+    _, folder = fitted
+    with pytest.raises(CheckpointError, match="is a centernet detector, not fasterrcnn"):
+        LesionDetector.load(folder, arch="fasterrcnn")
+    assert LesionDetector.load(folder, arch="centernet").arch == "centernet"
+    # checkpoints made before `arch` existed are Faster R-CNNs: loading one as such names it
+    ck = torch.load(folder / "model.pt", weights_only=True)
+    del ck["arch"], ck["params"]["arch"]
+    torch.save(ck, tmp_path / "old.pt")
+    with pytest.raises(CheckpointError, match="arch fasterrcnn"):
+        LesionDetector.load(tmp_path / "old.pt")
+
+
+def test_warm_start_refuses_another_architecture(fitted, data) -> None:
+    det, _ = fitted
+    other = LesionDetector.load(fitted[1], progress=False)
+    other.set_params(warm_start=True, epochs=1, arch="fasterrcnn")
+    with pytest.raises(ModelError, match="cannot continue training a centernet"):
+        other.fit(data.manifest, true_types(data.manifest))
+    assert det.arch == "centernet"
+
+
+def test_resume_retraces_and_refuses_another_architecture(data, tmp_path) -> None:
+    kw = dict(TINY, epochs=2, checkpoint_every=2)
+    straight = LesionDetector(**kw).fit(data.manifest, checkpoint_dir=tmp_path / "a")
+
+    class Stop(Exception):
+        pass
+
+    def stop(info):
+        if info["global_step"] == 5:
+            raise Stop
+
+    with pytest.raises(Stop):
+        LesionDetector(**kw).fit(data.manifest, checkpoint_dir=tmp_path / "b", callback=stop)
+    resumed = LesionDetector(**kw).fit(data.manifest, checkpoint_dir=tmp_path / "b")
+    assert resumed.n_iter_ == straight.n_iter_ == 6
+    sa, sb = straight.model_.state_dict(), resumed.model_.state_dict()
+    for k in sa:
+        assert torch.allclose(sa[k].float(), sb[k].float(), atol=1e-5), k
+    with pytest.raises(CheckpointError, match=r"differs in: params\.arch\)"):
+        LesionDetector(**dict(kw, arch="fasterrcnn")).fit(data.manifest,
+                                                          checkpoint_dir=tmp_path / "b")
