@@ -21,9 +21,84 @@ from .atomic import atomic_path
 from .lesion_types import TYPE_COLORS
 from .run import RunDir
 
-__all__ = ["flatten_metrics", "write_report", "FP_RATES"]
+__all__ = ["flatten_metrics", "format_value", "froc_curves", "interval", "metric_rows", "model_color",
+           "write_report", "FP_RATES", "MODEL_COLORS"]
 
 FP_RATES = ("0.5", "1", "2", "4", "8", "16")
+
+#: One colour per detector model, the same in notebook 4 and the report (Okabe-Ito).
+MODEL_COLORS = {"single": "#0072B2", "pseudo": "#E69F00"}
+_FINETUNED_COLORS = ("#009E73", "#CC79A7", "#D55E00", "#56B4E9")
+
+
+def model_color(model: str) -> str:
+    """The colour of a detector model: fixed for ``single`` and ``pseudo``; fine-tuned models
+    (``<parent>-ft...``) and others get the next colours of a fixed list, by name."""
+    if model in MODEL_COLORS:
+        return MODEL_COLORS[model]
+    import zlib
+
+    return _FINETUNED_COLORS[zlib.crc32(model.encode()) % len(_FINETUNED_COLORS)]
+
+
+def froc_curves(metrics: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The FROC results of a run, each model once: ``{label: result}``.
+
+    The detectors of ``metrics["detection"]``, with the two models of fine-tuning (when it
+    ran) labelled ``before fine-tuning (<model>)`` and ``after fine-tuning (<model>)`` instead
+    of their detector rows. Each result has ``model`` (for :func:`model_color`),
+    ``sensitivity`` and, where recorded, ``interval95`` and ``n_lesions``.
+    """
+    curves = {
+        f"detector: {k}": {**v, "model": k}
+        for k, v in (metrics.get("detection") or {}).items()
+        if isinstance(v, dict) and "sensitivity" in v
+    }
+    ft = metrics.get("finetune") or {}
+    if ft.get("before") and ft.get("after"):
+        for key in ("before", "after"):
+            model = ft[key].get("model") or key
+            curves.pop(f"detector: {model}", None)
+            curves[f"{key} fine-tuning ({model})"] = {**ft[key], "model": model}
+    return curves
+
+
+def interval(result: dict[str, Any], key: str = "mean_0.5-4") -> tuple[Any, Any]:
+    """The 95 % bootstrap interval recorded beside a result, ``(None, None)`` if none."""
+    iv = ((result.get("interval95") or {}).get("interval") or {}).get(key)
+    return (iv[0], iv[1]) if isinstance(iv, list | tuple) and len(iv) == 2 else (None, None)
+
+
+def format_value(v: Any, digits: int = 3) -> str:
+    """A metric as people read it: whole numbers without decimals, others to ``digits``."""
+    if isinstance(v, bool) or v is None:
+        return str(v)
+    if isinstance(v, int | np.integer):
+        return f"{int(v):,}" if abs(int(v)) >= 10000 else str(int(v))
+    if isinstance(v, float | np.floating):
+        if not np.isfinite(v):
+            return str(v)
+        if abs(v) >= 1000:
+            return f"{v:,.0f}"
+        return f"{v:.{digits}f}"
+    return str(v)
+
+
+def metric_rows(metrics: dict[str, Any], groups: tuple[str, ...], depth: int = 1) -> pd.DataFrame:
+    """``group, metric, value`` rows of the numbers of some metric groups, formatted.
+
+    Only numbers are listed (nested dicts up to ``depth`` levels, as ``a.b``); counts stay whole
+    numbers (``k 16``, not ``16.000``). The value column is text, formatted by
+    :func:`format_value`.
+    """
+    rows = []
+    for g in groups:
+        for key, value in flatten_metrics(metrics.get(g) or {}).items():
+            if key.count(".") >= depth or isinstance(value, bool):
+                continue
+            if isinstance(value, int | float):
+                rows.append((g, key, format_value(value)))
+    return pd.DataFrame(rows, columns=["group", "metric", "value"])
 
 
 def flatten_metrics(metrics: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -48,8 +123,8 @@ def _png(fig) -> str:
 
 
 def _fmt(v: Any) -> str:
-    if isinstance(v, float):
-        return f"{v:.3f}" if abs(v) < 1000 else f"{v:,.0f}"
+    if isinstance(v, int | float) and not isinstance(v, bool):
+        return format_value(v)
     return html.escape(json.dumps(v) if isinstance(v, list | dict) else str(v))
 
 
@@ -78,21 +153,26 @@ def _map_figure(run: RunDir) -> str | None:
     return _png(fig)
 
 
-def _froc_figure(detection: dict[str, Any], title: str) -> str | None:
-    curves = {
-        name: d["sensitivity"]
-        for name, d in detection.items()
-        if isinstance(d, dict) and isinstance(d.get("sensitivity"), dict)
-    }
+def _froc_figure(curves: dict[str, dict[str, Any]], title: str) -> str | None:
+    """FROC of each model with its 95 % bootstrap band, in the model's colour
+    (:func:`model_color`, as in notebook 4)."""
+    curves = {n: d for n, d in curves.items()
+              if isinstance(d, dict) and isinstance(d.get("sensitivity"), dict)}
     if not curves:
         return None
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4))
     xs = [float(f) for f in FP_RATES]
-    for name, sens in curves.items():
-        ys = [sens.get(f, np.nan) for f in FP_RATES]
-        ax.plot(xs, ys, marker="o", label=name)
+    for name, d in curves.items():
+        color = model_color(str(d.get("model") or name))
+        ys = [d["sensitivity"].get(f, np.nan) for f in FP_RATES]
+        ax.plot(xs, ys, marker="o", label=name, color=color,
+                ls="--" if name.startswith("before") else "-")
+        band = [interval(d, f) for f in FP_RATES]
+        if all(b[0] is not None for b in band):
+            ax.fill_between(xs, [b[0] for b in band], [b[1] for b in band], color=color,
+                            alpha=0.15, linewidth=0)
     ax.set_xscale("log", base=2)
     ax.set_xticks(xs, [f for f in FP_RATES])
     ax.set_ylim(0, 1)
@@ -100,8 +180,148 @@ def _froc_figure(detection: dict[str, Any], title: str) -> str | None:
     ax.set_ylabel("sensitivity (IoU >= 0.5)")
     ax.set_title(title)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, title="bands: 95 % bootstrap over slices", title_fontsize=7)
     return _png(fig)
+
+
+def _crop(hu: np.ndarray, box, margin: float = 1.5, min_side: float = 48.0):
+    """A square crop around ``box`` (clipped to the image) and its offset."""
+    x1, y1, x2, y2 = (float(v) for v in box)
+    side = max(max(x2 - x1, y2 - y1) * (1 + 2 * margin), min_side)
+    cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
+    h, w = hu.shape
+    a = int(np.clip(cx - side / 2, 0, max(w - side, 0)))
+    b = int(np.clip(cy - side / 2, 0, max(h - side, 0)))
+    s = int(side)
+    return hu[b:b + s, a:a + s], (a, b)
+
+
+def _lesion_figure(run: RunDir) -> str | None:
+    """The most confident lesion of each pseudo-label: its key slice around the box."""
+    if not run.pseudo_labels.is_file():
+        return None
+    import matplotlib.pyplot as plt
+
+    from .images import ImageError, apply_window, key_slice_path, load_hu
+
+    try:
+        man = run.load_manifest()
+    except Exception:  # noqa: BLE001 - the report shows what it can
+        return None
+    root = man.attrs.get("images_root")
+    if not root:
+        return None
+    pl = pd.read_parquet(run.pseudo_labels).merge(man, on="lesion_id")
+    picks = (pl.sort_values("confidence", ascending=False).drop_duplicates("label")
+             .sort_values("label").head(8))
+    if not len(picks):
+        return None
+    fig, axes = plt.subplots(1, len(picks), figsize=(1.9 * len(picks), 2.3), squeeze=False)
+    for ax, r in zip(axes[0], picks.itertuples(index=False), strict=False):
+        ax.axis("off")
+        box = (r.bbox_x1, r.bbox_y1, r.bbox_x2, r.bbox_y2)
+        try:
+            hu = load_hu(key_slice_path(root, r.file_name))
+        except (ImageError, OSError):
+            ax.set_title(f"{r.label}\n(no image)", fontsize=7)
+            continue
+        crop, (a, b) = _crop(hu, box)
+        ax.imshow(apply_window(crop, (-160.0, 240.0)), cmap="gray")
+        ax.add_patch(plt.Rectangle((box[0] - a, box[1] - b), box[2] - box[0], box[3] - box[1],
+                                   fill=False, color="#f5c542", lw=1.2))
+        ax.set_title(f"{r.label}\nconfidence {r.confidence:.2f}", fontsize=7)
+    fig.suptitle("The most confident lesion of each pseudo-label (annotated box)", fontsize=9)
+    return _png(fig)
+
+
+def _detection_figure(run: RunDir, curves: dict[str, dict[str, Any]], n: int = 6) -> str | None:
+    """Test key slices of the last model of ``curves`` around the annotated lesion: the
+    annotated box (yellow) and the model's boxes (its colour) scoring at least its score at
+    4 false positives per image; half hits, half misses where there are both."""
+    if not curves:
+        return None
+    name, res = list(curves.items())[-1]
+    model = str(res.get("model") or "")
+    path = res.get("predictions")
+    files = run.prediction_files().get(model, [])
+    if path is None or not Path(str(path)).is_file():
+        path = next((p for s, p in files if s == res.get("split", "test")), None)
+    if path is None or not Path(str(path)).is_file():
+        return None
+    import matplotlib.pyplot as plt
+
+    from .images import ImageError, apply_window, key_slice_path, load_hu
+
+    pred = pd.read_csv(path)
+    try:
+        man = run.load_manifest()
+    except Exception:  # noqa: BLE001 - the report shows what it can
+        return None
+    root = man.attrs.get("images_root")
+    split = res.get("split", "test")
+    les = man[man["split_name"] == split] if "split_name" in man else man
+    if not root or not len(les) or not len(pred):
+        return None
+    n_img = max(les["file_name"].nunique(), 1)
+    scores = np.sort(pred["score"].to_numpy())[::-1]
+    thr = float(scores[min(len(scores), 4 * n_img) - 1])  # about 4 boxes per image above it
+    by_file = {k: g for k, g in pred[pred["score"] >= thr].groupby("file_name")}
+
+    def iou(a, b):
+        ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+        iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+        inter = ix * iy
+        union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+        return inter / union if union > 0 else 0.0
+
+    rows = []
+    for r in les.itertuples(index=False):
+        box = (r.bbox_x1, r.bbox_y1, r.bbox_x2, r.bbox_y2)
+        g = by_file.get(r.file_name)
+        boxes = [] if g is None else g[["x1", "y1", "x2", "y2", "score"]].to_numpy().tolist()
+        hit = any(iou(box, b[:4]) >= 0.5 for b in boxes)
+        rows.append((hit, r.file_name, box, boxes))
+    hits = [x for x in rows if x[0]][: n // 2]
+    misses = [x for x in rows if not x[0]][: n - len(hits)]
+    pick = hits + misses
+    color = model_color(model)
+    fig, axes = plt.subplots(1, len(pick), figsize=(2.2 * len(pick), 2.6), squeeze=False)
+    for ax, (hit, fname, box, boxes) in zip(axes[0], pick, strict=True):
+        ax.axis("off")
+        try:
+            hu = load_hu(key_slice_path(root, fname))
+        except (ImageError, OSError):
+            continue
+        crop, (a, b) = _crop(hu, box, margin=2.5, min_side=96)
+        ax.imshow(apply_window(crop, (-160.0, 240.0)), cmap="gray")
+        h, w = crop.shape
+        for x1, y1, x2, y2, _score in boxes:
+            if x2 < a or y2 < b or x1 > a + w or y1 > b + h:
+                continue
+            ax.add_patch(plt.Rectangle((x1 - a, y1 - b), x2 - x1, y2 - y1, fill=False,
+                                       color=color, lw=1.0))
+        ax.add_patch(plt.Rectangle((box[0] - a, box[1] - b), box[2] - box[0], box[3] - box[1],
+                                   fill=False, color="#f5c542", lw=1.2, ls="--"))
+        ax.set_xlim(0, w)
+        ax.set_ylim(h, 0)
+        ax.set_title(("found" if hit else "missed") + f"\n{fname}", fontsize=7)
+    fig.suptitle(f"{name} on {split} key slices: annotated (yellow, dashed), its boxes "
+                 f"scoring >= {thr:.2f} (about 4 per image)", fontsize=8)
+    return _png(fig)
+
+
+def _compact_other(other: dict[str, Any]) -> list[tuple[str, Any]]:
+    """The numbers and short texts of the remaining metric groups (no paths, no long lists)."""
+    rows = []
+    for key, value in sorted(flatten_metrics(other).items()):
+        if key.count(".") > 2:
+            continue
+        if isinstance(value, str) and ("/" in value or len(value) > 60):
+            continue
+        if isinstance(value, list | dict):
+            continue
+        rows.append((key, value))
+    return rows
 
 
 def _k_figure(mining: dict[str, Any]) -> str | None:
@@ -220,17 +440,22 @@ def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
                 (f'<img alt="accuracy" src="{afig}">' if afig else "")
                 + _table(sorted(flatten_metrics(metrics["classification"]).items())))
 
-    det = metrics.get("detection", {})
-    if det:
-        fig = _froc_figure(det, "FROC on the key slices (DeepLesion protocol)")
-        curves = {n: d for n, d in det.items() if isinstance(d, dict) and "sensitivity" in d}
+    lfig = _lesion_figure(run)
+    if lfig:
+        parts.insert(2, f'<section><img alt="lesions" src="{lfig}"></section>')
+    curves = froc_curves(metrics)
+    if curves:
+        fig = _froc_figure(curves, "FROC on the key slices (DeepLesion protocol)")
+        dfig = _detection_figure(run, curves)
         section("Detection", (f'<img alt="FROC" src="{fig}">' if fig else "")
-                + _sens_table(curves))
+                + _sens_table(curves)
+                + (f'<img alt="detections" src="{dfig}">' if dfig else ""))
     ft = metrics.get("finetune", {})
     if ft.get("before") and ft.get("after"):
-        fig = _froc_figure({"before fine-tuning": ft["before"], "after fine-tuning": ft["after"]},
+        fig = _froc_figure({k: v for k, v in curves.items() if "fine-tuning" in k},
                            "Fine-tuning on corrected labels: before / after")
-        rest = {k: v for k, v in ft.items() if k not in ("before", "after", "difference")}
+        rest = {k: v for k, v in ft.items()
+                if k not in ("before", "after", "difference") and not isinstance(v, dict | list)}
         section(
             "Fine-tuning from corrected labels",
             (f'<img alt="FROC before/after" src="{fig}">' if fig else "")
@@ -242,12 +467,15 @@ def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
     for key, title in [("matching", "Lesion graph: intra-patient matching"),
                        ("missing_annotations", "Mining unannotated lesions")]:
         if key in metrics:
-            section(title, _table(sorted(flatten_metrics(metrics[key]).items())))
+            section(title, _table(_compact_other(metrics[key])))
     shown = {"mining", "retrieval", "classification", "detection", "finetune", "matching",
              "missing_annotations"}
     other = {k: v for k, v in metrics.items() if k not in shown}
-    if other:
-        section("Other metrics", _table(sorted(flatten_metrics(other).items())))
+    rows = _compact_other(other)
+    if rows:
+        section("Other metrics", "<details><summary>training and evaluation records "
+                f"({len(rows)} values; everything is in metrics.json)</summary>"
+                + _table(rows) + "</details>")
 
     doc = f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8">

@@ -20,6 +20,8 @@ REPO = Path(__file__).resolve().parents[1]
 # toward the first test's timeout, so allow for a loaded machine.
 pytestmark = pytest.mark.timeout(1800)
 NOTEBOOKS = sorted((REPO / "lab").glob("*.ipynb"))
+PLOTS = re.compile(r"\bplt\.|\bpx\.|go\.Figure")
+FIGURES = {"image/png", "application/vnd.plotly.v1+json"}
 
 
 def pipeline_argv(d: Path) -> list[str]:
@@ -114,6 +116,7 @@ def test_notebook_runs_headless(path: Path, tiny_lab: Path, monkeypatch) -> None
     monkeypatch.setenv("DLLAB_DEMO_EDIT", "1")
     monkeypatch.setenv("DLLAB_ACCEPT", "1")
     monkeypatch.setenv("PYTHONPATH", str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    monkeypatch.delenv("MPLBACKEND", raising=False)  # as in JupyterLab: the inline backend
     nb = nbformat.read(path, as_version=4)
     client = NotebookClient(nb, timeout=300, kernel_name="python3",
                             resources={"metadata": {"path": str(REPO / "lab")}})
@@ -123,6 +126,11 @@ def test_notebook_runs_headless(path: Path, tiny_lab: Path, monkeypatch) -> None
     assert not errors, errors
     shown = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
     assert shown, "the notebook displayed nothing"
+    # every cell that draws shows its figure: an image (matplotlib inline) or a plotly figure
+    for i, cell in enumerate(nb.cells):
+        if cell.cell_type == "code" and PLOTS.search(cell.source):
+            kinds = {k for o in cell.outputs for k in o.get("data", {})}
+            assert kinds & FIGURES, f"{path.name} cell {i} draws but shows no figure ({kinds})"
 
 
 def test_side_by_side_commands_report_failures_with_their_log(tmp_path) -> None:

@@ -14,9 +14,10 @@ import pandas as pd
 import pytest
 from widgets_fixtures import make_tiny_run
 
+from deeplesion_lab.errors import LabError
 from deeplesion_lab.run import RunDir
 from widgets.data import LabData, WidgetDataError
-from widgets.models import ViewerModel
+from widgets.models import LabModel, ViewerModel
 
 REPO = Path(__file__).resolve().parents[1]
 COLS = ["file_name", "x1", "y1", "x2", "y2", "score", "label"]
@@ -86,3 +87,57 @@ def test_slice_viewer_widget_offers_the_models(tiny):
     w.prediction_model = "single"  # as the front end's select does
     assert w.model.prediction_model == "single"
     assert all(p["label"] == "lesion" for p in w.predictions)
+
+
+# bug 5: the pipeline's simulated annotator is not the user ---------------------------------------
+def _truth(tiny, path: Path) -> Path:
+    from deeplesion_lab.lesion_types import COARSE_TYPES
+
+    code = {v: k for k, v in COARSE_TYPES.items()}
+    pd.DataFrame({"lesion_id": list(tiny.true_label), "annotated": True,
+                  "coarse_type": [code[v] for v in tiny.true_label.values()]}).to_parquet(path)
+    return path
+
+
+def test_simulated_corrections_stay_out_of_the_users_history_and_undo(tiny, run_copy, tmp_path):
+    from deeplesion_lab.pipeline import simulate_corrections
+    from widgets import CorrectionPanel
+
+    LabModel(run_copy, user="pipeline").labels.close()  # the store, filled with pseudo-labels
+    n = simulate_corrections(run_copy, _truth(tiny, tmp_path / "truth.parquet"), 1.0,
+                             "demo-annotator", 0)
+    assert n >= 2
+    lab = LabModel(run_copy, user="alice")
+    panel = CorrectionPanel(lab.corrections)
+    assert panel.simulated["events"] >= 1 and panel.simulated["lesions"] == n
+    assert panel.simulated["users"] == ["demo-annotator"]
+    assert all(h["tool"] != "pipeline-simulated" for h in panel.history)
+    panel.show_simulated = True  # the front end's checkbox
+    assert any(h["user"] == "demo-annotator" for h in panel.history)
+    panel.show_simulated = False
+    # alice's own work is listed, and her undo touches only it
+    lab.map.select_lesions(tiny.lesion_ids[:2])
+    lab.corrections.relabel_selection("bone")
+    assert [h["user"] for h in panel.history][:1] == ["alice"]
+    before = lab.labels.labels.copy()
+    lab.corrections.undo()
+    with pytest.raises(LabError):
+        lab.corrections.undo()  # nothing more of alice's to undo: demo-annotator's stay
+    changed = before != lab.labels.labels
+    assert {lab.data.lesion_ids[i] for i in changed.nonzero()[0]} <= set(tiny.lesion_ids[:2])
+
+
+# bug 6: the login name --------------------------------------------------------------------------
+def test_user_defaults_to_the_login_name_in_widgets_and_notebooks(tiny, run_copy, monkeypatch):
+    import getpass
+    import json as _json
+
+    monkeypatch.delenv("USER", raising=False)
+    lab = LabModel(run_copy)
+    assert lab.user == getpass.getuser() != "annotator"
+    for nb in sorted((REPO / "lab").glob("*.ipynb")):
+        src = "\n".join("".join(c["source"]) for c in _json.loads(nb.read_text())["cells"])
+        assert "getpass.getuser()" in src and '"annotator"' not in src, nb.name
+        # the text says "set X = True" only where the code has such a line
+        for name in re.findall(r"[Ss]et `?([A-Z_]+) = True", src):
+            assert re.search(rf"^{name} = False", src, re.M), f"{nb.name}: no {name} to set"

@@ -14,6 +14,10 @@
 //                        split | add_class | undo | redo | suggest | select_cluster | show |
 //                        clear_selection | refresh | mark (not a lesion / unsure) | poll
 //   status               {nonce, ok, message}  the answer to the last request
+//   show_simulated       bool: list the pipeline's simulated annotator's events in the history
+//   simulated            {events, lesions, users}: how many such events the store holds
+// Keys (while working in the lab: after a click in its cell, not while typing in a field):
+//   1-9 relabel the selection with the n-th class of the list, u undo my last change.
 
 const STYLE = `
 .dlc{font:12px/1.4 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;color:#e8eaed;
@@ -56,6 +60,11 @@ const STYLE = `
 .dlc-h .meta{color:#9aa0a6;font-size:11px}
 .dlc-h.undone{opacity:.55}
 .dlc-sec{font-weight:600;color:#c9ccd1;margin-top:2px}
+.dlc-keys{color:#9aa0a6;font-size:11px}
+.dlc-keys kbd{font:11px ui-monospace,Menlo,monospace;background:#23262c;border:1px solid #3a3e46;
+  border-bottom-width:2px;border-radius:3px;padding:0 4px;color:#e8eaed}
+.dlc-keys.on kbd{border-color:#4aa3ff}
+.dlc-note{color:#9aa0a6;font-size:11px;background:#1f2329;border-radius:6px;padding:4px 8px}
 `;
 
 function h(tag, attrs = {}, ...kids) {
@@ -144,8 +153,12 @@ function render({ model, el }) {
   undoBtn.addEventListener("click", () => send("undo"));
   redoBtn.addEventListener("click", () => send("redo"));
 
+  const keysHelp = h("div", { class: "dlc-keys", title: "shortcuts work after a click in the lab, not while typing in a field" });
+  keysHelp.append("keys: ", h("kbd", { text: "1" }), "–", h("kbd", { text: "9" }),
+    " relabel the selection as the class numbered in the list · ", h("kbd", { text: "u" }), " undo");
   pages.correct.append(
     selBox,
+    keysHelp,
     h("div", { class: "dlc-row" }, labelSel, relabelBtn, clearBtn),
     h("div", { class: "dlc-row" }, comment, notLesionBtn, unsureBtn),
     h("div", { class: "dlc-row" }, h("span", { class: "dlc-k", text: "split selection as" }), splitName, splitColor, splitBtn),
@@ -170,7 +183,11 @@ function render({ model, el }) {
   const histList = h("div", { class: "dlc-list" });
   const histBtn = h("button", { text: "Refresh" });
   histBtn.addEventListener("click", () => send("refresh"));
-  pages.history.append(h("div", { class: "dlc-row" }, h("span", { class: "dlc-k", text: "Newest first." }), histBtn), histList);
+  const simBox = h("input", { type: "checkbox" });
+  simBox.addEventListener("change", () => { model.set("show_simulated", simBox.checked); model.save_changes(); });
+  const simText = h("span");
+  const simNote = h("label", { class: "dlc-note" }, simBox, simText);
+  pages.history.append(h("div", { class: "dlc-row" }, h("span", { class: "dlc-k", text: "Newest first." }), histBtn), simNote, histList);
 
   // ---- sync ----------------------------------------------------------------------------------
   const colorOf = () => Object.fromEntries((model.get("classes") || []).map((c) => [c.name, c.color]));
@@ -188,16 +205,17 @@ function render({ model, el }) {
     );
     for (const b of [relabelBtn, splitBtn, clearBtn, notLesionBtn, unsureBtn]) b.disabled = !n;
   }
-  function fillClasses(sel) {
+  const assignable = () => (model.get("classes") || []).filter((c) => c.name !== "unlabeled");
+  function fillClasses(sel, numbered) {
     const keep = sel.value;
     sel.replaceChildren();
-    for (const c of model.get("classes") || []) {
-      if (c.name === "unlabeled") continue;
-      sel.append(h("option", { value: c.name, text: `${c.name}${c.n != null ? ` (${c.n})` : ""}` }));
-    }
+    assignable().forEach((c, i) => {
+      const key = numbered && i < 9 ? `${i + 1} · ` : "";
+      sel.append(h("option", { value: c.name, text: `${key}${c.name}${c.n != null ? ` (${c.n})` : ""}` }));
+    });
     if ([...sel.options].some((o) => o.value === keep)) sel.value = keep;
   }
-  function syncClasses() { fillClasses(labelSel); fillClasses(clusterLabel); syncSelection(); }
+  function syncClasses() { fillClasses(labelSel, true); fillClasses(clusterLabel, false); syncSelection(); }
   function syncClusters() {
     for (const s of [clusterSel, mergeA, mergeB]) {
       const keep = s.value;
@@ -235,6 +253,15 @@ function render({ model, el }) {
       histList.append(row);
     }
   }
+  function syncSimulated() {
+    const sim = model.get("simulated") || {};
+    simBox.checked = !!model.get("show_simulated");
+    simNote.style.display = sim.events ? "" : "none";
+    const who = (sim.users || []).join(", ") || "the pipeline";
+    simText.textContent = ` show the ${sim.events || 0} correction event(s) of ${who}, the pipeline's simulated ` +
+      `annotator (${sim.lesions || 0} lesion change(s) made from the demo's truth file before fine-tuning; ` +
+      "not yours to undo)";
+  }
   function syncStatus() {
     const s = model.get("status") || {};
     status.className = "dlc-status" + (s.ok === true ? " ok" : s.ok === false ? " err" : "");
@@ -248,11 +275,45 @@ function render({ model, el }) {
     ["change:classes", syncClasses], ["change:clusters", syncClusters],
     ["change:suggestions", syncSuggestions], ["change:history", syncHistory],
     ["change:status", syncStatus], ["change:user", syncUser],
+    ["change:simulated", syncSimulated], ["change:show_simulated", syncSimulated],
   ];
   for (const [ev, fn] of handlers) model.on(ev, fn);
-  syncUser(); syncClasses(); syncClusters(); syncSuggestions(); syncHistory(); syncStatus();
+  syncUser(); syncClasses(); syncClusters(); syncSuggestions(); syncHistory(); syncStatus(); syncSimulated();
   show("correct");
-  return () => { for (const [ev, fn] of handlers) model.off(ev, fn); if (poller) clearInterval(poller); };
+
+  // ---- keyboard shortcuts --------------------------------------------------------------------
+  // Armed by a pointer press in the lab (the notebook cell holding this panel, else the page),
+  // disarmed by one elsewhere. Listened to on window in the capture phase, and stopped there,
+  // so that JupyterLab's own command-mode keys (1 = heading, ...) do not also fire.
+  let armed = false;
+  const scopeOf = () => el.closest(".jp-Cell") || el.closest(".jp-OutputArea") || document.body;
+  const onPointer = (ev) => {
+    armed = scopeOf().contains(ev.target);
+    keysHelp.classList.toggle("on", armed);
+  };
+  const editable = (t) => t && (t.isContentEditable || /^(INPUT|TEXTAREA|SELECT)$/.test(t.tagName || ""));
+  const onKey = (ev) => {
+    if (!armed || ev.ctrlKey || ev.metaKey || ev.altKey || editable(ev.target)) return;
+    if (!el.isConnected) return;
+    const k = ev.key;
+    if (k >= "1" && k <= "9") {
+      const c = assignable()[Number(k) - 1];
+      if (!c) return;
+      labelSel.value = c.name;
+      send("relabel", { label: c.name, comment: comment.value || null, via: "key" });
+    } else if (k === "u" || k === "U") {
+      send("undo");
+    } else return;
+    ev.preventDefault(); ev.stopPropagation();
+  };
+  window.addEventListener("pointerdown", onPointer, true);
+  window.addEventListener("keydown", onKey, true);
+  return () => {
+    for (const [ev, fn] of handlers) model.off(ev, fn);
+    if (poller) clearInterval(poller);
+    window.removeEventListener("pointerdown", onPointer, true);
+    window.removeEventListener("keydown", onKey, true);
+  };
 }
 
 export default { render };

@@ -62,6 +62,9 @@ class CorrectionPanel(anywidget.AnyWidget):
         How many lesions "suggest next" lists.
     poll_seconds : float, default 5
         How often the front end asks for other annotators' changes (0: never).
+    show_simulated : bool, default False
+        List the pipeline's simulated annotator's corrections in the history too (a demo run's
+        pipeline makes some before fine-tuning; the panel says how many it hides).
 
     Attributes
     ----------
@@ -81,6 +84,8 @@ class CorrectionPanel(anywidget.AnyWidget):
     request = t.Dict().tag(sync=True)
     status = t.Dict().tag(sync=True)
     poll_seconds = t.Float(5.0).tag(sync=True)
+    show_simulated = t.Bool(False).tag(sync=True)
+    simulated = t.Dict().tag(sync=True)
 
     def __init__(self, model: CorrectionModel, n_suggestions: int = 20, **kwargs):
         super().__init__(**kwargs)
@@ -113,7 +118,9 @@ class CorrectionPanel(anywidget.AnyWidget):
                 for i, c in enumerate(lab.classes)
             ]
             self.clusters = self.model.clusters().to_dict("records")
-            self.history = history_records(self.model.history(limit=50))
+            self.simulated = self.model.simulated_summary()
+            self.history = history_records(
+                self.model.history(limit=50, simulated=self.show_simulated))
         self._on_selection(self.model.map.selection)
         if self.suggestions:
             self._refresh_suggestions()
@@ -143,6 +150,11 @@ class CorrectionPanel(anywidget.AnyWidget):
             self.suggestions = recs
 
     # front end -> model ------------------------------------------------------------------------
+    @t.observe("show_simulated")
+    def _toggle_simulated(self, change) -> None:
+        if not self._quiet:
+            self._on_labels()
+
     @t.observe("request")
     def _on_request(self, change) -> None:
         req = dict(change["new"] or {})

@@ -186,7 +186,7 @@ function render({ model, el }) {
   root.append(stage);
   const legend = h("div", { class: "dlm-legend" });
   root.append(legend);
-  root.append(h("div", { class: "dlm-help", text: "click a point: show it · drag: lasso/box · wheel: zoom · legend: show/hide a class" }));
+  root.append(h("div", { class: "dlm-help", text: "click a point: show and select it (shift: add) · drag: lasso/box · wheel: zoom · legend: show/hide a class" }));
   const tip = h("div", { class: "dlm-tip" });
   const tipCanvas = h("canvas", { width: "72", height: "72", style: "width:72px;height:72px" });
   const tipText = h("div");
@@ -500,9 +500,17 @@ function render({ model, el }) {
       lasso = null;
       const i = nearest(d.mx, d.my);
       if (i >= 0) {
+        // a click shows the lesion and selects it (shift: add to the selection, alt: remove)
+        const next = new Uint8Array(n);
+        if (ev.shiftKey || ev.altKey) next.set(sel);
+        next[i] = ev.altKey ? 0 : 1;
+        sel = next;
+        updateFlags();
+        sendSelection();
         model.set("click", { point: i, nonce: ++nonce });
         model.save_changes();
       }
+      hideTip();  // until the pointer moves to another point
       schedule();
       return;
     }

@@ -42,7 +42,12 @@ __all__ = [
     "LabModel",
     "CorrectionError",
     "open_label_store",
+    "SIMULATED_TOOLS",
 ]
+
+#: Tools whose events are not a person's work: the pipeline's simulated annotator (demo runs
+#: with a truth file, ``deeplesion_lab.pipeline.simulate_corrections``).
+SIMULATED_TOOLS = ("pipeline-simulated",)
 
 _FALLBACK_COLORS = (
     "#1B9E77", "#D95F02", "#7570B3", "#E7298A", "#66A61E", "#E6AB02", "#A6761D", "#17BECF",
@@ -850,8 +855,24 @@ class CorrectionModel:
             }
         )
 
-    def history(self, limit: int = 50, **filters) -> pd.DataFrame:
-        return self.labels.history(limit=limit, **filters)
+    def history(self, limit: int = 50, simulated: bool = False, **filters) -> pd.DataFrame:
+        """The event log, newest first; the simulated annotator's events (:data:`SIMULATED_TOOLS`)
+        only with ``simulated`` (they are not the user's work, and nobody's to undo)."""
+        if simulated:
+            return self.labels.history(limit=limit, **filters)
+        ev = self.labels.history(limit=None, **filters)
+        if len(ev) and "tool" in ev:
+            ev = ev[~ev["tool"].isin(SIMULATED_TOOLS)]
+        return ev.head(limit) if limit is not None else ev
+
+    def simulated_summary(self) -> dict:
+        """``{events, lesions, users}`` of the simulated annotator's events in the store."""
+        ev = self.labels.history(limit=None)
+        if not len(ev) or "tool" not in ev:
+            return {"events": 0, "lesions": 0, "users": []}
+        sim = ev[ev["tool"].isin(SIMULATED_TOOLS)]
+        return {"events": int(len(sim)), "lesions": int(sim["n_changes"].fillna(0).sum()),
+                "users": sorted(str(u) for u in sim["user"].unique())}
 
     def suggestions(self, top: int = 20) -> pd.DataFrame:
         """Lesions most likely mislabeled, most suspicious first (see :mod:`deeplesion_lab.suggest`).
