@@ -64,10 +64,11 @@ in vec2 pos; out vec2 uv;
 void main() { uv = pos; gl_Position = vec4(pos, 0.0, 1.0); }`;
 const FS = `#version 300 es
 precision highp float; precision highp sampler3D;
-uniform sampler3D vol; uniform mat3 M; uniform vec3 ext; uniform float span; uniform int steps;
+uniform sampler3D vol; uniform mat3 M; uniform vec3 ext; uniform vec3 centre; uniform float span;
+uniform int steps;
 in vec2 uv; out vec4 color;
 void main() {
-  vec3 o = M * vec3(uv * span, -2.0);
+  vec3 o = centre + M * vec3(uv * span, -2.0);
   vec3 d = normalize(M * vec3(0.0, 0.0, 1.0) + vec3(1e-5, 2e-5, 3e-5));
   vec3 inv = 1.0 / d;
   vec3 t0 = (-0.5 * ext - o) * inv, t1 = (0.5 * ext - o) * inv;
@@ -108,7 +109,7 @@ function makeGL(canvas) {
     gl.texParameteri(gl.TEXTURE_3D, k, v);
   }
   const u = (n) => gl.getUniformLocation(prog, n);
-  return { gl, prog, vao, tex, uM: u("M"), uExt: u("ext"), uSpan: u("span"), uSteps: u("steps"),
+  return { gl, prog, vao, tex, uM: u("M"), uExt: u("ext"), uSpan: u("span"), uSteps: u("steps"), uCentre: u("centre"),
     uVol: u("vol"), max3d: gl.getParameter(gl.MAX_3D_TEXTURE_SIZE) };
 }
 
@@ -152,7 +153,7 @@ function render({ model, el }) {
     panels[name] = { box, c, ov, lab, fit: null };
   }
   root.append(grid, msg, h("div", { class: "dvv-help", text:
-    "click/drag: move the cursor · wheel: scroll that plane · right- or shift-drag: level/width · 3-D: drag to rotate, double-click to reset" }));
+    "click/drag: move the cursor · wheel: scroll that plane · ctrl+wheel: zoom · right- or shift-drag: level/width · 3-D: drag to rotate, wheel to zoom, double-click to reset" }));
   el.append(root);
   el.dataset.renders = "0";
 
@@ -165,6 +166,7 @@ function render({ model, el }) {
   let pool = null; // {data: Uint8Array windowed, px, py, f}
   let pooledHU = null;
   let pending = null, reqN = 0, recvT = 0;
+  const zoom = { axial: 1, coronal: 1, sagittal: 1, "3d": 1 };
 
   function buildLut() {
     const lo = level - width / 2, sc = 255 / Math.max(width, 1e-6);
@@ -177,6 +179,7 @@ function render({ model, el }) {
 
   // plane images at native resolution, drawn into an offscreen canvas, then fitted by mm
   const off = document.createElement("canvas"), offCtx = off.getContext("2d");
+  const mipCanvas = document.createElement("canvas");
   function planeImage(name) {
     let w, hh, get;
     const [z, y, x] = cur;
@@ -193,12 +196,27 @@ function render({ model, el }) {
     return [w, hh];
   }
 
+  function boxCentre() {
+    if (!ann.box) return [nx / 2 - 0.5, ny / 2 - 0.5, nz / 2 - 0.5];
+    const [x1, y1, x2, y2] = ann.box;
+    return [(x1 + x2) / 2, (y1 + y2) / 2, ann.z];
+  }
+
   function fitFor(name) {
-    // mm extent of the plane's columns / rows, fitted into the panel (physical aspect)
+    // mm extent of the plane's columns / rows, fitted into the panel with its physical aspect;
+    // a thin slab (few slices) is magnified around the lesion so that it stays readable
     const [wmm, hmm] = name === "axial" ? [nx * sx, ny * sy] : name === "coronal" ? [nx * sx, nz * sz] : [ny * sy, nz * sz];
-    const sc = Math.min(S / wmm, S / hmm);
-    const W = wmm * sc, H = hmm * sc;
-    return { ox: (S - W) / 2, oy: (S - H) / 2, W, H };
+    const all = Math.min(S / wmm, S / hmm);
+    let sc = all;
+    if (name !== "axial" && hmm * sc < 0.35 * S) {
+      const b = ann.box ? (name === "coronal" ? (ann.box[2] - ann.box[0]) * sx : (ann.box[3] - ann.box[1]) * sy) : wmm / 4;
+      sc = Math.max(all, Math.min(0.35 * S / hmm, S / Math.max(3 * b, 40)));
+    }
+    sc *= zoom[name];
+    const W = wmm * sc, H = hmm * sc, c = boxCentre();
+    const [cc, nc, cr, nr] = name === "axial" ? [c[0], nx, c[1], ny] : name === "coronal" ? [c[0], nx, c[2], nz] : [c[1], ny, c[2], nz];
+    const place = (len, at, n) => len <= S ? (S - len) / 2 : Math.min(0, Math.max(S - len, S / 2 - ((at + 0.5) / n) * len));
+    return { ox: place(W, cc, nc), oy: place(H, cr, nr), W, H };
   }
 
   function drawPlane(name) {
@@ -285,8 +303,13 @@ function render({ model, el }) {
     const p = panels["3d"];
     const o = p.ov.getContext("2d");
     o.setTransform(dpr, 0, 0, dpr, 0, 0); o.clearRect(0, 0, S, S);
-    const ext = extNorm(), span = 0.5 * Math.hypot(...ext) * 1.02;
-    const M = rotation(yaw, pitch);
+    const ext = extNorm(), M = rotation(yaw, pitch), maxmm = Math.max(nx * sx, ny * sy, nz * sz);
+    const world = (x, y, z) => [((x + 0.5) / nx - 0.5) * ext[0], ((y + 0.5) / ny - 0.5) * ext[1], ((z + 0.5) / nz - 0.5) * ext[2]];
+    // around the lesion: the slab at least 35 % of the height, the box and 20 mm in view
+    const bc = boxCentre(), centre = world(bc[0], bc[1], bc[2]);
+    const bhalf = ann.box ? 0.5 * Math.hypot((ann.box[2] - ann.box[0]) * sx, (ann.box[3] - ann.box[1]) * sy) / maxmm : 0;
+    const span0 = 0.5 * Math.hypot(...ext) * 1.02;
+    const span = Math.min(span0, Math.max(ext[2] / 0.7, 3 * bhalf, 20 / maxmm)) / zoom["3d"];
     if (glState) {
       const { gl, prog, vao, uM, uExt, uSpan, uSteps, uVol } = glState;
       if (dirty3d) { upload3d(); dirty3d = false; }
@@ -295,6 +318,7 @@ function render({ model, el }) {
       // column-major mat3: column j = camera axis j in world coordinates
       gl.uniformMatrix3fv(uM, false, new Float32Array([M[0][0], M[1][0], M[2][0], M[0][1], M[1][1], M[2][1], M[0][2], M[1][2], M[2][2]]));
       gl.uniform3f(uExt, ext[0], ext[1], ext[2]); gl.uniform1f(uSpan, span);
+      gl.uniform3f(glState.uCentre, centre[0], centre[1], centre[2]);
       const steps = Math.min(768, Math.ceil(1.5 * Math.max(pool.px, pool.py, nz * sz / (sx * pool.f))));
       gl.uniform1i(uSteps, steps);
       gl.activeTexture(gl.TEXTURE0); gl.uniform1i(uVol, 0);
@@ -303,24 +327,29 @@ function render({ model, el }) {
       // CPU fallback: a fixed coronal MIP (max over y), drawn with its physical aspect
       const ctx = p.c.getContext("2d");
       ctx.setTransform(dpr, 0, 0, dpr, 0, 0); ctx.fillStyle = "#000"; ctx.fillRect(0, 0, S, S);
-      off.width = nx; off.height = nz;
-      const img = offCtx.createImageData(nx, nz), px = new Uint32Array(img.data.buffer);
-      for (let k = 0; k < nz; k++) {
-        const mx = new Int16Array(nx).fill(-32768);
-        for (let j = 0; j < ny; j++) { const o2 = (k * ny + j) * nx; for (let i = 0; i < nx; i++) if (vol[o2 + i] > mx[i]) mx[i] = vol[o2 + i]; }
-        for (let i = 0; i < nx; i++) { const g = lut[(mx[i] + 32768) & 0xffff]; px[k * nx + i] = 0xff000000 | (g << 16) | (g << 8) | g; }
+      if (dirty3d) {
+        mipCanvas.width = nx; mipCanvas.height = nz;
+        const mctx = mipCanvas.getContext("2d");
+        const img = mctx.createImageData(nx, nz), px = new Uint32Array(img.data.buffer);
+        const mx = new Int16Array(nx);
+        for (let k = 0; k < nz; k++) {
+          mx.fill(-32768);
+          for (let j = 0; j < ny; j++) { const o2 = (k * ny + j) * nx; for (let i = 0; i < nx; i++) if (vol[o2 + i] > mx[i]) mx[i] = vol[o2 + i]; }
+          for (let i = 0; i < nx; i++) { const g = lut[(mx[i] + 32768) & 0xffff]; px[k * nx + i] = 0xff000000 | (g << 16) | (g << 8) | g; }
+        }
+        mctx.putImageData(img, 0, 0);
+        dirty3d = false;
       }
-      offCtx.putImageData(img, 0, 0);
       const sc = S / (2 * span);
       const W = ext[0] * sc, H = ext[2] * sc;
-      ctx.drawImage(off, (S - W) / 2, (S - H) / 2, W, H);
+      ctx.drawImage(mipCanvas, S / 2 - (centre[0] + ext[0] / 2) * sc, S / 2 - (centre[2] + ext[2] / 2) * sc, W, H);
       yaw = 0; pitch = 0;
     }
     // the box outline (and its RECIST) in 3-D, projected with the same camera
     if (ann.box) {
-      const [x1, y1, x2, y2] = ann.box, e = extNorm();
-      const world = (x, y, z) => [((x + 0.5) / nx - 0.5) * e[0], ((y + 0.5) / ny - 0.5) * e[1], ((z + 0.5) / nz - 0.5) * e[2]];
-      const scr = (w) => {
+      const [x1, y1, x2, y2] = ann.box;
+      const scr = (p) => {
+        const w = [p[0] - centre[0], p[1] - centre[1], p[2] - centre[2]];
         const u = M[0][0] * w[0] + M[1][0] * w[1] + M[2][0] * w[2], v = M[0][1] * w[0] + M[1][1] * w[1] + M[2][1] * w[2];
         return [S / 2 + (u / span) * (S / 2), S / 2 - (v / span) * (S / 2)];
       };
@@ -382,6 +411,7 @@ function render({ model, el }) {
       if (!glState) glFailed = true;
     }
     poolVolume(); dirty3d = true; yaw = 0; pitch = 0;
+    for (const k of Object.keys(zoom)) zoom[k] = 1;
     if (frame) { cancelAnimationFrame(frame); frame = 0; }
     draw();
     const drawn = performance.now();
@@ -437,6 +467,7 @@ function render({ model, el }) {
     p.box.addEventListener("wheel", (e) => {
       if (!vol) return;
       e.preventDefault();
+      if (e.ctrlKey || e.metaKey) { zoom[name] = Math.max(0.5, Math.min(16, zoom[name] * (e.deltaY > 0 ? 1 / 1.25 : 1.25))); schedule(); return; }
       const d = e.deltaY > 0 ? 1 : -1, axis = name === "axial" ? 0 : name === "coronal" ? 1 : 2;
       cur[axis] += d; clampCur(); schedule(); saveCursor();
     }, { passive: false });
@@ -450,7 +481,10 @@ function render({ model, el }) {
       pitch = Math.max(-1.55, Math.min(1.55, drag[3] + (e.clientY - drag[1]) * 0.01)); schedule();
     });
     p.box.addEventListener("pointerup", () => { drag = null; });
-    p.box.addEventListener("dblclick", () => { yaw = 0; pitch = 0; schedule(); });
+    p.box.addEventListener("dblclick", () => { yaw = 0; pitch = 0; zoom["3d"] = 1; schedule(); });
+    p.box.addEventListener("wheel", (e) => {
+      e.preventDefault(); zoom["3d"] = Math.max(0.5, Math.min(16, zoom["3d"] * (e.deltaY > 0 ? 1 / 1.25 : 1.25))); schedule();
+    }, { passive: false });
   }
   presetSel.addEventListener("change", () => {
     const v = presetSel.value, pr = (model.get("presets") || {})[v];
