@@ -5,6 +5,10 @@ A temporary root holds a notebook that shows ``LesionLab`` on a tiny run (see
 render, click a map point and see the viewer switch to that lesion, box-select points and
 relabel them from the correction panel, then read the label store from this process to see the
 change. A screenshot goes to ``test-artifacts/lesion_lab.png``.
+
+Issue 21 (what a newcomer met): the annotated box in the legend's colour, the predictions of each
+model and the score threshold on candidates, a click that selects and drops its tooltip, the
+1-9/u keys, the simulated annotator kept out of the history, and figures that appear.
 """
 
 from __future__ import annotations
@@ -42,6 +46,19 @@ def tiny(tmp_path_factory):
 def server(tiny, tmp_path_factory):
     import json
 
+    import pandas as pd
+
+    from deeplesion_lab.lesion_types import COARSE_TYPES
+    from deeplesion_lab.pipeline import simulate_corrections
+    from widgets.models import LabModel
+
+    # a demo run's pipeline corrects some labels as a simulated annotator (issue 21, bug 5)
+    LabModel(tiny.run_dir, user="pipeline").labels.close()
+    code = {v: k for k, v in COARSE_TYPES.items()}
+    truth = tmp_path_factory.mktemp("truth") / "truth.parquet"
+    pd.DataFrame({"lesion_id": list(tiny.true_label), "annotated": True,
+                  "coarse_type": [code[v] for v in tiny.true_label.values()]}).to_parquet(truth)
+    tiny.n_simulated = simulate_corrections(tiny.run_dir, truth, 0.5, "demo-annotator", 0)
     root = tmp_path_factory.mktemp("lab_root")
     src = (
         "from widgets import LesionLab\n"
@@ -53,7 +70,12 @@ def server(tiny, tmp_path_factory):
         "from widgets import EmbeddingMap\n"
         "EmbeddingMap(lab.model.map, renderer='canvas2d', canvas_size=260, title='2-D canvas view')"
     )
-    (root / "lab.ipynb").write_text(json.dumps(notebook(src, src2)))
+    # figures as a notebook draws them: matplotlib inline and plotly (offline extension)
+    src3 = (
+        "import matplotlib.pyplot as plt\nimport plotly.express as px\n"
+        "plt.plot([0, 1], [0, 1])\npx.scatter(x=[0, 1], y=[1, 0]).show()"
+    )
+    (root / "lab.ipynb").write_text(json.dumps(notebook(src, src2, src3)))
     with jupyterlab(root) as url:
         yield url
 
@@ -217,3 +239,158 @@ def test_box_select_and_relabel_reaches_store(page, tiny):
         "&& Number(c.textContent.split(' ').pop().replace(/,/g, '')) >= n)",
         arg=len(inside), timeout=10_000,
     )
+
+
+# issue 21 ------------------------------------------------------------------------------------------
+def _viewer_state(page, key):
+    return page.locator(".dlv").first.evaluate(f"e => e.parentElement.dataset.{key}")
+
+
+def _show(page, tiny, lesion_id):
+    """Click the lesion's map point (it is then shown and selected)."""
+    ids, pts = _map_points(tiny)
+    i = ids.index(lesion_id)
+    box = page.locator(".dlm-stage").first.bounding_box()
+    page.locator(".dlm").first.evaluate("e => e.scrollIntoView()")
+    box = page.locator(".dlm-stage").first.bounding_box()
+    page.mouse.click(box["x"] + pts[i, 0], box["y"] + pts[i, 1])
+    page.wait_for_function(
+        "id => document.querySelector('.dlv-title').textContent.includes(id)", arg=lesion_id,
+        timeout=15_000,
+    )
+
+
+def _isolated_points(tiny, min_px=12):
+    ids, pts = _map_points(tiny)
+    d = np.linalg.norm(pts[:, None] - pts[None], axis=2) + np.eye(len(pts)) * 1e9
+    return [ids[i] for i in np.argsort(-d.min(1)) if d[i].min() > min_px]
+
+
+def test_click_selects_the_point_and_hides_its_tooltip(page, tiny):
+    lid = _isolated_points(tiny)[1]
+    ids, pts = _map_points(tiny)
+    box = page.locator(".dlm-stage").first.bounding_box()
+    i = ids.index(lid)
+    page.mouse.move(box["x"] + pts[i, 0] + 1, box["y"] + pts[i, 1] + 1)
+    page.wait_for_function("() => getComputedStyle(document.querySelector('.dlm-tip')).display "
+                           "!== 'none'", timeout=10_000)
+    page.mouse.click(box["x"] + pts[i, 0], box["y"] + pts[i, 1])
+    page.wait_for_function(
+        "() => document.querySelector('.dlc b') && document.querySelector('.dlc b').textContent "
+        "=== '1'", timeout=15_000,
+    )
+    assert page.locator(".dlm").first.evaluate("e => e.parentElement.dataset.selected") == "1"
+    assert page.locator(".dlm-tip").first.evaluate("e => getComputedStyle(e).display") == "none"
+
+
+def test_annotated_box_is_drawn_in_the_legends_colour(page, tiny):
+    from widgets.data import LabData
+
+    lid = _isolated_points(tiny)[2]
+    _show(page, tiny, lid)
+    for key in ("predictions", "candidates"):  # only the annotations on the image
+        cb = page.locator(".dlv-legend label", has_text={"predictions": "predicted",
+                                                          "candidates": "mined"}[key]).first
+        if cb.locator("input").is_checked():
+            cb.locator("input").uncheck()
+    page.wait_for_function("() => document.querySelector('.dlv').parentElement.dataset"
+                           ".shownPredictions === '0'", timeout=10_000)
+    legend = page.locator(".dlv-legend .dlv-sw").first.evaluate(
+        "e => getComputedStyle(e).borderTopColor")
+    want = np.array([int(v) for v in legend[legend.index("(") + 1:-1].split(",")[:3]])
+    data = LabData.from_run(tiny.run_dir)
+    row = data.row(lid)
+    ih, iw = data.slice_hu(str(row["file_name"]), int(row["key_slice_index"])).shape
+    shot = page.locator(".dlv-stage canvas").first.screenshot()
+    from PIL import Image
+
+    a = np.asarray(Image.open(io.BytesIO(shot)).convert("RGB")).astype(int)
+    s = min(SIZE / iw, SIZE / ih)
+    x = SIZE / 2 + ((row["bbox_x1"] + row["bbox_x2"]) / 2 - iw / 2) * s
+    y = SIZE / 2 + (row["bbox_y2"] - ih / 2) * s  # the bottom edge (the tag sits on the top)
+    patch = a[int(y) - 3:int(y) + 4, int(x) - 6:int(x) + 7]
+    assert (np.abs(patch - want).max(axis=2) < 40).any(), (
+        f"no pixel of the legend's colour {want} on the annotated box's edge")
+    for key in ("predictions", "candidates"):
+        cb = page.locator(".dlv-legend label", has_text={"predictions": "predicted",
+                                                          "candidates": "mined"}[key]).first
+        cb.locator("input").check()
+
+
+def test_every_models_predictions_and_the_threshold_on_candidates(page, tiny):
+    from widgets.data import LabData
+
+    les = LabData.from_run(tiny.run_dir).lesions
+    test_ids = set(les.loc[les["split_name"] == "test", "lesion_id"].astype(str))
+    lid = next(i for i in _isolated_points(tiny, 6) if i in test_ids)
+    _show(page, tiny, lid)
+    sel = page.locator(".dlv select.dlv-model").first
+    assert sorted(sel.locator("option").all_inner_texts()) == ["pseudo", "single"]
+    sel.select_option("single")
+    page.wait_for_function("() => document.querySelector('.dlv').parentElement.dataset"
+                           ".shownPredictions === '1'", timeout=10_000)
+    sel.select_option("pseudo")
+    page.wait_for_function("() => document.querySelector('.dlv').parentElement.dataset"
+                           ".shownPredictions === '1'", timeout=10_000)  # 0.9 shown, 0.2 not
+    assert int(_viewer_state(page, "shownCandidates")) >= 1  # scores 0.7 >= 0.5
+    thr = page.locator(".dlv-bar input[type=range]").first
+    thr.evaluate("e => { e.value = '0.8'; e.dispatchEvent(new Event('input')); }")
+    page.wait_for_function("() => document.querySelector('.dlv').parentElement.dataset"
+                           ".shownCandidates === '0'", timeout=10_000)
+    thr.evaluate("e => { e.value = '0.5'; e.dispatchEvent(new Event('input')); }")
+
+
+def test_keys_relabel_the_selection_and_undo(page, tiny):
+    from deeplesion_lab.labels import LabelStore
+
+    lid = _isolated_points(tiny)[3]
+    before = LabelStore.open(Path(tiny.run_dir) / "labels.sqlite").current_labels().set_index(
+        "lesion_id")["label"][lid]
+    _show(page, tiny, lid)  # shown and selected
+    page.wait_for_function("() => document.querySelector('.dlc b').textContent === '1'",
+                           timeout=15_000)
+    help_text = page.locator(".dlc-keys").first.inner_text()
+    assert "1" in help_text and "9" in help_text and "undo" in help_text
+    options = page.locator(".dlc select").first.locator("option").all()
+    second = next(o.get_attribute("value") for o in options[1:2])
+    if second == before:  # relabel to a class it does not have yet: use key 3
+        second, key = options[2].get_attribute("value"), "3"
+    else:
+        key = "2"
+    assert options[1].inner_text().startswith("2 · ")
+    n_cells = page.locator(".jp-CodeCell").count()
+    page.keyboard.press(key)
+    page.wait_for_function(
+        "() => (document.querySelector('.dlc-status') || {}).textContent?.startsWith('relabelled 1')",
+        timeout=15_000)
+    store = LabelStore.open(Path(tiny.run_dir) / "labels.sqlite")
+    assert store.current_labels().set_index("lesion_id")["label"][lid] == second
+    page.keyboard.press("u")
+    page.wait_for_function(
+        "() => (document.querySelector('.dlc-status') || {}).textContent?.startsWith('undone')",
+        timeout=15_000)
+    assert store.current_labels().set_index("lesion_id")["label"][lid] == before
+    # JupyterLab's own command-mode keys did not fire (1-9 would turn the cell into a heading)
+    assert page.locator(".jp-CodeCell").count() == n_cells
+
+
+def test_history_leaves_out_the_simulated_annotator(page, tiny):
+    assert tiny.n_simulated >= 1
+    page.locator(".dlc-tab", has_text="History").first.click()
+    note = page.locator(".dlc-note").first
+    page.wait_for_function("() => document.querySelector('.dlc-note').offsetParent !== null",
+                           timeout=10_000)
+    assert "demo-annotator" in note.inner_text() and "simulated" in note.inner_text()
+    meta = page.locator(".dlc-page.on .dlc-h .meta").all_inner_texts()
+    assert not any(m.startswith("demo-annotator") for m in meta), meta
+    note.locator("input").check()
+    page.wait_for_function(
+        "() => [...document.querySelectorAll('.dlc-page.on .dlc-h .meta')].some("
+        "m => m.textContent.startsWith('demo-annotator'))", timeout=10_000)
+    note.locator("input").uncheck()
+    page.locator(".dlc-tab", has_text="Correct").first.click()
+
+
+def test_figures_appear_in_jupyterlab(page):
+    page.wait_for_selector(".jp-RenderedImage img", timeout=60_000)
+    page.wait_for_selector(".js-plotly-plot .main-svg", timeout=60_000)
