@@ -116,3 +116,16 @@ def test_itk_view_says_what_is_missing(tiny):
             w.itk_view()
     else:
         pytest.skip("itkwidgets is installed (its viewer needs the internet; not tested here)")
+
+
+def test_lesion_lab_panel_loads_when_opened(tiny):
+    from widgets import LesionLab
+
+    lab = LesionLab(tiny.run_dir, user="vol-tester", store=None)
+    assert lab.volume_panel in lab.children and lab.volume.active is False
+    lab.show_lesion(tiny.lesion_ids[3])
+    assert lab.volume.volume == b""  # closed: nothing loaded
+    lab.volume_panel.selected_index = 0
+    assert lab.volume.lesion_id == tiny.lesion_ids[3] and lab.volume.volume_shape[0] == 5
+    lab.show_lesion(tiny.lesion_ids[6])
+    assert lab.volume.lesion_id == tiny.lesion_ids[6]

@@ -61,6 +61,15 @@ class LesionLab(ipw.Box):
             "layout", ipw.Layout(display="flex", flex_flow="row wrap", align_items="flex-start")
         )
         super().__init__(children=[self.map, self.viewer, self.corrections, self.gallery], **kwargs)
+        # the lesion in 3-D (VolumeView), following the viewer; loaded only while its panel is open
+        from .volume_view import VolumeView
+
+        self.volume = VolumeView(m.viewer, canvas_size=max(160, size // 2 - 12), active=False)
+        self.volume_panel = ipw.Accordion(children=[self.volume], titles=("3-D volume",),
+                                          selected_index=None, layout=ipw.Layout(width="100%"))
+        self.volume_panel.observe(lambda ch: setattr(self.volume, "active", ch["new"] == 0),
+                                  "selected_index")
+        self.children = (*self.children, self.volume_panel)
 
     def _show_and_select(self, lesion_id: str) -> None:
         self.model.show_lesion(lesion_id)

@@ -419,6 +419,7 @@ function render({ model, el }) {
       el.dataset.volumeSerial = String(serial);
       el.dataset.lesionId = model.get("lesion_id");
       el.dataset.lastDrawMs = (drawn - t0).toFixed(1);
+      el.dataset.loadMs = String(model.get("load_ms"));
       if (pending && pending.id === model.get("lesion_id")) {
         el.dataset.lastLatencyMs = (performance.now() - pending.t0).toFixed(1);
         pending = null;
