@@ -141,3 +141,74 @@ def test_user_defaults_to_the_login_name_in_widgets_and_notebooks(tiny, run_copy
         # the text says "set X = True" only where the code has such a line
         for name in re.findall(r"[Ss]et `?([A-Z_]+) = True", src):
             assert re.search(rf"^{name} = False", src, re.M), f"{nb.name}: no {name} to set"
+
+
+# the lesion grid and click-through from the FROC ----------------------------------------------------
+def test_froc_cases_are_the_frocs_misses_and_false_positives(tiny):
+    from deeplesion_lab.detection.froc import evaluate_predictions
+    from widgets.models import froc_cases
+
+    les = LabData.from_run(tiny.run_dir).lesions
+    test = les[(les["split_name"] == "test") & (les["possibly_noisy"].astype(int) == 0)]
+    a, b = test.iloc[0], test.iloc[1]
+    box = [float(a[c]) for c in ("bbox_x1", "bbox_y1", "bbox_x2", "bbox_y2")]
+    pred = pd.DataFrame([[a["file_name"], *box, 0.9, "liver"],
+                         [a["file_name"], 1, 1, 9, 9, 0.8, "lung"],
+                         [b["file_name"], 2, 2, 8, 8, 0.1, "lung"]], columns=COLS)
+    for rate, n_fp in ((16.0, 2), (1.0 / 64, 0)):
+        cases, thr = froc_cases(pred, les, "test", rate)
+        res = evaluate_predictions(pred, les, "test", fp_rates=[rate])
+        miss = cases[cases["kind"] == "miss"]
+        assert len(miss) == round(res.n_lesions * (1 - res.sensitivity[next(iter(res.sensitivity))]))
+        assert a["lesion_id"] not in set(miss["lesion_id"]) and b["lesion_id"] in set(miss["lesion_id"])
+        fp = cases[cases["kind"] == "false positive"]
+        assert len(fp) == n_fp
+        assert thr == (0.1 if rate == 16.0 else 0.9)
+    fp = froc_cases(pred, les, "test", 16.0)[0].query("kind == 'false positive'")
+    assert fp.iloc[0][["x1", "score", "lesion_id"]].tolist() == [1.0, 0.8, a["lesion_id"]]
+
+
+def test_grid_follows_the_map_and_opens_in_the_viewer(tiny, run_copy):
+    lab = LabModel(run_copy, user="alice")
+    g = lab.grid
+    g.set(sort_by="confidence")
+    items, total = g.items(0, 100)
+    assert total == lab.data.n_points
+    conf = [lab.labels.confidence[lab.data.row_of[it["lesion_id"]]] for it in items]
+    assert conf == sorted(conf)
+    label = items[0]["label"]
+    lab.map.set_filters(labels=[label])
+    items, total = g.items(0, 100)
+    assert total == int((lab.map.point_labels() == label).sum()) and {i["label"] for i in items} == {label}
+    lab.map.set_filters(labels=None)
+    it = g.items(0, 5)[0][3]
+    g.open(it)
+    assert lab.viewer.lesion_id == it["lesion_id"] == lab.map.selected_lesion_ids()[0]
+    assert [i["lesion_id"] for i in g.items(0, 100)[0] if i["selected"]] == [it["lesion_id"]]
+    g.set(only_selected=True)
+    assert g.items()[1] == 1
+    with pytest.raises(WidgetDataError, match="sort by one of"):
+        g.set(sort_by="colour")
+
+
+def test_grid_false_positives_open_with_the_models_boxes(tiny, run_copy):
+    from widgets.lesion_grid import LesionGrid
+
+    lab = LabModel(run_copy, user="alice")
+    w = LesionGrid(lab.grid)
+    assert w.total == lab.data.n_points and w.source == "map"
+    w.model_name = "pseudo"
+    w.source = "false positives"  # as the front end's selects do
+    assert w.items and {i["kind"] for i in w.items} == {"false positive"}
+    assert all(i["label"].startswith("lung 0.20") for i in w.items)  # the fixture's stray boxes
+    assert 0 < w.threshold <= 0.2
+    lab.viewer.set_prediction_model("single")
+    w.click = {"index": 0, "nonce": 1}
+    first = w.items[0]
+    assert lab.viewer.lesion_id == first["lesion_id"]
+    assert lab.viewer.prediction_model == "pseudo"
+    assert lab.viewer.score_threshold == pytest.approx(w.threshold)
+    shown = [p for p in lab.viewer.overlays()["predictions"] if p["score"] >= w.threshold]
+    assert any(p["box"] == first["box"] for p in shown)
+    w.source = "misses"
+    assert w.total == 0, "the fixture's 0.9 boxes hit every test lesion"

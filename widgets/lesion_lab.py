@@ -8,6 +8,7 @@ import ipywidgets as ipw
 
 from .correction_panel import CorrectionPanel
 from .embedding_map import EmbeddingMap
+from .lesion_grid import LesionGrid
 from .models import LabModel
 from .similar_gallery import SimilarGallery
 from .slice_viewer import SliceViewer
@@ -16,13 +17,17 @@ __all__ = ["LesionLab"]
 
 
 class LesionLab(ipw.Box):
-    """The lab in one notebook cell: map | viewer on top, corrections | similar lesions below.
+    """The lab in one notebook cell: map | viewer on top, corrections | similar lesions below,
+    then the lesion grid.
 
     A click on the map, on a suggestion or in the gallery shows that lesion in the viewer and the
     gallery; a lasso selects lesions for the correction panel; every correction goes through the
-    run's label store with ``user`` and recolours the map at once. The parts are attributes
-    (:attr:`viewer`, :attr:`map`, :attr:`corrections`, :attr:`gallery`) and can be displayed on
-    their own; :attr:`model` is the headless :class:`widgets.models.LabModel`.
+    run's label store with ``user`` and recolours the map at once. The grid shows the map's
+    lesions (its filters, its selection marked) as thumbnails, sortable; a click there shows and
+    selects a lesion, and its *misses* / *false positives* views open a detector's FROC cases in
+    the viewer. The parts are attributes (:attr:`viewer`, :attr:`map`, :attr:`corrections`,
+    :attr:`gallery`, :attr:`grid`) and can be displayed on their own; :attr:`model` is the
+    headless :class:`widgets.models.LabModel`.
 
     Parameters
     ----------
@@ -52,15 +57,19 @@ class LesionLab(ipw.Box):
         self.map = EmbeddingMap(m.map, canvas_size=size)
         self.corrections = CorrectionPanel(m.corrections)
         self.gallery = SimilarGallery(m.gallery)
+        self.grid = LesionGrid(m.grid)
         self.corrections.lesion_requested.connect(self._show_and_select)
         self.gallery.lesion_requested.connect(m.show_lesion)
         # map | viewer above corrections | gallery; wraps to one column in a narrow notebook
         for w in (self.map, self.viewer, self.corrections, self.gallery):
             w.layout = ipw.Layout(width=f"{size + 18}px", margin="0 10px 10px 0")
+        self.grid.layout = ipw.Layout(width=f"{2 * size + 46}px", margin="0 10px 10px 0")
         kwargs.setdefault(
             "layout", ipw.Layout(display="flex", flex_flow="row wrap", align_items="flex-start")
         )
-        super().__init__(children=[self.map, self.viewer, self.corrections, self.gallery], **kwargs)
+        super().__init__(
+            children=[self.map, self.viewer, self.corrections, self.gallery, self.grid], **kwargs
+        )
         # the lesion in 3-D (VolumeView), following the viewer; loaded only while its panel is open
         from .volume_view import VolumeView
 

@@ -193,6 +193,7 @@ function render({ model, el }) {
     ctx.font = "600 11px system-ui,sans-serif";
     const w = ctx.measureText(text).width + 8 + (dot ? 10 : 0);
     const ty = y - 17 < 2 ? y + 3 : y - 17;
+    x = Math.max(2, Math.min(x, size - w - 2));  // inside the canvas
     if (tags.some((r) => x < r[0] + r[2] && r[0] < x + w && ty < r[1] + 15 && r[1] < ty + 15)) return false;
     tags.push([x, ty, w, 15]);
     ctx.fillStyle = "rgba(0,0,0,0.72)";
