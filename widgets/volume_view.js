@@ -129,7 +129,7 @@ function rotation(yaw, pitch) {
 function render({ model, el }) {
   const S = Math.max(160, model.get("canvas_size") || 300);
   const dpr = Math.max(1, window.devicePixelRatio || 1);
-  const root = h("div", { class: "dvv" });
+  const root = h("div", { class: "dvv", style: `width:${2 * S + 24}px` });
   root.append(h("style", { text: STYLE }));
   const title = h("span", { class: "dvv-title" }), sub = h("span", { class: "dvv-sub" });
   root.append(h("div", { class: "dvv-head" }, title, sub));
@@ -138,7 +138,7 @@ function render({ model, el }) {
   const pos = h("span", { class: "dvv-wl", style: "margin-left:auto" });
   root.append(h("div", { class: "dvv-bar" }, presetSel, wl, pos));
   const msg = h("div", { class: "dvv-msg" });
-  const grid = h("div", { class: "dvv-grid" });
+  const grid = h("div", { class: "dvv-grid", style: `grid-template-columns:${S}px ${S}px` });
   const panels = {};
   for (const name of ["axial", "coronal", "sagittal", "3d"]) {
     const box = h("div", { class: "dvv-panel", style: `width:${S}px;height:${S}px`, "data-plane": name });
@@ -162,7 +162,8 @@ function render({ model, el }) {
   let cur = [0, 0, 0], ann = {};
   let level = model.get("window_level"), width = model.get("window_width");
   const lut = new Uint8Array(65536);
-  let yaw = 0, pitch = 0, frame = 0, dirty3d = true, glState, glFailed = false;
+  const YAW0 = 0.45, PITCH0 = -0.35; // a slightly oblique first view, so that depth shows
+  let yaw = YAW0, pitch = PITCH0, frame = 0, dirty3d = true, glState, glFailed = false;
   let pool = null; // {data: Uint8Array windowed, px, py, f}
   let pooledHU = null;
   let pending = null, reqN = 0, recvT = 0;
@@ -410,7 +411,7 @@ function render({ model, el }) {
       try { glState = makeGL(panels["3d"].c); } catch (e) { glState = null; console.warn("volume view: no WebGL2", e); }
       if (!glState) glFailed = true;
     }
-    poolVolume(); dirty3d = true; yaw = 0; pitch = 0;
+    poolVolume(); dirty3d = true; yaw = YAW0; pitch = PITCH0;
     for (const k of Object.keys(zoom)) zoom[k] = 1;
     if (frame) { cancelAnimationFrame(frame); frame = 0; }
     draw();
@@ -482,7 +483,7 @@ function render({ model, el }) {
       pitch = Math.max(-1.55, Math.min(1.55, drag[3] + (e.clientY - drag[1]) * 0.01)); schedule();
     });
     p.box.addEventListener("pointerup", () => { drag = null; });
-    p.box.addEventListener("dblclick", () => { yaw = 0; pitch = 0; zoom["3d"] = 1; schedule(); });
+    p.box.addEventListener("dblclick", () => { yaw = YAW0; pitch = PITCH0; zoom["3d"] = 1; schedule(); });
     p.box.addEventListener("wheel", (e) => {
       e.preventDefault(); zoom["3d"] = Math.max(0.5, Math.min(16, zoom["3d"] * (e.deltaY > 0 ? 1 / 1.25 : 1.25))); schedule();
     }, { passive: false });

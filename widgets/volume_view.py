@@ -159,7 +159,7 @@ class VolumeView(anywidget.AnyWidget):
         sz, sy, sx = vol.spacing
         self.subtitle = (
             f"{nz}×{ny}×{nx} voxels · {sx:.2f}×{sy:.2f}×{sz:.2f} mm · "
-            f"slices {format_indices([int(round(vol.slice_positions[0])), int(round(vol.slice_positions[-1]))])}"
+            f"slices {vol.slice_positions[0]:03.0f}-{vol.slice_positions[-1]:03.0f}"
         )
         notes = []
         if vol.missing:
