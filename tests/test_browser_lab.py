@@ -394,3 +394,42 @@ def test_history_leaves_out_the_simulated_annotator(page, tiny):
 def test_figures_appear_in_jupyterlab(page):
     page.wait_for_selector(".jp-RenderedImage img", timeout=60_000)
     page.wait_for_selector(".js-plotly-plot .main-svg", timeout=60_000)
+
+
+def test_grid_click_shows_and_selects_and_false_positives_open_in_the_viewer(page, tiny):
+    grid = page.locator(".dlgr").first
+    grid.evaluate("e => e.scrollIntoView()")
+    page.wait_for_selector(".dlgr-cell canvas", timeout=30_000)
+    cell = page.locator(".dlgr-cell").nth(2)
+    lid = cell.get_attribute("data-lesion-id")
+    cell.click()
+    page.wait_for_function(
+        "id => document.querySelector('.dlv-title').textContent.includes(id)", arg=lid,
+        timeout=15_000)
+    page.wait_for_function(
+        "() => document.querySelector('.dlm').parentElement.dataset.selected === '1'",
+        timeout=15_000)
+    page.wait_for_function(
+        "id => document.querySelector(`.dlgr-cell.sel[data-lesion-id='${id}']`) !== null",
+        arg=lid, timeout=15_000)
+    # click-through from the FROC: the pseudo-label model's false positives at 4 FP / image
+    grid.locator("select").first.select_option("false positives")
+    page.wait_for_function(
+        "() => document.querySelector('.dlgr').parentElement.dataset.source === 'false positives'"
+        " && document.querySelectorAll('.dlgr-cell').length > 0", timeout=30_000)
+    grid.locator("select[title='whose detections']").select_option("pseudo")
+    page.wait_for_timeout(500)
+    fp = page.locator(".dlgr-cell").first
+    fp_lesion = fp.get_attribute("data-lesion-id")
+    fp.click()
+    page.wait_for_function(
+        "id => document.querySelector('.dlv-title').textContent.includes(id)", arg=fp_lesion,
+        timeout=15_000)
+    assert page.locator(".dlv select.dlv-model").first.input_value() == "pseudo"
+    # the viewer draws the model's boxes down to the operating point (the 0.2 false positives)
+    page.wait_for_function("() => Number(document.querySelector('.dlv').parentElement.dataset"
+                           ".shownPredictions) >= 2", timeout=10_000)
+    grid.evaluate("e => e.scrollIntoView()")
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "lesion_lab_grid.png"), full_page=True)
+    grid.locator("select").first.select_option("map")

@@ -262,5 +262,6 @@ def test_esm_front_ends_are_self_contained(name):
 
 
 def test_lab_layout(lab):
-    assert lab.children == (lab.map, lab.viewer, lab.corrections, lab.gallery, lab.volume_panel)
+    assert lab.children == (lab.map, lab.viewer, lab.corrections, lab.gallery, lab.grid,
+                            lab.volume_panel)
     assert lab.user == "alice" and Path(lab.store.location).name == "labels.sqlite"
