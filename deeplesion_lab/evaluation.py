@@ -41,6 +41,7 @@ __all__ = [
     "location_features",
     "raw_intensity_features",
     "true_types",
+    "suggest_scores",
     "evaluate_run",
     "format_table",
 ]
@@ -288,6 +289,67 @@ def mining_scores(
     return out
 
 
+def suggest_scores(
+    lesion_ids: np.ndarray,
+    X: np.ndarray,
+    clusters: np.ndarray,
+    labels: np.ndarray,
+    confidence: np.ndarray,
+    true: np.ndarray,
+    ks: tuple[int, ...] = (20, 50, 100),
+) -> dict:
+    """How well "suggest next" (:class:`~deeplesion_lab.suggest.MislabelRanker`) puts the wrong
+    pseudo-labels first, against a random order and confident learning
+    (:func:`~deeplesion_lab.suggest.confident_learning_scores`).
+
+    A label is wrong when it is not the lesion's true coarse type; only lesions of known true
+    type are scored (the rankings are computed on all lesions, as the lab shows them).
+
+    Returns
+    -------
+    dict
+        ``auroc``, ``precision_at_{k}``, ``reviews_to_half`` of the ranker; the same with a
+        ``confident_learning_`` prefix; ``random_auroc`` (0.5), ``random_precision`` (the share
+        of wrong labels) and ``random_reviews_to_half``; ``n``, ``n_wrong``.
+
+    Raises
+    ------
+    ProtocolError
+        No lesion of known true type, or every label (or none) is wrong.
+    """
+    from .suggest import MislabelRanker, confident_learning_scores, ranking_scores
+
+    t = np.asarray(true, dtype=np.int64)
+    lab = np.isin(t, list(COARSE_TYPES))
+    if lab.sum() < 2:
+        raise ProtocolError("suggest evaluation needs at least 2 lesions of known true type")
+    names = np.array([COARSE_TYPES.get(int(x), "") for x in t], dtype=object)
+    wrong = np.asarray(labels, dtype=object) != names
+    if wrong[lab].all() or not wrong[lab].any():
+        raise ProtocolError(
+            f"suggest evaluation needs right and wrong labels; {int(wrong[lab].sum())} of "
+            f"{int(lab.sum())} are wrong"
+        )
+    ranked = MislabelRanker().fit(lesion_ids, X, clusters).rank(labels, confidence)
+    score = np.empty(len(t))
+    score[ranked["position"].to_numpy()] = ranked["score"].to_numpy()
+    ours = ranking_scores(score[lab], wrong[lab], ks)
+    cl = ranking_scores(confident_learning_scores(X, labels)["score"].to_numpy()[lab],
+                        wrong[lab], ks)
+    out = {"n": ours["n"], "n_wrong": ours["n_wrong"], "auroc": ours["auroc"]}
+    for k in ks:
+        out[f"precision_at_{k}"] = ours[f"precision_at_{k}"]
+    out["reviews_to_half"] = ours["reviews_to_half"]
+    out["confident_learning_auroc"] = cl["auroc"]
+    for k in ks:
+        out[f"confident_learning_precision_at_{k}"] = cl[f"precision_at_{k}"]
+    out["confident_learning_reviews_to_half"] = cl["reviews_to_half"]
+    out["random_auroc"] = 0.5
+    out["random_precision"] = ours["wrong_rate"]
+    out["random_reviews_to_half"] = ours["random_reviews_to_half"]
+    return out
+
+
 def true_types(manifest: pd.DataFrame, truth: str | Path | None = None) -> tuple[np.ndarray, str]:
     """Type codes per manifest lesion: the truth file's where it has the lesion (joined on
     ``lesion_id``), else the manifest's. Returns ``(codes, source description)``."""
@@ -444,6 +506,18 @@ def evaluate_run(
                 )
             except ProtocolError as exc:
                 skipped.append(f"mining.*: {exc}")
+            if vecs is None:
+                skipped.append("suggest.*: no embeddings.parquet")
+            elif not have.all():
+                skipped.append(f"suggest.*: {int((~have).sum())} lesion(s) have no pseudo-label")
+            else:
+                try:
+                    metrics["suggest"] = suggest_scores(
+                        ids, vecs, sub["cluster"].to_numpy(), sub["label"].astype(str).to_numpy(),
+                        sub["confidence"].to_numpy(dtype=np.float64), types,
+                    )
+                except ProtocolError as exc:
+                    skipped.append(f"suggest.*: {exc}")
     else:
         skipped.append("mining.nmi, mining.purity: no pseudo_labels.parquet "
                        "(run `deeplesion-lab mine`)")
@@ -516,6 +590,14 @@ def format_table(metrics: dict, skipped: list[str] | None = None) -> str:
                     "chance_label_accuracy"):
             if key in m:
                 rows.append((f"  {key}", _fmt(m[key])))
+    sg = metrics.get("suggest", {})
+    if sg:
+        rows.append((f"suggest next (wrong labels {sg.get('n_wrong')} of {sg.get('n')})", ""))
+        for key in ("auroc", "precision_at_50", "reviews_to_half", "confident_learning_auroc",
+                    "confident_learning_precision_at_50", "confident_learning_reviews_to_half",
+                    "random_precision", "random_reviews_to_half"):
+            if key in sg:
+                rows.append((f"  {key}", _fmt(sg[key])))
     width = max((len(a) for a, _ in rows), default=10) + 2
     lines = [f"{a:<{width}}{b}" for a, b in rows]
     for s in skipped or []:

@@ -215,6 +215,9 @@ class DeepClusterMiner(ClusterMixin, BaseEstimator):
         NMI between the assignments of successive rounds.
     n_rounds_ : int
         Deep rounds run.
+    round_labels_ : list of (N,) int arrays
+        The assignment before the first deep round and after each round (``n_rounds_ + 1``
+        arrays), e.g. to score every round against a truth.
     features_ : (N, D) array
         Features of the final clustering.
     embedder_ : LesionEmbedder or None
@@ -279,6 +282,7 @@ class DeepClusterMiner(ClusterMixin, BaseEstimator):
         km = _kmeans(feats, k, self.seed)
         labels = km.labels_
         self.round_nmi_ = []
+        self.round_labels_ = [np.asarray(labels, dtype=np.int64)]
         self.n_rounds_ = 0
         if self.embedder_ is not None:
             bar = tqdm(range(int(self.max_rounds)), desc="deep clustering", unit="round",
@@ -290,6 +294,7 @@ class DeepClusterMiner(ClusterMixin, BaseEstimator):
                 nmi = float(normalized_mutual_info_score(labels, km.labels_))
                 labels = km.labels_
                 self.round_nmi_.append(nmi)
+                self.round_labels_.append(np.asarray(labels, dtype=np.int64))
                 self.n_rounds_ = r + 1
                 bar.set_postfix(nmi=f"{nmi:.3f}")
                 if nmi >= self.stop_nmi:

@@ -23,7 +23,12 @@ import pandas as pd
 
 from .errors import LabError
 
-__all__ = ["MislabelRanker", "SuggestError"]
+__all__ = [
+    "MislabelRanker",
+    "SuggestError",
+    "confident_learning_scores",
+    "ranking_scores",
+]
 
 _COMPONENTS = ("centre", "disagree", "low_confidence")
 
@@ -211,3 +216,123 @@ class MislabelRanker:
     def _check_fitted(self) -> None:
         if not hasattr(self, "neighbors_"):
             raise SuggestError("MislabelRanker is not fitted; call fit(lesion_ids, X, clusters)")
+
+
+def confident_learning_scores(
+    X: np.ndarray, labels: Sequence[str], *, n_folds: int = 5, seed: int = 0
+) -> pd.DataFrame:
+    """Confident learning (Northcutt, Jiang and Chuang, JAIR 2021) on the embeddings: a
+    baseline for "suggest next", written from the paper (no cleanlab dependency).
+
+    Out-of-sample class probabilities come from ``n_folds``-fold cross-validated logistic
+    regression of the current labels on the embeddings. The per-class threshold ``t_j`` is the
+    mean predicted probability of class ``j`` over the lesions labelled ``j``; a lesion is in the
+    confident joint's off-diagonal (``issue``) when some other class ``j`` reaches ``t_j`` and
+    has the highest probability among the classes that do. Lesions are ranked issues first,
+    then by self-confidence (the probability of their own label), lowest first.
+
+    Parameters
+    ----------
+    X : (n, d) array
+        Embeddings.
+    labels : sequence of str
+        Current label of each lesion.
+    n_folds : int, default 5
+        Cross-validation folds (fewer when a label has fewer lesions).
+    seed : int, default 0
+
+    Returns
+    -------
+    pandas.DataFrame
+        ``self_confidence``, ``issue`` (bool) and ``score`` (higher = more suspicious, 0-2), one
+        row per lesion in input order.
+    """
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import StratifiedKFold
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    X = np.asarray(X, dtype=np.float64)
+    lab = np.asarray(pd.Series(list(labels), dtype="object").fillna("").to_numpy())
+    if X.ndim != 2 or len(X) != len(lab):
+        raise SuggestError(f"embeddings {X.shape} and {len(lab)} labels: one row per lesion")
+    if not np.isfinite(X).all():
+        raise SuggestError("embeddings have NaN or infinite values")
+    codes, names = pd.factorize(lab)
+    n_cls = len(names)
+    probs = np.zeros((len(X), max(n_cls, 1)))
+    if n_cls < 2:
+        probs[:, 0] = 1.0
+    else:
+        counts = np.bincount(codes, minlength=n_cls)
+        folds = int(min(n_folds, max(2, counts.max())))
+        # classes too small for stratification still go into some fold
+        skf = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "least populated class has only n members"
+            splits = list(skf.split(X, codes))
+        for tr, te in splits:
+            present = np.unique(codes[tr])
+            if len(present) < 2:
+                probs[te, present] = 1.0
+                continue
+            model = make_pipeline(StandardScaler(), LogisticRegression(C=1.0, max_iter=2000))
+            model.fit(X[tr], codes[tr])
+            probs[np.ix_(te, present)] = model.predict_proba(X[te])
+    own = probs[np.arange(len(X)), codes]
+    thresh = np.array([
+        probs[codes == j, j].mean() if (codes == j).any() else 1.0 for j in range(n_cls)
+    ])
+    above = probs >= thresh[None, :]
+    masked = np.where(above, probs, -1.0)
+    best = masked.argmax(1)
+    issue = above.any(1) & (best != codes)
+    score = issue.astype(float) + (1.0 - own)
+    return pd.DataFrame({"self_confidence": own, "issue": issue, "score": score})
+
+
+def ranking_scores(
+    score: np.ndarray, wrong: np.ndarray, ks: Sequence[int] = (20, 50, 100)
+) -> dict:
+    """How well a suspicion ``score`` puts wrong labels first.
+
+    Parameters
+    ----------
+    score : (n,) array
+        Higher = reviewed earlier.
+    wrong : (n,) bool array
+        Whether each label is wrong (from a truth file).
+    ks : sequence of int
+        Cut-offs for precision.
+
+    Returns
+    -------
+    dict
+        ``auroc`` (NaN when all or none are wrong), ``precision_at_{k}`` (over the first
+        ``min(k, n)``), ``reviews_to_half`` (lesions reviewed in this order until half of the wrong
+        labels have been seen), ``random_reviews_to_half`` (the expected figure for a random
+        order), ``n``, ``n_wrong``, ``wrong_rate``.
+    """
+    from sklearn.metrics import roc_auc_score
+
+    s = np.asarray(score, dtype=np.float64)
+    w = np.asarray(wrong, dtype=bool)
+    if s.shape != w.shape or s.ndim != 1:
+        raise SuggestError(f"score {s.shape} and wrong {w.shape} must be the same 1-D shape")
+    if len(s) == 0 or not np.isfinite(s).all():
+        raise SuggestError("ranking needs at least one lesion and finite scores")
+    n, nw = len(s), int(w.sum())
+    order = np.argsort(-s, kind="stable")
+    out: dict = {"n": n, "n_wrong": nw, "wrong_rate": nw / n}
+    out["auroc"] = float(roc_auc_score(w, s)) if 0 < nw < n else float("nan")
+    for k in ks:
+        kk = min(int(k), n)
+        out[f"precision_at_{k}"] = float(w[order[:kk]].mean())
+    half = int(np.ceil(nw / 2))
+    if nw:
+        out["reviews_to_half"] = int(np.flatnonzero(np.cumsum(w[order]) >= half)[0] + 1)
+        # expected position of the half-th wrong one among n in random order
+        out["random_reviews_to_half"] = float(half * (n + 1) / (nw + 1))
+    return out

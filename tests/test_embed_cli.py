@@ -100,6 +100,14 @@ def test_evaluate_metrics_json(made):
     assert metrics["mining"]["label_accuracy"] > metrics["mining"]["chance_label_accuracy"]
     assert (metrics["retrieval"]["type_precision_at_5"]
             > metrics["retrieval"]["chance_type_precision"])
+    # "suggest next" against the truth, beside random order and confident learning
+    sg = metrics["suggest"]
+    assert 0 < sg["n_wrong"] < sg["n"] == metrics["evaluation"]["n_labelled"]
+    for key in ("auroc", "precision_at_50", "confident_learning_auroc",
+                "confident_learning_precision_at_50"):
+        assert 0.0 <= sg[key] <= 1.0, key
+    assert sg["random_precision"] == pytest.approx(sg["n_wrong"] / sg["n"])
+    assert "suggest next" in out
 
 
 def test_embed_again_reuses_checkpoint(made, tmp_path):
@@ -193,3 +201,27 @@ def test_evaluate_metadata_only_on_real_test_split(real_dir, tmp_path):
     assert "skipped: classification.embedding_accuracy" in out
     assert "metadata only" in out
     assert metrics["evaluation"]["n_labelled"] == 4927
+
+
+def test_embed_samples_by_corrected_labels_outside_test(made, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(made["run"], run)
+    df = read_manifest(made["manifest"])
+    roles = protocol_split(df["patient_index"].to_numpy())
+    ids = df["lesion_id"].astype(str).to_numpy()
+    train_id = ids[roles != "test"][0]
+    test_id = ids[roles == "test"][0]
+    code, _, err = cli("embed", made["manifest"], "--run", run, "--epochs", "1",
+                       "--labels-from-store", "--no-progress")
+    assert code == 2 and "no label store" in err
+    assert cli("labels", "init", "--run", run)[0] == 0
+    code, _, err = cli("labels", "relabel", "--run", run, "--lesions", f"{train_id},{test_id}",
+                       "--label", "kidney", "--user", "alice")
+    assert code == 0, err
+    code, out, err = cli("embed", made["manifest"], "--run", run, "--epochs", "1",
+                         "--labels-from-store", "--no-progress")
+    assert code == 0, err
+    assert "+ 1 corrected labels" in out  # the test lesion's correction is not used
+    rec = json.loads((run / "embedder.json").read_text())["training"]
+    assert rec["store_labels_used"] == 1
+    assert json.loads((run / "metrics.json").read_text())["embedding"]["store_labels_used"] == 1

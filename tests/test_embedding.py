@@ -248,6 +248,28 @@ def test_embedder_fit_transform_save_load(small_patches, tmp_path):
     assert back.model_hash() == emb.model_hash()
 
 
+def test_type_loss_and_type_propagation(small_patches):
+    types = np.full(len(small_patches), -1)
+    types[:4], types[4:8] = 2, 5  # half the lesions of known type
+    emb = LesionEmbedder(epochs=3, batch_size=4, seed=1, num_threads=1, type_weight=1.0,
+                         propagate_types=1, propagate_min_share=0.5,
+                         propagate_neighbors=2).fit(small_patches, y=types)
+    assert all(np.isfinite(h["type_loss"]) for h in emb.history_)
+    # the sampler was refitted with propagated types after the first and second epochs
+    assert [("propagated_types" in h) for h in emb.history_] == [False, True, True]
+    filled = emb._propagated_types(small_patches, types)
+    assert (filled[:8] == types[:8]).all()  # given types are never changed
+    assert set(np.unique(filled[8:])) <= {-1, 2, 5}
+    # a lesion takes a type only when its nearest known-type neighbours agree enough
+    strict = LesionEmbedder(**{**emb.get_params(), "propagate_min_share": 1.01})
+    strict.net_, strict.patch_config_ = emb.net_, emb.patch_config_
+    assert (strict._propagated_types(small_patches, types)[8:] == -1).all()
+    # without known types the type loss is off, and training still runs
+    none = LesionEmbedder(epochs=1, batch_size=4, num_threads=1, type_weight=1.0).fit(
+        small_patches, y=np.full(len(small_patches), -1))
+    assert "type_loss" not in none.history_[0]
+
+
 def test_embedder_is_deterministic(small_patches):
     a = LesionEmbedder(epochs=1, batch_size=4, seed=5, num_threads=1).fit(small_patches)
     b = LesionEmbedder(epochs=1, batch_size=4, seed=5, num_threads=1).fit(small_patches)

@@ -21,6 +21,7 @@ from deeplesion_lab.evaluation import (
     retrieval_scores,
     true_types,
 )
+from deeplesion_lab.lesion_types import COARSE_TYPES
 
 
 def test_purity_and_nmi_by_hand():
@@ -146,3 +147,62 @@ def test_location_only_baseline_on_real_deeplesion(real_dir):
     assert abs(np.mean(accs) - PAPER_LOCATION_ONLY_ACCURACY) < 0.05, accs
     # far above always answering the commonest type (abdomen, 24%)
     assert min(accs) > 0.45
+
+
+def test_ranking_scores_by_hand():
+    from deeplesion_lab.suggest import ranking_scores
+
+    score = np.array([4.0, 3.0, 2.0, 1.0])
+    wrong = np.array([True, False, True, False])
+    r = ranking_scores(score, wrong, ks=(1, 2))
+    # pairs (wrong, right) ranked right: (0,1) (0,3) (2,3); wrong: (2,1) -> 3/4
+    assert r["auroc"] == pytest.approx(0.75)
+    assert r["precision_at_1"] == 1.0 and r["precision_at_2"] == 0.5
+    assert r["reviews_to_half"] == 1 and r["n_wrong"] == 2 and r["wrong_rate"] == 0.5
+    assert r["random_reviews_to_half"] == pytest.approx(1 * 5 / 3)
+    flipped = ranking_scores(-score, wrong, ks=(1,))
+    assert flipped["auroc"] == pytest.approx(0.25) and flipped["reviews_to_half"] == 2
+    with pytest.raises(LabError, match="same 1-D shape"):
+        ranking_scores(score, wrong[:3])
+
+
+def test_confident_learning_finds_flipped_labels():
+    from sklearn.datasets import make_blobs
+
+    from deeplesion_lab.suggest import confident_learning_scores
+
+    X, y = make_blobs(n_samples=120, centers=3, n_features=8, cluster_std=1.0, random_state=4)
+    names = np.array(["a", "b", "c"], dtype=object)[y]
+    flip = np.arange(0, 120, 20)  # 6 lesions get the next class's name
+    noisy = names.copy()
+    noisy[flip] = np.array(["a", "b", "c"], dtype=object)[(y[flip] + 1) % 3]
+    cl = confident_learning_scores(X, noisy, seed=0)
+    assert list(cl.columns) == ["self_confidence", "issue", "score"] and len(cl) == 120
+    assert cl["issue"].to_numpy()[flip].all()
+    top = np.argsort(-cl["score"].to_numpy(), kind="stable")[: len(flip)]
+    assert set(top) == set(flip)
+    assert cl["self_confidence"].between(0, 1).all()
+
+
+def test_suggest_scores_against_baselines():
+    from sklearn.datasets import make_blobs
+
+    from deeplesion_lab.evaluation import suggest_scores
+
+    X, y = make_blobs(n_samples=90, centers=3, n_features=8, cluster_std=1.0, random_state=5)
+    true = y + 1  # type codes 1-3
+    labels = np.array([COARSE_TYPES[int(t)] for t in true], dtype=object)
+    wrong = np.arange(0, 90, 9)
+    labels[wrong] = COARSE_TYPES[4]
+    ids = np.array([f"L{i}" for i in range(90)], dtype=object)
+    s = suggest_scores(ids, X, y, labels, np.full(90, 0.5), true, ks=(10,))
+    assert s["n"] == 90 and s["n_wrong"] == len(wrong)
+    assert s["random_precision"] == pytest.approx(len(wrong) / 90)
+    for key in ("auroc", "precision_at_10", "confident_learning_auroc",
+                "confident_learning_precision_at_10"):
+        assert 0.0 <= s[key] <= 1.0, key
+    # a label that disagrees with every neighbour is found first by both
+    assert s["auroc"] > 0.9 and s["confident_learning_auroc"] > 0.9
+    with pytest.raises(ProtocolError, match="right and wrong labels"):
+        suggest_scores(ids, X, y, np.array([COARSE_TYPES[int(t)] for t in true]),
+                       np.full(90, 0.5), true)

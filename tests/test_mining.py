@@ -112,6 +112,9 @@ def test_deep_rounds_refine_a_copy_of_the_network(tmp_path_factory):
                          stop_nmi=1.01).fit(patches)
     assert m.n_rounds_ == 2 and len(m.round_nmi_) == 2
     assert all(0.0 <= v <= 1.0 for v in m.round_nmi_)
+    # the assignment before the rounds and after each, the last one the result
+    assert len(m.round_labels_) == 3 and (m.round_labels_[-1] == m.labels_).all()
+    assert nmi(m.round_labels_[1], m.round_labels_[2]) == pytest.approx(m.round_nmi_[1])
     assert emb.model_hash() == before  # the caller's embedder is untouched
     assert m.embedder_.model_hash() != before  # the copy was fine-tuned
     assert m.features_.shape == (len(patches), 128)
@@ -120,3 +123,25 @@ def test_deep_rounds_refine_a_copy_of_the_network(tmp_path_factory):
     assert pred.shape == (5,) and set(pred) <= set(range(4))
     with pytest.raises(MiningError, match="expects a PatchSet"):
         DeepClusterMiner(embedder=emb, n_clusters=2).fit(np.zeros((10, 128)))
+
+
+def test_map_is_aligned_to_the_previous_one():
+    from deeplesion_lab.commands.mine import align_to_previous
+
+    rng = np.random.default_rng(0)
+    old = rng.normal(size=(30, 2))
+    ids = np.array([f"L{i}" for i in range(30)], dtype=object)
+    prev = pd.DataFrame({"lesion_id": ids, "x": old[:, 0], "y": old[:, 1]})
+    a = np.pi / 3
+    rot = np.array([[np.cos(a), -np.sin(a)], [np.sin(a), np.cos(a)]]) @ np.diag([1, -1])
+    new = (old @ rot) * 2.5 + np.array([7.0, -3.0])  # turned, mirrored, scaled, shifted
+    new[:5] += rng.normal(0, 0.05, (5, 2))
+    order = rng.permutation(30)  # another lesion order, and one new lesion
+    new_ids = np.append(ids[order], "NEW")
+    moved = np.vstack([new[order], [[0.0, 0.0]]])
+    out, rec = align_to_previous(moved, new_ids, prev)
+    assert rec["shared_lesions"] == 30 and rec["rms_after"] < 0.05 < rec["rms_before"]
+    np.testing.assert_allclose(out[5:30], old[order][5:], atol=0.05)
+    # too few shared lesions: unchanged
+    same, none = align_to_previous(moved[:2], np.array(["X", "L1"]), prev)
+    assert none is None and (same == moved[:2]).all()

@@ -41,6 +41,13 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "only); test lesions' types are never used")
     p.add_argument("--use-pseudo-labels", action="store_true",
                    help="also sample by the run's pseudo-labels (from an earlier `mine`)")
+    p.add_argument("--labels-from-store", action="store_true",
+                   help="also sample by the label store's corrected labels (people's corrections "
+                        "and added lesions; RUN/labels.sqlite or --db), for lesions outside the "
+                        "protocol's test role, so that the evaluation stays honest; they take "
+                        "precedence over the manifest's and the pseudo-labels' types")
+    p.add_argument("--db", default=None,
+                   help="label store for --labels-from-store (default RUN/labels.sqlite)")
     p.add_argument("--retrain", action="store_true",
                    help="train again even if a checkpoint with the same settings exists")
     p.add_argument("--workers", type=int, default=0, help="DataLoader workers reading slices")
@@ -102,6 +109,9 @@ def run(args: argparse.Namespace) -> int:
         use = (types < 1) & (fill >= 1)
         types[use] = fill[use]
         n_pseudo = int(use.sum())
+    n_store = 0
+    if args.labels_from_store:
+        n_store = _apply_store_labels(types, patches.lesion_ids, roles, args.db or run_dir.label_db)
 
     emb = LesionEmbedder(
         embed_dim=args.embed_dim, arch=args.arch, epochs=args.epochs, batch_size=args.batch_size,
@@ -119,6 +129,7 @@ def run(args: argparse.Namespace) -> int:
         "sampler_type_roles": args.sampler_types,
         "sampler_types": int((types >= 1).sum()),
         "pseudo_labels_used": n_pseudo,
+        "store_labels_used": n_store,
     }
     reused = False
     if ckpt.is_file() and record.is_file() and not args.retrain:
@@ -143,10 +154,36 @@ def run(args: argparse.Namespace) -> int:
     run_dir.update_metrics({"embedding": {
         "n_lesions": len(patches), "epochs": args.epochs, "final_triplet_loss": last,
         "sampler_types_used": settings["sampler_types"], "pseudo_labels_used": n_pseudo,
+        "store_labels_used": n_store,
         "model_hash": emb.model_hash(), "seconds": round(time.time() - t0, 1),
     }})
     print(f"embedded {len(patches)} lesions ({vectors.shape[1]}-d) in {time.time() - t0:.1f} s; "
           f"sampler knew the type of {settings['sampler_types']} lesions (protocol roles "
-          f"{args.sampler_types}{' + pseudo-labels' if n_pseudo else ''}; never test)")
+          f"{args.sampler_types}{' + pseudo-labels' if n_pseudo else ''}"
+          f"{f' + {n_store} corrected labels' if n_store else ''}; never test types)")
     print(f"wrote {ckpt}, {record.name} and {run_dir.embeddings}")
     return 0
+
+
+def _apply_store_labels(types, lesion_ids, roles, db) -> int:
+    """Overwrite ``types`` (in place) with the label store's corrected labels of non-test
+    lesions; returns how many lesions took one."""
+    import numpy as np
+
+    from ..errors import LabError
+    from ..labels import LabelStore
+    from ..lesion_types import TYPE_CODES
+
+    if not str(db).startswith("postgresql") and not Path(db).is_file():
+        raise LabError(f"{db}: no label store for --labels-from-store (run `labels init` first)")
+    with LabelStore.open(db, create=False) as store:
+        cur = store.current_labels()
+    cur = cur[cur["source"].isin(["corrected", "added"]) & cur["label"].notna()]
+    # classes people added beyond the 8 coarse types get their own codes (9, 10, ...)
+    extra = sorted(set(cur["label"].astype(str)) - set(TYPE_CODES))
+    codes = {**TYPE_CODES, **{name: 9 + k for k, name in enumerate(extra)}}
+    m = dict(zip(cur["lesion_id"].astype(str), cur["label"].astype(str), strict=True))
+    code = np.array([codes.get(m.get(str(i), ""), -1) for i in lesion_ids])
+    use = (code >= 1) & (np.asarray(roles) != "test")
+    types[use] = code[use]
+    return int(use.sum())

@@ -98,6 +98,11 @@ def run(args: argparse.Namespace) -> int:
 
     mp = LesionMap(seed=args.seed, cache_dir=run_dir.path / "cache" / "umap")
     coords = mp.fit_transform(vecs)
+    aligned = None
+    if run_dir.umap.is_file():
+        # a new map (new embeddings): turn, mirror, scale and shift it onto the previous one,
+        # so that the lesions keep their place where they can
+        coords, aligned = align_to_previous(coords, ids, pd.read_parquet(run_dir.umap))
     umap_df = pd.DataFrame({
         "lesion_id": pd.array([str(i) for i in ids], dtype="string"),
         "x": coords[:, 0].astype(np.float32), "y": coords[:, 1].astype(np.float32),
@@ -117,6 +122,8 @@ def run(args: argparse.Namespace) -> int:
         "cluster_labels": {str(k): v for k, v in miner.cluster_names_.items()},
         "seconds": round(time.time() - t0, 1),
     }
+    if aligned is not None:
+        info["map_aligned_to_previous"] = aligned
     if miner.k_scores_ is not None:
         info["k_scores"] = miner.k_scores_.round(4).to_dict(orient="records")
     # the mining section is replaced, not merged: figures of an earlier clustering (K scores,
@@ -139,3 +146,31 @@ def run(args: argparse.Namespace) -> int:
     print(f"wrote {run_dir.pseudo_labels} and {run_dir.umap} "
           f"({'cached map' if mp.cache_hit_ else 'new map'}) in {time.time() - t0:.1f} s")
     return 0
+
+
+def align_to_previous(coords, ids, previous) -> tuple:
+    """``coords`` moved by the similarity transform (rotation or reflection, scale, shift) that
+    best fits the lesions they share with ``previous`` (a ``lesion_id, x, y`` frame), by
+    least squares (orthogonal Procrustes). Returns ``(coords, record)``; the record has the
+    shared lesions and the RMS distance to their previous place, before and after. Fewer than 3
+    shared lesions: ``coords`` unchanged and ``None``.
+    """
+    import numpy as np
+
+    pos = {str(i): k for k, i in enumerate(previous["lesion_id"].astype(str))}
+    pairs = [(k, pos[str(i)]) for k, i in enumerate(ids) if str(i) in pos]
+    if len(pairs) < 3:
+        return coords, None
+    a_idx, b_idx = (np.array(v) for v in zip(*pairs, strict=True))
+    A = np.asarray(coords, dtype=np.float64)[a_idx]
+    B = previous[["x", "y"]].to_numpy(dtype=np.float64)[b_idx]
+    ma, mb = A.mean(0), B.mean(0)
+    A0, B0 = A - ma, B - mb
+    u, sv, vt = np.linalg.svd(A0.T @ B0)
+    R = u @ vt
+    scale = sv.sum() / max(float((A0**2).sum()), 1e-12)
+    out = (np.asarray(coords, dtype=np.float64) - ma) @ R * scale + mb
+    rms = lambda X: float(np.sqrt(((X - B) ** 2).sum(1).mean()))  # noqa: E731
+    record = {"shared_lesions": len(pairs), "rms_before": round(rms(A), 4),
+              "rms_after": round(rms(out[a_idx]), 4)}
+    return out.astype(np.float32), record

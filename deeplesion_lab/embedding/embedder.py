@@ -83,6 +83,19 @@ class LesionEmbedder(TransformerMixin, BaseEstimator):
         Weight of an optional auxiliary self-supervised loss added to the paper's triplet loss:
         a linear head regresses the lesion's normalised location and log size from the
         embedding (both come with every lesion, no manual label). 0 disables it.
+    type_weight : float, default 0.0
+        Weight of a cross-entropy loss on the lesions whose type the sampler knows (``y >= 1``),
+        through a temporary cosine-classifier head, added to the triplet loss. It uses no label
+        the sampler does not already use. 0 disables it.
+    propagate_types : int, default 0
+        Self-training of the sampler: every ``propagate_types`` epochs the current network
+        embeds every lesion, lesions of unknown type get the type of their nearest known-type
+        neighbours when those agree (at least ``propagate_min_share``), and the sampler is refitted
+        with them, so that the type > location > size order reaches lesions nobody labelled.
+        Given types are never changed. 0 disables it.
+    propagate_min_share : float, default 0.6
+        Share of the ``propagate_neighbors`` nearest known-type neighbours that must agree.
+    propagate_neighbors : int, default 5
     use_metadata : bool, default True
         Feed the lesion's normalised location (x, y, z) and log long diameter to the network
         beside the image. Both come with every lesion without manual labelling (DeepLesion's
@@ -123,6 +136,10 @@ class LesionEmbedder(TransformerMixin, BaseEstimator):
         margin: float = 0.1,
         n_neighbors: int = 20,
         aux_weight: float = 0.0,
+        type_weight: float = 0.0,
+        propagate_types: int = 0,
+        propagate_min_share: float = 0.6,
+        propagate_neighbors: int = 5,
         use_metadata: bool = True,
         warm_start: bool = False,
         pretrained: str | None = None,
@@ -140,6 +157,10 @@ class LesionEmbedder(TransformerMixin, BaseEstimator):
         self.margin = margin
         self.n_neighbors = n_neighbors
         self.aux_weight = aux_weight
+        self.type_weight = type_weight
+        self.propagate_types = propagate_types
+        self.propagate_min_share = propagate_min_share
+        self.propagate_neighbors = propagate_neighbors
         self.use_metadata = use_metadata
         self.warm_start = warm_start
         self.pretrained = pretrained
@@ -199,21 +220,35 @@ class LesionEmbedder(TransformerMixin, BaseEstimator):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed + 2)
             aux = torch.nn.Linear(self.embed_dim, 4)
+            type_head = torch.nn.Linear(self.embed_dim, max(9, int(types.max()) + 1), bias=False)
         targets = torch.from_numpy(_aux_targets(X)).float()
+        known_t = torch.from_numpy(np.where(types >= 1, types, -1).astype(np.int64))
+        use_types = bool(self.type_weight) and int((types >= 1).sum()) >= 2
         params = list(net.parameters()) + (list(aux.parameters()) if self.aux_weight else [])
+        params += list(type_head.parameters()) if use_types else []
         opt = torch.optim.Adam(params, lr=self.lr, weight_decay=self.weight_decay)
         start = len(self.history_)
         rng = np.random.default_rng([self.seed, start])
         gen = torch.Generator().manual_seed(self.seed + start)
         bs = max(2, int(self.batch_size))
+        every = int(self.propagate_types)
+        sampler_types = types
         with _torch_threads(self.num_threads):
             net.train()
             bar = tqdm(range(int(self.epochs)), desc="embedder", unit="epoch",
                        disable=not self.progress)
             for epoch in bar:
+                n_prop = None
+                if every > 0 and epoch > 0 and epoch % every == 0:
+                    sampler_types = self._propagated_types(X, types)
+                    n_prop = int(((sampler_types >= 1) & (types < 1)).sum())
+                    sampler = SequentialSampler(self.n_neighbors, seed=self.seed).fit(
+                        X.locations, X.sizes_mm, sampler_types
+                    )
+                    net.train()
                 seqs = sampler.sample(epoch=start + epoch)
                 seqs = seqs[rng.permutation(len(seqs))]
-                losses = []
+                losses, type_losses = [], []
                 for s in range(0, len(seqs), bs):
                     batch = seqs[s : s + bs]
                     if len(batch) < 2:
@@ -222,20 +257,60 @@ class LesionEmbedder(TransformerMixin, BaseEstimator):
                     x, boxes, meta = _batch(X, idx, augment=True, gen=gen)
                     e = net(x, boxes, meta if self.use_metadata else None)
                     loss = sequential_triplet_loss(e, 5, self.margin)
+                    losses.append(loss.item())
                     if self.aux_weight:
                         aux_loss = torch.nn.functional.mse_loss(aux(e), targets[idx])
                         loss = loss + self.aux_weight * aux_loss
+                    if use_types:
+                        kt = known_t[idx]
+                        has = kt >= 1
+                        if bool(has.any()):
+                            w = torch.nn.functional.normalize(type_head.weight, dim=1)
+                            logits = e[has] @ w.T / 0.1
+                            t_loss = torch.nn.functional.cross_entropy(logits, kt[has])
+                            loss = loss + self.type_weight * t_loss
+                            type_losses.append(t_loss.item())
                     opt.zero_grad()
                     loss.backward()
                     opt.step()
-                    losses.append(loss.item())
                 mean = float(np.mean(losses)) if losses else float("nan")
-                self.history_.append({"epoch": start + epoch + 1, "triplet_loss": mean})
+                rec = {"epoch": start + epoch + 1, "triplet_loss": mean}
+                if type_losses:
+                    rec["type_loss"] = float(np.mean(type_losses))
+                if n_prop is not None:
+                    rec["propagated_types"] = n_prop
+                self.history_.append(rec)
                 bar.set_postfix(loss=f"{mean:.4f}")
             net.eval()
         self.data_hash_ = _ids_hash(X.lesion_ids)
         self.n_train_ = len(X)
         return self
+
+    def _propagated_types(self, X: PatchSet, types: np.ndarray) -> np.ndarray:
+        """``types`` with unknown lesions filled by agreeing known-type neighbours in the
+        current embedding (see ``propagate_types``)."""
+        known = np.flatnonzero(types >= 1)
+        out = types.copy()
+        if len(known) < 2:
+            return out
+        was = self.progress
+        self.progress = False
+        try:
+            E = self.transform(X)
+        finally:
+            self.progress = was
+        self.net_.train()
+        k = int(min(self.propagate_neighbors, len(known)))
+        sim = E @ E[known].T  # unit vectors: cosine
+        nb = np.argsort(-sim, axis=1)[:, :k]
+        votes = types[known][nb]
+        unknown = np.flatnonzero(types < 1)
+        for i in unknown:
+            codes, counts = np.unique(votes[i], return_counts=True)
+            j = int(np.argmax(counts))
+            if counts[j] / k >= self.propagate_min_share:
+                out[i] = codes[j]
+        return out
 
     def fine_tune_classes(
         self, X: PatchSet, targets: np.ndarray, epochs: int = 1, lr: float | None = None
