@@ -146,7 +146,7 @@ def browser_side(manifest: Path, ids: list[str], repeats: int, tmp: Path) -> lis
             pg.wait_for_function("() => Number(document.querySelector('.dvv').parentElement.dataset.volumeSerial) >= 1",
                                  timeout=60_000)
             renderer = pg.evaluate("() => document.querySelector('.dvv').parentElement.dataset.renderer")
-            lat, draw, load = [], [], []
+            lat, draw, load, arrived = [], [], [], []
             for i in range(repeats + 1):
                 lid = ids[(i + 1) % 2]
                 pg.evaluate("() => { delete document.querySelector('.dvv').parentElement.dataset.lastLatencyMs; }")
@@ -160,11 +160,13 @@ def browser_side(manifest: Path, ids: list[str], repeats: int, tmp: Path) -> lis
                     lat.append(float(d["lastLatencyMs"]))
                     draw.append(float(d["lastDrawMs"]))
                     load.append(float(d["loadMs"]))
+                    arrived.append(float(d["lastArrivedMs"]))
             shot = REPO / "test-artifacts" / f"bench_volume_{renderer}.png"
             shot.parent.mkdir(exist_ok=True)
             pg.screenshot(path=str(shot), full_page=True)
             browser.close()
             res.append((f"**selection -> on screen, 512x512x30** ({name}; renderer {renderer})", f"**{_stats(lat)}**"))
+            res.append((f"  request -> bytes arrived in the page ({name})", _stats(arrived)))
             res.append((f"  of which Python load + traits ({name})", _stats(load)))
             res.append((f"  of which drawing the four panels after the bytes arrived ({name})", _stats(draw)))
             res.append((f"  requests to other hosts aborted ({name})", str(len(blocked))))

@@ -423,6 +423,7 @@ function render({ model, el }) {
       el.dataset.loadMs = String(model.get("load_ms"));
       if (pending && pending.id === model.get("lesion_id")) {
         el.dataset.lastLatencyMs = (performance.now() - pending.t0).toFixed(1);
+        el.dataset.lastArrivedMs = (recvT - pending.t0).toFixed(1);
         pending = null;
       }
     });
