@@ -270,20 +270,29 @@ def lesion_subvolume(manifest, lesion_id: str, images_root: str | Path | None = 
     return load_subvolume(root, manifest.loc[hit[0]], **kwargs)
 
 
-def _lerp_axis(a: np.ndarray, axis: int, pos: np.ndarray) -> np.ndarray:
-    """Linear interpolation of ``a`` along ``axis`` at fractional indices ``pos``."""
+def _lerp_axis(a: np.ndarray, axis: int, pos: np.ndarray, chunk: int = 16) -> np.ndarray:
+    """Linear interpolation of ``a`` along ``axis`` at fractional indices ``pos``, as int16.
+
+    Done ``chunk`` output planes at a time, so memory stays near the int16 output.
+    """
     n = a.shape[axis]
-    pos = np.clip(pos, 0.0, n - 1.0)
-    i0 = np.floor(pos).astype(np.int64)
-    i1 = np.minimum(i0 + 1, n - 1)
-    w = (pos - i0).astype(np.float32)
-    shape = [1] * a.ndim
+    pos = np.clip(np.asarray(pos, dtype=np.float64), 0.0, n - 1.0)
+    shape = list(a.shape)
     shape[axis] = len(pos)
-    w = w.reshape(shape)
-    lo = np.take(a, i0, axis=axis).astype(np.float32)
-    hi = np.take(a, i1, axis=axis).astype(np.float32)
-    lo += (hi - lo) * w
-    return lo
+    out = np.empty(shape, dtype=np.int16)
+    for s0 in range(0, len(pos), chunk):
+        p = pos[s0 : s0 + chunk]
+        i0 = np.floor(p).astype(np.int64)
+        i1 = np.minimum(i0 + 1, n - 1)
+        wshape = [1] * a.ndim
+        wshape[axis] = len(p)
+        w = (p - i0).astype(np.float32).reshape(wshape)
+        lo = np.take(a, i0, axis=axis).astype(np.float32)
+        lo += (np.take(a, i1, axis=axis).astype(np.float32) - lo) * w
+        idx = [slice(None)] * a.ndim
+        idx[axis] = slice(s0, s0 + len(p))
+        out[tuple(idx)] = np.rint(lo)
+    return out
 
 
 def resample_isotropic(vol: SubVolume, spacing_mm: float | None = None) -> SubVolume:
@@ -292,7 +301,8 @@ def resample_isotropic(vol: SubVolume, spacing_mm: float | None = None) -> SubVo
     Trilinear (separable) interpolation on voxel centres: the first voxel stays where it is,
     plane ``k`` of the result lies ``k * spacing_mm`` from it, and the box, RECIST points,
     ``key_z`` and ``slice_positions`` are mapped alike (``new = old * old_spacing /
-    spacing_mm``). HU stay ``int16`` (rounded).
+    spacing_mm``). HU stay ``int16``, rounded after each resampled axis (at most 0.5 HU per
+    axis), which keeps memory near the output's size.
     """
     t = float(min(vol.spacing) if spacing_mm is None else spacing_mm)
     if not np.isfinite(t) or t <= 0:
@@ -307,7 +317,7 @@ def resample_isotropic(vol: SubVolume, spacing_mm: float | None = None) -> SubVo
         if m == n and abs(f - 1.0) < 1e-9:
             continue
         out = _lerp_axis(out, axis, np.arange(m) / f)
-    hu = np.ascontiguousarray(np.rint(out).astype(np.int16) if out.dtype != np.int16 else out)
+    hu = np.ascontiguousarray(out, dtype=np.int16)
     fz, fy, fx = factors
     box = vol.box * np.array([fx, fy, fx, fy])
     recist = vol.recist * np.array([fx, fy, fz])
