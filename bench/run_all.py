@@ -21,6 +21,7 @@ BENCHES = [
     "bench_graph.py",
     "bench_widgets.py",
     "bench_dashboard_load.py",
+    "bench_volume.py",
 ]
 
 
