@@ -212,3 +212,14 @@ def test_grid_false_positives_open_with_the_models_boxes(tiny, run_copy):
     assert any(p["box"] == first["box"] for p in shown)
     w.source = "misses"
     assert w.total == 0, "the fixture's 0.9 boxes hit every test lesion"
+
+
+def test_history_says_1_lesion_not_1_lesions():
+    from widgets.correction_panel import history_records
+
+    ev = pd.DataFrame({"event_id": [2, 1], "created_at": ["", ""], "user": ["a", "a"],
+                       "tool": ["t", "t"], "op": ["relabel", "relabel"], "n_changes": [1, 11],
+                       "comment": [None, None], "undone_by": [pd.NA, pd.NA],
+                       "detail": ["1 lesions -> liver", "11 lesions -> liver"]})
+    assert [r["detail"] for r in history_records(ev)] == ["1 lesion -> liver",
+                                                          "11 lesions -> liver"]

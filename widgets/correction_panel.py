@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import re
 from pathlib import Path
 
 import anywidget
@@ -40,11 +41,16 @@ def history_records(events: pd.DataFrame, limit: int = 50) -> list[dict]:
                 "op": txt(rec.get("op")),
                 "n": int(n) if n is not None and not pd.isna(n) else 0,
                 "comment": txt(rec.get("comment")),
-                "detail": txt(rec.get("detail")),
+                "detail": _singular(txt(rec.get("detail"))),
                 "undone": not pd.isna(rec.get("undone_by")) if "undone_by" in rec else False,
             }
         )
     return out
+
+
+def _singular(text: str) -> str:
+    """``"1 lesions"`` -> ``"1 lesion"`` in the store's event descriptions."""
+    return re.sub(r"(?<![\d.,])1 lesions\b", "1 lesion", text)
 
 
 class CorrectionPanel(anywidget.AnyWidget):
