@@ -66,9 +66,14 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--patients", type=int, default=30)
     ap.add_argument("--size", type=int, default=256, help="demo slice side in px (data only)")
+    ap.add_argument("--data-seed", type=int, default=None,
+                    help="demo seed (default: --seed)")
     ap.add_argument("--canvas", type=int, default=512, help="detector canvas in px")
     ap.add_argument("--spacing", type=float, default=0.8, help="detector mm per pixel")
     ap.add_argument("--crop", type=int, default=128, help="training windows in px (0: whole)")
+    ap.add_argument("--arch", default="fasterrcnn", help="detector architecture (--arch)")
+    ap.add_argument("--width", type=int, default=16, help="centernet width")
+    ap.add_argument("--lr", type=float, default=0.001)
     ap.add_argument("--epochs", type=int, default=12)
     ap.add_argument("--finetune-epochs", type=int, default=4)
     ap.add_argument("--embed-epochs", type=int, default=6)
@@ -102,7 +107,8 @@ def main() -> int:
     t0 = time.perf_counter()
     data = out / "data"
     if not (data / "DL_info.csv").is_file():
-        generate_demo(data, n_patients=args.patients, seed=args.seed, size=args.size,
+        generate_demo(data, n_patients=args.patients,
+                      seed=args.seed if args.data_seed is None else args.data_seed, size=args.size,
                       progress=False)
     manifest_path = data / "manifest.parquet"
     write_manifest(data / "DL_info.csv", manifest_path)
@@ -130,9 +136,10 @@ def main() -> int:
     pseudo_acc = 1 - len(wrong) / len(p_train)
 
     # the CLI's CPU defaults (deeplesion_lab.detection.workflow.detector_params)
-    params = dict(image_size=args.canvas, spacing_mm=args.spacing, train_crop=args.crop or None,
+    params = dict(arch=args.arch, width=args.width,
+                  image_size=args.canvas, spacing_mm=args.spacing, train_crop=args.crop or None,
                   box_head_size=256, box_batch_size=32,
-                  batch_size=4, optimizer="adamw", lr=0.001, window="soft tissue",
+                  batch_size=4, optimizer="adamw", lr=args.lr, window="soft tissue",
                   epochs=args.epochs, seed=args.seed, num_threads=args.threads, progress=False)
     results: dict[str, dict] = {}
     test_only: dict[str, dict] = {}
@@ -323,6 +330,8 @@ def write_markdown(path: Path, r: dict) -> None:
         "# Detection: single class vs pseudo-labels, fine-tuning from corrected labels",
         "",
         f"Produced by `.venv/bin/python bench/bench_detector.py --patients {a['patients']} "
+        f"--size {a['size']} --data-seed {a.get('data_seed')} --arch {a.get('arch')} "
+        f"--width {a.get('width')} --lr {a.get('lr')} "
         f"--epochs {a['epochs']} --finetune-epochs {a['finetune_epochs']} --share {a['share']} "
         f"--canvas {a['canvas']} --spacing {a['spacing']} --crop {a['crop']} "
         f"--threads {a['threads']}` (CPU only; {r['machine']['cpu_count']} cores shared with "
@@ -339,13 +348,16 @@ def write_markdown(path: Path, r: dict) -> None:
         f"{p['train_accuracy']:.1%} of the training lesions' pseudo-labels equal their true type "
         f"({p['wrong']} wrong).",
         "",
-        "Detector: Faster R-CNN MobileNetV3-Large-FPN from random weights (no pretrained file "
-        "available offline), 3-slice context (2 mm), soft-tissue window (-160 to 240 HU), "
+        ("Detector: Faster R-CNN MobileNetV3-Large-FPN from random weights (no pretrained file "
+         "available offline), " if a.get("arch", "fasterrcnn") == "fasterrcnn" else
+         f"Detector: {a.get('arch')} (width {a.get('width')}) from random weights, ")
+        + "3-slice context (2 mm), soft-tissue window (-160 to 240 HU), "
         f"{a['canvas']} px canvas at {a['spacing']} mm/px, trained on "
         + (f"{a['crop']}-px windows (mostly around lesions; inference on the whole canvas)"
            if str(a.get("crop", "0")) != "0" else "whole canvases")
-        + ", box head 256 trained on 32 proposals per image, batch 4, AdamW "
-        f"lr 0.001 (cosine), {a['epochs']} epochs, same seed for every model; missing "
+        + (", box head 256 trained on 32 proposals per image" if a.get("arch", "fasterrcnn")
+           == "fasterrcnn" else "")
+        + f", batch 4, AdamW lr {a.get('lr', 0.001)} (cosine), {a['epochs']} epochs, same seed for every model; missing "
         "annotations handled by ignore regions on lesions annotated on nearby slices.",
         "",
         "## Sensitivity (DeepLesion protocol: IoU >= 0.5, noisy excluded)",
@@ -377,7 +389,8 @@ def write_markdown(path: Path, r: dict) -> None:
         "",
         f"Simulated annotators fixed {p['fixed']} of the {p['wrong']} wrong training "
         f"pseudo-labels ({float(a['share']):.0%}) with the truth file; the multi-class detector "
-        f"was fine-tuned for {a['finetune_epochs']} epochs (lr 0.00025)"
+        f"was fine-tuned for {a['finetune_epochs']} epochs (lr "
+        f"{float(a.get('lr', 0.001)) * 0.25:g})"
         + (" with a new classification layer (the corrected labels add classes)"
            if p["reset_head"] else "")
         + ". Control: the same fine-tuning on the uncorrected pseudo-labels.",

@@ -105,7 +105,7 @@ def _job(job: dict) -> dict:
     ev = evaluate_predictions(pred, m, EVAL)
     test = evaluate_predictions(pred, m, "test")
     pred.to_csv(Path(job["out"]) / "predictions_eval.csv", index=False)
-    return {
+    result = {
         "name": job["name"], "seed": job["seed"], "params": {k: str(v) for k, v in params.items()},
         "epochs": epochs, "calibrated_cpu_s_per_step": sec_step,
         "train_cpu_s": cpu_fit, "train_wall_s": wall_fit, "windows": windows,
@@ -116,6 +116,8 @@ def _job(job: dict) -> dict:
         "interval95": bootstrap_sensitivity(ev.curve, n_boot=2000).to_metrics(),
         "final_loss": det.history_[-1]["loss"] if det.history_ else None,
     }
+    (Path(job["out"]) / "result.json").write_text(json.dumps(result, indent=2, default=str))
+    return result
 
 
 def main() -> int:

@@ -177,3 +177,49 @@ def test_resume_retraces_and_refuses_another_architecture(data, tmp_path) -> Non
     with pytest.raises(CheckpointError, match=r"differs in: params\.arch\)"):
         LesionDetector(**dict(kw, arch="fasterrcnn")).fit(data.manifest,
                                                           checkpoint_dir=tmp_path / "b")
+
+
+@pytest.mark.parametrize("s", [1.0, 0.87, 1.13])
+def test_windows_are_resampled_like_the_whole_rescaled_image(s) -> None:
+    import numpy as np
+    import torch.nn.functional as F
+
+    from deeplesion_lab.detection.dataset import resample_window
+
+    base = np.random.default_rng(0).random((3, 90, 70)).astype(np.float16)
+    whole = base.astype(np.float32)
+    if s != 1.0:
+        whole = F.interpolate(torch.from_numpy(whole)[None], scale_factor=s, mode="bilinear",
+                              align_corners=False, recompute_scale_factor=False)[0].numpy()
+    for x0, y0 in [(0, 0), (5, 17), (whole.shape[2] - 32, whole.shape[1] - 32)]:
+        win = resample_window(base, s, x0, y0, 32)
+        assert win.shape == (3, 32, 32)
+        np.testing.assert_allclose(win, whole[:, y0:y0 + 32, x0:x0 + 32], atol=1e-5)
+
+
+def test_cli_train_detect_with_arch(data, tmp_path, capsys) -> None:
+    import pandas as pd
+
+    from deeplesion_lab.cli import main
+    from deeplesion_lab.run import RunDir
+
+    run = RunDir(tmp_path / "run").init(data.manifest_path)
+    small = ["--image-size", "96", "--spacing-mm", "1.0", "--batch-size", "2", "--width", "8",
+             "--threads", "1", "--no-progress"]
+    assert main(["train-detector", "--run", str(run.path), "--classes", "single", "--epochs",
+                 "1", "--arch", "centernet", *small]) == 0
+    cfg = json.loads((run.detector_dir / "single" / "config.json").read_text())
+    assert cfg["arch"] == "centernet" and cfg["params"]["width"] == 8
+    metrics = json.loads(run.metrics.read_text())
+    assert metrics["detector_training"]["single"]["train_images_per_s"] > 0
+    pred = tmp_path / "pred.csv"
+    assert main(["detect", "--run", str(run.path), "--out", str(pred), "--threads", "1",
+                 "--no-progress"]) == 0
+    assert list(pd.read_csv(pred).columns) == list(PREDICTION_COLUMNS)
+    # the same name with another architecture: a clear error, nothing overwritten
+    before = (run.detector_dir / "single" / "model.pt").read_bytes()
+    capsys.readouterr()
+    code = main(["train-detector", "--run", str(run.path), "--classes", "single", "--epochs",
+                 "1", "--arch", "fasterrcnn", *small])
+    assert code == 2 and "params.arch" in capsys.readouterr().err
+    assert (run.detector_dir / "single" / "model.pt").read_bytes() == before

@@ -320,9 +320,11 @@ class KeySliceDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int):
         base, scale = self._base(i)
-        img = base.astype(np.float32)
         boxes = self.boxes[i] * scale
         labels = self.labels[i].copy()
+        if self.crop is not None:
+            return self._window_item(i, base, scale, boxes, labels)
+        img = base.astype(np.float32)
         if self.augment:
             rng = np.random.default_rng([self.seed, self.epoch, i])
             s = float(rng.uniform(*self.scale_range))
@@ -339,9 +341,6 @@ class KeySliceDataset(torch.utils.data.Dataset):
             img, boxes = sample["image"], sample["boxes"]
         boxes = np.asarray(boxes, dtype=np.float32).reshape(-1, 4).copy()
         side = self.image_size
-        if self.crop is not None:
-            img, boxes, labels = self._crop(img, boxes, labels, i)
-            side = self.crop
         h, w = img.shape[-2:]
         canvas = np.zeros((img.shape[0], side, side), dtype=np.float32)
         canvas[:, :h, :w] = img[:, :side, :side]
@@ -355,10 +354,54 @@ class KeySliceDataset(torch.utils.data.Dataset):
         meta = {"file_name": self.file_names[i], "scale": scale, "index": i}
         return torch.from_numpy(canvas), target, meta
 
-    def _crop(self, img: np.ndarray, boxes: np.ndarray, labels: np.ndarray, i: int):
-        """A ``crop`` window of ``img`` (see the class docstring), drawn from (seed, epoch, i)."""
+    def _window_item(self, i: int, base: np.ndarray, scale: float, boxes: np.ndarray,
+                     labels: np.ndarray):
+        """A training window, resampled from the cached image at the window only.
+
+        The same draws as rescaling, flipping and jittering the whole image and then cutting
+        the window (:meth:`_crop`), but the work is that of one ``crop`` x ``crop`` window:
+        the window is placed on the rescaled image's geometry first, then only its pixels
+        are sampled (bilinear, as the whole-image rescaling), flipped within the window and
+        jittered. Pixels outside the image are 0, as the canvas padding.
+        """
+        c = int(self.crop)
+        h0, w0 = base.shape[-2:]
+        s = 1.0
+        rng = None
+        if self.augment:
+            rng = np.random.default_rng([self.seed, self.epoch, i])
+            s = float(rng.uniform(*self.scale_range))
+            s = min(s, self.image_size / max(h0, w0))
+            if abs(s - 1.0) <= 1e-6:
+                s = 1.0
+        h, w = (int(np.floor(h0 * s)), int(np.floor(w0 * s))) if s != 1.0 else (h0, w0)
+        boxes = np.asarray(boxes * s, dtype=np.float32).reshape(-1, 4)
+        x0, y0, boxes, labels = self._place(boxes, labels, h, w, i)
+        img = resample_window(base, s, x0, y0, c)
+        vh, vw = max(0, min(c, h - y0)), max(0, min(c, w - x0))  # the window's image part
+        if rng is not None:
+            sample = {"image": img, "boxes": boxes}
+            flip_seed, jitter_seed = int(rng.integers(2**31)), int(rng.integers(2**31))
+            sample = IntensityJitter(seed=jitter_seed)(sample)
+            img = sample["image"]
+            img[:, vh:, :] = 0.0
+            img[:, :, vw:] = 0.0
+            sample = RandomFlip(p=0.5, seed=flip_seed)(sample)
+            img, boxes = sample["image"], sample["boxes"]
+        else:
+            img[:, vh:, :] = 0.0
+            img[:, :, vw:] = 0.0
+        boxes = np.asarray(boxes, dtype=np.float32).reshape(-1, 4).copy()
+        boxes[:, [0, 2]] = boxes[:, [0, 2]].clip(0, c)
+        boxes[:, [1, 3]] = boxes[:, [1, 3]].clip(0, c)
+        ok = (boxes[:, 2] - boxes[:, 0] >= 1) & (boxes[:, 3] - boxes[:, 1] >= 1)
+        target = {"boxes": torch.from_numpy(boxes[ok]), "labels": torch.from_numpy(labels[ok])}
+        meta = {"file_name": self.file_names[i], "scale": scale * s, "index": i}
+        return torch.from_numpy(np.ascontiguousarray(img, dtype=np.float32)), target, meta
+
+    def _place(self, boxes: np.ndarray, labels: np.ndarray, h: int, w: int, i: int):
+        """Window corner on an ``h`` x ``w`` image, the boxes in it, cut lesions ignored."""
         c = self.crop
-        h, w = img.shape[-2:]
         rng = np.random.default_rng([self.seed, self.epoch, i, 1])
         pos = np.flatnonzero(labels > 0)
         if len(pos) and rng.random() < self.crop_lesion_p:
@@ -370,7 +413,6 @@ class KeySliceDataset(torch.utils.data.Dataset):
             x0, y0 = rng.uniform(0, max(w - c, 0)), rng.uniform(0, max(h - c, 0))
         x0 = int(np.clip(round(x0), 0, max(w - c, 0)))
         y0 = int(np.clip(round(y0), 0, max(h - c, 0)))
-        img = img[:, y0 : y0 + c, x0 : x0 + c]
         boxes = boxes - np.array([x0, y0, x0, y0], dtype=np.float32)
         area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
         cut = boxes.copy()
@@ -379,7 +421,28 @@ class KeySliceDataset(torch.utils.data.Dataset):
         kept = (cut[:, 2] - cut[:, 0]).clip(0) * (cut[:, 3] - cut[:, 1]).clip(0)
         labels = labels.copy()
         labels[(labels > 0) & (kept < 0.6 * np.maximum(area, 1e-6))] = -1
-        return img, boxes, labels
+        return x0, y0, boxes, labels
+
+
+def resample_window(base: np.ndarray, s: float, x0: int, y0: int, c: int) -> np.ndarray:
+    """The ``c`` x ``c`` window at ``(x0, y0)`` of ``base`` rescaled by ``s``, float32.
+
+    The same pixels as bilinear ``F.interpolate(base, scale_factor=s)`` (no corner alignment)
+    cut at the window, computed for the window only; outside the rescaled image the values
+    are unspecified (the caller zeroes them).
+    """
+    if s == 1.0:
+        img = np.zeros((base.shape[0], c, c), dtype=np.float32)
+        part = base[:, y0 : y0 + c, x0 : x0 + c]
+        img[:, : part.shape[1], : part.shape[2]] = part
+        return img
+    h0, w0 = base.shape[-2:]
+    # output pixel X of the rescaled image samples base at (X + 0.5) / s - 0.5
+    xs = (np.arange(x0, x0 + c, dtype=np.float32) + 0.5) / s / w0 * 2 - 1
+    ys = (np.arange(y0, y0 + c, dtype=np.float32) + 0.5) / s / h0 * 2 - 1
+    grid = torch.from_numpy(np.stack(np.meshgrid(xs, ys), -1))[None]
+    return F.grid_sample(torch.from_numpy(base.astype(np.float32))[None], grid,
+                         mode="bilinear", padding_mode="border", align_corners=False)[0].numpy()
 
 
 def collate(batch):
