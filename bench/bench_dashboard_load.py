@@ -3,7 +3,7 @@
 Usage: .venv/bin/python bench/bench_dashboard_load.py [--sessions 10] [--seconds 60]
        [--patients 4] [--poll-ms 1000] [--think 2 0.3]
 
-Starts ``python -m widgets.dashboard.server`` (login required) on a free loopback port over a
+Starts ``python -m widgets.dashboard`` (login required) on a free loopback port over a
 tiny demo run, then drives N sessions with :func:`widgets.dashboard.client.run_load`: each
 signs in over HTTP, opens its page's Bokeh session over the websocket with its cookie and, until
 the time is up, selects 1-5 random map points and relabels them (every 7th action: undo its
@@ -144,7 +144,7 @@ def main() -> None:
         "",
         f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores shared with other jobs, "
         f"Python {platform.python_version()}; load average {load0:.1f} at the start, "
-        f"{load1:.1f} at the end (other jobs included). Server (`python -m widgets.dashboard.server`, "
+        f"{load1:.1f} at the end (other jobs included). Server (`python -m widgets.dashboard`, "
         "login required) and the simulated browsers run in two processes on loopback. "
         f"Run: demo data, {args.patients} patients, {n_lesions} lesions on the map; label store "
         "SQLite.",

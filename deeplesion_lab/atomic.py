@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,6 +27,11 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     try:
         yield tmp_path
         os.replace(tmp_path, path)
+    except OSError as exc:  # name the output, not the temporary file (pyarrow may omit errno)
+        code = exc.errno
+        if code is None and (m := re.search(r"\[Errno (\d+)\]", str(exc))):
+            code = int(m.group(1))
+        raise OSError(code, os.strerror(code) if code else str(exc), str(path)) from exc
     finally:
         if tmp_path.exists():
             tmp_path.unlink()

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from importlib.metadata import entry_points
 
 from . import __version__, commands
-from .errors import LabError
+from .errors import LabError, describe_os_error
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -62,8 +62,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except LabError as exc:
         print(f"deeplesion-lab {args.command}: error: {exc}", file=sys.stderr)
         return 2
-    except FileNotFoundError as exc:
-        print(f"deeplesion-lab {args.command}: error: {exc}", file=sys.stderr)
+    except OSError as exc:  # a missing file, a full or read-only disk, a file-size limit
+        print(f"deeplesion-lab {args.command}: error: {describe_os_error(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"deeplesion-lab {args.command}: interrupted; outputs already written are intact",

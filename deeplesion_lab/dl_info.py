@@ -194,7 +194,10 @@ def _read_raw(path: Path) -> pd.DataFrame:
     except UnicodeDecodeError as exc:
         raise DLInfoError(f"{path}: not a text CSV file ({exc.reason})") from exc
     except (pd.errors.ParserError, pd.errors.EmptyDataError, OSError) as exc:
-        raise DLInfoError(f"{path}: cannot be read as CSV: {exc}") from exc
+        line = unbalanced_quote_line(path) if isinstance(exc, pd.errors.ParserError) else None
+        where = f" (line {line}: a quote opens there and never closes)" if line else ""
+        reason = " ".join(str(exc).split())
+        raise DLInfoError(f"{path}: cannot be read as CSV: {reason}{where}") from exc
     raw.columns = [str(c).strip() for c in raw.columns]
     missing = [c for c in OFFICIAL_COLUMNS if c not in raw.columns]
     if missing:
@@ -203,7 +206,26 @@ def _read_raw(path: Path) -> pd.DataFrame:
             f"{', '.join(missing)} (a DL_info.csv has {len(OFFICIAL_COLUMNS)} columns: "
             f"{', '.join(OFFICIAL_COLUMNS)})"
         )
+    if raw.empty:
+        raise DLInfoError(f"{path}: no rows: the file has a header but no lesions")
+    multiline = raw.apply(lambda c: c.str.contains("[\r\n]", regex=True)).to_numpy().any()
+    if multiline:  # a stray quote swallowed line ends: rows would be silently merged
+        line = unbalanced_quote_line(path)
+        raise DLInfoError(
+            f"{path}, line {line}: a quote opens here and does not close on the same line "
+            "(each DL_info row is one line); fix or remove the stray '\"'; nothing was read"
+        )
     return raw
+
+
+def unbalanced_quote_line(path: Path) -> int | None:
+    """The first line (1-based) with an odd number of quotes, where a quoted field stays open
+    past the end of the line (None: every line balanced). DL_info values never hold a quote."""
+    with open(path, encoding="utf-8", errors="replace", newline="") as fh:
+        for number, line in enumerate(fh, start=1):
+            if line.count('"') % 2:
+                return number
+    return None
 
 
 class _Problems:

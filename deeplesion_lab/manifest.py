@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from .atomic import write_csv, write_parquet
-from .dl_info import DLInfo, read_dl_info
+from .dl_info import DLInfo, read_dl_info, unbalanced_quote_line
 from .errors import LabError
 from .images import key_slice_path
 
@@ -141,6 +141,13 @@ def write_manifest(
         write_csv(info.rejected, rejected_path)
     elif rejected_path.exists():
         rejected_path.unlink()
+    if les.empty:
+        line = unbalanced_quote_line(Path(source)) if Path(source).suffix == ".csv" else None
+        quote = f"; line {line} has an unbalanced quote ('\"')" if line else ""
+        raise ManifestError(
+            f"{source}: no valid lesions: all {info.n_rejected_rows} rows were rejected (line, "
+            f"column and reason of each in {rejected_path}){quote}; no manifest written"
+        )
     write_parquet(les, out, meta)
     return ManifestResult(
         lesions=les,

@@ -269,7 +269,7 @@ class ServedDashboard:
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = Path(log_path)
         cmd = [
-            sys.executable, "-m", "widgets.dashboard.server", "--run", str(run_dir),
+            sys.executable, "-m", "widgets.dashboard", "--run", str(run_dir),
             "--port", str(self.port), "--address", "127.0.0.1", "--poll-ms", str(poll_ms),
         ]  # fmt: skip
         if users is not None:
@@ -296,7 +296,8 @@ class ServedDashboard:
         raise RuntimeError(f"dashboard not ready after {timeout} s:\n{self.log()}")
 
     def log(self) -> str:
-        self._log.flush()
+        if not self._log.closed:
+            self._log.flush()
         return self.log_path.read_text(errors="replace")
 
     def stop(self) -> None:

@@ -156,7 +156,7 @@ def test_role_is_checked_at_write_time(tmp_path, tmp_path_factory):
 
     run = fresh_run(tmp_path, tmp_path_factory.getbasetemp())
     users = make_users(tmp_path / "users.json")
-    c = DashboardContext(run, auth=DashboardAuth(UserFile(users)), cookie_secret="s" * 32)
+    c = DashboardContext(run, auth=DashboardAuth(UserFile(users)))
     try:
         d = Dashboard(c, User("bob", "annotator"))
         d.select([0])

@@ -198,7 +198,9 @@ def run_init(args: argparse.Namespace) -> int:
         pl = pd.read_parquet(src)
     except Exception as exc:  # noqa: BLE001 - pyarrow raises several types
         raise LabelStoreError(f"{src}: not a readable parquet file ({exc})") from exc
-    with LabelStore.for_run(run, db=args.db, namespace=args.namespace, init=False) as store:
+    with LabelStore.for_run(
+        run, db=args.db, namespace=args.namespace, init=False, allow_empty=True
+    ) as store:
         report = store.init_pseudo_labels(
             pl, args.run_id or run.path.resolve().name, user=args.user, tool="cli"
         )

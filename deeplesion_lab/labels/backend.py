@@ -30,7 +30,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from .errors import LabelStoreError, StoreFormatError
+from .errors import LabelStoreError, StoreFormatError, StoreWriteError
 
 __all__ = ["Backend", "SQLiteBackend", "PostgresBackend", "connect", "is_postgres_url"]
 
@@ -126,6 +126,32 @@ class Backend:
     def _rollback(self) -> None:
         self.execute("ROLLBACK")
 
+    #: Driver errors that mean the database could not take the write (disk full, read-only,
+    #: I/O error, lost connection): reported as :class:`StoreWriteError`, never as a traceback.
+    write_errors: tuple[type[BaseException], ...] = ()
+
+    def open_failed(self, exc: BaseException) -> LabelStoreError:
+        """The one-line error for a store the database could not open or read (not a format
+        problem: I/O error, full disk, no permission)."""
+        return LabelStoreError(
+            f"{self.location}: cannot open the label store ({exc}): is the disk full, or the "
+            "file or its folder not readable and writable for this user? nothing was written"
+        )
+
+    def write_failed(self, exc: BaseException) -> StoreWriteError:
+        """The one-line error for a write the database refused (rolled back)."""
+        text = " ".join(str(exc).split()) or type(exc).__name__
+        low = text.lower()
+        hint = ""
+        if "full" in low or "no space" in low:
+            hint = "; free some disk space and try again"
+        elif "readonly" in low or "read-only" in low or "permission" in low:
+            hint = "; the store is read-only for this user"
+        return StoreWriteError(
+            f"{self.location}: the change could not be written ({text}){hint}; nothing was "
+            "written (the transaction was rolled back)"
+        )
+
     @contextlib.contextmanager
     def write(self) -> Iterator[Backend]:
         """One serialised write transaction: committed if the block succeeds, else rolled back.
@@ -144,13 +170,20 @@ class Backend:
             self._depth = 1
             try:
                 yield self
-            except BaseException:
+            except BaseException as exc:
                 self._depth = 0
                 with contextlib.suppress(Exception):
                     self._rollback()
+                if isinstance(exc, self.write_errors):
+                    raise self.write_failed(exc) from exc
                 raise
             self._depth = 0
-            self._commit()
+            try:
+                self._commit()
+            except self.write_errors as exc:
+                with contextlib.suppress(Exception):
+                    self._rollback()
+                raise self.write_failed(exc) from exc
 
     @contextlib.contextmanager
     def read(self) -> Iterator[Backend]:
@@ -210,8 +243,11 @@ class SQLiteBackend(Backend):
     same = "IS"
     differs = "IS NOT"
     collate = ""
+    write_errors = (sqlite3.OperationalError,)
 
-    def __init__(self, path: Path, *, create: bool = True, timeout: float = 30.0):
+    def __init__(
+        self, path: Path, *, create: bool = True, timeout: float = 30.0, allow_empty: bool = False
+    ):
         super().__init__()
         self.path = Path(path)
         self.location = str(self.path)
@@ -223,6 +259,13 @@ class SQLiteBackend(Backend):
             # every POSIX lock this process holds on it (fcntl semantics), which lets another
             # process delete the WAL under our open connections. Ask SQLite instead.
             self.is_new = self.path.stat().st_size == 0
+            if self.is_new and not allow_empty:
+                raise StoreFormatError(
+                    f"{self.path}: the file is empty (0 bytes), not a label store (was it "
+                    "truncated?); nothing was written. Restore it from a backup or a snapshot "
+                    "export; to start a new store here, delete it and run `deeplesion-lab labels "
+                    "init`"
+                )
             if not self.is_new:
                 try:
                     probe = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, timeout=timeout)
@@ -230,6 +273,8 @@ class SQLiteBackend(Backend):
                         probe.execute("PRAGMA schema_version").fetchone()
                     finally:
                         probe.close()
+                except sqlite3.OperationalError as exc:  # I/O, a full disk, no permission
+                    raise self.open_failed(exc) from exc
                 except sqlite3.DatabaseError as exc:
                     raise StoreFormatError(
                         f"{self.path}: not a label store: not a SQLite database ({exc}); "
@@ -293,6 +338,8 @@ class SQLiteBackend(Backend):
         try:
             self.conn.execute("BEGIN IMMEDIATE")
         except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) and "busy" not in str(exc):
+                raise self.write_failed(exc) from exc
             raise LabelStoreError(
                 f"{self.path}: could not start a write ({exc}); another process holds the "
                 "database for longer than the busy timeout"
@@ -304,6 +351,8 @@ class SQLiteBackend(Backend):
     def table_names(self) -> set[str]:
         try:
             rows = self.query("SELECT name FROM sqlite_master WHERE type = 'table'")
+        except sqlite3.OperationalError as exc:
+            raise self.open_failed(exc) from exc
         except sqlite3.DatabaseError as exc:
             raise StoreFormatError(
                 f"{self.path}: not a readable label store: {exc}; nothing was written"
@@ -386,6 +435,7 @@ class PostgresBackend(Backend):
             )
         self.url = url
         self.location = f"{_redact(url)} (schema {self.namespace})"
+        self.write_errors = (psycopg.OperationalError,)
         try:
             self.conn = psycopg.connect(url, autocommit=True, connect_timeout=max(1, int(timeout)))
         except psycopg.Error as exc:
@@ -471,8 +521,13 @@ def connect(
     namespace: str | None = None,
     create: bool = True,
     timeout: float = 30.0,
+    allow_empty: bool = False,
 ) -> Backend:
-    """A backend for a SQLite path (or ``sqlite:///path``) or a ``postgresql://`` URL."""
+    """A backend for a SQLite path (or ``sqlite:///path``) or a ``postgresql://`` URL.
+
+    An existing empty SQLite file is refused (a truncated store must not silently become a
+    new one) unless ``allow_empty`` (``labels init``).
+    """
     if is_postgres_url(target):
         return PostgresBackend(str(target), namespace=namespace, create=create, timeout=timeout)
     if namespace is not None:
@@ -480,4 +535,4 @@ def connect(
     text = str(target)
     if text.startswith("sqlite:///"):
         text = text[len("sqlite:///") - 1 :] if text.startswith("sqlite:////") else text[10:]
-    return SQLiteBackend(Path(text), create=create, timeout=timeout)
+    return SQLiteBackend(Path(text), create=create, timeout=timeout, allow_empty=allow_empty)

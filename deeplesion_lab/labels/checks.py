@@ -25,6 +25,7 @@ __all__ = [
     "check_comment",
     "check_ids",
     "check_text",
+    "check_user",
     "dataset_from",
     "from_source",
     "ids_hash",
@@ -35,6 +36,8 @@ __all__ = [
 
 PSEUDO_COLUMNS = ("lesion_id", "cluster", "label", "confidence")
 MAX_TEXT = 2000
+#: Characters of a user name (the same rule for the CLI, the API, the dashboard and its logins).
+USER_NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-@")
 
 
 @dataclass(frozen=True)
@@ -59,6 +62,19 @@ def check_text(value: Any, what: str, *, max_len: int = 128) -> str:
     value = value.strip()
     if len(value) > max_len:
         raise LabelStoreError(f"{what}: longer than {max_len} characters")
+    return value
+
+
+def check_user(value: Any, what: str = "user") -> str:
+    """``value`` if it is a valid user name: 1-64 letters, digits, ``.``, ``_``, ``-`` or ``@``.
+
+    One rule for everyone who writes to a store (``--user`` on the command line, the API, the
+    dashboard's logins), so the same person never appears under two spellings.
+    """
+    if not isinstance(value, str) or not (1 <= len(value) <= 64) or set(value) - USER_NAME_CHARS:
+        raise LabelStoreError(
+            f"{what}: invalid user name {value!r}: use 1-64 letters, digits, '.', '_', '-' or '@'"
+        )
     return value
 
 

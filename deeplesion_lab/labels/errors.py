@@ -7,6 +7,7 @@ from ..errors import LabError
 __all__ = [
     "LabelStoreError",
     "StoreFormatError",
+    "StoreWriteError",
     "UnknownLesionError",
     "UnknownClassError",
     "EmptySelectionError",
@@ -18,6 +19,10 @@ __all__ = [
 
 class LabelStoreError(LabError, ValueError):
     """A label-store operation was refused; the store is unchanged."""
+
+
+class StoreWriteError(LabelStoreError):
+    """The database refused a write (disk full, read-only, I/O error); it was rolled back."""
 
 
 class StoreFormatError(LabelStoreError):

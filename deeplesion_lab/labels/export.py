@@ -18,6 +18,12 @@ user-added class       category 11, 12, ...      the original code is kept (the 
 no label at all        category 0 "unlabeled"    original code kept
 =====================  ========================  =============================================
 
+A CSV labels export is meant to be opened in a spreadsheet: a text cell that starts with
+``=``, ``+``, ``-``, ``@``, a tab or a carriage return (a class name, a user name, a comment)
+gets a leading ``'`` so that the spreadsheet shows it as text instead of running it as a
+formula (:func:`spreadsheet_safe`). The parquet, COCO and DL_info exports keep every value
+exact (they are read by programs).
+
 By default the DL_info export applies human corrections only (``pseudo="none"``):
 ``pseudo="fill"`` also writes pseudo-label types into rows whose official type is -1
 (unlabelled training lesions), ``pseudo="all"`` into every row.
@@ -94,7 +100,26 @@ def export_labels(
     df = labels_for_export(store, snapshot)
     if path.suffix == ".parquet":
         return write_parquet(df, path, _provenance(store, df))
-    return write_csv(df, path)
+    return write_csv(spreadsheet_safe(df), path)
+
+
+#: First characters that make a spreadsheet read a cell as a formula.
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def spreadsheet_safe(df: pd.DataFrame) -> pd.DataFrame:
+    """A copy of ``df`` whose text cells cannot run as spreadsheet formulas.
+
+    Text cells starting with one of :data:`FORMULA_STARTS` get a leading ``'`` (the OWASP
+    advice against CSV injection); numbers, dates and other cells are unchanged.
+    """
+    out = df.copy()
+    for col in out.columns:
+        if out[col].dtype == object or pd.api.types.is_string_dtype(out[col]):
+            out[col] = out[col].map(
+                lambda v: f"'{v}" if isinstance(v, str) and v.startswith(FORMULA_STARTS) else v
+            )
+    return out
 
 
 def _with_added(store: LabelStore, manifest: pd.DataFrame) -> pd.DataFrame:

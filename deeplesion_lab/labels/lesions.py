@@ -21,7 +21,7 @@ import pandas as pd
 
 from ..dl_info import BOX_COLUMNS, RECIST_COLUMNS
 from . import schema
-from .checks import check_comment, check_text
+from .checks import check_comment, check_text, check_user
 from .errors import LabelStoreError
 from .events import ChangeEvent
 
@@ -143,7 +143,7 @@ class AddedLesionsMixin:
             Missing columns, bad values (the row and field are named), duplicate ids, an id
             that is already a lesion of the dataset, an unknown class. Nothing is written.
         """
-        user = check_text(user, "user")
+        user = check_user(user)
         tool = check_text(tool, "tool")
         comment = check_comment(comment)
         db = self._db

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 
 from . import schema
-from .checks import check_comment, check_text
+from .checks import check_comment, check_text, check_user
 from .errors import EmptySelectionError, LabelStoreError, StoreFormatError
 
 
@@ -20,7 +20,7 @@ class SnapshotMixin:
         triggers refuse any later update or deletion. Names are unique.
         """
         name = check_text(name, "snapshot name")
-        user = check_text(user, "user")
+        user = check_user(user)
         check_comment(comment)
         db = self._db
         with self._tx():

@@ -51,6 +51,7 @@ from .checks import (
     check_comment,
     check_ids,
     check_text,
+    check_user,
     dataset_from,
     from_source,
     ids_hash,
@@ -161,6 +162,7 @@ class LabelStore(UndoMixin, HistoryMixin, SnapshotMixin, ReplayMixin, AddedLesio
         namespace: str | None = None,
         timeout: float = 30.0,
         check: bool = True,
+        allow_empty: bool = False,
     ) -> LabelStore:
         """Open (or create) a label store.
 
@@ -181,17 +183,26 @@ class LabelStore(UndoMixin, HistoryMixin, SnapshotMixin, ReplayMixin, AddedLesio
             Seconds a writer waits while another holds the write lock.
         check : bool, default True
             Run SQLite's ``PRAGMA quick_check`` when opening an existing file.
+        allow_empty : bool, default False
+            Create the store in an existing empty (0-byte) SQLite file. Without it such a file
+            is refused: a truncated store must never silently become a new one.
 
         Raises
         ------
         StoreFormatError
-            A file or database that is not a label store, is corrupted, or is newer than this
-            code; nothing is written.
+            A file or database that is not a label store, is empty, is corrupted, or is newer
+            than this code; nothing is written.
         LabelStoreError
             Dataset mismatch, missing store with ``create=False``, connection failure.
         """
         ds = dataset_from(dataset) if dataset is not None else None
-        db = connect(path_or_url, namespace=namespace, create=create, timeout=timeout)
+        db = connect(
+            path_or_url,
+            namespace=namespace,
+            create=create,
+            timeout=timeout,
+            allow_empty=allow_empty,
+        )
         store = cls(db)
         try:
             store._open(ds, create=create, check=check)
@@ -210,6 +221,7 @@ class LabelStore(UndoMixin, HistoryMixin, SnapshotMixin, ReplayMixin, AddedLesio
         init: bool = True,
         create: bool = True,
         user: str = "pipeline",
+        allow_empty: bool = False,
     ) -> LabelStore:
         """The label store of a run directory, bound to the run's manifest.
 
@@ -224,7 +236,9 @@ class LabelStore(UndoMixin, HistoryMixin, SnapshotMixin, ReplayMixin, AddedLesio
         target = db if db else run.label_db
         if not db and not run.path.is_dir():
             raise LabelStoreError(f"{run.path}: run directory not found")
-        store = cls.open(target, dataset=manifest, namespace=namespace, create=create)
+        store = cls.open(
+            target, dataset=manifest, namespace=namespace, create=create, allow_empty=allow_empty
+        )
         try:
             if init and store.run_id is None and run.pseudo_labels.is_file():
                 store.init_pseudo_labels(
@@ -276,11 +290,16 @@ class LabelStore(UndoMixin, HistoryMixin, SnapshotMixin, ReplayMixin, AddedLesio
                     f"{db.location}: label store schema version {version} is newer than this "
                     f"deeplesion-lab knows ({schema.CURRENT_VERSION}); upgrade deeplesion-lab"
                 )
+        except sqlite3.OperationalError as exc:
+            raise db.open_failed(exc) from exc
         except sqlite3.DatabaseError as exc:
             raise StoreFormatError(
                 f"{db.location}: not a readable label store ({exc}); nothing was written"
             ) from exc
-        db.prepare_store()
+        try:
+            db.prepare_store()
+        except sqlite3.OperationalError as exc:
+            raise db.open_failed(exc) from exc
         if version < schema.CURRENT_VERSION:
             schema.migrate(db)
         if ds is not None and meta.get("dataset_hash") != ds.hash:
@@ -556,7 +575,7 @@ class LabelStore(UndoMixin, HistoryMixin, SnapshotMixin, ReplayMixin, AddedLesio
         check: Callable[[list[str]], None] | None = None,
         event_cluster: int | None = None,
     ) -> int:
-        user = check_text(user, "user")
+        user = check_user(user)
         tool = check_text(tool, "tool")
         comment = check_comment(comment)
         ids = None if callable(select) else check_ids(select)
@@ -620,7 +639,7 @@ class LabelStore(UndoMixin, HistoryMixin, SnapshotMixin, ReplayMixin, AddedLesio
             dataset), unknown classes. Nothing is written.
         """
         run_id = check_text(run_id, "run_id", max_len=256)
-        user = check_text(user, "user")
+        user = check_user(user)
         tool = check_text(tool, "tool")
         db = self._db
         rows = pseudo_rows(df, set(self._class_names()))  # validated before taking the lock
@@ -1037,7 +1056,7 @@ class LabelStore(UndoMixin, HistoryMixin, SnapshotMixin, ReplayMixin, AddedLesio
         """Give a cluster a display name (undoable); returns the event id."""
         cluster = check_cluster(cluster)
         name = check_text(name, "cluster name", max_len=64)
-        user = check_text(user, "user")
+        user = check_user(user)
         tool = check_text(tool, "tool")
         with self._tx() as events:
             self._require_dataset()
@@ -1077,7 +1096,7 @@ class LabelStore(UndoMixin, HistoryMixin, SnapshotMixin, ReplayMixin, AddedLesio
         LabelStoreError
             Empty or reserved name, a class of that name (any case) exists, bad colour.
         """
-        user = check_text(user, "user")
+        user = check_user(user)
         tool = check_text(tool, "tool")
         with self._tx() as events:
             name = check_class_name(name, self._class_names())
@@ -1099,7 +1118,7 @@ class LabelStore(UndoMixin, HistoryMixin, SnapshotMixin, ReplayMixin, AddedLesio
         self, lesion_ids: Sequence[str], text: str, user: str, tool: str = "api"
     ) -> int:
         """Attach a comment to lesions (no label change); returns the event id."""
-        user = check_text(user, "user")
+        user = check_user(user)
         tool = check_text(tool, "tool")
         text = check_comment(text)
         if not text:

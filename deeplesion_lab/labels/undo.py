@@ -8,7 +8,7 @@ from __future__ import annotations
 import pandas as pd
 
 from . import schema
-from .checks import check_text, list_ids
+from .checks import check_text, check_user, list_ids
 from .errors import NothingToUndo, UndoConflict
 from .events import UNDOABLE_OPS, ChangeEvent, UndoResult, empty_conflicts
 
@@ -34,7 +34,7 @@ class UndoMixin:
         ------
         NothingToUndo, UndoConflict
         """
-        user = check_text(user, "user")
+        user = check_user(user)
         tool = check_text(tool, "tool")
         ops = ", ".join(f"'{o}'" for o in UNDOABLE_OPS)
         with self._tx() as events:
@@ -72,7 +72,7 @@ class UndoMixin:
         ------
         NothingToUndo, UndoConflict
         """
-        user = check_text(user, "user")
+        user = check_user(user)
         tool = check_text(tool, "tool")
         ops = ", ".join(f"'{o}'" for o in UNDOABLE_OPS)
         with self._tx() as events:

@@ -45,7 +45,7 @@ import pandas as pd
 from deeplesion_lab.errors import LabError
 from deeplesion_lab.run import RunDir
 
-from .auth import DashboardAuth, User
+from .auth import SESSION_LOGIN_KEY, SESSION_USER_KEY, SIGNED_OUT, DashboardAuth, User
 
 __all__ = [
     "DashboardContext",
@@ -350,8 +350,6 @@ class DashboardContext:
         The run (fixed for the server's life).
     auth : DashboardAuth, optional
         Login; None means single-user loopback mode with ``local_user``.
-    cookie_secret : str, optional
-        Secret the login cookies are signed with (to read the session's user).
     local_user : User, optional
         The user of every session when there is no login.
     poll_ms : int, default 1000
@@ -363,7 +361,6 @@ class DashboardContext:
         run_dir: str | Path,
         *,
         auth: DashboardAuth | None = None,
-        cookie_secret: str | None = None,
         local_user: User | None = None,
         poll_ms: int = 1000,
     ):
@@ -375,7 +372,6 @@ class DashboardContext:
         self.run = RunDir(run_dir)
         self.run.info()  # a clear error when it is not a run directory
         self.auth = auth
-        self.cookie_secret = cookie_secret
         self.local_user = local_user
         self.poll_ms = int(poll_ms)
         self.data = LabData.from_run(self.run)
@@ -466,11 +462,20 @@ class DashboardContext:
                 self._cache[key] = make()
             return self._cache[key]
 
-    def user_for(self, cookies: dict | None) -> User | None:
-        """The session's user: from its signed login cookie, or the local user."""
+    def user_for(self, payload: dict | None) -> tuple[User | None, str | None]:
+        """``(user, login id)`` of a session, from its signed session token's payload.
+
+        The server puts the user name and the public id of the live login into the token
+        (:func:`widgets.dashboard.server.make_server`; the login cookie itself never reaches
+        the page); without a login, the local user.
+        """
         if self.auth is None:
-            return self.local_user
-        return self.auth.user_from_cookies(cookies or {}, self.cookie_secret)
+            return self.local_user, None
+        payload = payload or {}
+        name, login_id = payload.get(SESSION_USER_KEY), payload.get(SESSION_LOGIN_KEY)
+        if not isinstance(name, str) or not self.auth.sessions.is_live(login_id):
+            return None, None
+        return self.auth.users.get(name), login_id
 
     def version(self) -> object:
         with self.lock:
@@ -593,7 +598,7 @@ class Dashboard:
         The logged-in user (every correction is recorded with ``user.name``).
     """
 
-    def __init__(self, context: DashboardContext, user: User):
+    def __init__(self, context: DashboardContext, user: User, login_id: str | None = None):
         import panel as pn
 
         from ..correction_panel import CorrectionPanel
@@ -604,6 +609,7 @@ class Dashboard:
 
         self.ctx = context
         self.user = user
+        self.login_id = login_id
         self.store = context.session_store()
         self.lab = LabModel(context.run.path, user=user.name, store=self.store, data=context.data)
         self.map_widget = EmbeddingMap(self.lab.map, canvas_size=460)
@@ -645,11 +651,14 @@ class Dashboard:
         return self.current_user().can(action)
 
     def current_user(self) -> User:
-        """The session's user as the users file says now (a removed user becomes a viewer
-        with no name on file, so every write is refused; a changed role applies at once)."""
+        """The session's user as the users file says now (a removed user, or a login that
+        ended with ``/logout``, gets no role, so every write is refused; a changed role
+        applies at once)."""
         auth = self.ctx.auth
         if auth is None:
             return self.user
+        if self.login_id is not None and not auth.sessions.is_live(self.login_id):
+            return User(self.user.name, SIGNED_OUT)
         try:
             now = auth.users.get(self.user.name)
         except LabError:  # the users file became unreadable: refuse writes, keep the session
@@ -666,8 +675,10 @@ class Dashboard:
             with self.ctx.lock:
                 self.ctx.refused += 1
             log.warning("refused %s for %s (%s)", action, user.name, user.role)
-            what = (f"is a {user.role}" if user.role != "none"
-                    else "is no longer a user of this dashboard")  # fmt: skip
+            what = {
+                "none": "is no longer a user of this dashboard",
+                SIGNED_OUT: "has signed out (sign in again)",
+            }.get(user.role, f"is a {user.role}")
             raise PermissionDenied(
                 f"{user.name} {what}: not allowed to {action.replace('_', ' ')}"
             )
@@ -708,6 +719,17 @@ class Dashboard:
         sid = self.store.snapshot(name, self.user.name)
         self._say(f"snapshot {name!r} saved (id {sid})")
         return sid
+
+    def unlock_user(self, name: str) -> int:
+        """Lift the login lockouts of user ``name`` (admins); how many were lifted."""
+        self.require("unlock_users")
+        if self.ctx.auth is None:
+            raise LabError("this dashboard has no logins (loopback without a users file)")
+        n = self.ctx.auth.unlock(str(name))
+        log.info("%s lifted %d lockout(s) of %r", self.user.name, n, str(name)[:64])
+        plural = "s" if n != 1 else ""
+        self._say(f"{name}: {n} lockout{plural} lifted" if n else f"{name} was not locked out")
+        return n
 
     def start_finetune(self) -> str:
         """Start ``deeplesion-lab finetune`` on this run (admins)."""
@@ -866,6 +888,10 @@ class Dashboard:
             label="Start fine-tuning", color="warning", width=160, css_classes=["dl-finetune"]
         )
         self.job_status = _html("", sizing_mode="stretch_width")
+        self.locked_user = pn.widgets.Select(label="locked-out user", options=[], width=260)
+        self.unlock_button = pn.widgets.Button(
+            label="Unlock", color="primary", width=160, css_classes=["dl-unlock"]
+        )
 
         def _run(fn):
             def cb(_event):
@@ -882,9 +908,14 @@ class Dashboard:
 
         self.snapshot_button.on_click(_run(lambda: self.snapshot(self.snapshot_name.value)))
         self.finetune_button.on_click(_run(self.start_finetune))
+        self.unlock_button.on_click(
+            _run(lambda: self.locked_user.value and self.unlock_user(self.locked_user.value))
+        )
         self._refresh_admin()
 
     def _refresh_admin(self) -> None:
+        if self.ctx.auth is not None:
+            self.locked_user.options = self.ctx.auth.locked_users()
         job = self.ctx.job
         tail = job.log_tail()
         self.job_status.object = (
@@ -931,6 +962,10 @@ class Dashboard:
                                  "on this run with the current labels.</div>"),
                     self.finetune_button,
                     self.job_status,
+                    _html("<div class='dl-h2' style='margin-top:16px'>Sign-in lockouts</div>"
+                          "<div class='dl-muted'>Users locked out after repeated wrong "
+                          "passwords (from one address, or from many).</div>"),
+                    pn.Row(self.locked_user, self.unlock_button),
                     name="Admin",
                 )
             )
@@ -966,12 +1001,13 @@ def make_app(context: DashboardContext) -> Callable:
         import panel as pn
 
         doc = pn.state.curdoc
-        cookies = pn.state.cookies if doc is not None and doc.session_context else {}
-        user = context.user_for(cookies)
+        ctx = doc.session_context if doc is not None else None
+        payload = ctx.token_payload if ctx is not None and getattr(ctx, "_token", None) else {}
+        user, login_id = context.user_for(payload)
         if user is None:
             # the server already requires the login cookie; this is a second line of defence
             return _denied_page("Not signed in (or your account was removed). Sign in again.")
-        dash = Dashboard(context, user)
+        dash = Dashboard(context, user, login_id)
         if doc is not None and doc.session_context:
             sid = doc.session_context.id
             context.register(sid, doc, dash)

@@ -11,14 +11,17 @@ Passwords are stored as salted PBKDF2-SHA256 hashes, never in clear. Roles:
 ============  ====================================================================
 ``viewer``    looks: map, slices, history, metrics
 ``annotator`` also corrects: relabel, undo/redo their own changes, add a class
-``admin``     also takes snapshots of the labels and starts fine-tuning
+``admin``     also takes snapshots of the labels, starts fine-tuning, lifts lockouts
 ============  ====================================================================
 
-Logging in sets a signed, HTTP-only, ``SameSite=Strict`` cookie ``user`` (tornado secure
-cookie, signed with the server's cookie secret); the role is read from the users file at each
-new session, so a changed role or a removed user takes effect without a restart. Repeated
-failed logins lock the user name and the client address out for a while
-(:class:`LoginThrottle`).
+Logging in starts a server-side login session (:mod:`widgets.dashboard.sessions`) and sets a
+signed, HTTP-only, ``SameSite=Strict`` cookie ``user`` holding that session's secret token
+(tornado secure cookie, signed with the server's cookie secret); ``/logout`` ends the session,
+so the cookie stops working everywhere. The role is read from the users file at each write, so
+a changed role or a removed user takes effect without a restart. Repeated failed logins lock
+out a user name from one address, an address, or (after many more, from anywhere) a user name,
+for a while (:class:`LoginThrottle`); an admin can lift a lockout. The password hash runs off
+the server's event loop.
 """
 
 from __future__ import annotations
@@ -40,6 +43,9 @@ from urllib.parse import urlsplit
 
 from deeplesion_lab.atomic import write_json
 from deeplesion_lab.errors import LabError
+from deeplesion_lab.labels.checks import check_user
+
+from .sessions import LoginSession, LoginSessions
 
 __all__ = [
     "ROLES",
@@ -55,6 +61,9 @@ __all__ = [
     "generate_cookie_secret",
     "safe_next_url",
     "USER_COOKIE",
+    "SESSION_USER_KEY",
+    "SESSION_LOGIN_KEY",
+    "SIGNED_OUT",
 ]
 
 #: Roles, least to most privileged.
@@ -64,18 +73,26 @@ ROLES: tuple[str, ...] = ("viewer", "annotator", "admin")
 PERMISSIONS: dict[str, frozenset[str]] = {
     "viewer": frozenset({"view"}),
     "annotator": frozenset({"view", "relabel", "undo", "add_class"}),
-    "admin": frozenset({"view", "relabel", "undo", "add_class", "snapshot", "finetune"}),
+    "admin": frozenset(
+        {"view", "relabel", "undo", "add_class", "snapshot", "finetune", "unlock_users"}
+    ),
 }
 
-#: Name of the signed cookie holding the logged-in user (the name Panel's ``pn.state.user``
-#: reads too).
+#: Name of the signed cookie holding the secret token of the login session.
 USER_COOKIE = "user"
+
+#: Keys the server adds to each (signed) Bokeh session token: the user's name and the public
+#: id of the login session, so that the page never needs the login cookie itself.
+SESSION_USER_KEY = "dl_user"
+SESSION_LOGIN_KEY = "dl_login"
+
+#: The role of a session whose login ended (``/logout``): it may no longer do anything.
+SIGNED_OUT = "signed-out"
 
 log = logging.getLogger("deeplesion_lab.dashboard")
 
 _HASH_ALGO = "pbkdf2_sha256"
 _ITERATIONS = 200_000
-_NAME_OK = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-@")
 
 
 class AuthError(LabError, ValueError):
@@ -149,12 +166,12 @@ class User:
 
 
 def check_user_name(name: str) -> str:
-    """Return ``name`` if it is a valid user name (1-64 of letters, digits, ``._-@``)."""
-    if not isinstance(name, str) or not (1 <= len(name) <= 64) or set(name) - _NAME_OK:
-        raise AuthError(
-            f"invalid user name {name!r}: use 1-64 letters, digits, '.', '_', '-' or '@'"
-        )
-    return name
+    """Return ``name`` if it is a valid user name (the label store's rule: 1-64 of letters,
+    digits, ``._-@``; see :func:`deeplesion_lab.labels.checks.check_user`)."""
+    try:
+        return check_user(name)
+    except LabError as exc:
+        raise AuthError(str(exc).removeprefix("user: ")) from None
 
 
 def _check_role(role: str, where: str) -> str:
@@ -326,6 +343,23 @@ class LoginThrottle:
             for k in keys:
                 self._fails.pop(k, None)
 
+    def locked_keys(self) -> list[str]:
+        """The keys locked out now."""
+        now = self.clock()
+        with self._lock:
+            return sorted(k for k, t in self._locked_until.items() if t > now)
+
+    def unlock(self, which: Callable[[str], bool]) -> int:
+        """Lift the lockouts (and forget the failures) of the keys ``which`` accepts."""
+        now = self.clock()
+        with self._lock:
+            lifted = [k for k, t in self._locked_until.items() if t > now and which(k)]
+            for k in lifted:
+                del self._locked_until[k]
+            for k in [k for k in self._fails if which(k)]:
+                del self._fails[k]
+        return len(lifted)
+
 
 # login pages -------------------------------------------------------------------------------------
 def safe_next_url(url: str | None, default: str = "/") -> str:
@@ -404,36 +438,42 @@ def _make_handlers(auth: DashboardAuth):
             self.set_header("Content-Type", "text/html; charset=utf-8")
             self.set_header("Cache-Control", "no-store")
             self.set_header("X-Frame-Options", "DENY")
-            self.set_header("Content-Security-Policy", "default-src 'self'; style-src 'unsafe-inline'")
+            self.set_header(
+                "Content-Security-Policy",
+                "default-src 'self'; style-src 'unsafe-inline'; frame-ancestors 'none'",
+            )
             nxt = safe_next_url(self.get_argument("next", "/"))
             self.finish(render_login_page(auth.login_url, error, nxt))
 
         def get(self) -> None:
             self._page()
 
-        def post(self) -> None:
+        async def post(self) -> None:
+            from tornado.ioloop import IOLoop
+
             name = self.get_argument("username", "")[:200]
             password = self.get_argument("password", "")[:1000]
             ip = self.request.remote_ip or "?"
-            ukey, ikey = f"user:{name}", f"ip:{ip}"
-            left = max(auth.throttle.locked_for(ukey), auth.ip_throttle.locked_for(ikey))
+            left = auth.locked_for(name, ip)
             if left > 0:
                 self._page(
                     f"Too many failed sign-ins; try again in {int(left) + 1} s.", status=429
                 )
                 return
-            user = auth.users.authenticate(name, password)
+            # the hash takes ~0.1 s: off the event loop, so other sessions do not stall
+            user = await IOLoop.current().run_in_executor(
+                None, auth.users.authenticate, name, password
+            )
             if user is None:
-                auth.throttle.failure(ukey)
-                auth.ip_throttle.failure(ikey)
-                log.warning("failed sign-in for %r from %s", name, ip)
+                auth.failure(name, ip)
+                log.warning("failed sign-in for %r from %s", name[:64], ip)
                 self._page("Wrong user name or password.", status=401)
                 return
-            auth.throttle.success(ukey)
-            auth.ip_throttle.success(ikey)
+            auth.success(name, ip)
+            token, _ = auth.sessions.create(user.name)
             self.set_secure_cookie(
                 USER_COOKIE,
-                user.name,
+                token,
                 expires_days=auth.expiry_days,
                 httponly=True,
                 samesite="Strict",
@@ -443,8 +483,12 @@ def _make_handlers(auth: DashboardAuth):
 
     class LogoutHandler(RequestHandler):
         def get(self) -> None:
+            raw = self.get_secure_cookie(USER_COOKIE, max_age_days=auth.expiry_days)
+            if raw:  # ends the login on the server: a copy of the cookie stops working too
+                auth.sessions.end(raw.decode("utf-8", "replace"))
             self.clear_cookie(USER_COOKIE, path="/")
             self.set_header("Content-Type", "text/html; charset=utf-8")
+            self.set_header("Cache-Control", "no-store")
             self.finish(render_logout_page(auth.login_url))
 
     return LoginHandler, LogoutHandler
@@ -458,11 +502,18 @@ class DashboardAuth:
     users : UserFile
         Who may log in, with which role.
     throttle : LoginThrottle, optional
-        Lockout per user name (5 failures in 5 minutes lock it for 5 minutes by default).
+        Lockout of one user name from one client address (5 failures in 5 minutes lock that
+        pair for 5 minutes by default): a stranger's wrong passwords do not lock the real user
+        out from their own machine.
     ip_throttle : LoginThrottle, optional
-        Lockout per client address, for guessing across many names (20 failures by default).
+        Lockout of a client address, for guessing across many names (20 failures by default).
+    user_throttle : LoginThrottle, optional
+        Lockout of a user name from everywhere, for guessing from many addresses (100 failures
+        by default); an admin can lift it (:meth:`unlock`, the dashboard's admin tab).
     expiry_days : float, default 1
-        Lifetime of the login cookie.
+        Lifetime of a login.
+    sessions : LoginSessions, optional
+        Where live logins are kept (default: ``<users file>.sessions``, beside the users file).
     """
 
     login_url = "/login"
@@ -473,12 +524,60 @@ class DashboardAuth:
         users: UserFile,
         throttle: LoginThrottle | None = None,
         ip_throttle: LoginThrottle | None = None,
+        user_throttle: LoginThrottle | None = None,
         expiry_days: float = 1.0,
+        sessions: LoginSessions | None = None,
     ):
         self.users = users
         self.throttle = throttle or LoginThrottle()
-        self.ip_throttle = ip_throttle or LoginThrottle(max_failures=4 * self.throttle.max_failures)
+        n = self.throttle.max_failures
+        self.ip_throttle = ip_throttle or LoginThrottle(
+            max_failures=4 * n, lockout_s=self.throttle.lockout_s
+        )
+        self.user_throttle = user_throttle or LoginThrottle(
+            max_failures=20 * n, lockout_s=self.throttle.lockout_s
+        )
         self.expiry_days = expiry_days
+        self.sessions = sessions or LoginSessions(
+            users.path.with_name(users.path.name + ".sessions"), lifetime_s=expiry_days * 86400
+        )
+
+    # lockouts ----------------------------------------------------------------------------------
+    @staticmethod
+    def _keys(name: str, ip: str) -> tuple[str, str, str]:
+        return f"pair:{name}@{ip}", f"ip:{ip}", f"user:{name}"
+
+    def locked_for(self, name: str, ip: str) -> float:
+        """Seconds before ``name`` may try again from ``ip`` (0: now)."""
+        pair, ikey, ukey = self._keys(name, ip)
+        return max(
+            self.throttle.locked_for(pair),
+            self.ip_throttle.locked_for(ikey),
+            self.user_throttle.locked_for(ukey),
+        )
+
+    def failure(self, name: str, ip: str) -> None:
+        pair, ikey, ukey = self._keys(name, ip)
+        self.throttle.failure(pair)
+        self.ip_throttle.failure(ikey)
+        self.user_throttle.failure(ukey)
+
+    def success(self, name: str, ip: str) -> None:
+        pair, ikey, _ = self._keys(name, ip)
+        self.throttle.success(pair)
+        self.ip_throttle.success(ikey)
+
+    def unlock(self, name: str) -> int:
+        """Lift every lockout of user ``name`` (from any address); how many were lifted."""
+        return self.throttle.unlock(lambda k: k.startswith(f"pair:{name}@")) + (
+            self.user_throttle.unlock(lambda k: k == f"user:{name}")
+        )
+
+    def locked_users(self) -> list[str]:
+        """User names locked out now (from everywhere or from some address)."""
+        names = {k.split(":", 1)[1] for k in self.user_throttle.locked_keys()}
+        names |= {k.split(":", 1)[1].rsplit("@", 1)[0] for k in self.throttle.locked_keys()}
+        return sorted(names)
 
     def provider(self):
         """A ``bokeh.server.auth_provider.AuthProvider`` wired to this object."""
@@ -511,22 +610,30 @@ class DashboardAuth:
 
         return _Provider()
 
-    def user_from_handler(self, handler) -> str | None:
-        """The user name from a request's signed cookie, if that user still exists."""
-        raw = handler.get_secure_cookie(USER_COOKIE, max_age_days=self.expiry_days)
-        if not raw:
-            return None
-        name = raw.decode("utf-8", "replace")
-        return name if self.users.get(name) is not None else None
-
-    def user_from_cookies(self, cookies: dict, secret: str) -> User | None:
-        """The :class:`User` of a session, from its request cookies (signature checked)."""
+    def session_from_cookie(self, signed: str | bytes | None, secret: str) -> LoginSession | None:
+        """The live login of a signed ``user`` cookie value, if its user still exists."""
         from tornado.web import decode_signed_value
 
-        raw = cookies.get(USER_COOKIE) if cookies else None
-        if not raw:
+        if not signed:
             return None
-        value = decode_signed_value(secret, USER_COOKIE, raw, max_age_days=self.expiry_days)
-        if value is None:
+        token = decode_signed_value(secret, USER_COOKIE, signed, max_age_days=self.expiry_days)
+        if token is None:
             return None
-        return self.users.get(value.decode("utf-8", "replace"))
+        session = self.sessions.lookup(token.decode("utf-8", "replace"))
+        if session is None or self.users.get(session.user) is None:
+            return None
+        return session
+
+    def session_payload(self, request, secret: str) -> dict:
+        """What the server adds to a page's session token: user name and login id (or {})."""
+        morsel = request.cookies.get(USER_COOKIE) if request.cookies else None
+        session = self.session_from_cookie(morsel.value if morsel else None, secret)
+        if session is None:
+            return {}
+        return {SESSION_USER_KEY: session.user, SESSION_LOGIN_KEY: session.public_id}
+
+    def user_from_handler(self, handler) -> str | None:
+        """The user name of a request's login (signed cookie of a live session), or None."""
+        signed = handler.get_cookie(USER_COOKIE)
+        session = self.session_from_cookie(signed, handler.application.settings["cookie_secret"])
+        return session.user if session is not None else None

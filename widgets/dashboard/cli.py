@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import getpass
+import os
 import sys
 from pathlib import Path
 
@@ -30,10 +31,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="users file (JSON, hashed passwords); with it every page needs a login",
     )
     p.add_argument(
-        "--cookie-secret",
+        "--cookie-secret-file",
+        type=Path,
         default=None,
-        help="secret that signs login cookies (default: a random one, so logins end at restart)",
+        metavar="FILE",
+        help=f"file holding the secret that signs login cookies (or set {SECRET_ENV}); default: "
+        "a random one, so logins end at restart. Never printed",
     )
+    # a secret on the command line shows in `ps`: refused with a pointer to the safe ways
+    p.add_argument("--cookie-secret", default=None, help=argparse.SUPPRESS)
     p.add_argument(
         "--allow-websocket-origin",
         action="append",
@@ -56,6 +62,30 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="password of --add-user (default: read from stdin; prefer that, it stays out of "
         "the shell history)",
     )
+
+
+#: Environment variable that may hold the cookie secret.
+SECRET_ENV = "DLLAB_COOKIE_SECRET"
+
+
+def cookie_secret(args: argparse.Namespace) -> str | None:
+    """The cookie secret from ``--cookie-secret-file`` or :data:`SECRET_ENV` (None: random)."""
+    if args.cookie_secret is not None:
+        raise LabError(
+            "--cookie-secret: a secret on the command line is visible to every user of this "
+            f"machine (ps); put it in a file readable only by you and pass --cookie-secret-file "
+            f"FILE, or set {SECRET_ENV}"
+        )
+    if args.cookie_secret_file is not None:
+        path = Path(args.cookie_secret_file)
+        try:
+            secret = path.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise LabError(f"{path}: cannot read the cookie secret ({exc.strerror})") from None
+        if not secret:
+            raise LabError(f"{path}: the cookie secret file is empty")
+        return secret
+    return os.environ.get(SECRET_ENV) or None
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -97,13 +127,26 @@ def run(args: argparse.Namespace) -> int:
         raise LabError("--run RUN_DIR is required (the run whose labels are corrected)")
     from .server import serve
 
+    secret = cookie_secret(args)
     serve(
         args.run,
         port=args.port,
         address=args.address,
         users=args.users,
-        cookie_secret=args.cookie_secret,
+        cookie_secret=secret,
         allow_websocket_origin=args.allow_websocket_origin,
         poll_ms=args.poll_ms,
     )
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m widgets.dashboard``: the same options as ``deeplesion-lab serve``."""
+    parser = argparse.ArgumentParser(prog="python -m widgets.dashboard")
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    try:
+        return run(args)
+    except LabError as exc:
+        print(f"serve: error: {exc}", file=sys.stderr)
+        return 2

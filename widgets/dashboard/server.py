@@ -4,28 +4,42 @@
   dashboard opens without login for the local user (role ``admin``).
 - On any other address a users file is REQUIRED (:class:`LoginRequired` otherwise): every page
   and websocket needs the signed login cookie.
-- A cookie secret is generated when none is given (logins then end when the server stops).
+- A cookie secret is generated when none is given (logins then end when the server stops); a
+  kept one comes from a file or the ``DLLAB_COOKIE_SECRET`` environment variable, never from
+  the command line (where ``ps`` shows it), and is never printed.
+- Every route needs the login when a users file is in force, and no route imports a module a
+  request names (:mod:`widgets.dashboard.guard`).
+- Bokeh session tokens are signed and carry the user's name and login id, never the login
+  cookie (which stays HTTP-only).
 - Panel and Bokeh resources are served by this server itself (``/static``); the pages load
   nothing from a CDN.
 
-Run it with ``deeplesion-lab serve --run RUN_DIR`` or ``python -m widgets.dashboard.server``.
+Run it with ``deeplesion-lab serve --run RUN_DIR`` or ``python -m widgets.dashboard``.
 """
 
 from __future__ import annotations
 
-import argparse
 import getpass
+import hashlib
 import ipaddress
 import logging
-import os
 import socket
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 from deeplesion_lab.errors import LabError
 
-from .auth import DashboardAuth, LoginThrottle, User, UserFile, generate_cookie_secret
+from .auth import (
+    SESSION_LOGIN_KEY,
+    SESSION_USER_KEY,
+    DashboardAuth,
+    LoginThrottle,
+    User,
+    UserFile,
+    generate_cookie_secret,
+)
+from .guard import guard_routes
+from .logs import quiet_websocket_errors
 
 __all__ = [
     "LoginRequired",
@@ -151,15 +165,11 @@ def make_server(
     local_user = None
     if users is not None:
         auth = DashboardAuth(
-            UserFile(users),
-            LoginThrottle(max_failures=max_failures, lockout_s=lockout_s),
-            LoginThrottle(max_failures=4 * max_failures, lockout_s=lockout_s),
+            UserFile(users), LoginThrottle(max_failures=max_failures, lockout_s=lockout_s)
         )
     else:
         local_user = User(getpass.getuser() or "local", "admin")
-    context = DashboardContext(
-        run_dir, auth=auth, cookie_secret=secret, local_user=local_user, poll_ms=poll_ms
-    )
+    context = DashboardContext(run_dir, auth=auth, local_user=local_user, poll_ms=poll_ms)
     host = "127.0.0.1" if address in ("", "0.0.0.0", "::") else address
     shown = f"[{host}]" if ":" in host else host
     origins = list(allow_websocket_origin or [])
@@ -178,12 +188,20 @@ def make_server(
         "start": False,
         "verbose": False,
         "location": False,
-        # the session token (in the page) carries only the login cookie, not the others
-        "include_cookies": ["user"],
+        # the session token is in the page, readable by its scripts: no cookie, no header
+        # in it (the login cookie is HTTP-only); the user comes through process_request
+        "include_cookies": [],
+        "include_headers": [],
+        # and it is signed, so a page cannot claim another user's name
+        "sign_sessions": True,
+        "secret_key": session_secret(secret),
     }
     if auth is not None:
         kwargs["auth_provider"] = auth.provider()
     server = get_server({"/": make_app(context)}, port=port, address=address, **kwargs)
+    guard_routes(server._tornado, auth)
+    _add_login_to_session_tokens(server, auth, secret)
+    quiet_websocket_errors()
     context.start_polling(server.io_loop)
     url = f"http://{shown}:{port}/"
     if not quiet:
@@ -196,6 +214,30 @@ def make_server(
                 flush=True,
             )
     return DashboardServer(server=server, url=url, context=context)
+
+
+def session_secret(cookie_secret: str) -> bytes:
+    """The key that signs Bokeh session tokens: derived from, but not equal to, the cookie
+    secret (a leaked token signature says nothing about the cookie key)."""
+    salted = b"deeplesion-lab bokeh sessions\0" + cookie_secret.encode()
+    return hashlib.sha256(salted).hexdigest().encode()
+
+
+def _add_login_to_session_tokens(server, auth: DashboardAuth | None, secret: str) -> None:
+    """Each app's ``process_request`` adds the user name and login id to new session tokens
+    (whatever a request sends under those keys is dropped first)."""
+    for app_context in server._tornado._applications.values():
+        application = app_context.application
+        base = application.process_request
+
+        def process_request(request, base=base) -> dict:
+            keys = (SESSION_USER_KEY, SESSION_LOGIN_KEY)
+            data = {k: v for k, v in base(request).items() if k not in keys}
+            if auth is not None:
+                data.update(auth.session_payload(request, secret))
+            return data
+
+        application.process_request = process_request
 
 
 def serve(run_dir: str | Path, **kwargs) -> None:
@@ -212,22 +254,3 @@ def serve(run_dir: str | Path, **kwargs) -> None:
     srv = make_server(run_dir, **kwargs)
     srv.server.start()
     srv.run_forever()
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m widgets.dashboard.server``: the same options as ``deeplesion-lab serve``."""
-    from .cli import add_arguments, run
-
-    parser = argparse.ArgumentParser(prog="python -m widgets.dashboard.server")
-    add_arguments(parser)
-    args = parser.parse_args(argv)
-    try:
-        return run(args)
-    except LabError as exc:
-        print(f"serve: error: {exc}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":  # pragma: no cover
-    os.environ.setdefault("BOKEH_RESOURCES", "server")
-    sys.exit(main())
