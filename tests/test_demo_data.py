@@ -389,7 +389,8 @@ def test_cli_help_documents_every_option(capsys) -> None:
     with pytest.raises(SystemExit):
         build_parser().parse_args(["demo-data", "--help"])
     text = capsys.readouterr().out
-    for opt in ("--out", "--patients", "--seed", "--size", "--like", "--limit", "--jobs"):
+    for opt in ("--out", "--patients", "--seed", "--size", "--like", "--limit", "--jobs",
+                "--unannotated-share"):
         assert opt in text
     assert "truth" in text and "DL_info.csv" in text
 
@@ -466,5 +467,204 @@ def test_like_renders_real_rows(real_dir: Path, tmp_path: Path) -> None:
         m = _inner_ring(hu.astype(float), r)
         assert abs(m["inner"] - m["ring_median"]) > 10 or m["ring_bone"] > 0.1
     t = pd.read_parquet(res.truth_path)
-    assert sorted(t["lesion_id"]) == sorted(got["lesion_id"])
+    assert sorted(t.loc[t["annotated"], "lesion_id"]) == sorted(got["lesion_id"])
     assert t["coarse_type"].between(1, 8).all()
+    # the same rule as generate_demo: unannotated lesions around the real rows' key slices
+    un = t[~t["annotated"]]
+    assert abs(len(un) / len(t) - 0.5) < 0.12, (len(un), len(t))
+    assert un["on_key_image"].any()
+    assert un["file_name"].str[:13].isin(set(got["file_name"].str[:13])).all()
+
+
+# unannotated lesions (issue 19) -------------------------------------------------------------
+def test_unannotated_share_default_is_the_literature_estimate(truth: pd.DataFrame) -> None:
+    from deeplesion_lab.demo.cohort import UNANNOTATED_SHARE
+
+    assert UNANNOTATED_SHARE == 0.5  # Cai et al., Lesion Harvester (IEEE TMI 2021)
+    share = 1.0 - truth["annotated"].mean()
+    assert abs(share - UNANNOTATED_SHARE) < 0.04, share
+
+
+def test_unannotated_share_option(tmp_path: Path) -> None:
+    none = generate_demo(tmp_path / "s0", n_patients=3, seed=21, size=160, unannotated_share=0)
+    assert pd.read_parquet(none.truth_path)["annotated"].all()
+    res = generate_demo(tmp_path / "s25", n_patients=3, seed=21, size=160,
+                        unannotated_share=0.25)
+    t = pd.read_parquet(res.truth_path)
+    assert abs((1.0 - t["annotated"].mean()) - 0.25) < 0.1
+    import pyarrow.parquet as pq
+
+    meta = pq.read_schema(res.truth_path).metadata
+    assert b"unannotated_share=0.25" in meta[b"deeplesion_lab.demo"]
+    with pytest.raises(LabError, match="unannotated share"):
+        generate_demo(tmp_path / "bad", n_patients=1, unannotated_share=0.95)
+    bad = subprocess.run([*CLI, "demo-data", "--out", str(tmp_path / "cli"), "--patients", "1",
+                          "--unannotated-share", "x"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "--unannotated-share" in bad.stderr
+
+
+def test_unannotated_lesions_of_every_type_and_size_on_key_and_neighbouring_slices(
+    truth: pd.DataFrame, info
+) -> None:
+    un, ann = truth[~truth["annotated"]], truth[truth["annotated"]]
+    assert un["coarse_type"].nunique() >= 7, un["coarse_type"].value_counts().to_dict()
+    med = ann["long_diameter_px"].median()
+    assert un["long_diameter_px"].min() < 0.6 * med < med < un["long_diameter_px"].max() / 1.5
+    keys = info.lesions.groupby(info.lesions["file_name"].str[:13])["key_slice_index"].agg(set)
+    on_key, beside = un[un["on_key_image"]], un[~un["on_key_image"]]
+    assert len(on_key) >= 10 and len(beside) >= 10, (len(on_key), len(beside))
+    key_files = set(info.lesions["file_name"])
+    assert on_key["file_name"].isin(key_files).all()
+    assert not beside["file_name"].isin(key_files).any()
+    for r in beside.itertuples():
+        series_keys = keys[r.file_name[:13]]
+        # on a written neighbouring slice, and on none of the series' key slices
+        assert min(abs(r.slice_index - k) for k in series_keys) <= 5
+        assert not any(r.first_slice <= k <= r.last_slice for k in series_keys)
+
+
+# follow-up dynamics (issue 19) --------------------------------------------------------------
+@pytest.fixture(scope="module")
+def patients():
+    """Planned patients (placement and follow-up, no rendering)."""
+    from deeplesion_lab.demo.cohort import build_patient, plan_cohort
+
+    return [build_patient(p, 31, 256) for p in plan_cohort(16, seed=31)]
+
+
+def test_lesions_grow_shrink_vanish_appear_and_split(patients) -> None:
+    steps, vanish, new, splits, replaced = [], 0, 0, [], []
+    for pt in patients:
+        by_num = {tr.number: tr for tr in pt.tracks}
+        for tr in pt.tracks:
+            if tr.kind == "unannotated":
+                continue
+            pres = tr.present
+            for k in range(1, len(pres)):
+                if pres[k - 1] and pres[k]:
+                    steps.append(tr.changes[k][3] / tr.changes[k - 1][3])
+                vanish += pres[k - 1] and not pres[k]
+                new += pres[k] and not pres[k - 1]
+            if tr.kind == "split":
+                k = tr.present.index(True)
+                par = by_num[tr.related_to]
+                assert k > 0 and par.present[k]
+                a, b = par.in_study(k), tr.in_study(k)
+                d = np.hypot(a.u - b.u, a.v - b.v)
+                assert a.ra < d < 3.0 * (a.ra + b.ra) and a.look.kind == b.look.kind
+                splits.append(tr)
+            if tr.kind == "new near a vanished one":
+                k = tr.present.index(True)
+                old = by_num[tr.related_to]
+                assert old.present[k - 1] and not old.present[k]
+                a, b = old.in_study(k - 1), tr.in_study(k)
+                assert np.hypot(a.u - b.u, a.v - b.v) < max(12.0, 1.5 * a.ra) + 8.0
+                replaced.append(tr)
+    steps = np.array(steps)
+    assert (steps > 1.2).sum() >= 5 and (steps < 0.8).sum() >= 5
+    assert vanish >= 5 and new >= 5
+    assert splits and replaced
+
+
+def test_similar_lesions_close_together_in_one_organ(patients) -> None:
+    sibs = []
+    for pt in patients:
+        by_num = {tr.number: tr for tr in pt.tracks}
+        for tr in pt.tracks:
+            if tr.kind != "sibling":
+                continue
+            main = by_num[tr.related_to]
+            a, b = main.base, tr.base
+            assert tr.site == main.site and a.look.kind == b.look.kind
+            assert abs(a.look.core - b.look.core) <= 4.0 + 1e-9
+            assert np.hypot(a.u - b.u, a.v - b.v) < 1.3 * (a.ra + b.ra) + 27.0
+            sibs.append(tr)
+    assert len(sibs) >= 5
+
+
+def test_patient_repositioned_between_studies(patients) -> None:
+    multi = [pt for pt in patients if len(pt.studies) > 1]
+    assert len(multi) >= 5
+    rots = [st.rot for pt in multi for st in pt.studies[1:]]
+    assert all(pt.studies[0].rot == 0 for pt in patients)
+    assert max(abs(r) for r in rots) > np.radians(2) and max(abs(r) for r in rots) <= 0.1
+    assert any(len({st.dz for st in pt.studies}) > 1 for pt in multi)
+    assert any(len({(st.z0 / st.dz) % 1 for st in pt.studies} | {st.ox for st in pt.studies}) > 1
+               for pt in multi)
+
+
+def test_rotated_studies_keep_boxes_on_their_lesions(truth: pd.DataFrame,
+                                                     measures: pd.DataFrame) -> None:
+    rot = truth.loc[truth["study_rotation_deg"].abs() > 1.5, "truth_id"]
+    m = measures[measures["truth_id"].isin(set(rot)) & (measures["type"] != "bone")]
+    assert len(m) >= 5
+    assert ((m["inner"] - m["ring_median"]).abs() > 15).mean() >= 0.8
+
+
+def test_location_alone_and_appearance_alone_are_ambiguous(truth: pd.DataFrame, info) -> None:
+    """Across studies, some different lesions of a patient lie closer (normalised location)
+    than some same lesion does, and some look alike (same site and kind)."""
+    les = info.lesions.merge(truth[truth["annotated"]][["lesion_id", "track_id", "site",
+                                                        "appearance"]], on="lesion_id")
+    same, diff, alike = [], [], 0
+    for _, g in les.groupby("patient_index"):
+        loc = g[["location_x", "location_y", "location_z"]].to_numpy()
+        st, tid = g["study_index"].to_numpy(), g["track_id"].to_numpy()
+        kind = (g["site"] + g["appearance"]).to_numpy()
+        for i in range(len(g)):
+            for j in range(i + 1, len(g)):
+                if st[i] == st[j]:
+                    continue
+                d = float(np.linalg.norm(loc[i] - loc[j]))
+                (same if tid[i] == tid[j] else diff).append(d)
+                alike += tid[i] != tid[j] and kind[i] == kind[j]
+    assert len(same) >= 10
+    assert min(diff) < max(same)
+    assert alike >= 3
+
+
+def test_no_model_reads_the_truth_file(tmp_path: Path) -> None:
+    """Model code never names the truth file, and the models train with it unreadable."""
+    import deeplesion_lab
+    from deeplesion_lab.cli import main
+
+    root = Path(deeplesion_lab.__file__).parent
+    model_code = [*(root / "embedding").glob("*.py"), *(root / "detection").glob("*.py"),
+                  *(root / n for n in ("mining.py", "maps.py", "retrieval.py", "suggest.py",
+                                       "transforms.py", "volume.py"))]
+    assert len(model_code) >= 10
+    for f in model_code:
+        text = f.read_text()
+        for word in ("truth.parquet", "read_truth", "truth_path", "graph.truth"):
+            assert word not in text, f"{f.name} mentions {word}"
+    res = generate_demo(tmp_path / "d", n_patients=3, seed=7, size=160)
+    real_truth = pd.read_parquet(res.truth_path)
+    res.truth_path.write_bytes(b"not a parquet file: reading it fails")
+    man = tmp_path / "m.parquet"
+    run = tmp_path / "run"
+    assert main(["manifest", str(res.csv_path), "--out", str(man)]) == 0
+    # the embedding network trains with the recorded truth file unreadable
+    assert main(["embed", str(man), "--run", str(run), "--truth", str(res.truth_path),
+                 "--epochs", "1", "--no-progress"]) == 0
+    # the clustering gives the same pseudo-labels whatever the truth file says (mine reads it
+    # after fitting, to report NMI against the true types)
+    import json
+    import shutil
+
+    scrambled = real_truth.copy()
+    rng = np.random.default_rng(0)
+    for c in ("coarse_type", "track_id", "coarse_type_name"):
+        scrambled[c] = scrambled[c].to_numpy()[rng.permutation(len(scrambled))]
+    labels, nmis = {}, {}
+    for name, t in (("real", real_truth), ("scrambled", scrambled)):
+        r = tmp_path / f"run_{name}"
+        shutil.copytree(run, r)
+        t.to_parquet(tmp_path / f"truth_{name}.parquet")
+        info = json.loads((r / "run.json").read_text())
+        info["truth"] = str(tmp_path / f"truth_{name}.parquet")
+        (r / "run.json").write_text(json.dumps(info))
+        assert main(["mine", "--run", str(r), "--clusters", "3"]) == 0
+        labels[name] = pd.read_parquet(r / "pseudo_labels.parquet")
+        nmis[name] = json.loads((r / "metrics.json").read_text())["mining"]["round_nmi_truth"]
+    pd.testing.assert_frame_equal(labels["real"], labels["scrambled"])
+    assert nmis["real"] != nmis["scrambled"]  # the report did read each truth file

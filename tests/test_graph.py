@@ -149,6 +149,24 @@ def test_graph_command_writes_everything_and_metrics(tmp_path, capsys):
         assert 0.0 <= mt[k] <= 1.0
     assert mt["f1"] > 0.9 and mt["lesions_without_embedding"] == 2
     assert "split 2" in mt["split_rule"]
+    # the single-cue baselines: the same matcher on one feature, same fit and evaluation patients
+    assert "location only F1" in out and "appearance (embedding) only F1" in out
+    from deeplesion_lab.graph import lesion_table, matching_metrics, pair_labels
+    from deeplesion_lab.graph.truth import read_truth, track_ids_for
+
+    run = RunDir(run_dir)
+    table = lesion_table(run.load_manifest(), *run.load_embeddings())
+    Xt = table.frame()
+    y = track_ids_for(table.lesions["lesion_id"], read_truth(truth))
+    sp = Xt["split"].to_numpy()
+    for name, feat in (("location_only", "location_distance"),
+                       ("appearance_only", "embedding_distance")):
+        fm, em = sp == 2, sp == 3
+        bm = LesionMatcher(features=[feat]).fit(Xt.loc[fm].reset_index(drop=True), y[fm])
+        pb = bm.predict(Xt.loc[em].reset_index(drop=True))
+        want = matching_metrics(pb, pair_labels(pb, y[em]))
+        assert mt[f"{name}_f1"] == pytest.approx(want["f1"])
+        assert mt[f"{name}_auc"] == pytest.approx(want["auc"])
     assert "skipped" in m["missing_annotations"]
     tracks = pd.read_parquet(gdir / "tracks.parquet")
     assert len(tracks) == len(X) and (tracks["status"] == "no embedding").sum() == 2

@@ -40,6 +40,12 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "inventing patients (--patients is then ignored)")
     p.add_argument("--limit", type=int, default=None, metavar="N",
                    help="with --like: render only the first N key images (default: all)")
+    p.add_argument("--unannotated-share", type=float, default=None, metavar="F",
+                   help="share (0-0.9) of the lesion instances in the truth file, on the key "
+                        "slices and their neighbouring slices, that nobody annotated (default "
+                        "0.5: Cai et al., 'Lesion Harvester', IEEE TMI 2021, estimate that 50%% "
+                        "of DeepLesion's lesions are left unlabeled); with --like, unannotated "
+                        "lesions are added around the real rows to reach it")
     p.add_argument("--jobs", type=int, default=1, metavar="J",
                    help="worker processes (default 1; the output does not depend on it)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -51,16 +57,19 @@ def run(args: argparse.Namespace) -> int:
 
     if args.limit is not None and args.like is None:
         raise LabError("--limit only applies with --like CSV")
+    from ..demo.cohort import UNANNOTATED_SHARE
+
+    share = UNANNOTATED_SHARE if args.unannotated_share is None else args.unannotated_share
     if args.like is not None:
         from ..demo import render_like
 
         res = render_like(args.like, args.out, limit=args.limit, seed=args.seed,
-                          progress=not args.quiet, n_jobs=args.jobs)
+                          progress=not args.quiet, n_jobs=args.jobs, unannotated_share=share)
     else:
         from ..demo import generate_demo
 
         res = generate_demo(args.out, n_patients=args.patients, seed=args.seed, size=args.size,
-                            progress=not args.quiet, n_jobs=args.jobs)
+                            progress=not args.quiet, n_jobs=args.jobs, unannotated_share=share)
     print(res.summary())
     print(f"  {res.csv_path}")
     print(f"  {res.images_root}/")

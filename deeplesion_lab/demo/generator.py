@@ -8,7 +8,7 @@ from pathlib import Path
 
 from ..errors import LabError
 from .canvas import NoiseBank
-from .cohort import PatientPlan, build_patient, plan_cohort
+from .cohort import UNANNOTATED_SHARE, PatientPlan, build_patient, plan_cohort
 from .render import PatientOutput, render_patient
 from .writer import (
     finish_marker,
@@ -107,6 +107,17 @@ def _check_int(name: str, value, lo: int, hi: int) -> int:
     return v
 
 
+def check_share(value) -> float:
+    """``unannotated_share`` as a float from 0 to 0.9, or a one-line :class:`LabError`."""
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise LabError(f"demo-data: unannotated share must be a number, got {value!r}") from None
+    if not 0.0 <= v <= 0.9:
+        raise LabError(f"demo-data: unannotated share must be from 0 to 0.9, got {value!r}")
+    return v
+
+
 def generate_demo(
     out_dir: str | Path,
     n_patients: int = 8,
@@ -115,6 +126,7 @@ def generate_demo(
     progress: bool = False,
     *,
     n_jobs: int = 1,
+    unannotated_share: float = UNANNOTATED_SHARE,
 ) -> DemoResult:
     """Write a synthetic DeepLesion-format dataset into ``out_dir``.
 
@@ -136,6 +148,11 @@ def generate_demo(
         Show a progress bar.
     n_jobs : int, default 1
         Worker processes (the result does not depend on it).
+    unannotated_share : float, default 0.5
+        Share of the truth file's lesion instances (per key slice and its neighbouring slices)
+        that nobody annotated, 0-0.9. The default is the literature's estimate for DeepLesion
+        (Cai et al., Lesion Harvester, IEEE TMI 2021: "50% of the lesions in DeepLesion are left
+        unlabeled"); the written share matches it up to rounding.
 
     Returns
     -------
@@ -151,11 +168,12 @@ def generate_demo(
     seed = _check_int("seed", seed, 0, 2**32 - 1)
     size = _check_int("size", size, 128, 2048)
     n_jobs = _check_int("n_jobs", n_jobs, 1, 256)
-    params = {"n_patients": n_patients, "seed": seed, "size": size}
+    share = check_share(unannotated_share)
+    params = {"n_patients": n_patients, "seed": seed, "size": size, "unannotated_share": share}
     out = prepare_output(out_dir, "demo", params)
     images_root = out / "Images_png"
     images_root.mkdir(exist_ok=True)
-    plans = plan_cohort(n_patients, seed)
+    plans = plan_cohort(n_patients, seed, share)
 
     from tqdm.auto import tqdm
 
@@ -173,10 +191,13 @@ def generate_demo(
 
     truth_path = write_truth(
         truth_rows, out / "truth.parquet",
-        metadata={"deeplesion_lab.demo": f"seed={seed} n_patients={n_patients} size={size}"},
+        metadata={"deeplesion_lab.demo": f"seed={seed} n_patients={n_patients} size={size} "
+                                         f"unannotated_share={share}"},
     )
+    n_un = sum(not r["annotated"] for r in truth_rows)
     write_readme(out, DEMO_README.format(n_patients=n_patients, seed=seed, size=size,
-                                         n_lesions=len(csv_rows), n_slices=n_slices))
+                                         n_lesions=len(csv_rows), n_slices=n_slices,
+                                         share=share, n_truth=len(truth_rows), n_un=n_un))
     csv_path = write_dl_info(csv_rows, out / "DL_info.csv")
     result = DemoResult(
         csv_path=csv_path,
@@ -220,7 +241,16 @@ runs without downloading DeepLesion. Do not use it to draw medical conclusions.
 
 What to expect: lesions of all 8 coarse types placed where they occur (lung nodules in the
 lungs, liver lesions in the liver, nodes in the mediastinum, abdomen and pelvis, ...), with
-overlapping appearance; several lesions on many key slices of which often only one is
-annotated; follow-up studies in which lesions move, grow or shrink, appear or disappear; a few
-rows whose measurement is deliberately off (`Possibly_noisy` 1).
+overlapping appearance; a few rows whose measurement is deliberately off (`Possibly_noisy` 1).
+
+Unannotated lesions: {n_un} of the {n_truth} lesion instances in `truth.parquet` (share set to
+{share}; default 0.5, the estimate of Cai et al., "Lesion Harvester", IEEE TMI 2021, that 50 % of
+DeepLesion's lesions are left unlabeled), of every type and size, some on the key slices and
+some only on their neighbouring slices.
+
+Follow-up studies: lesions grow, shrink or resolve, split in two, new ones appear (some where a
+vanished one was); similar-looking lesions sit close together in the same organ; the patient
+lies shifted and slightly rotated, slices start at another offset with another spacing, organs
+move with breathing, and the normalised location has the error of a body-box and body-part
+estimate. `lesion_kind` and `related_track` in the truth file say which is which.
 """

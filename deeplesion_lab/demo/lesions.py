@@ -60,7 +60,7 @@ SITES: dict[str, Site] = {
     s.name: s
     for s in [
         Site("lung", 5, (0.36, 0.57), (an.LUNG,), 1.15, 70.0),
-        Site("mediastinal node", 3, (0.38, 0.53), (an.MEDIASTINUM,), 0.55, 55.0),
+        Site("mediastinal node", 3, (0.38, 0.53), (an.MEDIASTINUM,), 0.55, 40.0),
         Site("liver", 4, (0.55, 0.655), (an.LIVER,), 0.85, 110.0),
         Site("kidney", 6, (0.632, 0.69), (an.KIDNEY,), 0.3, 70.0),
         Site("retroperitoneal node", 2, (0.6, 0.76), (an.ABDOMEN_FAT,), 0.55, 60.0),

@@ -11,6 +11,10 @@ pixel work without the real images.
 The written ``DL_info.csv`` is a copy of the rendered rows (all source columns, the same text),
 except ``Slice_range``, which is narrowed to the slices actually written around each key slice
 (so that every slice in range exists).
+
+As in :func:`~deeplesion_lab.demo.generate_demo`, unannotated lesions of every type that occurs
+at the level are added around each series' key slices (some on a key slice, some only on its
+neighbours) so that ``unannotated_share`` of the truth file's lesions are not in the CSV.
 """
 
 from __future__ import annotations
@@ -28,9 +32,17 @@ from ..images import write_png16
 from ..lesion_types import COARSE_TYPES
 from . import anatomy as an
 from .canvas import Canvas
-from .cohort import CONTEXT_HALF
-from .generator import DemoResult, _check_int, noise_bank, run_jobs
-from .lesions import SITES, TYPE_SITES, Lesion, lesion_harmonics, paint_lesion, sample_appearance
+from .cohort import CONTEXT_HALF, ON_KEY_SHARE, UNANNOTATED_SHARE, _make_lesion, _place, _sites_at
+from .generator import DemoResult, _check_int, check_share, noise_bank, run_jobs
+from .lesions import (
+    SITES,
+    TYPE_SITES,
+    Lesion,
+    lesion_harmonics,
+    paint_lesion,
+    recist_points,
+    sample_appearance,
+)
 from .render import finish_slice
 from .writer import finish_marker, prepare_output, write_dl_info, write_readme, write_truth
 
@@ -70,7 +82,7 @@ def _infer_site(row: dict, rng: np.random.Generator) -> tuple[int, str, str]:
 
 def _like_patient(args: tuple) -> tuple[list[dict], int, dict[int, tuple[int, int]]]:
     """Render one patient's series; returns truth rows, slices written, new slice ranges."""
-    patient_index, rows, seed, root = args
+    patient_index, rows, seed, root, share = args
     root = Path(root)
     rng = np.random.default_rng([int(seed), int(patient_index), 7])
     gender = str(rows[0]["gender"]) if str(rows[0]["gender"]) in ("M", "F") else "M"
@@ -140,13 +152,15 @@ def _like_patient(args: tuple) -> tuple[list[dict], int, dict[int, tuple[int, in
         t_of = {id(r): float(np.clip(r["location_z"], 0.3, 0.95)) for r in srows}
         t_ref = float(np.median(list(t_of.values())))
         z_ref = float(np.median([key_z[id(r)] for r in srows]))
+        extra = _unannotated_for_series(body, srows, lesions, groups, key_z, t_ref, z_ref, dz,
+                                        step, size, share, srng)
         for g0, g1 in groups:
             for i in range(g0, g1 + 1):
                 z = i * dz
                 t = t_ref + (z - z_ref) / body.length
                 cv = Canvas(h, w, step, x0, y0)
                 body.paint(cv, float(np.clip(t, 0.28, 0.97)), e)
-                for _r, les, _, _, _ in lesions:
+                for les in [x[1] for x in lesions] + [x[0] for x in extra]:
                     if les.section(z)[0] <= 0:
                         continue
                     px = cv.to_px(les.u, les.v)
@@ -182,7 +196,86 @@ def _like_patient(args: tuple) -> tuple[list[dict], int, dict[int, tuple[int, in
                 "spacing_z": dz,
                 "_type_source": source,
             })
+        for j, (les, ctype, site, sl, on_key) in enumerate(extra):
+            pts = recist_points(les, sl * dz)
+            if pts is None:
+                continue
+            xy = np.vstack(pts) / step + np.array([x0, y0])
+            long_px = float(np.linalg.norm(xy[0] - xy[1]))
+            short_px = float(np.linalg.norm(xy[2] - xy[3]))
+            tid = f"{folder}-U{j:02d}"
+            truth.append({
+                "truth_id": tid, "track_id": tid,
+                "patient_index": int(patient_index), "study_index": study, "series_id": series,
+                "file_name": f"{folder}_{sl:03d}.png", "slice_index": int(sl),
+                "bbox_x1": float(xy[:, 0].min() - 5), "bbox_y1": float(xy[:, 1].min() - 5),
+                "bbox_x2": float(xy[:, 0].max() + 5), "bbox_y2": float(xy[:, 1].max() + 5),
+                "long_diameter_px": long_px, "short_diameter_px": short_px,
+                "coarse_type": ctype, "annotated": False, "lesion_id": None,
+                "coarse_type_name": COARSE_TYPES[ctype], "site": site,
+                "appearance": les.look.kind, "on_key_image": on_key,
+                "possibly_noisy": False, "split": int(srows[0]["split"]),
+                "center_x": float(x0 + les.u / step), "center_y": float(y0 + les.v / step),
+                "first_slice": int(sl), "last_slice": int(sl),
+                "mean_hu": float(les.look.mean_hu(e)), "companion_of": None,
+                "study_months": float("nan"), "spacing_x": float(srows[0]["spacing_x"]),
+                "spacing_z": dz, "lesion_kind": "unannotated",
+                "_type_source": "unannotated lesion added",
+            })
     return truth, n_slices, ranges
+
+
+def _unannotated_for_series(
+    body: an.Body, srows: list[dict], lesions: list, groups: list[list[int]], key_z: dict,
+    t_ref: float, z_ref: float, dz: float, step: float, size: int, share: float,
+    rng: np.random.Generator,
+) -> list[tuple[Lesion, int, str, int, bool]]:
+    """Unannotated lesions for one series: ``(lesion, type, site, truth slice, on a key)``.
+
+    As many as ``share`` of the series' lesions need (rounded at random), each shown on a
+    written slice: on a key slice (:data:`ON_KEY_SHARE`) or only on its neighbours.
+    """
+    if share <= 0:
+        return []
+    target = int(np.floor(len(srows) * share / (1.0 - share) + rng.random()))
+    keys = sorted({int(r["key_slice_index"]) for r in srows})
+    slices = [i for g0, g1 in groups for i in range(g0, g1 + 1)]
+    others = [x[1] for x in lesions]
+    out: list[tuple[Lesion, int, str, int, bool]] = []
+    cache: dict = {}
+    for _ in range(3 * target + 2):
+        if len(out) >= target:
+            break
+        r = srows[int(rng.integers(len(srows)))]
+        zk = key_z[id(r)]
+        t_key = t_ref + (zk - z_ref) / body.length
+        by_type = _sites_at(float(np.clip(t_key, 0.28, 0.97)) - body.dt)
+        if not by_type:
+            continue
+        types = sorted(by_type)
+        ctype = types[int(rng.integers(len(types)))]
+        site = by_type[ctype][int(rng.integers(len(by_type[ctype])))]
+        les = _make_lesion(ctype, site, step, size, rng)
+        z = zk
+        if rng.random() >= ON_KEY_SHARE:
+            z = zk + (1.0 if rng.random() < 0.5 else -1.0) * (les.rc + rng.uniform(0.15, 0.6) * dz)
+        t = float(np.clip(t_key + (z - zk) / body.length, 0.28, 0.97))
+        moved = [Lesion(u=o.u, v=o.v, z=t_ref * body.length + (o.z - z_ref), ra=o.ra, rb=o.rb,
+                        rc=o.rc, angle=o.angle, harmonics=o.harmonics, look=o.look,
+                        calc_xy=o.calc_xy) for o in others]
+        pos = _place(body, site, les.ra, les.rc, rng, moved, t_fixed=t, cache=cache, tries=4)
+        if pos is None:
+            continue
+        les.u, les.v, les.z = pos[0], pos[1], z
+        seen = {i: les.section(i * dz) for i in slices}
+        seen = {i: a * b for i, (a, b) in seen.items() if min(a, b) >= 0.35 * step}
+        if not seen:
+            continue
+        on_key = [i for i in keys if i in seen]
+        sl = max(on_key, key=seen.get) if on_key else max(seen, key=seen.get)
+        others.append(les)
+        out.append((les, ctype, site, sl, bool(on_key)))
+    return out
 
 
 def render_like(
@@ -193,6 +286,7 @@ def render_like(
     seed: int = 0,
     progress: bool = False,
     n_jobs: int = 1,
+    unannotated_share: float = UNANNOTATED_SHARE,
 ) -> DemoResult:
     """Render synthetic slices for the rows of a real ``DL_info.csv``.
 
@@ -210,6 +304,9 @@ def render_like(
         Show a progress bar.
     n_jobs : int, default 1
         Worker processes.
+    unannotated_share : float, default 0.5
+        Share of the truth file's lesions that are unannotated ones added around the rows' key
+        slices (see :func:`~deeplesion_lab.demo.generate_demo`).
 
     Returns
     -------
@@ -220,6 +317,7 @@ def render_like(
     csv_path = Path(csv_path)
     seed = _check_int("seed", seed, 0, 2**32 - 1)
     n_jobs = _check_int("n_jobs", n_jobs, 1, 256)
+    share = check_share(unannotated_share)
     if limit is not None:
         limit = _check_int("limit", limit, 1, 10**9)
     info = read_dl_info(csv_path)
@@ -241,7 +339,7 @@ def render_like(
         header = [h.strip() for h in next(reader)]
         raw = {i + 2: rec for i, rec in enumerate(r for r in reader if r)}
 
-    params = {"like": str(csv_path), "limit": limit, "seed": seed}
+    params = {"like": str(csv_path), "limit": limit, "seed": seed, "unannotated_share": share}
     out = prepare_output(out_dir, "like", params)
     images_root = out / "Images_png"
     images_root.mkdir(exist_ok=True)
@@ -249,7 +347,7 @@ def render_like(
     by_patient: dict[int, list[dict]] = {}
     for r in records:
         by_patient.setdefault(int(r["patient_index"]), []).append(r)
-    jobs = [(p, rows, seed, str(images_root)) for p, rows in by_patient.items()]
+    jobs = [(p, rows, seed, str(images_root), share) for p, rows in by_patient.items()]
 
     from tqdm.auto import tqdm
 
@@ -268,7 +366,8 @@ def render_like(
     sources = {t["truth_id"]: t.pop("_type_source") for t in truth}
     truth_path = write_truth(truth, out / "truth.parquet", metadata={
         "deeplesion_lab.demo": f"like={csv_path.name} limit={limit} seed={seed}",
-        "deeplesion_lab.demo.type_inferred": str(sum(v != "csv" for v in sources.values())),
+        "deeplesion_lab.demo.type_inferred": str(sum(v == "inferred from location"
+                                                     for v in sources.values())),
     })
     i_range = header.index("Slice_range")
     rows_out = []

@@ -61,6 +61,26 @@ def _outside_fov(height: int, width: int) -> np.ndarray:
     return (xx - (width - 1) / 2.0) ** 2 + (yy - (height - 1) / 2.0) ** 2 > r * r
 
 
+def _rotate_about(hu: np.ndarray, angle: float, x0: float, y0: float) -> np.ndarray:
+    """The image content rotated by ``angle`` (radians, image axes) about pixel ``(x0, y0)``."""
+    from scipy import ndimage
+
+    c, s = np.cos(angle), np.sin(angle)
+    m = np.array([[c, -s], [s, c]])  # output (row, col) -> input (row, col), about the centre
+    centre = np.array([y0, x0])
+    return ndimage.affine_transform(hu, m, offset=centre - m @ centre, order=1,
+                                    mode="constant", cval=-1000.0, output=np.float32)
+
+
+def to_image_px(study: Study, size: int, u, v) -> tuple[np.ndarray, np.ndarray]:
+    """Body millimetres to image pixels in ``study`` (its shift and in-plane rotation)."""
+    s = study.spacing(size)
+    x0, y0 = size / 2.0 + study.ox * size, size / 2.0 + study.oy * size
+    du, dv = np.asarray(u, dtype=float) / s, np.asarray(v, dtype=float) / s
+    c, sn = np.cos(study.rot), np.sin(study.rot)
+    return x0 + c * du - sn * dv, y0 + sn * du + c * dv
+
+
 def render_slice(
     patient: Patient,
     study: Study,
@@ -70,17 +90,81 @@ def render_slice(
     bank: NoiseBank,
     rng: np.random.Generator,
 ) -> tuple[np.ndarray, dict[int, float]]:
-    """Render the slice at ``z`` (mm) of ``study``; returns HU and each lesion's section area."""
+    """Render the slice at ``z`` (mm) of ``study``; returns HU and each lesion's section area.
+
+    The patient lies shifted (``study.ox, oy``) and rotated (``study.rot``) in the scanner; the
+    table stays level.
+    """
     s = study.spacing(size)
-    cv = Canvas(size, size, s, size / 2.0 + study.ox * size, size / 2.0 + study.oy * size)
-    patient.body.paint(cv, z / patient.body.length, study.e)
+    x0, y0 = size / 2.0 + study.ox * size, size / 2.0 + study.oy * size
+    cv = Canvas(size, size, s, x0, y0)
+    level = patient.body.paint(cv, z / patient.body.length, study.e, table=not study.rot)
     areas = {}
     for num, (les, bg) in lesions.items():
         a, b = les.section(z)
         if a > 0 and paint_lesion(cv, les, z, study.e, bank, rng, bg_hu=bg):
             areas[num] = a * b
+    if study.rot:
+        body = _rotate_about(cv.hu, study.rot, x0, y0)
+        cv.hu = body.copy()
+        patient.body._table(cv, level)
+        inside = body > -900.0
+        cv.hu[inside] = body[inside]
     noise = bank.crop(rng, size, size)
     return finish_slice(cv, noise, study.noise, study.fov_circle), areas
+
+
+def _normalized_location(patient: Patient, study: Study, les: Lesion,
+                         rng: np.random.Generator) -> np.ndarray:
+    """DeepLesion's normalised location as a body-box and body-part estimate would give it.
+
+    x, y: relative to the box of the (rotated) body outline in the image, whose estimate errs
+    by ``study.box_err``; z: the level along the body plus the study's body-part error
+    ``study.z_err`` and a little per-lesion noise. Clipped to 0-1.
+    """
+    body = patient.body
+    level = body.level(les.z / body.length)
+    c, sn = np.cos(study.rot), np.sin(study.rot)
+    u, v = les.u, les.v
+    ur, vr = c * u - sn * v, sn * u + c * v
+    half_b = (level.Ba + level.Bp) / 2.0
+    cy = (level.Bp - level.Ba) / 2.0  # v of the box centre (unrotated)
+    cxr, cyr = -sn * cy, c * cy
+    scale = float(np.exp(study.box_err))
+    wx = np.hypot(level.A * c, half_b * sn) * scale
+    wy = np.hypot(level.A * sn, half_b * c) * scale
+    lx = (ur - cxr + wx) / (2.0 * wx) + rng.normal(0.0, 0.004)
+    ly = (vr - cyr + wy) / (2.0 * wy) + rng.normal(0.0, 0.004)
+    lz = les.z / body.length + study.z_err + rng.normal(0.0, 0.002)
+    return np.clip([lx, ly, lz], 0.0, 1.0)
+
+
+def _choose_unannotated(
+    patient: Patient, k: int, regular: list[int], pool: list[int],
+    seen: dict[int, dict[int, float]], n_annotated: int, seed: int,
+) -> set[int]:
+    """Which unannotated lesions study ``k`` shows so that they are the patient's share.
+
+    The target is ``n_annotated * share / (1 - share)`` rounded at random (unbiased), counted
+    over the lesions that the rendered slices show (``seen``). Unannotated track lesions count
+    first (some are dropped from this study when they alone exceed it), then pool lesions in
+    their planned order fill it up.
+    """
+    share = float(patient.unannotated_share)
+    rng = np.random.default_rng([int(seed), patient.index, k, 0x5A4E])
+    want = n_annotated * share / (1.0 - share)
+    target = int(np.floor(want + rng.random()))
+    shown = [n for n in regular if seen[n]]
+    if len(shown) > target:
+        keep = rng.permutation(len(shown))[:target]
+        return {shown[i] for i in sorted(keep)}
+    chosen = set(shown)
+    for n in pool:
+        if len(chosen) >= target:
+            break
+        if seen[n]:
+            chosen.add(n)
+    return chosen
 
 
 def _merge(intervals: list[tuple[int, int]]) -> list[tuple[int, int]]:
@@ -98,19 +182,31 @@ def render_patient(
 ) -> PatientOutput:
     """Render every study of ``patient`` into ``images_root``; return its CSV and truth rows."""
     out = PatientOutput()
-    body = patient.body
     for k, st in enumerate(patient.studies):
         rng = np.random.default_rng([int(seed), patient.index, st.index, 99])
         s = st.spacing(size)
-        x0, y0 = size / 2.0 + st.ox * size, size / 2.0 + st.oy * size
         present = {tr.number: tr for tr in patient.tracks if tr.present[k]}
         lesions = {n: tr.in_study(k) for n, tr in present.items()}
-        bgs = {n: an.tissue_hu(SITES[present[n].site].labels[0], st.e) for n in present}
         keys = {n: st.slice_index(lesions[n].z) for n, tr in present.items() if tr.annotated[k]}
         if not keys:
             continue
         half = CONTEXT_HALF[st.dz]
         groups = _merge([(max(i - half, 0), i + half) for i in keys.values()])
+        # which lesions the rendered slices will show (the same rule as paint_lesion)
+        seen: dict[int, dict[int, float]] = {}
+        for n, les in lesions.items():
+            seen[n] = {}
+            for g0, g1 in groups:
+                for i in range(g0, g1 + 1):
+                    a, b = les.section(st.slice_z(i))
+                    if min(a, b) >= 0.35 * s:
+                        seen[n][i] = a * b
+        n_keys = sum(1 for n, i in keys.items() if seen[n])
+        regular = [n for n, tr in present.items() if n not in keys and tr.kind != "unannotated"]
+        pool = [n for n, tr in present.items() if tr.kind == "unannotated"]
+        chosen = _choose_unannotated(patient, k, regular, pool, seen, n_keys, seed)
+        present = {n: tr for n, tr in present.items() if n in keys or n in chosen}
+        bgs = {n: an.tissue_hu(SITES[present[n].site].labels[0], st.e) for n in present}
         series = f"{patient.index:06d}_{st.index:02d}_{st.series_id:02d}"
         areas: dict[int, dict[int, float]] = {n: {} for n in present}
         for g0, g1 in groups:
@@ -144,13 +240,13 @@ def render_patient(
                 sl = max(areas[n], key=areas[n].get)
                 pts = recist_points(les, st.slice_z(sl))
             long_mm, short_mm = pts
-            to_px = np.array([s, s])
-            long_px = np.array([x0, y0]) + long_mm / to_px
-            short_px = np.array([x0, y0]) + short_mm / to_px
-            recist = np.concatenate([long_px.ravel(), short_px.ravel()])
+            both = np.vstack([long_mm, short_mm])
+            px, py = to_image_px(st, size, both[:, 0], both[:, 1])
+            recist = np.column_stack([px, py]).ravel()
             box = _box(recist)
             diam = _diameters(recist)
             file_name = f"{series}_{sl:03d}.png"
+            cx, cy = to_image_px(st, size, les.u, les.v)
             truth = {
                 "truth_id": f"{patient.index:06d}_{st.index:02d}-L{n:02d}",
                 "track_id": f"P{patient.index:06d}-L{n:02d}",
@@ -162,12 +258,16 @@ def render_patient(
                 "coarse_type_name": COARSE_TYPES[tr.coarse_type], "site": tr.site,
                 "appearance": les.look.kind, "on_key_image": sl in key_set,
                 "possibly_noisy": False, "split": patient.split,
-                "center_x": float(x0 + les.u / s), "center_y": float(y0 + les.v / s),
+                "center_x": float(cx), "center_y": float(cy),
                 "first_slice": min(areas[n]), "last_slice": max(areas[n]),
                 "mean_hu": float(les.look.mean_hu(st.e) + les.hu_shift),
                 "companion_of": (None if tr.companion_of is None
                                  else f"P{patient.index:06d}-L{tr.companion_of:02d}"),
                 "study_months": float(st.months), "spacing_x": s, "spacing_z": st.dz,
+                "lesion_kind": tr.kind,
+                "related_track": (None if tr.related_to is None
+                                  else f"P{patient.index:06d}-L{tr.related_to:02d}"),
+                "study_rotation_deg": float(np.degrees(st.rot)),
             }
             if n in keys:
                 noisy = bool(rng.random() < NOISY_RATE)
@@ -178,9 +278,7 @@ def render_patient(
                 sbox = _box(shown)
                 sd = _diameters(shown)
                 g0, g1 = next((a, b) for a, b in groups if a <= sl <= b)
-                level = body.level(les.z / body.length)
-                lx, ly = level.location(les.u, les.v)
-                lz = les.z / body.length
+                loc = _normalized_location(patient, st, les, rng)
                 ctype = tr.coarse_type if patient.split != 1 else -1
                 win = window_for(tr.coarse_type, rng)
                 out.csv_rows.append({
@@ -192,8 +290,7 @@ def render_patient(
                     "Measurement_coordinates": fmt_list(shown),
                     "Bounding_boxes": fmt_list(sbox),
                     "Lesion_diameters_Pixel_": fmt_list(sd),
-                    "Normalized_lesion_location": fmt_list(
-                        np.clip([lx, ly, lz], 0.0, 1.0)),
+                    "Normalized_lesion_location": fmt_list(loc),
                     "Coarse_lesion_type": str(ctype),
                     "Possibly_noisy": "1" if noisy else "0",
                     "Slice_range": f"{g0}, {g1}",

@@ -45,7 +45,8 @@ TRUTH_COLUMNS: tuple[str, ...] = (
     # extras
     "coarse_type_name", "site", "appearance", "on_key_image", "possibly_noisy", "split",
     "center_x", "center_y", "first_slice", "last_slice", "mean_hu", "companion_of",
-    "study_months", "spacing_x", "spacing_z",
+    "study_months", "spacing_x", "spacing_z", "lesion_kind", "related_track",
+    "study_rotation_deg",
 )
 
 
@@ -130,11 +131,11 @@ def write_truth(rows: list[dict], path: str | Path, metadata: dict[str, str]) ->
     for c, t in types.items():
         df[c] = df[c].astype(t)
     for c in ("truth_id", "track_id", "file_name", "lesion_id", "coarse_type_name", "site",
-              "appearance", "companion_of"):
+              "appearance", "companion_of", "lesion_kind", "related_track"):
         df[c] = df[c].astype("string")
     for c in ("bbox_x1", "bbox_y1", "bbox_x2", "bbox_y2", "long_diameter_px",
               "short_diameter_px", "center_x", "center_y", "mean_hu", "study_months",
-              "spacing_x", "spacing_z"):
+              "spacing_x", "spacing_z", "study_rotation_deg"):
         df[c] = df[c].astype("float64")
     return write_parquet(df, path, metadata=metadata)
 

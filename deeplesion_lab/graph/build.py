@@ -12,7 +12,9 @@ Writes into ``RUN_DIR/graph/`` (each file atomically):
   detections were given, and the neighbouring slices);
 - ``graph.json``: settings, the matcher's coefficients and threshold, counts and messages;
 
-and merges ``matching`` and ``missing_annotations`` into ``RUN_DIR/metrics.json``.
+and merges ``matching`` and ``missing_annotations`` into ``RUN_DIR/metrics.json``
+(``matching.f1`` of the matcher with all cues, and ``matching.location_only_f1`` /
+``matching.appearance_only_f1`` of the single-cue baselines on the same patients).
 """
 
 from __future__ import annotations
@@ -134,6 +136,14 @@ def run_detector(
     return pred, msg
 
 
+#: Single-cue baselines evaluated beside the matcher (``matching.<name>_f1`` in metrics.json):
+#: normalized location alone, and embedding (appearance) distance alone.
+BASELINES: dict[str, list[str]] = {
+    "location_only": ["location_distance"],
+    "appearance_only": ["embedding_distance"],
+}
+
+
 def _fit_matcher(
     table: LesionTable, y: np.ndarray | None, msgs: list[str], seed: int
 ) -> tuple[LesionMatcher, dict]:
@@ -157,9 +167,16 @@ def _fit_matcher(
     pe = matcher.predict(Xe)
     ev = matching_metrics(pe, pair_labels(pe, y[eval_m]))
     msgs.append(f"matching: {rule}")
+    # the single-cue baselines, fitted and evaluated on the same patients
+    baselines = {}
+    for name, feats in BASELINES.items():
+        bm = LesionMatcher(features=feats).fit(Xf, y[fit_m])
+        pb = bm.predict(Xe)
+        baselines[name] = matching_metrics(pb, pair_labels(pb, y[eval_m]))
     pat = X["patient_index"].to_numpy()
     metrics = {
         **{k: ev[k] for k in ("precision", "recall", "f1", "auc")},
+        **{f"{name}_{k}": r[k] for name, r in baselines.items() for k in ("f1", "auc")},
         "threshold": matcher.threshold_,
         "fitted_on": "labels",
         "evaluated": True,
