@@ -64,6 +64,15 @@ def server(tiny, tmp_path_factory):
         "v"
     )
     (root / "volume.ipynb").write_text(json.dumps(notebook(src)))
+    _, other = _pick(tiny)
+    lab = (
+        "from widgets import LesionLab\n"
+        f"lab = LesionLab(r'{tiny.run_dir}', user='volume-tester', size=360)\n"
+        "lab",
+        "lab.volume_panel.selected_index = 0  # open the 3-D panel",
+        f"lab.show_lesion({other!r})  # a selection in the lab reaches the open panel",
+    )
+    (root / "lab.ipynb").write_text(json.dumps(notebook(*lab)))
     with jupyterlab(root) as url:
         yield url
 
@@ -77,8 +86,8 @@ def pw():
 
 
 @contextlib.contextmanager
-def _offline_page(p, url: str, args: list[str], name: str):
-    """Chromium on the notebook with every non-loopback request aborted (and recorded)."""
+def _offline_page(p, url: str, args: list[str], name: str, nb: str = "volume.ipynb"):
+    """Chromium on a notebook with every non-loopback request aborted (and recorded)."""
     browser = p.chromium.launch(executable_path=CHROMIUM, args=args)
     pg = browser.new_page(viewport={"width": 1000, "height": 1000})
     blocked: list[str] = []
@@ -95,7 +104,7 @@ def _offline_page(p, url: str, args: list[str], name: str):
     errors: list[str] = []
     pg.on("pageerror", lambda e: errors.append(str(e)))
     try:
-        open_notebook(pg, url, "volume.ipynb", wait_for=".dvv canvas")
+        open_notebook(pg, url, nb, wait_for=".dvv canvas")
         pg.wait_for_function(
             "() => { const v = document.querySelector('.dvv'); return v && "
             "Number(v.parentElement.dataset.volumeSerial) >= 1 && "
@@ -188,4 +197,23 @@ def test_without_webgl_the_cpu_projection_renders(pw, server):
         assert el.get_attribute("data-renderer") == "cpu"
         shot = pg.locator(".dvv-panel[data-plane='3d']").first.screenshot()
         assert _content(shot) > 0.01, "the CPU projection is (nearly) blank"
+        assert not pg.page_errors, pg.page_errors
+
+
+def test_lesion_lab_panel_follows_the_selection(pw, server, tiny):
+    _, other = _pick(tiny)
+    with _offline_page(pw, server, ARGS, "volume_in_lesion_lab", nb="lab.ipynb") as pg:
+        pg.wait_for_function(
+            "id => document.querySelector('.dvv').parentElement.dataset.lesionId === id",
+            arg=other, timeout=60_000,
+        )
+        pg.locator(".dvv").first.scroll_into_view_if_needed()
+        shot = pg.locator(".dvv-panel[data-plane='axial']").first.screenshot()
+        assert _content(shot) > 0.2, "the axial panel in LesionLab is (nearly) blank"
+        assert other in pg.locator(".dvv-title").first.inner_text()
+        assert other in pg.locator(".dlv-title").first.inner_text()  # the 2-D viewer agrees
+        el = pg.locator(".dvv").first.locator("xpath=..")
+        # it was first drawn empty (closed panel): WebGL2 must still be used where the page has it
+        webgl2 = pg.evaluate("() => !!document.createElement('canvas').getContext('webgl2')")
+        assert el.get_attribute("data-renderer") == ("webgl2" if webgl2 else "cpu")
         assert not pg.page_errors, pg.page_errors

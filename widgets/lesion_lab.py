@@ -73,7 +73,7 @@ class LesionLab(ipw.Box):
         # the lesion in 3-D (VolumeView), following the viewer; loaded only while its panel is open
         from .volume_view import VolumeView
 
-        self.volume = VolumeView(m.viewer, canvas_size=max(160, size // 2 - 12), active=False)
+        self.volume = VolumeView(m.viewer, canvas_size=max(160, size // 2 + 40), active=False)
         self.volume_panel = ipw.Accordion(children=[self.volume], titles=("3-D volume",),
                                           selected_index=None, layout=ipw.Layout(width="100%"))
         self.volume_panel.observe(lambda ch: setattr(self.volume, "active", ch["new"] == 0),

@@ -304,6 +304,7 @@ function render({ model, el }) {
     const p = panels["3d"];
     const o = p.ov.getContext("2d");
     o.setTransform(dpr, 0, 0, dpr, 0, 0); o.clearRect(0, 0, S, S);
+    if (!glState) { yaw = 0; pitch = 0; } // the CPU projection is always the frontal view
     const ext = extNorm(), M = rotation(yaw, pitch), maxmm = Math.max(nx * sx, ny * sy, nz * sz);
     const world = (x, y, z) => [((x + 0.5) / nx - 0.5) * ext[0], ((y + 0.5) / ny - 0.5) * ext[1], ((z + 0.5) / nz - 0.5) * ext[2]];
     // around the lesion: the slab at least 35 % of the height, the box and 20 mm in view
@@ -344,7 +345,6 @@ function render({ model, el }) {
       const sc = S / (2 * span);
       const W = ext[0] * sc, H = ext[2] * sc;
       ctx.drawImage(mipCanvas, S / 2 - (centre[0] + ext[0] / 2) * sc, S / 2 - (centre[2] + ext[2] / 2) * sc, W, H);
-      yaw = 0; pitch = 0;
     }
     // the box outline (and its RECIST) in 3-D, projected with the same camera
     if (ann.box) {
@@ -403,13 +403,20 @@ function render({ model, el }) {
     presetSel.value = model.get("preset");
     buildLut(); syncTitle();
     if (!vol) {
-      for (const p of Object.values(panels)) { const c = p.c.getContext("2d"); if (c) { c.setTransform(1, 0, 0, 1, 0, 0); c.clearRect(0, 0, p.c.width, p.c.height); } p.ov.getContext("2d").clearRect(0, 0, p.ov.width, p.ov.height); }
+      for (const [name, p] of Object.entries(panels)) {
+        p.ov.getContext("2d").clearRect(0, 0, p.ov.width, p.ov.height);
+        if (name === "3d" && !glFailed) { // never take a 2-D context here: WebGL2 may come later
+          if (glState) { glState.gl.clearColor(0, 0, 0, 1); glState.gl.clear(glState.gl.COLOR_BUFFER_BIT); }
+          continue;
+        }
+        const c = p.c.getContext("2d"); c.setTransform(1, 0, 0, 1, 0, 0); c.clearRect(0, 0, p.c.width, p.c.height);
+      }
       el.dataset.volumeSerial = String(serial);
       return;
     }
     if (!glState && !glFailed) {
-      try { glState = makeGL(panels["3d"].c); } catch (e) { glState = null; console.warn("volume view: no WebGL2", e); }
-      if (!glState) glFailed = true;
+      try { glState = makeGL(panels["3d"].c); } catch (e) { glState = null; el.dataset.glError = String(e); console.warn("volume view: no WebGL2", e); }
+      if (!glState) { glFailed = true; el.dataset.glError = el.dataset.glError || "no webgl2 context"; }
     }
     poolVolume(); dirty3d = true; yaw = YAW0; pitch = PITCH0;
     for (const k of Object.keys(zoom)) zoom[k] = 1;
