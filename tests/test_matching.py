@@ -269,3 +269,21 @@ def test_a_study_without_usable_lesions_is_bridged():
     t = tr.loc[tr["patient_index"] == p]
     assert (t.loc[t["study_index"] == 2, "status"] == "no embedding").all()
     assert (t.loc[t["study_index"] != 2, "n_time_points"] >= 2).all()
+
+
+def test_crossfit_evaluates_every_patient_once_and_reports_the_baselines():
+    from deeplesion_lab.graph.build import BASELINES, crossfit_matching
+
+    X, y = synthetic_lesions(24, seed=4, loc_noise=0.06)
+    y = np.asarray(y, dtype=object)
+    res = crossfit_matching(X, y, seed=1)
+    assert res is not None and res["patients"] == X["patient_index"].nunique()
+    all_pairs = candidate_pairs(X)
+    n_labelled = int(np.isfinite(pair_labels(all_pairs, y)).sum())
+    for name in ["f1", *(f"{k}_f1" for k in BASELINES)]:
+        assert res[name]["n_pairs"] == n_labelled  # each pair evaluated exactly once
+    # locations jitter as much as lesions lie apart: the embedding adds what location lacks
+    assert res["f1"]["f1"] > res["location_only_f1"]["f1"]
+    # too few patients with identities: no cross-fitting
+    few = X["patient_index"].isin(sorted(X["patient_index"].unique())[:3]).to_numpy()
+    assert crossfit_matching(X.loc[few].reset_index(drop=True), y[few]) is None

@@ -76,11 +76,17 @@ def run(args: argparse.Namespace) -> int:
     mt = res.metrics["matching"]
     if mt.get("evaluated"):
         print(
-            f"matching ({mt['eval_patients']} evaluation patients, {mt['eval_pairs']} pairs): "
+            f"matching ({mt['evaluation']}; {mt['eval_patients']} patients, "
+            f"{mt['eval_pairs']} pairs): "
             f"precision {mt['precision']:.3f}, recall {mt['recall']:.3f}, F1 {mt['f1']:.3f}, "
             f"AUC {mt['auc']:.3f} (threshold {mt['threshold']:.3f}); baselines: location only "
             f"F1 {mt['location_only_f1']:.3f}, appearance (embedding) only "
             f"F1 {mt['appearance_only_f1']:.3f}"
+        )
+        print(
+            f"matching on the split alone ({mt['split_eval_pairs']} pairs): F1 "
+            f"{mt['split_f1']:.3f}, location only {mt['split_location_only_f1']:.3f}, "
+            f"appearance only {mt['split_appearance_only_f1']:.3f}"
         )
     print(f"tracks: {mt['tracks']} ({mt['tracks_multi_study']} followed over 2+ studies)")
     mm = res.metrics["missing_annotations"]
