@@ -113,9 +113,9 @@ class RunDir:
     def prediction_files(self) -> dict[str, list[tuple[str, Path]]]:
         """Every prediction table of the run, by model: ``{model: [(split, path), ...]}``.
 
-        Models are the folders of ``detector/`` with a ``model.pt`` (in creation order) plus any
-        model named by a ``predictions_<model>_<split>.csv``; a legacy ``predictions_all.csv``
-        appears as model ``"all"``. The tables of each model are listed widest split first
+        Models are the folders of ``detector/`` with a ``model.pt`` or prediction tables (in
+        creation order) plus any model named by a ``predictions_<model>_<split>.csv``; a legacy
+        ``predictions_all.csv`` appears as model ``"all"``. The tables of each model are listed widest split first
         (``all`` before ``test``/``val``/``train``). A fine-tuned model's "before" table is its
         parent's and is not listed.
         """
@@ -123,7 +123,9 @@ class RunDir:
         out: dict[str, list[tuple[str, Path]]] = {}
         if not det.is_dir():
             return out
-        models = sorted((p.parent for p in det.glob("*/model.pt")), key=lambda p: p.stat().st_mtime)
+        folders = {p.parent for p in det.glob("*/model.pt")}
+        folders |= {p.parent for p in det.glob("*/predictions_*.csv")}
+        models = sorted(folders, key=lambda p: (p.stat().st_mtime, p.name))
         for folder in models:
             out.setdefault(folder.name, [])
         for p in sorted(det.glob("predictions_*_*.csv")):

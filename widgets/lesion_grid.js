@@ -30,7 +30,7 @@ const STYLE = `
 .dlgr-cell canvas{display:block;border-radius:3px;image-rendering:pixelated}
 .dlgr-lab{display:flex;align-items:center;gap:4px;margin-top:2px;white-space:nowrap;overflow:hidden;text-overflow:ellipsis}
 .dlgr-dot{width:8px;height:8px;border-radius:50%;flex:none}
-.dlgr-cap{color:#9aa0a6;font-size:10.5px;white-space:nowrap;overflow:hidden;text-overflow:ellipsis}
+.dlgr-cap{color:#9aa0a6;font-size:10.5px;line-height:1.25;overflow-wrap:anywhere}
 .dlgr-foot{display:flex;align-items:center;gap:8px;color:#9aa0a6}
 .dlgr-err{color:#ff7b7b}
 `;
