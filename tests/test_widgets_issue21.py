@@ -112,9 +112,10 @@ def test_simulated_corrections_stay_out_of_the_users_history_and_undo(tiny, run_
     assert panel.simulated["events"] >= 1 and panel.simulated["lesions"] == n
     assert panel.simulated["users"] == ["demo-annotator"]
     assert all(h["tool"] != "pipeline-simulated" for h in panel.history)
-    panel.show_simulated = True  # the front end's checkbox
+    panel.handle({"op": "show_simulated", "show": True})  # the front end's checkbox
     assert any(h["user"] == "demo-annotator" for h in panel.history)
-    panel.show_simulated = False
+    panel.handle({"op": "show_simulated", "show": False})
+    assert all(h["tool"] != "pipeline-simulated" for h in panel.history)
     # alice's own work is listed, and her undo touches only it
     lab.map.select_lesions(tiny.lesion_ids[:2])
     lab.corrections.relabel_selection("bone")

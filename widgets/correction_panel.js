@@ -12,9 +12,11 @@
 //   suggestions          [{lesion_id, label, score, reason, point}]
 //   request              {op, ..., nonce}  written here: relabel | relabel_cluster | merge |
 //                        split | add_class | undo | redo | suggest | select_cluster | show |
-//                        clear_selection | refresh | mark (not a lesion / unsure) | poll
+//                        clear_selection | refresh | mark (not a lesion / unsure) | poll |
+//                        show_simulated
 //   status               {nonce, ok, message}  the answer to the last request
 //   show_simulated       bool: list the pipeline's simulated annotator's events in the history
+//                        (changed with the request op show_simulated {show})
 //   simulated            {events, lesions, users}: how many such events the store holds
 // Keys (while working in the lab: after a click in its cell, not while typing in a field):
 //   1-9 relabel the selection with the n-th class of the list, u undo my last change.
@@ -184,7 +186,7 @@ function render({ model, el }) {
   const histBtn = h("button", { text: "Refresh" });
   histBtn.addEventListener("click", () => send("refresh"));
   const simBox = h("input", { type: "checkbox" });
-  simBox.addEventListener("change", () => { model.set("show_simulated", simBox.checked); model.save_changes(); });
+  simBox.addEventListener("change", () => send("show_simulated", { show: simBox.checked }));
   const simText = h("span");
   const simNote = h("label", { class: "dlc-note" }, simBox, simText);
   pages.history.append(h("div", { class: "dlc-row" }, h("span", { class: "dlc-k", text: "Newest first." }), histBtn), simNote, histList);

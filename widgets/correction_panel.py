@@ -237,4 +237,9 @@ class CorrectionPanel(anywidget.AnyWidget):
             return "up to date with the store"
         if op == "poll":
             return "others' changes loaded" if m.labels.poll() else ""
+        if op == "show_simulated":
+            self.show_simulated = bool(req.get("show"))
+            sim = self.simulated or {}
+            return (f"history {'with' if self.show_simulated else 'without'} the simulated "
+                    f"annotator's {sim.get('events', 0)} event(s)")
         raise LabError(f"unknown request {op!r}")
