@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -65,33 +63,63 @@ def _cli(argv: Sequence[str]) -> None:
         raise LabError(f"step `deeplesion-lab {' '.join(str(a) for a in argv)}` failed ({code})")
 
 
-def _cli_side_by_side(jobs: dict[str, Sequence[str]], log_dir: Path) -> None:
-    """Run ``deeplesion-lab`` commands at once, one process each, output to ``log_dir/NAME.log``.
+def _jobs(run: RunDir, jobs: dict[str, Sequence[str]], report_s: float = 20.0) -> None:
+    """Run ``deeplesion-lab`` commands as jobs of the run (:mod:`deeplesion_lab.jobs`), side by
+    side when there are several, printing one progress line per job every ``report_s``.
+
+    Each job has its record, lock and log in ``RUN/jobs/`` (``deeplesion-lab jobs --run RUN``).
 
     Raises
     ------
     LabError
-        A command failed: its name, exit status, log and the log's last lines.
+        A job failed (its name, exit status, log and the log's last lines) or already runs.
     """
-    log_dir.mkdir(parents=True, exist_ok=True)
-    procs = {}
+    import threading
+
+    from .jobs import read_job, run_job
+
+    results: dict[str, object] = {}
+
+    def work(name: str, argv: Sequence[str]) -> None:
+        try:
+            results[name] = run_job(run, name, argv, user=_user())
+        except LabError as exc:
+            results[name] = exc
+
+    threads = []
     for name, argv in jobs.items():
-        log = log_dir / f"{name}.log"
         print(f"[pipeline]   {name}: `deeplesion-lab {' '.join(str(a) for a in argv)}` "
-              f"(log: {log})", flush=True)
-        fh = open(log, "w")  # noqa: SIM115 - closed below, after the process ends
-        procs[name] = (subprocess.Popen([sys.executable, "-m", "deeplesion_lab.cli",
-                                         *[str(a) for a in argv]],
-                                        stdout=fh, stderr=subprocess.STDOUT), fh, log)
+              f"(job log: {run.path / 'jobs' / (name + '.log')})", flush=True)
+        t = threading.Thread(target=work, args=(name, argv), daemon=True)
+        t.start()
+        threads.append(t)
+    while any(t.is_alive() for t in threads):
+        for t in threads:
+            t.join(report_s / max(1, len(threads)))
+        for name in jobs:
+            rec = read_job(run, name)
+            if rec is not None and rec.state == "running" and rec.progress is not None:
+                eta = f", ETA {rec.eta_s / 60:.1f} min" if rec.eta_s else ""
+                print(f"[pipeline]   {name}: {100 * rec.progress:.0f} %{eta}", flush=True)
     failed = []
-    for name, (proc, fh, log) in procs.items():
-        code = proc.wait()
-        fh.close()
-        if code != 0:
+    for name, res in results.items():
+        if isinstance(res, LabError):
+            failed.append(str(res))
+        elif res.state != "done":
+            log = Path(res.log)
             tail = "\n".join(log.read_text(errors="replace").splitlines()[-8:])
-            failed.append(f"`{name}` failed ({code}); log {log}:\n{tail}")
+            failed.append(f"`{name}` failed ({res.exit_code}); log {log}:\n{tail}")
     if failed:
         raise LabError("\n".join(failed))
+
+
+def _user() -> str:
+    import getpass
+
+    try:
+        return getpass.getuser()
+    except Exception:  # noqa: BLE001 - no login name
+        return "pipeline"
 
 
 def _train_detectors(cfg: PipelineConfig, run: RunDir) -> None:
@@ -107,13 +135,12 @@ def _train_detectors(cfg: PipelineConfig, run: RunDir) -> None:
     argv = {n: ["train-detector", "--run", cfg.run_dir, "--classes", n,
                 "--epochs", cfg.detector_epochs] for n in todo}
     if len(todo) > 1 and cfg.detector_processes > 1 and (os.cpu_count() or 1) > 1:
-        _cli_side_by_side({f"train-detector-{n}": [*argv[n], "--threads", 1, "--no-progress"]
-                           for n in todo}, run.path / "logs")
+        _jobs(run, {f"train-detector-{n}": [*argv[n], "--threads", 1] for n in todo})
         for n in todo:
             print(f"[pipeline]   {n}: {run.detector_dir / n / 'model.pt'}")
     else:
         for n in todo:
-            _cli(argv[n])
+            _jobs(run, {f"train-detector-{n}": argv[n]})
     from .detection.workflow import set_latest
 
     set_latest(run, "pseudo")
@@ -206,16 +233,18 @@ def pipeline_steps(cfg: PipelineConfig) -> list[Step]:
                                                    cfg.annotator, cfg.seed),
                               (run.path / ".corrections_done").touch())),
                 Step("fine-tune on corrected labels", lambda: "finetune" in _metrics(run),
-                     lambda: _cli(["finetune", "--run", r, "--epochs", cfg.finetune_epochs,
-                                   "--user", cfg.annotator,
-                                   *(["--reset-head"] if _new_classes(run) else [])])),
+                     lambda: _jobs(run, {"finetune": [
+                         "finetune", "--run", r, "--epochs", cfg.finetune_epochs,
+                         "--user", cfg.annotator,
+                         *(["--reset-head"] if _new_classes(run) else []),
+                     ]})),
             ]
     if cfg.graph:
         def graph_step() -> None:
             preds = []
             if cfg.detector:
-                _cli(["detect", "--run", r, "--out", pred_all, "--split", "all",
-                      "--model", "pseudo"])
+                _jobs(run, {"detect-all": ["detect", "--run", r, "--out", pred_all,
+                                           "--split", "all", "--model", "pseudo"]})
                 # the pseudo-label model's detections on every key slice; neighbour-slice
                 # support is left out here to keep the CPU pipeline short
                 preds = ["--predictions", pred_all, "--detector-model", "pseudo",

@@ -55,10 +55,13 @@ def test_pipeline_writes_every_figure(tiny_lab: Path) -> None:
         vals = [sens[k] for k in ("0.5", "1", "2", "4", "8", "16")]
         assert vals == sorted(vals)
     assert set(metrics["finetune"]["before"]["sensitivity"]) == set(sens)
-    if (os.cpu_count() or 1) > 1:  # the two detectors trained side by side, one log each
+    if (os.cpu_count() or 1) > 1:  # the two detectors trained side by side, one job each
+        from deeplesion_lab.jobs import read_job
+
         for name in ("single", "pseudo"):
-            log = (run / "logs" / f"train-detector-{name}.log").read_text()
-            assert f"detector/{name}" in log
+            rec = read_job(run, f"train-detector-{name}")
+            assert rec.state == "done" and rec.progress == 1.0, rec
+            assert f"detector/{name}" in Path(rec.log).read_text()
     # the latest model is the fine-tuned one, made from the pseudo-label detector
     latest = json.loads((run / "detector" / "latest.json").read_text())["name"]
     assert latest == metrics["finetune"]["model"] and metrics["finetune"]["parent"] == "pseudo"
@@ -133,14 +136,15 @@ def test_notebook_runs_headless(path: Path, tiny_lab: Path, monkeypatch) -> None
             assert kinds & FIGURES, f"{path.name} cell {i} draws but shows no figure ({kinds})"
 
 
-def test_side_by_side_commands_report_failures_with_their_log(tmp_path) -> None:
+def test_side_by_side_jobs_report_failures_with_their_log(tmp_path) -> None:
     from deeplesion_lab.errors import LabError
-    from deeplesion_lab.pipeline import _cli_side_by_side
+    from deeplesion_lab.pipeline import _jobs
+    from deeplesion_lab.run import RunDir
 
     with pytest.raises(LabError) as err:
-        _cli_side_by_side({"ok": ["--help"], "bad": ["train-detector", "--run", tmp_path / "none",
-                                                     "--classes", "single"]}, tmp_path / "logs")
+        _jobs(RunDir(tmp_path), {"ok": ["--help"], "bad": ["train-detector", "--run",
+                                                          tmp_path / "none", "--classes", "single"]})
     msg = str(err.value)
     assert "`bad` failed (2)" in msg and "`ok`" not in msg
-    assert str(tmp_path / "logs" / "bad.log") in msg
-    assert "usage" in (tmp_path / "logs" / "ok.log").read_text()
+    assert str(tmp_path / "jobs" / "bad.log") in msg
+    assert "usage" in (tmp_path / "jobs" / "ok.log").read_text()

@@ -38,6 +38,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-graph", action="store_true", help="skip the lesion graph")
     p.add_argument("--force", action="append", default=[], metavar="STEP",
                    help="redo this step even if its output exists (repeatable)")
+    p.add_argument("--background", action="store_true",
+                   help="run the quick steps (manifest, embed, mine, evaluate, label store) now, "
+                        "then the long ones (detectors, fine-tuning, graph, report) as a "
+                        "background job of the run; follow it with `deeplesion-lab jobs --run RUN`")
     p.set_defaults(func=run)
 
 
@@ -52,8 +56,33 @@ def run(args: argparse.Namespace) -> int:
         correction_share=args.correction_share, detector=not args.no_detector,
         graph=not args.no_graph,
     )
+    if args.background:
+        return _run_in_background(args, cfg)
     steps = run_pipeline(cfg, force=args.force)
     total = sum(s for _, _, s in steps)
     print(f"pipeline finished: {sum(1 for _, st, _ in steps if st == 'ran')} steps ran "
           f"in {total:.0f} s; run directory {args.run}")
+    return 0
+
+
+def _run_in_background(args: argparse.Namespace, cfg) -> int:
+    import dataclasses
+
+    from ..jobs import start_job
+    from ..pipeline import run_pipeline
+
+    run_pipeline(dataclasses.replace(cfg, detector=False, graph=False), force=args.force)
+    argv = ["pipeline", "--manifest", cfg.manifest, "--run", cfg.run_dir,
+            "--embed-epochs", cfg.embed_epochs, "--detector-epochs", cfg.detector_epochs,
+            "--detector-processes", cfg.detector_processes, "--finetune-epochs",
+            cfg.finetune_epochs, "--correction-share", cfg.correction_share]
+    argv += ["--truth", cfg.truth] if cfg.truth else []
+    argv += ["--csv", cfg.source_csv] if cfg.source_csv else []
+    argv += ["--clusters", cfg.clusters] if cfg.clusters else []
+    argv += ["--no-detector"] if not cfg.detector else []
+    argv += ["--no-graph"] if not cfg.graph else []
+    rec = start_job(cfg.run_dir, "pipeline", argv)
+    print(f"[pipeline] the long steps run in the background (job 'pipeline', pid {rec.pid}, "
+          f"log {rec.log}); follow them with `deeplesion-lab jobs --run {cfg.run_dir}`",
+          flush=True)
     return 0
