@@ -232,18 +232,26 @@ def test_admin_snapshot_and_html_is_shown_as_text(ctx):
     assert HTML_CLASS in [c["name"] for c in root.map.classes], "sent as data, drawn as text"
 
 
-def test_finetune_job_is_admin_only_and_single(ctx, monkeypatch):
+def test_finetune_job_is_admin_only_and_single(ctx, monkeypatch, tmp_path):
+    from deeplesion_lab.jobs import read_job, wait_for_jobs
+
     root = _dash(ctx, "root")
-    # a stand-in command that runs for a moment (the real one trains a detector)
-    assert ctx.job.command("root")[-5:] == ["--run", str(ctx.run.path), "--user", "root", "--no-progress"]
-    monkeypatch.setattr(ctx.job, "command", lambda user: ["python3", "-c", "import time; time.sleep(2)"])
+    with pytest.raises(LabError, match="not allowed to finetune"):
+        _dash(ctx, "ann").start_finetune()
+    assert ctx.job.argv("root") == ["finetune", "--run", str(ctx.run.path), "--user", "root"]
+    # a stand-in command that runs for a few seconds (the real one trains a detector)
+    monkeypatch.setattr(ctx.job, "argv", lambda user: [
+        "demo-data", "--out", str(tmp_path / "d"), "--patients", "2", "--seed", "1"])
     msg = root.start_finetune()
     assert "started by root" in msg
     with pytest.raises(LabError, match="already running"):
         root.start_finetune()
-    ctx.job.proc.wait(20)
+    assert "running" in ctx.job.status()
+    (rec,) = wait_for_jobs(ctx.run, ["finetune"], timeout=120)
+    assert rec.state == "done" and rec.user == "root", rec
     assert "exit code 0" in ctx.job.status()
-    assert "started by root" in ctx.job.log_tail()
+    assert read_job(ctx.run, "finetune").progress == 1.0
+    assert "demo-data" in ctx.job.log_tail(50)
 
 
 def test_not_a_run_directory(tmp_path):

@@ -32,8 +32,6 @@ import json
 import logging
 import math
 import re
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -282,63 +280,64 @@ def store_version(store) -> int | None:
 
 
 class FinetuneJob:
-    """At most one ``deeplesion-lab finetune --run RUN`` at a time, started by an admin."""
+    """Fine-tuning started from the dashboard: the run's ``finetune`` job
+    (:mod:`deeplesion_lab.jobs`), so it outlives the browser tab and the server, never runs
+    twice at once, and shows in ``deeplesion-lab jobs`` and notebook 4 like any other job."""
+
+    name = "finetune"
 
     def __init__(self, run: RunDir):
         self.run = run
-        self.proc: subprocess.Popen | None = None
-        self.started_by: str | None = None
-        self.started_at: float | None = None
-        self._lock = threading.Lock()
 
-    @property
-    def log_path(self) -> Path:
-        return self.run.path / "dashboard" / "finetune.log"
-
-    def command(self, user: str) -> list[str]:
+    def argv(self, user: str) -> list[str]:
         """``deeplesion-lab finetune --run RUN --user USER``: trains on a new snapshot of the
         current labels, recorded as taken by ``user``."""
-        return [
-            sys.executable, "-m", "deeplesion_lab.cli", "finetune", "--run", str(self.run.path),
-            "--user", user, "--no-progress",
-        ]  # fmt: skip
+        return ["finetune", "--run", str(self.run.path), "--user", user]
 
-    def running(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
+    def record(self):
+        from deeplesion_lab.jobs import read_job
+
+        return read_job(self.run, self.name)
 
     def start(self, user: str) -> str:
-        with self._lock:
-            if self.running():
-                raise LabError(f"fine-tuning already running (started by {self.started_by})")
-            self.log_path.parent.mkdir(parents=True, exist_ok=True)
-            fh = open(self.log_path, "w", encoding="utf-8")  # noqa: SIM115 - owned by the child
-            fh.write(f"# started by {user} at {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
-            fh.flush()
-            self.proc = subprocess.Popen(
-                self.command(user), stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
-            )
-            fh.close()
-            self.started_by, self.started_at = user, time.time()
-            return f"fine-tuning started by {user} (process {self.proc.pid})"
+        from deeplesion_lab.jobs import JobBusy, start_job
+
+        try:
+            rec = start_job(self.run, self.name, self.argv(user), user=user)
+        except JobBusy:
+            rec = self.record()
+            by = rec.user if rec is not None else "someone"
+            raise LabError(f"fine-tuning already running (started by {by})") from None
+        return f"fine-tuning started by {user} (job {rec.name}, process {rec.pid})"
 
     def status(self) -> str:
-        if self.proc is None:
+        rec = self.record()
+        if rec is None:
             return "not started"
-        code = self.proc.poll()
-        if code is None:
-            return f"running for {time.time() - (self.started_at or 0):.0f} s (by {self.started_by})"
-        return f"finished with exit code {code} (started by {self.started_by})"
+        if rec.state == "running":
+            pct = f"{100 * rec.progress:.0f} %" if rec.progress is not None else "starting"
+            eta = f", about {rec.eta_s / 60:.1f} min left" if rec.eta_s else ""
+            return f"running: {pct}{eta} (started by {rec.user})"
+        if rec.state == "done":
+            return f"finished with exit code 0 (started by {rec.user})"
+        if rec.state == "failed":
+            return f"failed with exit code {rec.exit_code} (started by {rec.user}): {rec.message}"
+        return f"{rec.state} (started by {rec.user}); start it again to resume"
+
+    def progress(self) -> float | None:
+        rec = self.record()
+        return rec.progress if rec is not None else None
 
     def log_tail(self, n: int = 15) -> str:
+        rec = self.record()
+        if rec is None:
+            return ""
         try:
-            lines = self.log_path.read_text(encoding="utf-8", errors="replace").splitlines()
+            text = Path(rec.log).read_text(encoding="utf-8", errors="replace")
         except FileNotFoundError:
             return ""
+        lines = [ln.split("\r")[-1] for ln in text.splitlines()]  # a bar's last state
         return "\n".join(lines[-n:])
-
-    def stop(self) -> None:
-        if self.running():
-            self.proc.terminate()
 
 
 class DashboardContext:
@@ -494,7 +493,6 @@ class DashboardContext:
     def close(self) -> None:
         if self._poller is not None:
             self._poller.stop()
-        self.job.stop()
         close = getattr(self.store, "close", None)
         if callable(close):
             with contextlib.suppress(Exception):
@@ -918,8 +916,11 @@ class Dashboard:
             self.locked_user.options = self.ctx.auth.locked_users()
         job = self.ctx.job
         tail = job.log_tail()
+        frac = job.progress()
+        bar = (f"<progress id='dl-finetune-progress' max='1' value='{frac:.3f}' "
+               f"style='width:320px'></progress>" if frac is not None else "")
         self.job_status.object = (
-            f"<div class='dl-muted'>fine-tuning: {esc(job.status())}</div>"
+            f"<div class='dl-muted'>fine-tuning: {esc(job.status())}</div>{bar}"
             + (f"<pre class='dl-log'>{esc(tail)}</pre>" if tail else "")
         )
 
