@@ -224,3 +224,10 @@ def test_history_says_1_lesion_not_1_lesions():
                        "detail": ["1 lesions -> liver", "11 lesions -> liver"]})
     assert [r["detail"] for r in history_records(ev)] == ["1 lesion -> liver",
                                                           "11 lesions -> liver"]
+
+
+def test_grid_front_end_is_self_contained():
+    js = (REPO / "widgets" / "lesion_grid.js").read_text()
+    assert "export default" in js and "render" in js
+    assert not re.search(r"^\s*import\s", js, re.M) and not re.search(r"https?://", js)
+    assert "model.send(" not in js and "innerHTML" not in js
