@@ -93,6 +93,44 @@ def _hu_measures(images_root: Path, rows: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(out, columns=["type", "lesion_hu", "around_hu"])
 
 
+_FIG_DATA: dict = {}
+
+
+def figure(path: Path) -> None:
+    """Long diameter per type and the cross-study location distance, real beside demo."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    real, demo = _FIG_DATA["real"], _FIG_DATA["demo"]
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.4), gridspec_kw={"width_ratios": [2.2, 1]})
+    pos, data, colors = [], [], []
+    for i, t in enumerate(TYPES):
+        for j, (df, c) in enumerate(((real, "#4c72b0"), (demo, "#dd8452"))):
+            data.append(df.loc[df["coarse_type"] == t, "long_mm"].dropna().to_numpy())
+            pos.append(3 * i + j)
+            colors.append(c)
+    bp = a.boxplot(data, positions=pos, widths=0.8, showfliers=False, patch_artist=True)
+    for patch, c in zip(bp["boxes"], colors, strict=True):
+        patch.set_facecolor(c)
+    a.set_xticks([3 * i + 0.5 for i in range(len(TYPES))], list(TYPES.values()), fontsize=8)
+    a.set_ylabel("long diameter (mm)")
+    a.set_title("sizes per type: real (blue) and demo (orange)", fontsize=9)
+    bins = np.logspace(-3, 0, 30)
+    for key, name in (("real_near", "real"), ("demo_near", "demo")):
+        v = _FIG_DATA[key]
+        b.hist(v, bins=bins, weights=np.full(len(v), 1.0 / max(len(v), 1)), alpha=0.6,
+               label=name)
+    b.set_ylabel("share of lesions")
+    b.set_xscale("log")
+    b.set_xlabel("nearest lesion in another study (location)")
+    b.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=60)
+    plt.close(fig)
+
+
 def compare(real_dir: Path, demo_dir: Path) -> tuple[list[str], dict]:
     from deeplesion_lab.dl_info import read_dl_info
 
@@ -194,6 +232,7 @@ def compare(real_dir: Path, demo_dir: Path) -> tuple[list[str], dict]:
             rq, dq = _q(r), _q(d)
             rows.append((f"{name}, {TYPES[t]} (real n={len(r)})", _fmt_q(rq), _fmt_q(dq),
                          _verdict_q(rq, dq) if len(r) >= 4 else "n/a (few real)", ""))
+    _FIG_DATA.update({"real": real, "demo": demo, "real_near": rn, "demo_near": dn})
     lines = ["| statistic | real DeepLesion median [IQR] or share | demo | verdict | notes |",
              "|---|---|---|---|---|"]
     lines += [f"| {a} | {b} | {c} | {d} | {e} |" for a, b, c, d, e in rows]
@@ -241,6 +280,9 @@ def main() -> None:
         "",
     ]
     args.out.parent.mkdir(parents=True, exist_ok=True)
+    fig_path = args.out.with_suffix(".png")
+    figure(fig_path)
+    head += [f"![sizes per type and cross-study location distance]({fig_path.name})", ""]
     args.out.write_text("\n".join(head + lines) + "\n")
     print("\n".join(head + lines))
     if tmp is not None:
