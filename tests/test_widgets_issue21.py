@@ -231,3 +231,27 @@ def test_grid_front_end_is_self_contained():
     assert "export default" in js and "render" in js
     assert not re.search(r"^\s*import\s", js, re.M) and not re.search(r"https?://", js)
     assert "model.send(" not in js and "innerHTML" not in js
+
+
+# buttons where users expect them: snapshot and export in LesionLab -------------------------------
+def test_lesion_lab_snapshots_and_exports_but_a_bare_panel_refuses(run_copy):
+    from widgets import CorrectionPanel, LesionLab
+
+    lab = LesionLab(run_copy, user="alice")
+    panel = lab.corrections
+    assert panel.lab_actions
+    msg = panel.handle({"op": "snapshot", "name": "review 1"})
+    snaps = lab.store.list_snapshots()
+    assert "review 1" in set(snaps["name"]) and "--snapshot" in msg
+    msg = panel.handle({"op": "export", "format": "csv"})
+    path = Path(msg.rsplit(" ", 1)[-1])
+    assert path.parent == run_copy / "exports" and path.suffix == ".csv"
+    assert len(pd.read_csv(path)) == len(lab.model.data)
+    coco = Path(panel.handle({"op": "export", "format": "coco"}).rsplit(" ", 1)[-1])
+    assert coco.name.endswith(".coco.json") and coco.is_file()
+    with pytest.raises(LabError, match="csv or coco"):
+        panel.handle({"op": "export", "format": "xml"})
+    bare = CorrectionPanel(lab.model.corrections)  # e.g. the dashboard's: its own, role-checked
+    with pytest.raises(LabError, match="not offered here"):
+        bare.handle({"op": "snapshot", "name": "sneaky"})
+    assert "sneaky" not in set(lab.store.list_snapshots()["name"])

@@ -15,6 +15,7 @@
 //                        clear_selection | refresh | mark (not a lesion / unsure) | poll |
 //                        show_simulated
 //   status               {nonce, ok, message}  the answer to the last request
+//   lab_actions          bool: offer Snapshot and Export (requests snapshot {name}, export {format})
 //   show_simulated       bool: list the pipeline's simulated annotator's events in the history
 //                        (changed with the request op show_simulated {show})
 //   simulated            {events, lesions, users}: how many such events the store holds
@@ -158,6 +159,14 @@ function render({ model, el }) {
   const keysHelp = h("div", { class: "dlc-keys", title: "shortcuts work after a click in the lab, not while typing in a field" });
   keysHelp.append("keys: ", h("kbd", { text: "1" }), "–", h("kbd", { text: "9" }),
     " relabel the selection as the class numbered in the list · ", h("kbd", { text: "u" }), " undo");
+  const snapName = h("input", { type: "text", placeholder: "snapshot name (optional)" });
+  const snapBtn = h("button", { text: "Snapshot", title: "freeze the current labels (fine-tuning can train on them)" });
+  const csvBtn = h("button", { text: "Export CSV", title: "current labels to RUN_DIR/exports/" });
+  const cocoBtn = h("button", { text: "Export COCO", title: "key images, boxes and current labels to RUN_DIR/exports/" });
+  snapBtn.addEventListener("click", () => send("snapshot", { name: snapName.value || null, comment: comment.value || null }));
+  csvBtn.addEventListener("click", () => send("export", { format: "csv" }));
+  cocoBtn.addEventListener("click", () => send("export", { format: "coco" }));
+  const saveRow = h("div", { class: "dlc-row" }, snapName, snapBtn, csvBtn, cocoBtn);
   pages.correct.append(
     selBox,
     keysHelp,
@@ -170,6 +179,7 @@ function render({ model, el }) {
     h("div", { class: "dlc-sec", text: "Classes" }),
     h("div", { class: "dlc-row" }, newName, newColor, addBtn),
     h("div", { class: "dlc-row" }, undoBtn, redoBtn),
+    saveRow,
   );
 
   // ---- suggest page --------------------------------------------------------------------------
@@ -270,6 +280,7 @@ function render({ model, el }) {
     status.textContent = s.message || "";
     el.dataset.lastStatus = s.message || "";
   }
+  function syncActions() { saveRow.style.display = model.get("lab_actions") ? "" : "none"; }
   function syncUser() { userEl.textContent = `as ${model.get("user") || "?"}`; }
 
   const handlers = [
@@ -278,9 +289,10 @@ function render({ model, el }) {
     ["change:suggestions", syncSuggestions], ["change:history", syncHistory],
     ["change:status", syncStatus], ["change:user", syncUser],
     ["change:simulated", syncSimulated], ["change:show_simulated", syncSimulated],
+    ["change:lab_actions", syncActions],
   ];
   for (const [ev, fn] of handlers) model.on(ev, fn);
-  syncUser(); syncClasses(); syncClusters(); syncSuggestions(); syncHistory(); syncStatus(); syncSimulated();
+  syncUser(); syncClasses(); syncClusters(); syncSuggestions(); syncHistory(); syncStatus(); syncSimulated(); syncActions();
   show("correct");
 
   // ---- keyboard shortcuts --------------------------------------------------------------------

@@ -68,6 +68,9 @@ class CorrectionPanel(anywidget.AnyWidget):
         How many lesions "suggest next" lists.
     poll_seconds : float, default 5
         How often the front end asks for other annotators' changes (0: never).
+    lab_actions : bool, default False
+        Offer *Snapshot* and *Export* (``LesionLab`` turns them on; the dashboard has its own,
+        role-checked ones, so its panel refuses these requests).
     show_simulated : bool, default False
         List the pipeline's simulated annotator's corrections in the history too (a demo run's
         pipeline makes some before fine-tuning; the panel says how many it hides).
@@ -92,6 +95,7 @@ class CorrectionPanel(anywidget.AnyWidget):
     poll_seconds = t.Float(5.0).tag(sync=True)
     show_simulated = t.Bool(False).tag(sync=True)
     simulated = t.Dict().tag(sync=True)
+    lab_actions = t.Bool(False).tag(sync=True)
 
     def __init__(self, model: CorrectionModel, n_suggestions: int = 20, **kwargs):
         super().__init__(**kwargs)
@@ -237,6 +241,13 @@ class CorrectionPanel(anywidget.AnyWidget):
             return "up to date with the store"
         if op == "poll":
             return "others' changes loaded" if m.labels.poll() else ""
+        if op in ("snapshot", "export"):
+            if not self.lab_actions:
+                raise LabError(f"{op} is not offered here")
+            if op == "snapshot":
+                sid = m.snapshot(str(req.get("name") or ""), comment)
+                return f"snapshot {sid} saved: fine-tune on it with `deeplesion-lab finetune --snapshot {sid}`"
+            return f"labels exported to {m.export(str(req.get('format') or 'csv'))}"
         if op == "show_simulated":
             self.show_simulated = bool(req.get("show"))
             sim = self.simulated or {}

@@ -55,7 +55,7 @@ class LesionLab(ipw.Box):
         m = self.model
         self.viewer = SliceViewer(m.viewer, canvas_size=size)
         self.map = EmbeddingMap(m.map, canvas_size=size)
-        self.corrections = CorrectionPanel(m.corrections)
+        self.corrections = CorrectionPanel(m.corrections, lab_actions=True)
         self.gallery = SimilarGallery(m.gallery)
         self.grid = LesionGrid(m.grid)
         self.corrections.lesion_requested.connect(self._show_and_select)

@@ -839,6 +839,42 @@ class CorrectionModel:
         self.done.emit(f"redone: {res.target_op} of {len(res.lesion_ids)} lesion(s)")
         return res
 
+    def snapshot(self, name: str | None = None, comment: str | None = None) -> int:
+        """Freeze the current labels (a label-store snapshot; fine-tuning can train on it).
+
+        ``name`` defaults to the user and the time. Returns the snapshot id.
+        """
+        import time
+
+        store = self.labels.need_store()
+        name = (name or "").strip() or f"{self.labels.user} {time.strftime('%Y-%m-%d %H:%M:%S')}"
+        sid = int(store.snapshot(name, self.labels.user, comment))
+        self.done.emit(f"snapshot {name!r} saved (id {sid})")
+        return sid
+
+    def export(self, fmt: str = "csv") -> Path:
+        """Write the current labels to ``RUN_DIR/exports/labels-<time>.csv`` (``fmt="csv"``) or
+        a COCO detection JSON (``fmt="coco"``, key images and boxes with the current labels)."""
+        import time
+
+        from deeplesion_lab.labels.export import export_coco, export_labels
+
+        store = self.labels.need_store()
+        run = self.data.run
+        if run is None:
+            raise CorrectionError("exports go to a run directory; this lab has none")
+        if fmt not in ("csv", "coco"):
+            raise CorrectionError(f"export as csv or coco, not {fmt!r}")
+        folder = run.path / "exports"
+        folder.mkdir(exist_ok=True)
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        if fmt == "csv":
+            path = export_labels(store, folder / f"labels-{stamp}.csv")
+        else:
+            path = export_coco(store, folder / f"labels-{stamp}.coco.json", run.load_manifest())
+        self.done.emit(f"labels exported to {path}")
+        return Path(path)
+
     # views -------------------------------------------------------------------------------------
     def clusters(self) -> pd.DataFrame:
         """``cluster, label, n`` for every mined cluster (label = most common current label)."""
