@@ -59,6 +59,10 @@ def _labels(store: LabelStore) -> dict[str, str]:
     return dict(zip(cur["lesion_id"].astype(str), cur["label"].astype(str), strict=True))
 
 
+def _tab(dash: Dashboard, name: str) -> int:
+    return [o.name for o in dash.tabs.objects].index(name)
+
+
 def _point_ids(dash: Dashboard, points) -> list[str]:
     return [dash.lab.map.lesion_at(int(p)) for p in points]
 
@@ -123,8 +127,22 @@ def test_annotator_relabel_goes_through_the_store_with_the_user(ctx):
     assert all(names[codes[p]] == "liver" for p in pts), "the session's map recoloured"
     d.view()
     assert "checked" not in d.history.object, "tables out of view are rendered lazily"
-    d.tabs.active = 1  # the History tab, as a click in the browser sets it
+    d.tabs.active = _tab(d, "History")  # as a click in the browser sets it
     assert "checked" in d.history.object and "ann" in d.history.object
+
+
+def test_the_3d_tab_loads_the_viewers_lesion_only_when_opened(ctx):
+    d = _dash(ctx, "vic")
+    d.view()
+    assert d.volume.volume == b"", "a closed tab loads nothing"
+    d.tabs.active = _tab(d, "3-D")
+    shape = d.volume.volume_shape
+    assert d.volume.lesion_id == d.lab.viewer.lesion_id and shape[1] > 0
+    assert len(d.volume.volume) == 2 * shape[0] * shape[1] * shape[2], "int16 bytes"
+    other = d.lab.map.lesion_at(3)
+    d.lab.show_lesion(other)
+    assert d.volume.lesion_id == other, "the 3-D view follows the viewer"
+    d.close()
 
 
 def test_viewer_cannot_change_labels(ctx):
@@ -222,8 +240,8 @@ def test_admin_snapshot_and_html_is_shown_as_text(ctx):
     assert sid is not None
     snaps = ctx.store.list_snapshots()
     assert "<script>alert(2)</script>" in set(snaps["name"])
-    root.tabs.active = 1
-    root.tabs.active = 2
+    root.tabs.active = _tab(root, "History")
+    root.tabs.active = _tab(root, "Metrics")
     for pane in (root.history, root.metrics, root.message, root.header):
         text = pane.object
         assert "<img src=x" not in text and "<script>" not in text and "<b>bold" not in text

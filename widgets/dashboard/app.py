@@ -604,6 +604,7 @@ class Dashboard:
         from ..models import LabModel
         from ..similar_gallery import SimilarGallery
         from ..slice_viewer import SliceViewer
+        from ..volume_view import VolumeView
 
         self.ctx = context
         self.user = user
@@ -615,10 +616,13 @@ class Dashboard:
         self.panel_widget = CorrectionPanel(self.lab.corrections)
         self.panel_widget.lesion_requested.connect(self.lab.show_lesion)
         self.gallery_widget = SimilarGallery(self.lab.gallery)
+        # the lesion in 3-D, following the viewer; loaded only while its tab is open
+        self.volume_widget = VolumeView(self.lab.viewer, canvas_size=300, active=False)
         self.gallery_widget.lesion_requested.connect(self.lab.show_lesion)
         self.map = panel_twin(EmbeddingMap)()
         self.viewer = panel_twin(SliceViewer)()
         self.gallery = panel_twin(SimilarGallery)()
+        self.volume = panel_twin(VolumeView)()
         self.corrections = panel_twin(CorrectionPanel)(
             visible=user.can("relabel"), min_width=320
         )
@@ -627,6 +631,7 @@ class Dashboard:
             TraitBridge(self.viewer_widget, self.viewer),
             TraitBridge(self.panel_widget, self.corrections, guard=self._guard_request),
             TraitBridge(self.gallery_widget, self.gallery),
+            TraitBridge(self.volume_widget, self.volume),
         ]
         self.message = _html("", margin=(4, 0), sizing_mode="stretch_width")
         self.header = _html(self._header_html(), sizing_mode="stretch_width", margin=(0, 0, 8, 0))
@@ -778,6 +783,7 @@ class Dashboard:
 
     def _refresh_visible(self, *_events) -> None:
         name = self.tabs.objects[self.tabs.active].name if self.tabs is not None else None
+        self.volume_widget.active = name == "3-D"  # a closed tab loads no volume
         if name in self._stale:
             self._stale.discard(name)
             (self._refresh_history if name == "History" else self._refresh_metrics)()
@@ -950,7 +956,14 @@ class Dashboard:
             self.history,
             name="History",
         )
-        tabs = [annotate, history, pn.Column(self.metrics, name="Metrics", max_width=900)]
+        volume = pn.Column(
+            _html("<div class='dl-muted'>The selected lesion's series in three planes and 3-D "
+                  "(the slices on disk around its key slice).</div>"),
+            self.volume,
+            name="3-D",
+        )
+        tabs = [annotate, volume, history,
+                pn.Column(self.metrics, name="Metrics", max_width=900)]
         if self.user.can("snapshot"):
             tabs.append(
                 pn.Column(

@@ -53,10 +53,11 @@ def _register_twin_models(content) -> None:
     from ..embedding_map import EmbeddingMap
     from ..similar_gallery import SimilarGallery
     from ..slice_viewer import SliceViewer
+    from ..volume_view import VolumeView
     from .app import panel_twin
 
     models = {}
-    for w in (EmbeddingMap, SliceViewer, CorrectionPanel, SimilarGallery):
+    for w in (EmbeddingMap, SliceViewer, CorrectionPanel, SimilarGallery, VolumeView):
         models[f"Panel{w.__name__}"] = panel_twin(w)._data_model
     text = json.dumps(content)
     for name, base in set(re.findall(r'"name": "((Panel[A-Za-z]+?)\d+)"', text)):

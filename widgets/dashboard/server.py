@@ -194,6 +194,8 @@ def make_server(
         "include_headers": [],
         # and it is signed, so a page cannot claim another user's name
         "sign_sessions": True,
+        # a lesion's sub-volume travels in one message (512x512x60 int16 is 31 MiB)
+        "websocket_max_message_size": 128 * 1024 * 1024,
         "secret_key": session_secret(secret),
     }
     if auth is not None:
