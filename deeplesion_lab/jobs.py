@@ -48,6 +48,7 @@ __all__ = [
     "run_job",
     "start_job",
     "wait_for_jobs",
+    "wait_with_progress",
 ]
 
 STATES = ("starting", "running", "done", "failed", "interrupted")
@@ -385,6 +386,54 @@ def wait_for_jobs(
             raise LabError(f"jobs still running after {timeout:.0f} s: "
                            + ", ".join(r.name for r in recs if r.state == "running"))
         time.sleep(poll_s)
+
+
+def wait_with_progress(
+    run: str | Path | RunDir, names: Sequence[str] | None = None, *, poll_s: float = 2.0
+) -> list[JobRecord]:
+    """Wait for the run's running jobs with one progress bar each (a notebook widget in
+    Jupyter), saying what is waited for; returns at once when nothing runs.
+
+    Notebooks that need a background step's output (``make lab`` trains the detectors in the
+    background) call this first, so they show the training's progress and ETA, then go on
+    with its results, with no kernel restart.
+
+    Raises
+    ------
+    LabError
+        A job it waited for failed (its name and log).
+    """
+    from tqdm.auto import tqdm
+
+    run = run if isinstance(run, RunDir) else RunDir(run)
+    waiting = [r for r in read_jobs(run) if r.state in ("starting", "running")
+               and (names is None or r.name in names)]
+    if not waiting:
+        return []
+    print("waiting for the background job(s) " + ", ".join(r.name for r in waiting)
+          + f" of {run.path} (`deeplesion-lab jobs --run {run.path}`)", flush=True)
+    bars = {r.name: tqdm(total=1000, desc=r.name, unit="‰", leave=True) for r in waiting}
+    try:
+        while True:
+            recs = {r.name: r for r in read_jobs(run) if r.name in bars}
+            for name, bar in bars.items():
+                rec = recs.get(name)
+                if rec is None:
+                    continue
+                bar.n = int(1000 * (rec.progress or 0.0))
+                eta = f"ETA {_fmt_s(rec.eta_s)}" if rec.eta_s and rec.state == "running" else ""
+                bar.set_postfix_str(f"{rec.state} {eta} {rec.message[-40:]}".strip(), refresh=True)
+            if all(r.state not in ("starting", "running") for r in recs.values()):
+                break
+            time.sleep(poll_s)
+    finally:
+        for bar in bars.values():
+            bar.close()
+    failed = [r for r in recs.values() if r.state != "done"]
+    if failed:
+        raise LabError("; ".join(f"job {r.name!r} {r.state} ({r.message}); log {r.log}"
+                                 for r in failed))
+    return list(recs.values())
 
 
 @contextlib.contextmanager

@@ -141,3 +141,42 @@ def test_job_names_are_checked(run_dir):
     with pytest.raises(LabError, match="job name"):
         run_job(run_dir, "../escape", ["--help"])
     assert pd.Series(os.listdir(run_dir)).str.contains("escape").sum() == 0
+
+
+def test_a_notebook_waits_for_a_background_job_then_shows_its_output(run_dir, tmp_path):
+    """nbclient runs a notebook while a job runs: it shows the wait and then the job's result."""
+    import nbformat
+    from nbclient import NotebookClient
+
+    run = _copy(run_dir, tmp_path / "run")
+    out = tmp_path / "demo-out"
+    nb = nbformat.v4.new_notebook(cells=[
+        nbformat.v4.new_code_cell(
+            "from deeplesion_lab.jobs import wait_with_progress\n"
+            f"recs = wait_with_progress({str(run)!r}, poll_s=0.2)\n"
+            "print('waited for', [r.name for r in recs])"),
+        nbformat.v4.new_code_cell(
+            "import pandas as pd\n"
+            f"print('rows', len(pd.read_csv({str(out / 'DL_info.csv')!r})))"),
+    ])
+    client = NotebookClient(nb, timeout=300, kernel_name="python3")
+    with client.setup_kernel():  # the kernel is up: the job starts, then the cells run
+        start_job(run, "make-demo", ["demo-data", "--out", str(out), "--patients", "4",
+                                     "--seed", "3"])
+        for i, cell in enumerate(nb.cells):
+            client.execute_cell(cell, i)
+    text = "".join(o.get("text", "") for c in nb.cells for o in c.outputs)
+    assert "waiting for the background job(s) make-demo" in text
+    assert "waited for ['make-demo']" in text and "rows " in text
+    assert read_job(run, "make-demo").state == "done"
+
+
+def test_waiting_for_a_failed_job_says_which_and_where_its_log_is(run_dir, tmp_path):
+    from deeplesion_lab.errors import LabError
+    from deeplesion_lab.jobs import wait_with_progress
+
+    run = _copy(run_dir, tmp_path / "run")
+    start_job(run, "broken", ["train-detector", "--run", str(run), "--classes", "pseudo", *SMALL])
+    with pytest.raises(LabError, match="job 'broken' failed.*broken.log"):
+        wait_with_progress(run, poll_s=0.1)
+    assert wait_with_progress(run) == [], "nothing runs: no wait"

@@ -68,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
 def _run_in_background(args: argparse.Namespace, cfg) -> int:
     import dataclasses
 
-    from ..jobs import start_job
+    from ..jobs import JobBusy, start_job
     from ..pipeline import run_pipeline
 
     run_pipeline(dataclasses.replace(cfg, detector=False, graph=False), force=args.force)
@@ -81,7 +81,12 @@ def _run_in_background(args: argparse.Namespace, cfg) -> int:
     argv += ["--clusters", cfg.clusters] if cfg.clusters else []
     argv += ["--no-detector"] if not cfg.detector else []
     argv += ["--no-graph"] if not cfg.graph else []
-    rec = start_job(cfg.run_dir, "pipeline", argv)
+    try:
+        rec = start_job(cfg.run_dir, "pipeline", argv)
+    except JobBusy:
+        print(f"[pipeline] the long steps are already running in the background; follow them "
+              f"with `deeplesion-lab jobs --run {cfg.run_dir}`", flush=True)
+        return 0
     print(f"[pipeline] the long steps run in the background (job 'pipeline', pid {rec.pid}, "
           f"log {rec.log}); follow them with `deeplesion-lab jobs --run {cfg.run_dir}`",
           flush=True)
