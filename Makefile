@@ -33,6 +33,10 @@ $(STAMP): requirements.txt pyproject.toml
 	$(BIN)/python -m pip install --disable-pip-version-check -q -r requirements.txt
 	$(BIN)/python -m pip install --disable-pip-version-check -q --no-deps --no-build-isolation -e .
 	$(BIN)/python -m deeplesion_lab.maps --warm
+	@# the lab's own JupyterLab settings (not the user's): no news pop-up, no update check
+	@mkdir -p $(VENV)/share/jupyter/lab/settings
+	@echo '{"@jupyterlab/apputils-extension:notification": {"fetchNews": "false", "checkForUpdates": false}}' \
+	  > $(VENV)/share/jupyter/lab/settings/overrides.json
 	@touch $@
 
 # Browser tests drive Debian's chromium with Playwright (Playwright's own download is impossible).
@@ -60,6 +64,10 @@ pipeline: $(STAMP) $(MANIFEST)
 	$(BIN)/deeplesion-lab pipeline --manifest $(MANIFEST) --run $(RUN_DIR) \
 	  --truth $(DEMO_DIR)/truth.parquet $(PIPELINE_ARGS)
 
+# make lab: the quick steps run first, then JupyterLab opens while the long ones (detectors,
+# fine-tuning, lesion graph) run as background jobs of the run (deeplesion-lab jobs --run RUN);
+# notebooks 4 and 5 show their progress and wait for them.
+lab: PIPELINE_ARGS += --background
 lab: pipeline
 	@echo "Report of the run: $(RUN_DIR)/report.html"
 	@# Jupyter runs in the background so that its real URL (token, and the port it took, which
