@@ -3,7 +3,7 @@
 Usage::
 
     .venv/bin/python bench/bench_embedding.py [--demo-patients 24] [--epochs 6] [--skip-demo]
-        [--real ../shared/deeplesion_real] [--out bench/results/embedding.md]
+        [--real ../shared/deeplesion_real] [--out bench/results/embedding_bench.md]
 
 Measures, on this machine's 2 CPU cores:
 
@@ -291,7 +291,7 @@ def main() -> None:
     ap.add_argument("--skip-demo", action="store_true")
     ap.add_argument("--skip-umap", action="store_true")
     ap.add_argument("--real", type=Path, default=REPO.parent / "shared" / "deeplesion_real")
-    ap.add_argument("--out", type=Path, default=HERE / "results" / "embedding.md")
+    ap.add_argument("--out", type=Path, default=HERE / "results" / "embedding_bench.md")
     args = ap.parse_args()
     import torch
 

@@ -78,6 +78,9 @@ def test_mine_writes_pseudo_labels_and_map(made):
     assert 3 <= mining["k"] <= 6 and mining["k_chosen_by"] == "silhouette"
     assert len(mining["k_scores"]) == 4 and mining["n_rounds"] >= 1
     assert all(0 <= v <= 1 for v in mining["round_nmi"])
+    # the run records a truth file: each round's NMI to it (before the rounds, then each)
+    assert len(mining["round_nmi_truth"]) == mining["n_rounds"] + 1
+    assert all(0 <= v <= 1 for v in mining["round_nmi_truth"])
 
 
 def test_evaluate_metrics_json(made):

@@ -35,6 +35,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=32, help="sequences (5 patches) per step")
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--type-weight", type=float, default=None,
+                   help="weight of the cross-entropy on the sampler's known types (default: "
+                        "the LesionEmbedder default; 0 for triplets only)")
+    p.add_argument("--uniformity-weight", type=float, default=None,
+                   help="weight of the uniformity loss against collapse (default: the "
+                        "LesionEmbedder default; 0 disables it)")
     p.add_argument("--sampler-types", choices=("seed+val", "seed", "none"), default="seed+val",
                    help="whose coarse types the sampler may use: the evaluation protocol's seed "
                         "and val lesions (default), seeds only, or none (location and size "
@@ -118,6 +124,9 @@ def run(args: argparse.Namespace) -> int:
         lr=args.lr, seed=args.seed, num_threads=args.threads, progress=progress,
         pretrained=str(args.pretrained) if args.pretrained else None,
     )
+    for name in ("type_weight", "uniformity_weight"):
+        if getattr(args, name) is not None:
+            emb.set_params(**{name: getattr(args, name)})
     ckpt = run_dir.path / "embedder.pt"
     record = ckpt.with_suffix(".json")
     params = {k: v for k, v in emb.get_params().items() if k not in ("progress", "num_threads")}

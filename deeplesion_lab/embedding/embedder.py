@@ -83,10 +83,16 @@ class LesionEmbedder(TransformerMixin, BaseEstimator):
         Weight of an optional auxiliary self-supervised loss added to the paper's triplet loss:
         a linear head regresses the lesion's normalised location and log size from the
         embedding (both come with every lesion, no manual label). 0 disables it.
-    type_weight : float, default 0.0
+    type_weight : float, default 1.0
         Weight of a cross-entropy loss on the lesions whose type the sampler knows (``y >= 1``),
         through a temporary cosine-classifier head, added to the triplet loss. It uses no label
-        the sampler does not already use. 0 disables it.
+        the sampler does not already use; it costs nothing measurable. 0 gives the paper's
+        triplet loss alone (the default before issue 15; ``bench/results/embedding.md`` compares
+        them).
+    uniformity_weight : float, default 0.0
+        Weight of the uniformity loss of Wang and Isola (ICML 2020), ``log mean exp(-2 |zi -
+        zj|^2)`` over the batch's distinct lesions, added to the triplet loss: it spreads the
+        embeddings over the sphere against collapse onto a few directions. 0 disables it.
     propagate_types : int, default 0
         Self-training of the sampler: every ``propagate_types`` epochs the current network
         embeds every lesion, lesions of unknown type get the type of their nearest known-type
@@ -136,7 +142,8 @@ class LesionEmbedder(TransformerMixin, BaseEstimator):
         margin: float = 0.1,
         n_neighbors: int = 20,
         aux_weight: float = 0.0,
-        type_weight: float = 0.0,
+        type_weight: float = 1.0,
+        uniformity_weight: float = 0.0,
         propagate_types: int = 0,
         propagate_min_share: float = 0.6,
         propagate_neighbors: int = 5,
@@ -158,6 +165,7 @@ class LesionEmbedder(TransformerMixin, BaseEstimator):
         self.n_neighbors = n_neighbors
         self.aux_weight = aux_weight
         self.type_weight = type_weight
+        self.uniformity_weight = uniformity_weight
         self.propagate_types = propagate_types
         self.propagate_min_share = propagate_min_share
         self.propagate_neighbors = propagate_neighbors
@@ -261,6 +269,11 @@ class LesionEmbedder(TransformerMixin, BaseEstimator):
                     if self.aux_weight:
                         aux_loss = torch.nn.functional.mse_loss(aux(e), targets[idx])
                         loss = loss + self.aux_weight * aux_loss
+                    if self.uniformity_weight:
+                        _, first = np.unique(idx, return_index=True)
+                        z = e[torch.from_numpy(np.sort(first))]
+                        sq = torch.pdist(z).pow(2)
+                        loss = loss + self.uniformity_weight * sq.mul(-2.0).exp().mean().log()
                     if use_types:
                         kt = known_t[idx]
                         has = kt >= 1
