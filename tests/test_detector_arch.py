@@ -223,3 +223,30 @@ def test_cli_train_detect_with_arch(data, tmp_path, capsys) -> None:
                  "1", "--arch", "fasterrcnn", *small])
     assert code == 2 and "params.arch" in capsys.readouterr().err
     assert (run.detector_dir / "single" / "model.pt").read_bytes() == before
+
+
+def test_command_defaults_per_architecture() -> None:
+    import argparse
+
+    from deeplesion_lab.detection.workflow import (
+        DEFAULT_ARCH,
+        TRAIN_EPOCHS,
+        add_model_arguments,
+        add_training_arguments,
+        detector_params,
+    )
+
+    p = argparse.ArgumentParser()
+    add_model_arguments(p)
+    add_training_arguments(p)
+    d = detector_params(p.parse_args([]), new=True)
+    assert d["arch"] == DEFAULT_ARCH and d["epochs"] == TRAIN_EPOCHS[DEFAULT_ARCH]
+    f = detector_params(p.parse_args(["--arch", "fasterrcnn"]), new=True)
+    assert (f["arch"], f["epochs"]) == ("fasterrcnn", TRAIN_EPOCHS["fasterrcnn"])
+    assert detector_params(p.parse_args(["--epochs", "7"]), new=True)["epochs"] == 7
+    with pytest.raises(SystemExit):
+        p.parse_args(["--arch", "yolo"])
+    # a loaded model keeps its epochs unless --epochs is given
+    ft = argparse.ArgumentParser()
+    add_training_arguments(ft, finetune=True)
+    assert "epochs" not in detector_params(ft.parse_args([]), new=False)

@@ -55,10 +55,9 @@ def run(args: argparse.Namespace) -> int:
     run_dir = RunDir(args.run)
     run_dir.info()
     class_map = parse_class_map(args.class_map)
-    params = {"epochs": args.epochs,
-              "device": args.device, "num_threads": args.threads,
+    params = {"device": args.device, "num_threads": args.threads,
               "progress": not args.no_progress}
-    for key in ("lr", "batch_size", "unannotated", "seed"):
+    for key in ("epochs", "lr", "batch_size", "unannotated", "seed"):
         if getattr(args, key) is not None:
             params[key] = getattr(args, key)
     labels, source = resolve_finetune_labels(run_dir, args.labels, args.snapshot, user=args.user,

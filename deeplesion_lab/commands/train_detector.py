@@ -11,10 +11,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser(
         "train-detector",
-        help="train a Faster R-CNN lesion detector (single class or pseudo-label classes)",
+        help="train a lesion detector (single class or pseudo-label classes; --arch)",
         description=(
-            "Train a Faster R-CNN lesion detector on the training key slices of RUN_DIR's "
-            "manifest (3-slice context, spacing-normalised, windowed, augmented). "
+            "Train a lesion detector (--arch: centernet by default, fasterrcnn, fcos) on the "
+            "training key slices of RUN_DIR's manifest (3-slice context, spacing-normalised, windowed, augmented). "
             "--classes single: one class 'lesion'; --classes pseudo: the mined pseudo-labels "
             "of RUN_DIR/pseudo_labels.parquet as classes (the model still gives a "
             "class-agnostic lesion score); --labels TABLE: the classes of a labels table. "

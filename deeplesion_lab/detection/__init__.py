@@ -1,10 +1,12 @@
-"""Lesion detection: a Faster R-CNN detector, the DeepLesion FROC evaluation, fine-tuning.
+"""Lesion detection: CenterNet / Faster R-CNN / FCOS detectors, FROC evaluation, fine-tuning.
 
 - :mod:`.froc`: the official evaluation (sensitivity at 0.5-16 FPs per image), predictions CSV;
 - :mod:`.dataset`: key slices with 3-slice context, spacing-normalised, windowed, augmented,
   with ignore regions for unannotated lesions;
-- :mod:`.model`: torchvision Faster R-CNN (MobileNetV3-FPN by default) with ignore regions and
-  a class-agnostic lesion score;
+- :mod:`.centernet`: the commands' default detector, a CenterNet-style heatmap detector on a
+  small U-Net (several times more training windows per CPU-second than the Faster R-CNN);
+- :mod:`.model`: torchvision Faster R-CNN (MobileNetV3-FPN) with ignore regions and a
+  class-agnostic lesion score (``--arch fasterrcnn``), torchvision FCOS (``--arch fcos``);
 - :mod:`.train`: :class:`LesionDetector` (fit, predict, save, load, resume, lineage);
 - :mod:`.labels_table`: labels tables, label-store snapshots, class maps;
 - :mod:`.plots`: FROC PNG and interactive HTML.
@@ -14,7 +16,8 @@ The torch-based names (:class:`LesionDetector`, :func:`build_detector`,
 
 Commands (see :mod:`.workflow` for what each writes)::
 
-    deeplesion-lab train-detector --run RUN [--classes single|pseudo|labels] [--epochs N]
+    deeplesion-lab train-detector --run RUN [--classes single|pseudo|labels] [--arch NAME]
+                                  [--epochs N]
     deeplesion-lab detect --run RUN --out PRED.csv [--split test|val|train|all] [--model NAME]
     deeplesion-lab evaluate-detector PRED.csv --manifest MANIFEST [--split test] [--run RUN]
     deeplesion-lab finetune --run RUN [--labels LABELS | --snapshot ID] [--epochs N]

@@ -43,8 +43,19 @@ __all__ = [
 ]
 
 
-#: Architecture of a new detector when ``--arch`` is not given.
-DEFAULT_ARCH = "fasterrcnn"
+#: Architecture of a new detector when ``--arch`` is not given: the CenterNet-style detector,
+#: which won the same-CPU-budget comparison (``bench/results/detector_arch.md``).
+DEFAULT_ARCH = "centernet"
+
+#: Default epochs of a new detector per architecture (``train-detector`` without ``--epochs``):
+#: about 4 CPU-minutes each at the demo's 24 patients for the centernet.
+TRAIN_EPOCHS = {"centernet": 128, "fasterrcnn": 10, "fcos": 10}
+
+#: Default fine-tuning epochs per architecture (``finetune`` without ``--epochs``).
+FINETUNE_EPOCHS = {"centernet": 30, "fasterrcnn": 3, "fcos": 3}
+
+#: Default width of a new centernet (``--width``).
+DEFAULT_WIDTH = 32
 
 #: Fine-tuning's default learning rate, relative to the base model's.
 FINETUNE_LR_FACTOR = 0.25
@@ -56,8 +67,10 @@ N_BOOT = 1000
 def add_training_arguments(p: argparse.ArgumentParser, *, finetune: bool = False) -> None:
     """Options shared by ``train-detector`` and ``finetune``."""
     g = p.add_argument_group("training")
-    g.add_argument("--epochs", type=int, default=3 if finetune else 10,
-                   help=f"epochs (default {3 if finetune else 10})")
+    table = FINETUNE_EPOCHS if finetune else TRAIN_EPOCHS
+    g.add_argument("--epochs", type=int, default=None,
+                   help="epochs (default per architecture: "
+                        + ", ".join(f"{k} {v}" for k, v in table.items()) + ")")
     g.add_argument("--batch-size", type=int, default=None, help="images per step (default 4)")
     if finetune:
         g.add_argument("--lr", type=float, default=None,
@@ -101,7 +114,7 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
                         "(torchvision's Faster R-CNN, for a GPU and a local ImageNet file) or "
                         "fcos (torchvision's FCOS)")
     g.add_argument("--width", type=int, default=None,
-                   help="channels of the centernet's first stage (default 16)")
+                   help=f"channels of the centernet's first stage (default {DEFAULT_WIDTH})")
     g.add_argument("--backbone", choices=BACKBONES, default="mobilenet_v3_large_fpn")
     g.add_argument("--backbone-weights", type=Path, default=None, metavar="FILE",
                    help="local classification checkpoint for the backbone (never downloaded)")
@@ -136,7 +149,7 @@ def detector_params(args: argparse.Namespace, *, new: bool) -> dict[str, Any]:
         "num_threads": args.threads,
         "progress": not args.no_progress,
     }
-    if hasattr(args, "epochs"):
+    if getattr(args, "epochs", None) is not None:
         out["epochs"] = args.epochs
     for opt, key in [("batch_size", "batch_size"), ("lr", "lr"), ("unannotated", "unannotated"),
                      ("seed", "seed")]:
@@ -150,9 +163,11 @@ def detector_params(args: argparse.Namespace, *, new: bool) -> dict[str, Any]:
         crop = args.train_crop if args.train_crop is not None else (None if cuda else 128)
         if args.train_crop is None and crop is not None and crop >= args.image_size:
             crop = None  # the default window is no smaller than the canvas: whole images
+        arch = args.arch or DEFAULT_ARCH
+        out.setdefault("epochs", TRAIN_EPOCHS[arch])
         out.update(
-            arch=args.arch or DEFAULT_ARCH,
-            width=args.width or 16,
+            arch=arch,
+            width=args.width or DEFAULT_WIDTH,
             optimizer=optimizer,
             window=parse_window(args.window),
             train_crop=crop or None,
@@ -352,6 +367,8 @@ def run_finetune(
 
     base = base or latest_model(run, multi_class=True)
     base_name, det = load_detector(run, base, **dict(params or {}))
+    if "epochs" not in dict(params or {}):
+        det.set_params(epochs=FINETUNE_EPOCHS.get(det.arch, 3))
     if "lr" not in dict(params or {}):  # a quarter of the base model's learning rate
         det.set_params(lr=det.lr * FINETUNE_LR_FACTOR)
     labels = apply_class_map(labels, dict(class_map or {}))
