@@ -36,8 +36,8 @@ class PipelineConfig:
     source_csv: Path | None = None
     embed_epochs: int = 10
     clusters: int | None = None
-    detector_epochs: int = 48
-    finetune_epochs: int = 10
+    detector_epochs: int = 128
+    finetune_epochs: int = 30
     detector_processes: int = 2
     correction_share: float = 0.5
     annotator: str = "demo-annotator"
