@@ -13,12 +13,10 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import http.client
 import re
 import sys
 import tempfile
 import time
-import urllib.parse
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -30,22 +28,12 @@ from dashboard_fixtures import (  # noqa: E402
     fresh_run,
     http_client,
     login,
+    login_from,
     make_users,
     request,
 )
 
 OUT = HERE / "results" / "security_probes.md"
-
-
-def _from(url: str, source: str, user: str, password: str) -> int:
-    parts = urllib.parse.urlsplit(url)
-    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=20,
-                                      source_address=(source, 0))
-    body = urllib.parse.urlencode({"username": user, "password": password})
-    conn.request("POST", "/login", body, {"Content-Type": "application/x-www-form-urlencoded"})
-    status = conn.getresponse().status
-    conn.close()
-    return status
 
 
 def probes(srv) -> list[tuple[str, str]]:
@@ -82,10 +70,10 @@ def probes(srv) -> list[tuple[str, str]]:
     request(ann, srv.url + "/logout")
     rows.append(("a copy of the cookie after `/logout`", f"GET / -> {request(copy, srv.url + '/')[0]}"))
     for _ in range(6):
-        _from(srv.url, "127.0.0.2", "bob", "wrong")
+        login_from(srv.url, "127.0.0.2", "bob", "wrong")
     rows.append(("6 wrong passwords for bob from 127.0.0.2, then bob from 127.0.0.2",
-                 str(_from(srv.url, "127.0.0.2", "bob", USERS["bob"][1]))))
-    rows.append(("... and bob from 127.0.0.1", str(_from(srv.url, "127.0.0.1", "bob",
+                 str(login_from(srv.url, "127.0.0.2", "bob", USERS["bob"][1]))))
+    rows.append(("... and bob from 127.0.0.1", str(login_from(srv.url, "127.0.0.1", "bob",
                                                          USERS["bob"][1]))))
 
     async def garbage() -> None:

@@ -345,3 +345,17 @@ def login(base_url: str, user: str, password: str | None = None):
     if status != 302:
         raise AssertionError(f"login of {user} failed: {status} {re.sub(r'<[^>]+>', ' ', body)[:300]}")
     return opener, jar
+
+
+def login_from(base_url: str, source: str, user: str, password: str) -> int:
+    """``POST /login`` from a chosen loopback source address (``127.0.0.2``...); the status."""
+    import http.client
+
+    parts = urllib.parse.urlsplit(base_url)
+    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=20,
+                                      source_address=(source, 0))
+    body = urllib.parse.urlencode({"username": user, "password": password, "next": "/"})
+    conn.request("POST", "/login", body, {"Content-Type": "application/x-www-form-urlencoded"})
+    status = conn.getresponse().status
+    conn.close()
+    return status

@@ -5,14 +5,12 @@ the dashboard). Each test here failed before its fix."""
 from __future__ import annotations
 
 import asyncio
-import http.client
 import json
 import re
 import subprocess
 import sys
 import threading
 import time
-import urllib.parse
 from pathlib import Path
 
 import pytest
@@ -23,6 +21,7 @@ from dashboard_fixtures import (
     fresh_run,
     http_client,
     login,
+    login_from,
     make_users,
     request,
 )
@@ -202,24 +201,12 @@ def test_logout_ends_the_cookie_everywhere_and_the_open_page_can_no_longer_write
     assert "before logout" in comments and "after logout" not in comments
 
 
-def _login_from(base_url: str, source: str, user: str, password: str) -> int:
-    """POST /login from a chosen loopback source address; the HTTP status."""
-    parts = urllib.parse.urlsplit(base_url)
-    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=20,
-                                      source_address=(source, 0))
-    body = urllib.parse.urlencode({"username": user, "password": password, "next": "/"})
-    conn.request("POST", "/login", body, {"Content-Type": "application/x-www-form-urlencoded"})
-    status = conn.getresponse().status
-    conn.close()
-    return status
-
-
 def test_a_stranger_cannot_lock_a_user_out_of_their_own_machine(served):
     srv, _, _ = served
     for _ in range(6):
-        assert _login_from(srv.url, "127.0.0.2", "ann", "wrong-guess") in (401, 429)
-    assert _login_from(srv.url, "127.0.0.2", "ann", USERS["ann"][1]) == 429, "attacker locked"
-    assert _login_from(srv.url, "127.0.0.1", "ann", USERS["ann"][1]) == 302, "ann locked out"
+        assert login_from(srv.url, "127.0.0.2", "ann", "wrong-guess") in (401, 429)
+    assert login_from(srv.url, "127.0.0.2", "ann", USERS["ann"][1]) == 429, "attacker locked"
+    assert login_from(srv.url, "127.0.0.1", "ann", USERS["ann"][1]) == 302, "ann locked out"
 
 
 def test_an_admin_lifts_a_lockout(tmp_path, tmp_path_factory):
