@@ -30,7 +30,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="truth file (default: the run's, if it has one); enables evaluation")
     p.add_argument("--predictions", type=Path, default=None,
                    help="detections CSV (file_name,x1,y1,x2,y2,score,label) from `deeplesion-lab "
-                   "detect --split all`; default RUN_DIR/detector/predictions_all.csv if present")
+                   "detect --split all`; default the run's detector/predictions_pseudo_all.csv (or _single_all) if present")
     p.add_argument("--neighbors", type=int, default=10,
                    help="nearest-neighbour edges per node (default 10)")
     p.add_argument("--eval-split", type=int, default=3,

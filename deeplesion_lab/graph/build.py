@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 
 from ..atomic import write_csv, write_json, write_parquet
-from ..run import RunDir
+from ..run import LEGACY_PREDICTIONS_ALL, RunDir
 from .lesion_graph import LesionGraph, build_lesion_graph
 from .lesion_table import GraphError, LesionTable, lesion_table
 from .matching import LesionMatcher, matching_metrics, pair_labels, split_patients
@@ -93,9 +93,10 @@ def _has_detector(run: RunDir) -> bool:
 def _resolve_predictions(run: RunDir, predictions: str | Path | None) -> tuple[Path | None, str]:
     if predictions is not None:
         return Path(predictions), f"detections: {predictions}"
-    default = run.detector_dir / "predictions_all.csv"
-    if default.is_file():
-        return default, f"detections: {default} (found in the run; --predictions overrides)"
+    for default in (run.predictions_file("pseudo", "all"), run.predictions_file("single", "all"),
+                    run.detector_dir / LEGACY_PREDICTIONS_ALL):
+        if default.is_file():
+            return default, f"detections: {default} (found in the run; --predictions overrides)"
     if _has_detector(run):
         return None, "detections: none given; running the run's detector on the key slices"
     return None, (
@@ -300,7 +301,8 @@ def build_run_graph(
         Truth file; defaults to the run's (``run.json``). Needed for any evaluation.
     predictions : path, optional
         Detections (``file_name, x1, y1, x2, y2, score, label``) on the annotated key slices
-        and their neighbours; defaults to ``RUN_DIR/detector/predictions_all.csv`` if present.
+        and their neighbours; defaults to the run's detections on every key slice if present
+        (``RUN_DIR/detector/predictions_pseudo_all.csv``, then ``_single_all``).
         When none is given or found but the run has a detector, it is run on the key slices.
         Without detections or detector the missing-annotation step is skipped, with the reason.
     n_neighbors : int, default 10
