@@ -338,7 +338,7 @@ def write_markdown(path: Path, r: dict) -> None:
         f"other jobs, load average at the end {r['machine']['load_end']}; torch "
         f"{r['machine']['torch']}).",
         "",
-        f"Data: `generate_demo` with {d['patients']} patients, 256 px slices (~1.6 mm/px): "
+        f"Data: `generate_demo` with {d['patients']} patients, {a['size']} px slices: "
         f"{d['lesions']} annotated lesions; key slices train/val/test "
         f"{d['key_slices']['train']}/{d['key_slices']['val']}/{d['key_slices']['test']}; the "
         f"truth file has {d['truth_instances']} lesion instances, {d['unannotated']} of them "
