@@ -175,13 +175,15 @@ _BAR = re.compile(r"(?P<desc>[^\r\n|]*?):?\s*\d+%\|[^|]*\|\s*(?P<n>\d+)/(?P<tota
                   r"(?:\s*\[(?P<info>[^\]]*)\])?")
 _OUTER = re.compile(r"(?:epoch|round)\s+(\d+)/(\d+)", re.I)
 _LOSS = re.compile(r"loss[=:]\s*([-+0-9.eE]+)")
+_STEP = re.compile(r"\(step (\d+)/(\d+)\)")  # the pipeline's steps: bars are parts of a step
 
 
 class ProgressParser:
     """Reads a command's output and keeps its overall progress, from tqdm bars.
 
     A bar described ``epoch K/N`` (the detector's) counts as epoch ``K`` of ``N``, its items as
-    the part of that epoch; any other bar as ``n/total``. ``loss=...`` in a bar or a line is the
+    the part of that epoch; any other bar as ``n/total``. After a pipeline's ``(step K/N)``
+    line, bars count as parts of step ``K`` of ``N``. ``loss=...`` in a bar or a line is the
     message and goes into ``losses``.
     """
 
@@ -190,6 +192,7 @@ class ProgressParser:
         self.message = ""
         self.losses: list[float] = []
         self._tail = ""
+        self._step: tuple[int, int] | None = None
 
     def feed(self, text: str) -> None:
         parts = re.split(r"[\r\n]", self._tail + text)
@@ -198,6 +201,12 @@ class ProgressParser:
             self._line(line)
 
     def _line(self, line: str) -> None:
+        step = _STEP.search(line)
+        if step:
+            self._step = (int(step[1]), max(int(step[2]), 1))
+            self.fraction = (self._step[0] - 1) / self._step[1]
+            self.message = line.strip()[-120:]
+            return
         m = _BAR.search(line)
         if m:
             n, total = int(m["n"]), max(int(m["total"]), 1)
@@ -208,6 +217,9 @@ class ProgressParser:
                 self.fraction = min(((k - 1) + inner) / kk, 1.0)
             else:
                 self.fraction = inner
+            if self._step is not None:  # a bar inside one step of a pipeline
+                k, kk = self._step
+                self.fraction = ((k - 1) + self.fraction) / kk
             self.message = " ".join(line.replace("|", " ").split())[-120:]
         loss = _LOSS.search(line)
         if loss:

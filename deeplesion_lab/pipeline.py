@@ -266,13 +266,15 @@ def _report(run_dir: Path) -> None:
 def run_pipeline(cfg: PipelineConfig, *, force: Sequence[str] = ()) -> list[tuple[str, str, float]]:
     """Run the missing steps; returns ``(step, "ran" | "skipped", seconds)`` for each."""
     done = []
-    for step in pipeline_steps(cfg):
+    steps = pipeline_steps(cfg)
+    for i, step in enumerate(steps, start=1):
         t = time.perf_counter()
         if step.name not in force and step.done():
             print(f"[pipeline] {step.name}: already done, skipped")
             done.append((step.name, "skipped", 0.0))
             continue
-        print(f"[pipeline] {step.name} ...", flush=True)
+        # "(step i/n)" is what a job of the pipeline reads its progress from
+        print(f"[pipeline] {step.name} ... (step {i}/{len(steps)})", flush=True)
         step.run()
         dt = time.perf_counter() - t
         print(f"[pipeline] {step.name}: done in {dt:.1f} s", flush=True)

@@ -64,6 +64,10 @@ def test_progress_is_read_from_nested_bars_and_losses():
     assert p.fraction == pytest.approx(0.375)
     p.feed("0/40 [00:02<00:06]\n")
     assert p.fraction == pytest.approx(0.25)
+    p.feed("[pipeline] lesion graph ... (step 9/10)\n")
+    assert p.fraction == pytest.approx(0.8)
+    p.feed("patches:  50%|#####     | 20/40 [00:02<00:02]\r")
+    assert p.fraction == pytest.approx(0.85), "a step's bar moves within that step"
 
 
 def test_a_job_records_state_progress_user_and_log(run_dir, tmp_path):
