@@ -4,7 +4,9 @@
 - :class:`EmbeddingMap`: the UMAP of the lesion embeddings, coloured by current label.
 - :class:`CorrectionPanel`: corrections through the label store, suggestions, history.
 - :class:`SimilarGallery`: the most similar lesions of the one in the viewer.
-- :class:`LesionLab`: all four, linked, in one cell.
+- :class:`LesionGrid`: lesion thumbnails, sorted and filtered, sharing the selection.
+- :class:`VolumeView`: the lesion's series in three planes and 3-D (offline, WebGL2 or CPU).
+- :class:`LesionLab`: all of them, linked, in one cell.
 
 The headless state and events live in :mod:`widgets.models` (no widget imports), so every
 interaction can be tested and scripted without a browser. The ESM files beside each class
@@ -32,6 +34,8 @@ _LAZY: dict[str, str] = {
     "ViewerModel": ".models",
     "SimilarGallery": ".similar_gallery",
     "SliceViewer": ".slice_viewer",
+    "LesionGrid": ".lesion_grid",
+    "VolumeView": ".volume_view",
 }
 
 
@@ -51,6 +55,8 @@ ESM_FILES: dict[str, Path] = {
     "EmbeddingMap": _HERE / "embedding_map.js",
     "CorrectionPanel": _HERE / "correction_panel.js",
     "SimilarGallery": _HERE / "similar_gallery.js",
+    "LesionGrid": _HERE / "lesion_grid.js",
+    "VolumeView": _HERE / "volume_view.js",
 }
 
 __all__ = [
@@ -62,9 +68,11 @@ __all__ = [
     "LabData",
     "LabModel",
     "LabelState",
+    "LesionGrid",
     "LesionLab",
     "MapModel",
     "SimilarGallery",
     "SliceViewer",
     "ViewerModel",
+    "VolumeView",
 ]
