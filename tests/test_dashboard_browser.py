@@ -271,3 +271,28 @@ def test_html_class_name_is_shown_as_text(served, browser, traffic):
 def test_no_request_left_loopback(traffic):
     """Runs last in this module: every page above loaded only from 127.0.0.1."""
     assert traffic["external"] == []
+
+
+def test_running_jobs_show_in_the_header_and_admin_progress(served, browser, traffic):
+    """A background job of the run (here a stand-in command) appears with its progress bar."""
+    from deeplesion_lab.jobs import start_job, wait_for_jobs
+
+    srv, run = served
+    start_job(run, "stand-in", ["demo-data", "--out", str(run.parent / "jobdemo"), "--patients",
+                                "6", "--seed", "5"], user="root")
+    ctx, page = _page(browser, traffic)
+    try:
+        _sign_in(page, srv.url, "root")
+        page.wait_for_function(_js("return deepAll('#dl-jobs-running').length > 0"), timeout=30000)
+        page.get_by_text("Admin", exact=True).click()
+        page.wait_for_function(
+            _js("const t = deepAll('#dl-jobs')[0]; return !!t && t.textContent.includes('stand-in')"
+                " && deepAll('#dl-jobs progress').length > 0"), timeout=30000)
+        _shot(page, "jobs")
+        (rec,) = wait_for_jobs(run, ["stand-in"], timeout=120)
+        assert rec.state == "done"
+        page.wait_for_function(
+            _js("const t = deepAll('#dl-jobs')[0]; return !!t && t.textContent.includes('done')"),
+            timeout=30000)  # the page refreshes by itself
+    finally:
+        ctx.close()

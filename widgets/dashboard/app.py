@@ -480,6 +480,16 @@ class DashboardContext:
         with self.lock:
             return store_version(self.store)
 
+    def jobs(self) -> list:
+        """The run's jobs (:mod:`deeplesion_lab.jobs`): detectors, fine-tuning, the pipeline."""
+        from deeplesion_lab.jobs import read_jobs
+
+        try:
+            return read_jobs(self.run)
+        except LabError as exc:  # an unreadable record: say so, keep the page
+            log.warning("job records of %s: %s", self.run.path, exc)
+            return []
+
     def online(self) -> list[str]:
         return sorted(set(self.sessions.values()))
 
@@ -801,13 +811,19 @@ class Dashboard:
             else ""
         )
         n = len(self.ctx.data)
+        running = [r for r in self.ctx.jobs() if r.state in ("starting", "running")]
+        jobs = ""
+        if running:
+            what = ", ".join(f"{r.name} {100 * (r.progress or 0):.0f} %" for r in running)
+            jobs = (f"<span class='live' id='dl-jobs-running' title='{esc(what)}'>"
+                    f"{len(running)} job{'s' if len(running) > 1 else ''} running</span>")
         return (
             "<div class='dl-header'>"
             "<span class='brand'>DeepLesion lab</span>"
             f"<span class='run'>run {esc(self.ctx.run.path.name)} · {n} lesions</span>"
             "<span class='grow'></span>"
             f"<span class='live' title='{esc(', '.join(online))}'><span class='dot'></span>"
-            f"{len(online)} online · labels v{esc(self.seen_version())}</span>"
+            f"{len(online)} online · labels v{esc(self.seen_version())}</span>{jobs}"
             f"<span class='dl-badge {esc(self.user.role)}' id='dl-user'>{esc(self.user.name)} · "
             f"{esc(self.user.role)}</span>{logout}</div>"
         )
@@ -925,8 +941,18 @@ class Dashboard:
         frac = job.progress()
         bar = (f"<progress id='dl-finetune-progress' max='1' value='{frac:.3f}' "
                f"style='width:320px'></progress>" if frac is not None else "")
+        rows = []
+        for r in self.ctx.jobs():
+            pct = (f"<progress max='1' value='{r.progress:.3f}'></progress> "
+                   f"{100 * r.progress:.0f} %" if r.progress is not None else "")
+            eta = f"{r.eta_s / 60:.1f} min" if r.state == "running" and r.eta_s else ""
+            rows.append([r.name, r.state, ("raw", pct), eta, r.user, r.message[-60:]])
+        table = _table(["job", "state", "progress", "left", "by", "last output"], rows,
+                       empty="no jobs in this run yet")
         self.job_status.object = (
             f"<div class='dl-muted'>fine-tuning: {esc(job.status())}</div>{bar}"
+            f"<div class='dl-h2' style='margin-top:12px'>Jobs of this run</div>"
+            f"<div id='dl-jobs'>{table}</div>"
             + (f"<pre class='dl-log'>{esc(tail)}</pre>" if tail else "")
         )
 
