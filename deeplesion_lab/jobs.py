@@ -42,6 +42,8 @@ __all__ = [
     "JobBusy",
     "JobRecord",
     "ProgressParser",
+    "format_duration",
+    "job_log",
     "job_names",
     "read_job",
     "read_jobs",
@@ -87,13 +89,14 @@ class JobRecord:
     def summary(self) -> str:
         """One line: name, state, progress, ETA, who, log."""
         pct = f"{100 * self.progress:5.1f} %" if self.progress is not None else "   -   "
-        eta = f"ETA {_fmt_s(self.eta_s)}" if self.state == "running" and self.eta_s else ""
-        took = _fmt_s(self.elapsed_s) if self.elapsed_s is not None else "-"
+        eta = f"ETA {format_duration(self.eta_s)}" if self.state == "running" and self.eta_s else ""
+        took = format_duration(self.elapsed_s) if self.elapsed_s is not None else "-"
         return (f"{self.name:<24} {self.state:<11} {pct} {eta:<11} {took:>8}  by {self.user or '?'}"
                 f"  {self.message[:50]:<50}  {self.log}")
 
 
-def _fmt_s(s: float | None) -> str:
+def format_duration(s: float | None) -> str:
+    """``'4m05s'`` / ``'42s'`` (``'-'`` for None): how long, or how long left."""
     if s is None:
         return "-"
     s = int(round(s))
@@ -102,6 +105,12 @@ def _fmt_s(s: float | None) -> str:
 
 def _job_dir(run: RunDir) -> Path:
     return run.path / "jobs"
+
+
+def job_log(run: str | Path | RunDir, name: str) -> Path:
+    """Where job ``name`` of the run writes its log."""
+    run = run if isinstance(run, RunDir) else RunDir(run)
+    return _paths(run, name)[2]
 
 
 def _paths(run: RunDir, name: str) -> tuple[Path, Path, Path]:
@@ -425,27 +434,24 @@ def wait_with_progress(
     print("waiting for the background job(s) " + ", ".join(r.name for r in waiting)
           + f" of {run.path} (`deeplesion-lab jobs --run {run.path}`)", flush=True)
     bars = {r.name: tqdm(total=1000, desc=r.name, unit="‰", leave=True) for r in waiting}
+
+    def show(recs: list[JobRecord]) -> None:
+        for rec in recs:
+            bar = bars[rec.name]
+            bar.n = int(1000 * (rec.progress or 0.0))
+            eta = f"ETA {format_duration(rec.eta_s)}" if rec.eta_s and rec.state == "running" else ""
+            bar.set_postfix_str(f"{rec.state} {eta} {rec.message[-40:]}".strip(), refresh=True)
+
     try:
-        while True:
-            recs = {r.name: r for r in read_jobs(run) if r.name in bars}
-            for name, bar in bars.items():
-                rec = recs.get(name)
-                if rec is None:
-                    continue
-                bar.n = int(1000 * (rec.progress or 0.0))
-                eta = f"ETA {_fmt_s(rec.eta_s)}" if rec.eta_s and rec.state == "running" else ""
-                bar.set_postfix_str(f"{rec.state} {eta} {rec.message[-40:]}".strip(), refresh=True)
-            if all(r.state not in ("starting", "running") for r in recs.values()):
-                break
-            time.sleep(poll_s)
+        recs = wait_for_jobs(run, list(bars), poll_s=poll_s, on_update=show)
     finally:
         for bar in bars.values():
             bar.close()
-    failed = [r for r in recs.values() if r.state != "done"]
+    failed = [r for r in recs if r.state != "done"]
     if failed:
         raise LabError("; ".join(f"job {r.name!r} {r.state} ({r.message}); log {r.log}"
                                  for r in failed))
-    return list(recs.values())
+    return recs
 
 
 @contextlib.contextmanager

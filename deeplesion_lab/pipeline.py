@@ -76,20 +76,20 @@ def _jobs(run: RunDir, jobs: dict[str, Sequence[str]], report_s: float = 20.0) -
     """
     import threading
 
-    from .jobs import read_job, run_job
+    from .jobs import format_duration, job_log, read_job, run_job
 
     results: dict[str, object] = {}
 
     def work(name: str, argv: Sequence[str]) -> None:
         try:
-            results[name] = run_job(run, name, argv, user=_user())
+            results[name] = run_job(run, name, argv)
         except LabError as exc:
             results[name] = exc
 
     threads = []
     for name, argv in jobs.items():
         print(f"[pipeline]   {name}: `deeplesion-lab {' '.join(str(a) for a in argv)}` "
-              f"(job log: {run.path / 'jobs' / (name + '.log')})", flush=True)
+              f"(job log: {job_log(run, name)})", flush=True)
         t = threading.Thread(target=work, args=(name, argv), daemon=True)
         t.start()
         threads.append(t)
@@ -99,7 +99,7 @@ def _jobs(run: RunDir, jobs: dict[str, Sequence[str]], report_s: float = 20.0) -
         for name in jobs:
             rec = read_job(run, name)
             if rec is not None and rec.state == "running" and rec.progress is not None:
-                eta = f", ETA {rec.eta_s / 60:.1f} min" if rec.eta_s else ""
+                eta = f", ETA {format_duration(rec.eta_s)}" if rec.eta_s else ""
                 print(f"[pipeline]   {name}: {100 * rec.progress:.0f} %{eta}", flush=True)
     failed = []
     for name, res in results.items():
@@ -111,15 +111,6 @@ def _jobs(run: RunDir, jobs: dict[str, Sequence[str]], report_s: float = 20.0) -
             failed.append(f"`{name}` failed ({res.exit_code}); log {log}:\n{tail}")
     if failed:
         raise LabError("\n".join(failed))
-
-
-def _user() -> str:
-    import getpass
-
-    try:
-        return getpass.getuser()
-    except Exception:  # noqa: BLE001 - no login name
-        return "pipeline"
 
 
 def _train_detectors(cfg: PipelineConfig, run: RunDir) -> None:

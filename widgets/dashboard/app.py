@@ -41,6 +41,7 @@ import numpy as np
 import pandas as pd
 
 from deeplesion_lab.errors import LabError
+from deeplesion_lab.jobs import format_duration
 from deeplesion_lab.run import RunDir
 
 from .auth import SESSION_LOGIN_KEY, SESSION_USER_KEY, SIGNED_OUT, DashboardAuth, User
@@ -316,7 +317,7 @@ class FinetuneJob:
             return "not started"
         if rec.state == "running":
             pct = f"{100 * rec.progress:.0f} %" if rec.progress is not None else "starting"
-            eta = f", about {rec.eta_s / 60:.1f} min left" if rec.eta_s else ""
+            eta = f", about {format_duration(rec.eta_s)} left" if rec.eta_s else ""
             return f"running: {pct}{eta} (started by {rec.user})"
         if rec.state == "done":
             return f"finished with exit code 0 (started by {rec.user})"
@@ -945,7 +946,7 @@ class Dashboard:
         for r in self.ctx.jobs():
             pct = (f"<progress max='1' value='{r.progress:.3f}'></progress> "
                    f"{100 * r.progress:.0f} %" if r.progress is not None else "")
-            eta = f"{r.eta_s / 60:.1f} min" if r.state == "running" and r.eta_s else ""
+            eta = format_duration(r.eta_s) if r.state == "running" and r.eta_s else ""
             rows.append([r.name, r.state, ("raw", pct), eta, r.user, r.message[-60:]])
         table = _table(["job", "state", "progress", "left", "by", "last output"], rows,
                        empty="no jobs in this run yet")
