@@ -12,6 +12,7 @@ import json
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -20,6 +21,9 @@ from .atomic import write_csv, write_parquet
 from .dl_info import DLInfo, read_dl_info, unbalanced_quote_line
 from .errors import LabError
 from .images import key_slice_path
+
+if TYPE_CHECKING:
+    from .availability import ImageAvailability
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -50,6 +54,8 @@ class ManifestResult:
     manifest_path: Path
     rejected_path: Path | None
     info: DLInfo
+    availability: ImageAvailability | None = None
+    missing_path: Path | None = None
 
 
 def load_schema() -> dict:
@@ -75,6 +81,8 @@ def data_hash(lesions: pd.DataFrame) -> str:
 def build_manifest(
     source: str | Path,
     images_root: str | Path | None = None,
+    *,
+    require_images: bool = False,
 ) -> tuple[pd.DataFrame, DLInfo]:
     """Read a ``DL_info.csv`` and build the manifest table.
 
@@ -83,34 +91,45 @@ def build_manifest(
     source : str or pathlib.Path
         The CSV.
     images_root : str or pathlib.Path, optional
-        The ``Images_png`` folder; defaults to ``Images_png`` beside the CSV when present.
-        Without images the manifest still holds all metadata (``has_image`` is False).
+        The folder of the series folders, or a folder holding it (``Images_png``, or the
+        Kaggle subset's ``images``). Defaults to ``Images_png`` beside the CSV, or the folder
+        the CSV's ``kaggle_path`` column names (:func:`deeplesion_lab.availability.
+        resolve_images_root`). Without images the manifest still holds all metadata
+        (``has_image`` is False).
+    require_images : bool, default False
+        Record that later steps use only the lesions whose key slice is present (metadata
+        ``images_policy = present-only``); the others stay in the manifest with ``has_image``
+        False. At least one key slice must be present.
 
     Returns
     -------
     (pandas.DataFrame, DLInfo)
         The manifest and the raw read result (with its rejected rows).
     """
+    from .availability import PRESENT_ONLY, key_slices_present, resolve_images_root
+
     source = Path(source)
     info = read_dl_info(source)
-    root = Path(images_root) if images_root is not None else default_images_root(source)
-    if root is not None and not root.is_dir():
-        raise ManifestError(f"{root}: images folder not found")
     les = info.lesions.copy()
+    rel = [str(key_slice_path(Path("."), f)) for f in les["file_name"].to_numpy()]
+    les["image_path"] = pd.array(rel, dtype="string")
+    try:
+        root, how = resolve_images_root(source, images_root, les)
+    except LabError as exc:
+        raise ManifestError(str(exc)) from exc
     if root is not None:
-        root = root.resolve()
-        rel = [
-            str(key_slice_path(Path("."), f)) for f in les["file_name"].to_numpy()
-        ]
-        les["image_path"] = pd.array(rel, dtype="string")
-        les["has_image"] = np.array([(root / r).is_file() for r in rel], dtype=bool)
+        les["has_image"] = key_slices_present(root, np.asarray(rel, dtype=object))
     else:
-        les["image_path"] = pd.array(
-            [str(key_slice_path(Path("."), f)) for f in les["file_name"].to_numpy()],
-            dtype="string",
-        )
         les["has_image"] = False
+    if require_images and not les["has_image"].any():
+        where = f"under {root}" if root is not None else "(no images folder found; give --images)"
+        raise ManifestError(
+            f"{source}: --require-images, but none of the {len(les)} key slices is {where}; "
+            "no manifest written"
+        )
     les.attrs["images_root"] = str(root) if root is not None else ""
+    les.attrs["images_layout"] = how
+    les.attrs["images_policy"] = PRESENT_ONLY if require_images else ""
     les.attrs["source"] = str(source.resolve())
     return les, info
 
@@ -119,19 +138,28 @@ def write_manifest(
     source: str | Path,
     out: str | Path,
     images_root: str | Path | None = None,
+    *,
+    require_images: bool = False,
 ) -> ManifestResult:
     """Build a manifest from ``source`` and write it to ``out`` (parquet).
 
     Rejected rows go to ``<out stem>.rejected.csv`` beside it (only when there are some; a stale
     rejected file from an earlier run is removed so that it cannot be mistaken for this one's).
+    When some key slices are missing under the images root, the series folders that would add
+    them go to ``<out stem>.missing_images.csv`` (series, lesions, first_line, run); the
+    lesions stay in the manifest with ``has_image`` False.
     """
+    from .availability import image_availability, missing_series_table
+
     out = Path(out)
     if out.suffix != ".parquet":
         raise ManifestError(f"{out}: a manifest is written as .parquet")
-    les, info = build_manifest(source, images_root)
+    les, info = build_manifest(source, images_root, require_images=require_images)
     meta = {
         f"{_META_PREFIX}schema_version": SCHEMA_VERSION,
         f"{_META_PREFIX}images_root": les.attrs["images_root"],
+        f"{_META_PREFIX}images_layout": les.attrs["images_layout"],
+        f"{_META_PREFIX}images_policy": les.attrs["images_policy"],
         f"{_META_PREFIX}source": les.attrs["source"],
         f"{_META_PREFIX}data_hash": data_hash(les) if len(les) else "",
         f"{_META_PREFIX}n_rejected_rows": str(info.n_rejected_rows),
@@ -148,6 +176,12 @@ def write_manifest(
             f"{source}: no valid lesions: all {info.n_rejected_rows} rows were rejected (line, "
             f"column and reason of each in {rejected_path}){quote}; no manifest written"
         )
+    missing_path = out.with_name(out.name[: -len(".parquet")] + ".missing_images.csv")
+    availability = image_availability(les)
+    if les.attrs["images_root"] and not availability.complete:
+        write_csv(missing_series_table(availability), missing_path)
+    elif missing_path.exists():
+        missing_path.unlink()
     write_parquet(les, out, meta)
     return ManifestResult(
         lesions=les,
@@ -155,6 +189,8 @@ def write_manifest(
         manifest_path=out,
         rejected_path=rejected_path if len(info.rejected) else None,
         info=info,
+        availability=availability,
+        missing_path=missing_path if missing_path.exists() else None,
     )
 
 

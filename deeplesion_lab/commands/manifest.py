@@ -22,7 +22,16 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--images",
         type=Path,
         default=None,
-        help="Images_png folder (default: Images_png beside the CSV, if present)",
+        help="folder of the series folders (PPPPPP_SS_NN/SSS.png), or a folder holding "
+             "Images_png or the Kaggle subset's images/ (default: Images_png beside the CSV, "
+             "or the folder the CSV's kaggle_path column names)",
+    )
+    p.add_argument(
+        "--require-images",
+        action="store_true",
+        help="later steps use only the lesions whose key slice is present (a partial download: "
+             "the others stay in the manifest, has_image false, their series folders listed in "
+             "OUT's name with .missing_images.csv); fails if none is present",
     )
     p.set_defaults(func=run)
 
@@ -30,11 +39,23 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..manifest import write_manifest
 
-    res = write_manifest(args.source, args.out, args.images)
+    res = write_manifest(args.source, args.out, args.images, require_images=args.require_images)
     print(res.info.summary())
     les = res.lesions
     if les.attrs.get("images_root"):
-        print(f"images: {les.attrs['images_root']} ({int(les['has_image'].sum())} key slices on disk)")
+        print(f"images: {les.attrs['images_root']} ({les.attrs['images_layout']}; "
+              f"{int(les['has_image'].sum())} key slices on disk)")
+        av = res.availability
+        if av is not None and not av.complete:
+            print(av.counts())
+            if args.require_images:
+                print("  later steps use the lesions with a key slice (--require-images); ", end="")
+            else:
+                print("  steps that read images stop unless given --present-only (or build the "
+                      "manifest with --require-images); ", end="")
+            print("every row stays in the manifest (has_image false where the key slice is "
+                  "missing)")
+            print(f"missing series folders -> {res.missing_path}")
     else:
         print("images: none (metadata-only manifest)")
     print(f"wrote {len(les)} lesions to {res.manifest_path}")
