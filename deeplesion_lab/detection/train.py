@@ -20,11 +20,13 @@ with other settings is an error (nothing is overwritten) unless ``resume=False``
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import json
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +35,9 @@ import pandas as pd
 import torch
 from sklearn.base import BaseEstimator
 
+from .. import distributed
 from ..atomic import atomic_path, write_json
+from ..device import autocast, grad_scaler, loader_options, resolve_device, torch_threads
 from ..errors import LabError
 from ..lesion_types import SPLIT_CODES
 from ..manifest import data_hash, manifest_images_root
@@ -50,7 +54,7 @@ CHECKPOINT_VERSION = 1
 #: Parameters that may change between an interrupted run and its resumption.
 _RUNTIME_PARAMS = {"epochs", "progress", "device", "num_threads", "checkpoint_every", "cache_mb",
                    "test_proposals",
-                   "warm_start"}
+                   "warm_start", "amp", "workers", "micro_batches"}
 
 
 class CheckpointError(LabError, ValueError):
@@ -91,6 +95,83 @@ def _state_hash(state: Mapping[str, torch.Tensor]) -> str:
         if isinstance(t, torch.Tensor):
             h.update(t.detach().cpu().contiguous().numpy().tobytes())
     return h.hexdigest()[:12]
+
+
+@dataclass
+class _Setup:
+    """What a fit trains: lesions, classes, dataset, network, fingerprint, step counts."""
+
+    train: pd.DataFrame
+    classes: list[str]
+    dataset: KeySliceDataset
+    model: torch.nn.Module
+    parent: dict | None
+    parent_hash: str
+    fingerprint: dict
+    micro_batches: int
+    total_steps: int
+
+
+@dataclass
+class _TrainState:
+    """Where a fit stands (what ``last.pt`` keeps): the next epoch and step, the history."""
+
+    epoch: int = 0
+    step_in_epoch: int = 0
+    global_step: int = 0
+    history: list[dict] = field(default_factory=list)
+    created: str = ""
+
+
+def _wrap_ddp(model: torch.nn.Module, ctx: distributed.DistContext,
+              device: torch.device) -> torch.nn.Module:
+    """``model`` in DistributedDataParallel under torchrun, else itself."""
+    if not ctx.active:
+        return model
+    from torch.nn.parallel import DistributedDataParallel
+
+    ids = [device.index] if device.type == "cuda" else None
+    return DistributedDataParallel(model, device_ids=ids,
+                                   find_unused_parameters=getattr(model, "arch", "") != "centernet")
+
+
+def _sync(runner: torch.nn.Module, sync: bool) -> contextlib.AbstractContextManager:
+    """No gradient exchange for the micro-batches before a step's last one (DDP only)."""
+    if sync or not hasattr(runner, "no_sync"):
+        return contextlib.nullcontext()
+    return runner.no_sync()
+
+
+@contextlib.contextmanager
+def _keep_buffers(model: torch.nn.Module, keep: bool) -> Iterator[None]:
+    """With ``keep``, undo what the block does to the normalisation layers' running statistics.
+
+    A step's running statistics come from its first micro-batch only, on one process as on
+    several (DistributedDataParallel broadcasts rank 0's buffers, and rank 0 holds part 0).
+    """
+    if not keep:
+        yield
+        return
+    saved = [(b, b.detach().clone()) for b in model.buffers()]
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for b, v in saved:
+                b.copy_(v)
+
+
+def _worker_lost(exc: BaseException, ctx: distributed.DistContext, state: _TrainState,
+                 ckdir: Path | None) -> distributed.WorkerLostError:
+    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+    where = (f"the last checkpoint {ckdir / 'last.pt'} (epoch {state.epoch + 1}, step "
+             f"{state.step_in_epoch}) is intact; run the same command again to resume"
+             if ckdir is not None and (ckdir / "last.pt").is_file()
+             else "no checkpoint was written yet; run the same command again to start over")
+    return distributed.WorkerLostError(
+        f"rank {ctx.rank} of {ctx.world}: another training process stopped during epoch "
+        f"{state.epoch + 1} ({first}); {where}"
+    )
 
 
 class LesionDetector(BaseEstimator):
@@ -167,8 +248,20 @@ class LesionDetector(BaseEstimator):
         Steps between ``last.pt`` saves (besides each epoch end); 0 for epoch ends only.
     seed : int, default 0
     device : str, default "cpu"
+        ``cpu``, ``cuda``, ``cuda:N`` or ``auto`` (see :func:`deeplesion_lab.device.resolve_device`).
+    amp : bool, default True
+        Mixed precision in training on CUDA (bfloat16, or float16 with a gradient scaler);
+        the CPU always trains in float32.
+    workers : int, optional
+        DataLoader workers reading the slices on CUDA (default: up to 4); on a CPU the slices
+        are read in the training process.
+    micro_batches : int, default 1
+        Cut each batch into this many parts whose gradients are averaged (each weighted by its
+        size; running statistics from the first). Under ``torchrun`` with N processes it is at
+        least N, one part per process, so a run on N processes equals one process with
+        ``micro_batches=N``.
     num_threads : int, optional
-        ``torch.set_num_threads`` during fit and predict.
+        ``torch.set_num_threads`` during fit and predict (restored afterwards).
     cache_mb : float, default 1024
         Memory for preprocessed images.
     warm_start : bool, default False
@@ -224,6 +317,9 @@ class LesionDetector(BaseEstimator):
         checkpoint_every: int = 50,
         seed: int = 0,
         device: str = "cpu",
+        amp: bool = True,
+        workers: int | None = None,
+        micro_batches: int = 1,
         num_threads: int | None = None,
         cache_mb: float = 1024.0,
         warm_start: bool = False,
@@ -262,6 +358,9 @@ class LesionDetector(BaseEstimator):
         self.checkpoint_every = checkpoint_every
         self.seed = seed
         self.device = device
+        self.amp = amp
+        self.workers = workers
+        self.micro_batches = micro_batches
         self.num_threads = num_threads
         self.cache_mb = cache_mb
         self.warm_start = warm_start
@@ -336,6 +435,11 @@ class LesionDetector(BaseEstimator):
     ) -> LesionDetector:
         """Train on the key slices of ``split``.
 
+        Under ``torchrun`` (``WORLD_SIZE > 1``) every process takes its share of each global
+        batch and the gradients are averaged (:mod:`deeplesion_lab.distributed`); only rank 0
+        writes ``checkpoint_dir``. Such a run equals a single process with ``micro_batches``
+        set to the number of processes.
+
         Parameters
         ----------
         manifest : pandas.DataFrame
@@ -363,8 +467,43 @@ class LesionDetector(BaseEstimator):
         -------
         self
         """
-        if self.num_threads:
-            torch.set_num_threads(int(self.num_threads))
+        device = resolve_device(self.device)
+        ctx = distributed.context(device)
+        with torch_threads(self.num_threads):
+            setup = self._setup(manifest, labels, images_root=images_root, split=split,
+                                reset_head=reset_head, ignore_boxes=ignore_boxes, world=ctx.world,
+                                source=str((lineage or {}).get("labels_source", "labels")))
+            model = setup.model.to(device)
+            opt = self._optimizer(model)
+            scaler = grad_scaler(device, self.amp)
+            ckdir = Path(checkpoint_dir) if checkpoint_dir is not None else None
+            state = _TrainState(created=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+            if ckdir is not None and resume and (ckdir / "last.pt").is_file():
+                state = self._resume(ckdir / "last.pt", setup.fingerprint, model, opt, scaler)
+            runner = _wrap_ddp(model, ctx, device)
+            for epoch in range(state.epoch, int(self.epochs)):
+                try:
+                    self._train_epoch(epoch, state, setup, model, runner, opt, scaler, ctx,
+                                      device, ckdir, callback)
+                except RuntimeError as exc:
+                    if ctx.active and not isinstance(exc, LabError):
+                        raise _worker_lost(exc, ctx, state, ckdir) from exc
+                    raise
+                if ctx.main:
+                    self._save_last(ckdir, model, opt, scaler, state, setup.fingerprint)
+            model.eval()
+            self._finish(setup, model, state, manifest, lineage)
+            if ckdir is not None and ctx.main:
+                self.save(ckdir)
+            ctx.barrier()
+        return self
+
+    # the steps of fit ---------------------------------------------------------------------------
+    def _setup(self, manifest: pd.DataFrame, labels: pd.DataFrame | None, *,
+               images_root: str | Path | None, split: str, reset_head: bool,
+               ignore_boxes: Mapping[str, np.ndarray] | None, world: int = 1,
+               source: str = "labels") -> _Setup:
+        """The training lesions, classes, dataset, network and run fingerprint of a fit."""
         root = Path(images_root) if images_root is not None else manifest_images_root(manifest)
         train = select_split(manifest, split)
         if train.empty:
@@ -373,7 +512,7 @@ class LesionDetector(BaseEstimator):
         imposed = self.classes_ if warm and not reset_head else None
         classes, index = class_indices(
             train["lesion_id"].astype(str).tolist(), labels, imposed,
-            source=str((lineage or {}).get("labels_source", "labels")),
+            source=source,
         )
         dataset = self._dataset(train, root, train=True, context=manifest, class_index=index,
                                 ignore_boxes=ignore_boxes)
@@ -397,142 +536,229 @@ class LesionDetector(BaseEstimator):
             b"".join(k.encode() + np.asarray(v, np.float32).tobytes()
                      for k, v in sorted((ignore_boxes or {}).items()))
         ).hexdigest()[:12]
-        fp = self._fingerprint({
+        micro = self._micro_batches(world)
+        extra: dict[str, Any] = {
             "data_hash": data_hash(train),
             "labels_hash": labels_hash(labels),
             "classes": classes,
             "parent": parent_hash,
             "ignore_boxes": ign_hash,
             "split": split,
-        })
-        device = torch.device(self.device)
-        model.to(device)
-        params = [p for p in model.parameters() if p.requires_grad]
-        if self.optimizer == "sgd":
-            opt = torch.optim.SGD(params, lr=self.lr, momentum=self.momentum,
-                                  weight_decay=self.weight_decay)
-        elif self.optimizer == "adamw":
-            opt = torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay)
-        else:
-            raise ModelError(f"unknown optimizer {self.optimizer!r}; use 'sgd' or 'adamw'")
+        }
+        if micro > 1:  # absent when 1, so that older checkpoints still resume
+            extra["micro_batches"] = micro
         n = len(dataset)
         steps_per_epoch = int(np.ceil(n / self.batch_size))
-        total = steps_per_epoch * int(self.epochs)
-        start_epoch, start_step, global_step = 0, 0, 0
-        history: list[dict] = []
-        created = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-        ckdir = Path(checkpoint_dir) if checkpoint_dir is not None else None
-        if ckdir is not None and resume and (ckdir / "last.pt").is_file():
-            state = _load(ckdir / "last.pt")
-            if state.get("fingerprint") != fp:
-                diff = _diff(state.get("fingerprint", {}), fp)
-                raise CheckpointError(
-                    f"{ckdir / 'last.pt'} was made with other settings (differs in: "
-                    f"{', '.join(diff) or 'format'}); train under another name, or start over "
-                    "with --overwrite"
-                )
-            model.load_state_dict(state["model"])
-            opt.load_state_dict(state["optimizer"])
-            start_epoch, start_step = int(state["epoch"]), int(state["step_in_epoch"])
-            global_step, history = int(state["global_step"]), list(state["history"])
-            created = str(state.get("created", created))
+        return _Setup(train=train, classes=list(classes), dataset=dataset, model=model,
+                      parent=parent, parent_hash=parent_hash, fingerprint=self._fingerprint(extra),
+                      micro_batches=micro, total_steps=steps_per_epoch * int(self.epochs))
 
-        def save_last(epoch: int, step_in_epoch: int) -> None:
-            if ckdir is None:
-                return
-            with atomic_path(ckdir / "last.pt") as tmp:
-                torch.save(
-                    {
-                        "format": CHECKPOINT_FORMAT,
-                        "model": model.state_dict(),
-                        "optimizer": opt.state_dict(),
-                        "epoch": epoch,
-                        "step_in_epoch": step_in_epoch,
-                        "global_step": global_step,
-                        "history": history,
-                        "fingerprint": fp,
-                        "created": created,
-                    },
-                    tmp,
+    def _micro_batches(self, world: int) -> int:
+        """Parts each global batch is cut into: ``micro_batches``, at least one per process."""
+        m = max(1, int(self.micro_batches or 1))
+        if world > 1:
+            if m > 1 and m % world:
+                raise ModelError(
+                    f"micro_batches={m} is not a multiple of the {world} training processes; "
+                    f"use {world * max(1, m // world)} or leave it at 1"
                 )
+            m = max(m, world)
+        if m > int(self.batch_size):
+            raise ModelError(
+                f"batch_size={self.batch_size} is smaller than the {m} micro-batches (one per "
+                "training process at least); raise --batch-size"
+            )
+        return m
 
+    def _optimizer(self, model: torch.nn.Module) -> torch.optim.Optimizer:
+        params = [p for p in model.parameters() if p.requires_grad]
+        if self.optimizer == "sgd":
+            return torch.optim.SGD(params, lr=self.lr, momentum=self.momentum,
+                                   weight_decay=self.weight_decay)
+        if self.optimizer == "adamw":
+            return torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay)
+        raise ModelError(f"unknown optimizer {self.optimizer!r}; use 'sgd' or 'adamw'")
+
+    @staticmethod
+    def _resume(path: Path, fingerprint: dict, model: torch.nn.Module,
+                opt: torch.optim.Optimizer, scaler: Any) -> _TrainState:
+        """Load ``last.pt`` into ``model`` and ``opt``; refuse one made with other settings."""
+        state = _load(path)
+        if state.get("fingerprint") != fingerprint:
+            diff = _diff(state.get("fingerprint", {}), fingerprint)
+            raise CheckpointError(
+                f"{path} was made with other settings (differs in: "
+                f"{', '.join(diff) or 'format'}); train under another name, or start over "
+                "with --overwrite"
+            )
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        if state.get("scaler") and scaler.is_enabled():
+            scaler.load_state_dict(state["scaler"])
+        return _TrainState(epoch=int(state["epoch"]), step_in_epoch=int(state["step_in_epoch"]),
+                           global_step=int(state["global_step"]),
+                           history=list(state["history"]),
+                           created=str(state.get("created") or ""))
+
+    @staticmethod
+    def _save_last(ckdir: Path | None, model: torch.nn.Module, opt: torch.optim.Optimizer,
+                   scaler: Any, state: _TrainState, fingerprint: dict) -> None:
+        """Write the training state to ``ckdir/last.pt`` (atomically)."""
+        if ckdir is None:
+            return
+        obj = {
+            "format": CHECKPOINT_FORMAT,
+            "model": model.state_dict(),
+            "optimizer": opt.state_dict(),
+            "epoch": state.epoch,
+            "step_in_epoch": state.step_in_epoch,
+            "global_step": state.global_step,
+            "history": state.history,
+            "fingerprint": fingerprint,
+            "created": state.created,
+        }
+        if scaler.is_enabled():
+            obj["scaler"] = scaler.state_dict()
+        with atomic_path(ckdir / "last.pt") as tmp:
+            torch.save(obj, tmp)
+
+    def _train_epoch(self, epoch: int, state: _TrainState, setup: _Setup,
+                     model: torch.nn.Module, runner: torch.nn.Module,
+                     opt: torch.optim.Optimizer, scaler: Any, ctx: distributed.DistContext,
+                     device: torch.device, ckdir: Path | None,
+                     callback: Callable[[dict], None] | None) -> None:
+        """One epoch from ``state`` (mid-epoch after a resume); appends its history entry and
+        leaves ``state`` at the start of the next epoch."""
         from tqdm.auto import tqdm
 
-        for epoch in range(start_epoch, int(self.epochs)):
-            model.train()
-            dataset.set_epoch(epoch)
-            order = np.random.default_rng([self.seed, epoch]).permutation(n)
-            batches = [order[i : i + self.batch_size] for i in range(0, n, self.batch_size)]
-            first = start_step if epoch == start_epoch else 0
-            sums: dict[str, float] = {}
-            n_img, t_epoch = 0, 0.0
-            bar = tqdm(batches[first:], desc=f"epoch {epoch + 1}/{self.epochs}", unit="batch",
-                       disable=not self.progress)
-            for b, idx in enumerate(bar, start=first):
-                t0 = time.perf_counter()
-                torch.manual_seed(self.seed * 1_000_003 + global_step)
-                images, targets, _ = collate([dataset[int(i)] for i in idx])
-                images = [im.to(device) for im in images]
-                targets = [{k: v.to(device) for k, v in t.items()} for t in targets]
-                lr = self._lr_at(global_step, total)
-                for g in opt.param_groups:
-                    g["lr"] = lr
-                losses = model(images, targets)
-                loss = sum(losses.values())
-                if not torch.isfinite(loss):
-                    raise LabError(
-                        f"training diverged at epoch {epoch + 1}, step {b + 1} (loss {loss.item()}); "
-                        "lower --lr"
-                    )
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-                global_step += 1
-                dt = time.perf_counter() - t0
-                t_epoch += dt
-                n_img += len(idx)
-                for k, v in losses.items():
-                    sums[k] = sums.get(k, 0.0) + v.item() * len(idx)
-                loss_v = loss.item()
-                sums["loss"] = sums.get("loss", 0.0) + loss_v * len(idx)
-                bar.set_postfix(loss=f"{loss_v:.3f}")
-                if callback is not None:
-                    callback({"epoch": epoch, "step": b + 1, "global_step": global_step,
-                              "loss": loss_v, "lr": lr, "images_per_s": len(idx) / dt})
-                if self.checkpoint_every and global_step % self.checkpoint_every == 0 \
-                        and b + 1 < len(batches):
-                    save_last(epoch, b + 1)
-            entry = {k: v / max(n_img, 1) for k, v in sums.items()}
-            entry.update({"epoch": epoch + 1, "images": n_img, "seconds": t_epoch,
-                          "images_per_s": n_img / t_epoch if t_epoch else float("nan"),
-                          "lr": self._lr_at(max(global_step - 1, 0), total)})
-            history.append(entry)
-            save_last(epoch + 1, 0)
+        dataset = setup.dataset
+        n, bs, m = len(dataset), int(self.batch_size), setup.micro_batches
+        model.train()
+        dataset.set_epoch(epoch)
+        order = np.random.default_rng([self.seed, epoch]).permutation(n)
+        batches = [order[i : i + bs] for i in range(0, n, bs)]
+        first = state.step_in_epoch if epoch == state.epoch else 0
+        # this process's micro-batches of every step: global part g = rank, rank + world, ...
+        mine = [[(g, part) for g, part in enumerate(distributed.shards(idx, m))
+                 if g % ctx.world == ctx.rank] for idx in batches[first:]]
+        loaded = self._loader(dataset, [p for step in mine for _, p in step if len(p)], device)
+        sums: dict[str, float] = {}
+        names: list[str] | None = None
+        n_img, t_epoch = 0, 0.0
+        bar = tqdm(range(first, len(batches)), desc=f"epoch {epoch + 1}/{self.epochs}",
+                   unit="batch", disable=not (self.progress and ctx.main))
+        for b in bar:
+            t0 = time.perf_counter()
+            idx = batches[b]
+            lr = self._lr_at(state.global_step, setup.total_steps)
+            for g in opt.param_groups:
+                g["lr"] = lr
+            opt.zero_grad()
+            parts = mine[b - first]
+            values = None
+            for k, (g, part) in enumerate(parts):
+                weight = len(part) / len(idx) * ctx.world  # DDP averages over the processes
+                sync = k == len(parts) - 1
+                with _sync(runner, sync), _keep_buffers(model, g != 0):
+                    torch.manual_seed(self.seed * 1_000_003 + state.global_step
+                                      + 1_000_000_007 * g)
+                    if len(part):
+                        images, targets, _ = next(loaded)
+                        images = [im.to(device, non_blocking=True) for im in images]
+                        targets = [{k2: v.to(device, non_blocking=True) for k2, v in t.items()}
+                                   for t in targets]
+                        with autocast(device, self.amp):
+                            losses = runner(images, targets)
+                        loss = sum(losses.values())
+                    else:  # an empty share still joins the gradient exchange, with weight 0
+                        losses = {}
+                        loss = sum(p.sum() for p in model.parameters() if p.requires_grad) * 0.0
+                    scaler.scale(loss * weight).backward()
+                if names is None and losses:
+                    names = sorted(losses)
+                if names is not None and values is None:
+                    values = np.zeros(len(names) + 1)
+                if losses:
+                    w = len(part) / len(idx)
+                    values += w * np.array([losses[k2].item() for k2 in names]
+                                           + [float(loss.item())])
+            if ctx.active and b == first:
+                names = ctx.broadcast(names)  # rank 0 always holds part 0, hence the loss names
+            names = names or []
+            # every process's weighted loss parts, summed: the loss of the global batch
+            values = ctx.all_sum(values if values is not None else np.zeros(len(names) + 1))
+            loss_v = float(values[-1])
+            if not np.isfinite(loss_v):
+                raise LabError(
+                    f"training diverged at epoch {epoch + 1}, step {b + 1} (loss {loss_v}); "
+                    "lower --lr"
+                )
+            scaler.step(opt)
+            scaler.update()
+            state.global_step += 1
+            dt = time.perf_counter() - t0
+            t_epoch += dt
+            n_img += len(idx)
+            for k2, v in zip(names, values[:-1], strict=True):
+                sums[k2] = sums.get(k2, 0.0) + float(v) * len(idx)
+            sums["loss"] = sums.get("loss", 0.0) + loss_v * len(idx)
+            bar.set_postfix(loss=f"{loss_v:.3f}")
+            if callback is not None and ctx.main:
+                callback({"epoch": epoch, "step": b + 1, "global_step": state.global_step,
+                          "loss": loss_v, "lr": lr, "images_per_s": len(idx) / dt})
+            if self.checkpoint_every and state.global_step % self.checkpoint_every == 0 \
+                    and b + 1 < len(batches) and ctx.main:
+                state.epoch, state.step_in_epoch = epoch, b + 1
+                self._save_last(ckdir, model, opt, scaler, state, setup.fingerprint)
+        entry = {k: v / max(n_img, 1) for k, v in sums.items()}
+        entry.update({"epoch": epoch + 1, "images": n_img, "seconds": t_epoch,
+                      "images_per_s": n_img / t_epoch if t_epoch else float("nan"),
+                      "lr": self._lr_at(max(state.global_step - 1, 0), setup.total_steps)})
+        if ctx.active:
+            entry["processes"] = ctx.world
+        state.history.append(entry)
+        state.epoch, state.step_in_epoch = epoch + 1, 0
 
-        model.eval()
+    def _loader(self, dataset: KeySliceDataset, parts: list[np.ndarray],
+                device: torch.device):
+        """The collated micro-batches ``parts`` in order: read in this process on a CPU, by
+        DataLoader workers into pinned memory on CUDA."""
+        if device.type != "cuda":
+            return (collate([dataset[int(i)] for i in p]) for p in parts)
+        opts = loader_options(device, self.workers)
+        loader = torch.utils.data.DataLoader(
+            dataset, batch_sampler=[[int(i) for i in p] for p in parts], collate_fn=collate,
+            **opts,
+        )
+        return iter(loader)
+
+    def _finish(self, setup: _Setup, model: torch.nn.Module, state: _TrainState,
+                manifest: pd.DataFrame, lineage: Mapping[str, Any] | None) -> None:
+        """The fitted attributes and the lineage record."""
+        fp = setup.fingerprint
+        train = setup.train
         self.model_ = model
-        self.classes_ = list(classes)
-        self.history_ = history
-        self.n_iter_ = global_step
+        self.classes_ = list(setup.classes)
+        self.history_ = state.history
+        self.n_iter_ = state.global_step
         self.lineage_ = {
             **_jsonable(dict(lineage or {})),
             "manifest": train.attrs.get("manifest_path", manifest.attrs.get("manifest_path", "")),
             "data_hash": fp["data_hash"],
             "labels_hash": fp["labels_hash"],
-            "classes": list(classes),
-            "split": split,
-            "n_images": n,
-            "n_ignore_regions": dataset.n_ignore,
-            "parent": parent,
-            "parent_weights": parent_hash,
+            "classes": list(setup.classes),
+            "split": fp["split"],
+            "n_images": len(setup.dataset),
+            "n_ignore_regions": setup.dataset.n_ignore,
+            "parent": setup.parent,
+            "parent_weights": setup.parent_hash,
             "ignore_boxes": fp["ignore_boxes"],
             "params": fp["params"],
             "versions": _versions(),
-            "created": created,
+            "created": state.created,
         }
-        if ckdir is not None:
-            self.save(ckdir)
-        return self
+        if setup.micro_batches > 1:
+            self.lineage_["micro_batches"] = setup.micro_batches
 
     # ------------------------------------------------------------------------------------------
     def predict(
@@ -548,16 +774,16 @@ class LesionDetector(BaseEstimator):
         Also sets ``predict_ms_per_image_`` (network time per image, loading excluded).
         """
         self._check_fitted()
-        if self.num_threads:
-            torch.set_num_threads(int(self.num_threads))
+        device = resolve_device(self.device)
         root = Path(images_root) if images_root is not None else manifest_images_root(manifest)
         rows = select_split(manifest, split)
         if rows.empty:
             raise DatasetError(f"no key slice in split {split!r} of the manifest")
         ds = self._dataset(rows, root, train=False)
-        df, ms = predict_dataset(self.model_, ds, self.classes_,
-                                 batch_size=batch_size or self.batch_size, device=self.device,
-                                 progress=self.progress)
+        with torch_threads(self.num_threads):
+            df, ms = predict_dataset(self.model_, ds, self.classes_,
+                                     batch_size=batch_size or self.batch_size,
+                                     device=str(device), progress=self.progress)
         self.predict_ms_per_image_ = ms
         return df
 
