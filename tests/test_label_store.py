@@ -856,3 +856,41 @@ def test_speed_on_sqlite(tmp_path):
     assert min(write) < 1.0, write
     assert min(read) < 0.5, read
     s.close()
+
+
+def test_undoing_an_add_takes_the_lesions_out_and_redo_or_re_adding_brings_them_back(store, manifest):
+    new = added_rows(manifest)
+    ids = new["lesion_id"].tolist()
+    n_before = len(store.current_labels())
+    eid = store.add_lesions(new, "ana", label="liver", origin="proposal")
+    assert len(store.current_labels()) == n_before + 2
+    res = store.undo("ana")
+    assert res.target_event_id == eid and sorted(res.lesion_ids) == sorted(ids)
+    # out of the dataset again: no current label, not among the added lesions, not exported
+    assert store.added_lesions().empty and len(store.current_labels()) == n_before
+    with pytest.raises(UnknownLesionError, match="not in this store's dataset"):
+        store.labels_of(ids)
+    assert store.verify()["replay_matches"]
+    store.redo("ana")
+    got = store.added_lesions()
+    assert sorted(got["lesion_id"]) == sorted(ids) and set(got["label"]) == {"liver"}
+    assert (got["event_id"] == eid).all() and store.verify()["replay_matches"]
+    # undone again, then accepted anew by someone else (as another type): the same lesions
+    store.undo("ana")
+    eid2 = store.add_lesions(new, "bob", label="kidney")
+    got = store.added_lesions()
+    assert set(got["label"]) == {"kidney"} and set(got["added_by"]) == {"bob"}
+    assert (got["event_id"] == eid2).all() and store.verify()["replay_matches"]
+    # ana's redo would bring back her add over bob's: refused, nothing written
+    with pytest.raises((UndoConflict, NothingToUndo)):
+        store.redo("ana")
+    # the same id with another box is another lesion: a clear error
+    store.undo("bob")
+    with pytest.raises(LabelStoreError, match="added before .* another key slice or box"):
+        store.add_lesions(new.assign(bbox_x2=60.0), "bob")
+    # someone relabelled an added lesion: undoing the add conflicts instead of losing that
+    store.add_lesions(new, "ana", label="liver")
+    store.relabel(ids[:1], "lung", "bob")
+    with pytest.raises(UndoConflict):
+        store.undo("ana")
+    assert len(store.added_lesions()) == 2

@@ -23,7 +23,9 @@ LABEL_OPS = ("relabel", "relabel_cluster", "mark_not_lesion", "mark_unsure")
 #: Operations that move lesions between clusters (and may set labels).
 CLUSTER_OPS = ("merge_clusters", "split_cluster")
 #: Operations a user can undo (comments, class additions and re-initialisations cannot be).
-UNDOABLE_OPS = (*LABEL_OPS, *CLUSTER_OPS, "rename_cluster")
+#: Undoing ``add_lesions`` takes the added lesions out of the dataset again (their geometry stays
+#: in the append-only ``added_lesions`` table, so a redo or a later re-add restores them).
+UNDOABLE_OPS = (*LABEL_OPS, *CLUSTER_OPS, "rename_cluster", "add_lesions", "tag", "untag")
 
 
 @dataclass(frozen=True)
@@ -158,6 +160,11 @@ def describe_event(op: str, params: dict, n: int, target: Any) -> str:
         return f"class {params.get('name')!r} ({params.get('color')}, id {params.get('class_id')})"
     if op == "init":
         return f"pseudo-labels of run {params.get('run_id')} ({params.get('n_lesions')} lesions)"
+    if params.get("kind") == "tags":
+        head = f"{op} of event {target}: " if op in ("undo", "redo") else ""
+        verb = "untagged" if op == "untag" else "tagged"
+        tags = ", ".join(params.get("tags") or [])
+        return f"{head}{n} tag change(s)" if head else f"{n} lesion tag(s) {verb} {tags}"
     if op in ("undo", "redo"):
         skipped = f", {params['skipped']} skipped (conflicts)" if params.get("skipped") else ""
         return f"{op} of event {target} ({n} lesions{skipped})"

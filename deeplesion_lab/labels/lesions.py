@@ -103,6 +103,22 @@ def _rows(df: pd.DataFrame, default_label: str | None, default_origin: str,
     return out
 
 
+def _same_geometry(a: tuple, b: tuple) -> bool:
+    """Whether two stored geometries (``ADDED_LESION_COLUMNS`` values) are the same lesion: the
+    same key slice and box (RECIST points, score and origin may differ)."""
+    n = 5 + len(BOX_COLUMNS)
+    for x, y in zip(a[:n], b[:n], strict=True):
+        if isinstance(x, float) or isinstance(y, float):
+            if x is None or y is None:
+                if x is not y:
+                    return False
+            elif not math.isclose(float(x), float(y), rel_tol=1e-9, abs_tol=1e-6):
+                return False
+        elif x != y and not (x is None and y is None):
+            return False
+    return True
+
+
 class AddedLesionsMixin:
     """Methods of :class:`~deeplesion_lab.labels.store.LabelStore` (lesions people add)."""
 
@@ -168,6 +184,19 @@ class AddedLesionsMixin:
             new = [r for r in rows if r[0] not in added]
             if not new:
                 return None
+            # added before and taken out again by an undo: the geometry is kept (append-only),
+            # so the same lesion comes back; another box under the same id is an error
+            geo = ", ".join(schema.ADDED_LESION_COLUMNS)
+            kept = {r[0]: r[1:] for r in db.query(
+                f"SELECT a.lesion_id, {geo} FROM sel_ids s "
+                "JOIN added_lesions a ON a.lesion_id = s.lesion_id"
+            )}
+            for r in new:
+                if r[0] in kept and not _same_geometry(kept[r[0]], r[2:]):
+                    raise LabelStoreError(
+                        f"lesion id {r[0]!r} was added before (then undone) with another key "
+                        "slice or box; give the new lesion another id; nothing was written"
+                    )
             labels = sorted({r[1] for r in new if r[1] is not None})
             bid = self._insert_batch(
                 "add_lesions", user, tool, comment, len(new),
@@ -189,7 +218,7 @@ class AddedLesionsMixin:
             db.bulk_insert(
                 "added_lesions",
                 ["lesion_id", "batch_id", *schema.ADDED_LESION_COLUMNS],
-                [(r[0], bid, *r[2:]) for r in new],
+                [(r[0], bid, *r[2:]) for r in new if r[0] not in kept],
             )
             events.append(ChangeEvent(bid, "add_lesions", user, tuple(r[0] for r in new),
                                       labels[0] if len(labels) == 1 else None))
@@ -206,10 +235,14 @@ class AddedLesionsMixin:
             ``added_at`` and ``event_id`` (the ``add_lesions`` event).
         """
         geo = ", ".join(f"a.{c}" for c in schema.ADDED_LESION_COLUMNS)
+        # the lesions in the dataset now (an undone add is not), with their latest add event
         rows = self._db.query(
             f"SELECT a.lesion_id, {geo}, c.label, c.source, b.user_name, b.created_at, b.id "
-            "FROM added_lesions a JOIN batches b ON b.id = a.batch_id "
-            "JOIN labels_current c ON c.lesion_id = a.lesion_id "
+            "FROM added_lesions a JOIN labels_current c ON c.lesion_id = a.lesion_id "
+            "JOIN (SELECT ch.lesion_id, MAX(ch.batch_id) AS bid FROM changes ch "
+            "JOIN batches ab ON ab.id = ch.batch_id WHERE ab.op = 'add_lesions' "
+            "GROUP BY ch.lesion_id) last ON last.lesion_id = a.lesion_id "
+            "JOIN batches b ON b.id = last.bid "
             f"ORDER BY a.lesion_id{self._db.collate}"
         )
         df = pd.DataFrame(rows, columns=list(ADDED_COLUMNS))

@@ -54,7 +54,8 @@ class ReplayMixin:
                         st[:4] = [None, None, None, None]
             while k < len(changes) and changes[k][0] == bid:
                 _, lid, *after = changes[k]
-                state[lid][:] = after
+                # a lesion added and taken out again by an undo is not in labels_current
+                state.setdefault(lid, [None, None, None, None, None])[:] = after
                 k += 1
         rows = [(lid, *st) for lid, st in state.items() if st[3] is not None]
         df = pd.DataFrame(

@@ -111,6 +111,8 @@ class UndoMixin:
             if op == "undo"
             else f"undo event {src_id} (at {src_time[:19]})"
         )
+        if params.get("kind") == "tags":  # tag batches (labels/tags.py)
+            return self._revert_tags(src, op, user, tool, skip_conflicts)
         if params.get("kind") == "cluster_name":
             cur = db.query(
                 "SELECT name, last_batch FROM cluster_names WHERE cluster = ?",
@@ -139,6 +141,17 @@ class UndoMixin:
             return UndoResult(bid, src_id, src_op, [], empty_conflicts())
 
         d, s = db.differs, db.same
+        restore = op == "redo" and self._undid_op(src_id) == "add_lesions"
+        if restore:
+            # the undo took the added lesions out of the dataset: put them back in the state the
+            # undo left them (no label, no source), so that the redo below sets them again
+            db.execute(
+                "INSERT INTO labels_current (lesion_id, label, cluster, confidence, source, "
+                "last_batch) SELECT ch.lesion_id, NULL, NULL, NULL, NULL, NULL FROM changes ch "
+                "WHERE ch.batch_id = ? AND ch.lesion_id NOT IN "
+                "(SELECT lesion_id FROM labels_current)",
+                (src_id,),
+            )
         rows = db.query(
             "SELECT ch.lesion_id, c.label, c.last_batch, b.user_name FROM changes ch "
             "JOIN labels_current c ON c.lesion_id = ch.lesion_id "
@@ -184,10 +197,26 @@ class UndoMixin:
             (bid, src_id),
         )
         self._apply_batch(bid)
+        if op == "undo" and src_op == "add_lesions":
+            # before the add they were not lesions of the dataset: take them out again
+            db.execute(
+                "DELETE FROM labels_current WHERE source IS NULL AND lesion_id IN "
+                "(SELECT lesion_id FROM changes WHERE batch_id = ?) AND lesion_id IN "
+                "(SELECT lesion_id FROM added_lesions)",
+                (bid,),
+            )
         ids = [r[0] for r in db.query(
             "SELECT lesion_id FROM changes WHERE batch_id = ? ORDER BY lesion_id", (bid,)
         )]
         return UndoResult(bid, src_id, src_op, ids, conflicts)
+
+    def _undid_op(self, undo_id: int) -> str | None:
+        """The op of the batch that undo batch ``undo_id`` undid."""
+        row = self._db.query(
+            "SELECT t.op FROM batches u JOIN batches t ON t.id = u.target_batch WHERE u.id = ?",
+            (undo_id,),
+        )
+        return row[0][0] if row else None
 
     def _apply_batch(self, bid: int) -> None:
         self._db.execute(
