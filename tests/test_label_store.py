@@ -798,9 +798,9 @@ def write_v1_store(db, ids: list[str]) -> None:
 
 
 def check_v1_store_migrates(s: LabelStore, ids: list[str]) -> None:
-    assert s.schema_version == label_schema.CURRENT_VERSION == 3
+    assert s.schema_version == label_schema.CURRENT_VERSION == 4
     mig = s._db.query("SELECT version FROM schema_migrations ORDER BY version")
-    assert [r[0] for r in mig] == [1, 2, 3]
+    assert [r[0] for r in mig] == [1, 2, 3, 4]
     cur = s.current_labels()
     assert len(cur) == 50 and (cur.set_index("lesion_id").loc[ids[:3], "label"] == "lung").all()
     snap = s.snapshot_labels(1)  # hash computed by the migration and verified here

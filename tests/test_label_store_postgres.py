@@ -48,6 +48,13 @@ from test_label_store_reliability import (
     check_concurrent_writers,
     check_sigkill_inside_transaction,
 )
+from test_label_store_tags import (  # noqa: F401 - tags and saved views, on PostgreSQL here
+    test_bad_tag_input_is_a_clear_error_and_writes_nothing,
+    test_saved_views_per_user_readable_by_all,
+    test_tag_changes_are_append_only,
+    test_tags_are_events_with_user_time_and_undo,
+    test_undoing_a_tag_someone_changed_later_is_a_conflict,
+)
 
 from deeplesion_lab.cli import main
 from deeplesion_lab.labels import LabelStore, LabelStoreError, StoreFormatError

@@ -5,7 +5,7 @@ stores is exercised every time a store is made. ``store_meta`` holds ``app`` (wh
 store from any other database), ``schema_version`` and the dataset binding; ``schema_migrations``
 records when each version was applied.
 
-Tables (version 2)::
+Tables (version 4)::
 
     store_meta        key -> value (app, schema_version, dataset_hash, dataset_kind, ...)
     schema_migrations version, description, applied_at
@@ -23,6 +23,12 @@ Tables (version 2)::
     comment_targets   lesions a comment event is about (v2)
     snapshots         named, immutable label sets (labels_hash: v2)
     snapshot_labels   snapshot_id, lesion_id, label, cluster, source (append-only)
+    added_lesions     lesions people added, with their geometry (v3, append-only)
+    tag_changes       one row per lesion and tag per tag batch: present before/after, which
+                      batch had set it last before/after (v4, append-only)
+    tags_current      lesion_id, tag, present (0/1), last_batch; kept in step with the log (v4)
+    saved_views       a user's named grid view: filters, sort, selection as JSON (v4); deleting
+                      one only marks it (deleted_at), so nothing saved is lost
 """
 
 from __future__ import annotations
@@ -50,7 +56,7 @@ __all__ = [
 ]
 
 APP_ID = "deeplesion-lab-labels"
-CURRENT_VERSION = 3
+CURRENT_VERSION = 4
 
 Step = str | dict[str, str] | Callable[[Backend], None]
 
@@ -188,6 +194,33 @@ _V3 = (
                    "added_lesions FOR EACH ROW EXECUTE FUNCTION dl_labels_append_only()"},
 )
 
+_V4 = (
+    "CREATE TABLE tag_changes (batch_id {bigint} NOT NULL REFERENCES batches (id), "
+    "lesion_id TEXT NOT NULL, tag TEXT NOT NULL, present_before INTEGER NOT NULL, "
+    "present_after INTEGER NOT NULL, last_before {bigint}, last_after {bigint}, "
+    "PRIMARY KEY (batch_id, lesion_id, tag)){without_rowid}",
+    "CREATE INDEX tag_changes_lesion ON tag_changes (lesion_id, batch_id)",
+    "CREATE TABLE tags_current (lesion_id TEXT NOT NULL, tag TEXT NOT NULL, "
+    "present INTEGER NOT NULL, last_batch {bigint}, PRIMARY KEY (lesion_id, tag)){without_rowid}",
+    "CREATE INDEX tags_current_tag ON tags_current (tag, present)",
+    "CREATE TABLE saved_views (id {pk}, owner TEXT NOT NULL, name TEXT NOT NULL, "
+    "spec TEXT NOT NULL, created_at TEXT NOT NULL, updated_at TEXT NOT NULL, deleted_at TEXT)",
+    "CREATE INDEX saved_views_owner ON saved_views (owner, name)",
+    {"sqlite": "CREATE TRIGGER tag_changes_append_only_update BEFORE UPDATE ON tag_changes "
+               "BEGIN SELECT RAISE(ABORT, 'tag_changes is append-only'); END"},
+    {"sqlite": "CREATE TRIGGER tag_changes_append_only_delete BEFORE DELETE ON tag_changes "
+               "BEGIN SELECT RAISE(ABORT, 'tag_changes is append-only'); END"},
+    {"postgresql": "CREATE TRIGGER tag_changes_append_only BEFORE UPDATE OR DELETE ON "
+                   "tag_changes FOR EACH ROW EXECUTE FUNCTION dl_labels_append_only()"},
+    {"sqlite": "CREATE TRIGGER saved_views_no_delete BEFORE DELETE ON saved_views "
+               "BEGIN SELECT RAISE(ABORT, 'saved views are only marked deleted'); END"},
+    {"postgresql": "CREATE OR REPLACE FUNCTION dl_labels_views_no_delete() RETURNS trigger "
+                   "LANGUAGE plpgsql AS $$ BEGIN "
+                   "RAISE EXCEPTION 'saved views are only marked deleted'; END $$"},
+    {"postgresql": "CREATE TRIGGER saved_views_no_delete BEFORE DELETE ON saved_views "
+                   "FOR EACH ROW EXECUTE FUNCTION dl_labels_views_no_delete()"},
+)
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "initial schema: classes, event log, pseudo-labels, current labels, snapshots", _V1),
     Migration(
@@ -196,6 +229,7 @@ MIGRATIONS: tuple[Migration, ...] = (
         _V2,
     ),
     Migration(3, "lesions added by people (accepted proposals) with their geometry", _V3),
+    Migration(4, "tags on lesions (events, undoable) and saved grid views", _V4),
 )
 
 

@@ -72,6 +72,7 @@ from .history import HistoryMixin
 from .lesions import AddedLesionsMixin
 from .replay import ReplayMixin
 from .snapshots import SnapshotMixin
+from .tags import TagsMixin
 from .taxonomy import (
     FIRST_USER_CLASS_ID,
     NOT_A_LESION,
@@ -113,7 +114,8 @@ _KEEP = _Keep()
 
 
 # the store --------------------------------------------------------------------------------------
-class LabelStore(UndoMixin, HistoryMixin, SnapshotMixin, ReplayMixin, AddedLesionsMixin):
+class LabelStore(UndoMixin, HistoryMixin, SnapshotMixin, ReplayMixin, AddedLesionsMixin,
+                 TagsMixin):
     """Pseudo-labels, corrections, history, undo/redo, snapshots and exports of one dataset.
 
     Open one with :meth:`open` (a SQLite file, e.g. ``RunDir.label_db``, or a
