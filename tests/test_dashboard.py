@@ -26,13 +26,13 @@ from dashboard_fixtures import (
 from deeplesion_lab.errors import LabError
 from deeplesion_lab.labels import LabelStore
 from widgets.dashboard.app import (
-    PARAM_RENAMES,
     Dashboard,
     DashboardContext,
     PermissionDenied,
     synced_traits,
 )
 from widgets.dashboard.auth import User
+from widgets.dashboard.bridge import panel_twin
 from widgets.dashboard.client import ClientError, DashboardClient
 
 pytestmark = pytest.mark.timeout(300)
@@ -70,14 +70,34 @@ def _point_ids(dash: Dashboard, points) -> list[str]:
 # the twins -------------------------------------------------------------------------------------
 def test_twins_mirror_the_widgets(ctx):
     d = _dash(ctx, "vic")
-    for widget, twin in ((d.map_widget, d.map), (d.viewer_widget, d.viewer),
-                         (d.panel_widget, d.corrections), (d.gallery_widget, d.gallery)):  # fmt: skip
-        for name in synced_traits(type(widget)):
-            pname = PARAM_RENAMES.get(name, name)
-            assert getattr(twin, pname) == getattr(widget, name), name
+    pairs = ((d.map_widget, d.map), (d.viewer_widget, d.viewer),
+             (d.panel_widget, d.corrections), (d.gallery_widget, d.gallery))
+    for widget, twin in pairs:
+        names = synced_traits(type(widget))
+        assert names, type(widget).__name__
+        for name in names:
+            assert getattr(twin, name) == getattr(widget, name), name
     assert len(d.viewer.image) == 2 * d.viewer.image_shape[0] * d.viewer.image_shape[1] > 0
     assert len(d.map.point_visible) == len(d.map.codes) == ctx.data.n_points > 0
-    assert "visible" not in d.map._esm or 'model.get("point_visible")' in d.map._esm
+    # the map's point mask is its own parameter; Panel's `visible` still hides the component
+    assert d.map.visible is True and 'model.get("point_visible")' in d.map._esm
+    # a change made in Python reaches the twin
+    before = d.map_widget.selection
+    d.map_widget.selection = [0, 1]
+    assert list(d.map.selection) == [0, 1] != list(before)
+
+
+def test_a_trait_named_like_a_panel_parameter_is_refused():
+    """A widget trait called ``visible`` (Panel hides a component with it) cannot be twinned."""
+    import anywidget
+    import traitlets as t
+
+    class Clashing(anywidget.AnyWidget):
+        _esm = "export default { render() {} };"
+        visible = t.Bytes(b"").tag(sync=True)
+
+    with pytest.raises(LabError, match="visible"):
+        panel_twin(Clashing)
 
 
 def test_front_end_changes_reach_the_models(ctx):

@@ -1,22 +1,16 @@
-"""The dashboard app: the lab's widget front ends served by Panel, one session per browser tab.
+"""The dashboard page: the lab's widget front ends served by Panel, one session per browser tab.
 
-Each session gets the headless models of :class:`widgets.models.LabModel` (for the logged-in
-user) and the same anywidget classes the notebooks use (:class:`~widgets.EmbeddingMap`,
-:class:`~widgets.SliceViewer`, :class:`~widgets.CorrectionPanel`,
-:class:`~widgets.SimilarGallery`). Their ESM front ends run in
-the browser as Panel ``AnyWidgetComponent`` twins (:func:`panel_twin`), and a
-:class:`TraitBridge` keeps each twin's parameters and its widget's traits equal, so all the
-logic stays in the widgets and the models.
+Each session (:class:`Dashboard`) gets the headless models of :class:`widgets.models.LabModel`
+(for the logged-in user) and the same anywidget classes the notebooks use
+(:class:`~widgets.EmbeddingMap`, :class:`~widgets.SliceViewer`, :class:`~widgets.CorrectionPanel`,
+:class:`~widgets.SimilarGallery`, :class:`~widgets.VolumeView`), shown as Panel twins kept equal
+to them (:mod:`.bridge`). All sessions share one :class:`~.context.DashboardContext` (the run's
+data, the label store, who is online); fine-tuning runs as the run's job (:mod:`.finetune_job`).
 
 The server checks every write: the correction panel's requests pass the role check of
-:meth:`Dashboard.require` before they reach the widget; snapshots and fine-tuning check it too. A viewer's page
-does not show the correction controls, and a request forged in the browser is refused.
-
-All sessions share one :class:`DashboardContext` (the run's data, the label store, who is
-online). Every ``poll_ms`` the server asks the store for its version once
-(:meth:`DashboardContext.tick`) and refreshes each session that is behind
-(:meth:`Dashboard.poll`, inside that session's document lock), so everyone's map recolours
-within about ``poll_ms`` of a change, whoever made it and from whichever process.
+:meth:`Dashboard.require` before they reach the widget; snapshots and fine-tuning check it too.
+A viewer's page does not show the correction controls, and a request forged in the browser is
+refused.
 
 User-provided text (class names, comments, user names, metric keys) reaches the page only as
 text: the widget front ends set ``textContent``, and the HTML built here goes through
@@ -25,33 +19,33 @@ text: the widget front ends set ``textContent``, and the HTML built here goes th
 
 from __future__ import annotations
 
-import contextlib
 import datetime as _dt
 import html
-import json
 import logging
 import math
-import re
-import threading
 import time
 from collections.abc import Callable
-from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from deeplesion_lab.errors import LabError
 from deeplesion_lab.jobs import format_duration
-from deeplesion_lab.run import RunDir
 
-from .auth import SESSION_LOGIN_KEY, SESSION_USER_KEY, SIGNED_OUT, DashboardAuth, User
+from .auth import SIGNED_OUT, User
+from .bridge import TraitBridge, frontend_writes, panel_twin, synced_traits
+from .context import DashboardContext, store_version
+from .finetune_job import FinetuneJob
 
 __all__ = [
     "DashboardContext",
     "Dashboard",
+    "FinetuneJob",
     "PermissionDenied",
     "TraitBridge",
+    "frontend_writes",
     "panel_twin",
+    "synced_traits",
+    "store_version",
     "make_app",
     "OP_PERMISSIONS",
 ]
@@ -96,418 +90,6 @@ _NONCES = iter(range(1, 1 << 30))
 def _nonce() -> int:
     """A request id that stays exact in JavaScript (below 2**53)."""
     return int(time.time() * 1000) * 1000 + next(_NONCES) % 1000
-
-
-# Panel twins of the anywidget classes ---------------------------------------------------------
-_TWINS: dict[tuple[type, tuple], type] = {}
-
-#: Widget trait names that are also Panel layout parameters, and their name on the twin.
-#: (``EmbeddingMap.visible`` is a per-point mask; Panel's ``visible`` hides a component.)
-PARAM_RENAMES = {"visible": "point_visible"}
-
-
-def _twin_param(trait):
-    import param
-    import traitlets as t
-
-    default = trait.default()
-    if isinstance(trait, t.Bytes):
-        return param.Bytes(default=default or b"")
-    if isinstance(trait, t.Bool):
-        return param.Boolean(default=bool(default))
-    if isinstance(trait, t.Int):
-        return param.Integer(default=default, allow_None=True)
-    if isinstance(trait, t.Float):
-        return param.Number(default=default, allow_None=True)
-    if isinstance(trait, t.Unicode):
-        return param.String(default=default or "")
-    if isinstance(trait, t.List):
-        return param.List(default=list(default or []))
-    if isinstance(trait, t.Dict):
-        return param.Dict(default=dict(default or {}))
-    return param.Parameter(default=default)
-
-
-def _rename_in_esm(source: str, old: str, new: str) -> str:
-    """Point the ESM's reads/writes of trait ``old`` at parameter ``new``."""
-    out = source
-    for a, b in (
-        (f'model.get("{old}")', f'model.get("{new}")'),
-        (f'model.set("{old}"', f'model.set("{new}"'),
-        (f'"change:{old}"', f'"change:{new}"'),
-    ):
-        out = out.replace(a, b)
-    if out == source:
-        raise LabError(f"front end: trait {old!r} not found in the ESM; cannot rename it")
-    return out
-
-
-def frontend_writes(esm: str) -> tuple[str, ...]:
-    """The names an ESM front end writes (``model.set("name", ...)``); a template name such
-    as ``show_${key}`` gives the prefix ``show_*``."""
-    names = set()
-    for _q, name in re.findall(r"model\.set\(\s*([\"'`])(.*?)\1", esm):
-        if "${" in name:
-            prefix = name.split("${", 1)[0]
-            if prefix:
-                names.add(prefix + "*")
-        else:
-            names.add(name)
-    return tuple(sorted(names))
-
-
-def _writable(name: str, allowed: tuple[str, ...]) -> bool:
-    return any(name == a or (a.endswith("*") and name.startswith(a[:-1])) for a in allowed)
-
-
-def synced_traits(widget_cls) -> dict:
-    """The synced traits a widget class adds to ``anywidget.AnyWidget``."""
-    import anywidget
-
-    base = set(anywidget.AnyWidget.class_traits(sync=True))
-    return {
-        k: v
-        for k, v in widget_cls.class_traits(sync=True).items()
-        if k not in base and not k.startswith("_")
-    }
-
-
-def panel_twin(widget_cls) -> type:
-    """A ``panel.custom.AnyWidgetComponent`` class with the same front end as ``widget_cls``.
-
-    Every synced trait becomes a parameter of the same name and type (renamed per
-    :data:`PARAM_RENAMES` where it would clash with a Panel parameter), and the ESM file is the
-    widget's own (``widget_cls._esm``).
-    """
-    import panel as pn
-
-    traits = synced_traits(widget_cls)
-    key = (widget_cls, tuple(sorted(traits)))
-    if key in _TWINS:
-        return _TWINS[key]
-    esm = widget_cls._esm
-    source = Path(esm).read_text(encoding="utf-8") if isinstance(esm, Path) else str(esm)
-    attrs: dict = {"__module__": __name__, "__doc__": f"Panel twin of {widget_cls.__name__}."}
-    for name, trait in traits.items():
-        pname = PARAM_RENAMES.get(name, name)
-        if pname != name:
-            source = _rename_in_esm(source, name, pname)
-        attrs[pname] = _twin_param(trait)
-    attrs["_esm"] = source
-    attrs["_frontend_writes"] = frontend_writes(source)
-    cls = type(f"Panel{widget_cls.__name__}", (pn.custom.AnyWidgetComponent,), attrs)
-    _TWINS[key] = cls
-    return cls
-
-
-def _plain(value):
-    """A JSON-friendly copy (lists/dicts copied so params and traits never share objects)."""
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_plain(v) for v in value]
-    if isinstance(value, np.generic):
-        return value.item()
-    return value
-
-
-class TraitBridge:
-    """Keep a Panel twin's parameters and an anywidget's traits equal, both ways.
-
-    Parameters
-    ----------
-    widget : anywidget.AnyWidget
-        The widget holding the logic (its observers react to front-end changes).
-    component : panel.custom.AnyWidgetComponent
-        Its twin from :func:`panel_twin`, shown in the page.
-    guard : callable, optional
-        ``guard(name, value) -> bool`` called before a front-end change reaches the widget;
-        ``False`` drops it (used to refuse writes the user's role does not allow).
-
-    Only the parameters the front end's own code writes (``component._frontend_writes``) are
-    taken from the page; a change of any other (a forged one) is dropped and undone.
-    """
-
-    def __init__(self, widget, component, guard: Callable[[str, object], bool] | None = None):
-        self.widget = widget
-        self.component = component
-        self.guard = guard
-        self.names = list(synced_traits(type(widget)))
-        self.pnames = {n: PARAM_RENAMES.get(n, n) for n in self.names}
-        self.tnames = {p: n for n, p in self.pnames.items()}
-        component.param.update({self.pnames[n]: _plain(getattr(widget, n)) for n in self.names})
-        widget.observe(self._to_component, names=self.names)
-        self._watcher = component.param.watch(self._to_widget, list(self.tnames))
-
-    def _to_component(self, change) -> None:
-        pname = self.pnames[change["name"]]
-        new = _plain(change["new"])
-        if getattr(self.component, pname) != new:
-            self.component.param.update({pname: new})
-
-    def _to_widget(self, *events) -> None:
-        import panel as pn
-
-        allowed = getattr(self.component, "_frontend_writes", None)
-        with pn.io.hold():
-            for ev in events:
-                name = self.tnames[ev.name]
-                current = getattr(self.widget, name)
-                if allowed is not None and not _writable(ev.name, allowed):
-                    if ev.new != _plain(current):
-                        log.warning("refused a front-end write of %r (not written by the page)",
-                                    ev.name)  # fmt: skip
-                        self.component.param.update({ev.name: _plain(current)})
-                    continue
-                if self.guard is not None and not self.guard(name, ev.new):
-                    continue
-                try:
-                    if getattr(self.widget, name) != ev.new:
-                        setattr(self.widget, name, _plain(ev.new))
-                except LabError as exc:  # a bad value from the page: report, do not crash
-                    log.warning("front end set %s to a bad value: %s", name, exc)
-                except Exception:  # noqa: BLE001 - keep the session alive, but say what broke
-                    log.exception("front-end change of %s failed", name)
-
-    def close(self) -> None:
-        self.widget.unobserve(self._to_component, names=self.names)
-        self.component.param.unwatch(self._watcher)
-
-
-# shared state -----------------------------------------------------------------------------------
-def store_version(store) -> int | None:
-    """The id of the store's newest event: it changes whenever anyone changes the labels."""
-    return None if store is None else int(store.version())
-
-
-class FinetuneJob:
-    """Fine-tuning started from the dashboard: the run's ``finetune`` job
-    (:mod:`deeplesion_lab.jobs`), so it outlives the browser tab and the server, never runs
-    twice at once, and shows in ``deeplesion-lab jobs`` and notebook 4 like any other job."""
-
-    name = "finetune"
-
-    def __init__(self, run: RunDir):
-        self.run = run
-
-    def argv(self, user: str) -> list[str]:
-        """``deeplesion-lab finetune --run RUN --user USER``: trains on a new snapshot of the
-        current labels, recorded as taken by ``user``."""
-        return ["finetune", "--run", str(self.run.path), "--user", user]
-
-    def record(self):
-        from deeplesion_lab.jobs import read_job
-
-        return read_job(self.run, self.name)
-
-    def start(self, user: str) -> str:
-        from deeplesion_lab.jobs import JobBusy, start_job
-
-        try:
-            rec = start_job(self.run, self.name, self.argv(user), user=user)
-        except JobBusy:
-            rec = self.record()
-            by = rec.user if rec is not None else "someone"
-            raise LabError(f"fine-tuning already running (started by {by})") from None
-        return f"fine-tuning started by {user} (job {rec.name}, process {rec.pid})"
-
-    def status(self) -> str:
-        rec = self.record()
-        if rec is None:
-            return "not started"
-        if rec.state == "running":
-            pct = f"{100 * rec.progress:.0f} %" if rec.progress is not None else "starting"
-            eta = f", about {format_duration(rec.eta_s)} left" if rec.eta_s else ""
-            return f"running: {pct}{eta} (started by {rec.user})"
-        if rec.state == "done":
-            return f"finished with exit code 0 (started by {rec.user})"
-        if rec.state == "failed":
-            return f"failed with exit code {rec.exit_code} (started by {rec.user}): {rec.message}"
-        return f"{rec.state} (started by {rec.user}); start it again to resume"
-
-    def progress(self) -> float | None:
-        rec = self.record()
-        return rec.progress if rec is not None else None
-
-    def log_tail(self, n: int = 15) -> str:
-        rec = self.record()
-        if rec is None:
-            return ""
-        try:
-            text = Path(rec.log).read_text(encoding="utf-8", errors="replace")
-        except FileNotFoundError:
-            return ""
-        lines = [ln.split("\r")[-1] for ln in text.splitlines()]  # a bar's last state
-        return "\n".join(lines[-n:])
-
-
-class DashboardContext:
-    """What all sessions of one server share: the run, its data, the label store, users.
-
-    Parameters
-    ----------
-    run_dir : str or pathlib.Path
-        The run (fixed for the server's life).
-    auth : DashboardAuth, optional
-        Login; None means single-user loopback mode with ``local_user``.
-    local_user : User, optional
-        The user of every session when there is no login.
-    poll_ms : int, default 1000
-        Period of the server's check of the store for changes (:meth:`tick`).
-    """
-
-    def __init__(
-        self,
-        run_dir: str | Path,
-        *,
-        auth: DashboardAuth | None = None,
-        local_user: User | None = None,
-        poll_ms: int = 1000,
-    ):
-        from ..data import LabData
-        from ..models import open_label_store
-
-        if auth is None and local_user is None:
-            raise LabError("the dashboard needs a users file or a local user")
-        self.run = RunDir(run_dir)
-        self.run.info()  # a clear error when it is not a run directory
-        self.auth = auth
-        self.local_user = local_user
-        self.poll_ms = int(poll_ms)
-        self.data = LabData.from_run(self.run)
-        self.store = open_label_store(self.run) if self.run.pseudo_labels.is_file() else None
-        self.job = FinetuneJob(self.run)
-        self.sessions: dict[str, str] = {}  # session id -> user name
-        self.refused = 0  # writes refused by role, for the tests and the log
-        self.lock = threading.RLock()
-        self._cache: dict[tuple, str] = {}
-        self._cache_version: object = None
-        self._live: dict[str, tuple] = {}  # session id -> (document, Dashboard)
-        self._online: tuple = ()
-        self._ticks = 0
-        self._poller = None
-
-    # live sessions ---------------------------------------------------------------------------
-    def register(self, sid: str, doc, dash: Dashboard) -> None:
-        """A session opened: it will be kept up to date by :meth:`tick`."""
-        with self.lock:
-            self._live[sid] = (doc, dash)
-            self.sessions[sid] = dash.user.name
-        log.info("session %s opened by %s (%d open)", sid[:8], dash.user.name, len(self._live))
-
-    def unregister(self, sid: str) -> None:
-        with self.lock:
-            doc_dash = self._live.pop(sid, None)
-            self.sessions.pop(sid, None)
-        if doc_dash is not None:
-            dash = doc_dash[1]
-            log.info("session %s of %s closed (%d open; %d refreshes)", sid[:8], dash.user.name,
-                     len(self._live), dash.n_polls)  # fmt: skip
-
-    def tick(self) -> int:
-        """Schedule :meth:`Dashboard.poll` in every session that is behind the store.
-
-        Runs every ``poll_ms`` on the server's IO loop: one version query for all sessions;
-        each lagging session then refreshes inside its own document lock (as a next-tick
-        callback of its document). Sessions are also refreshed when someone joins or leaves
-        (the header's "online" count) and every ~5 s anyway. Returns how many were scheduled.
-        """
-        v = self.version()
-        online = tuple(self.online())
-        self._ticks += 1
-        everyone = online != self._online or self._ticks % max(1, 5000 // self.poll_ms) == 0
-        self._online = online
-        n = 0
-        with self.lock:
-            live = list(self._live.values())
-        now = time.monotonic()
-        for doc, dash in live:
-            if dash.scheduled and now - dash.scheduled < 10.0:
-                continue  # its refresh is queued (re-queued if it never ran in 10 s)
-            if everyone or dash.seen_version() != v:
-                dash.scheduled = now
-                doc.add_next_tick_callback(dash.scheduled_poll)
-                n += 1
-        return n
-
-    def start_polling(self, io_loop) -> None:
-        """Run :meth:`tick` every ``poll_ms`` on ``io_loop`` (the server's)."""
-        from tornado.ioloop import PeriodicCallback
-
-        def _tick():
-            try:
-                self.tick()
-            except Exception:  # noqa: BLE001 - never stop polling; say what failed
-                log.exception("polling the label store failed")
-
-        self._poller = PeriodicCallback(_tick, self.poll_ms)
-        self._poller.start()
-
-    def session_store(self):
-        """The label store as one session sees it: a store object of its own (so that a
-        commit notifies only the writer's session at once; the others see it at their next
-        :meth:`Dashboard.poll`, as they see other processes' changes) on the server's one
-        connection (:meth:`LabelStore.share`)."""
-        if self.store is None:
-            return None
-        return self.store.share()
-
-    def cached(self, key: tuple, make: Callable[[], str]) -> str:
-        """``make()`` once per store version and ``key``, shared by all sessions."""
-        v = self.version()
-        with self.lock:
-            if v != self._cache_version:
-                self._cache, self._cache_version = {}, v
-            if key not in self._cache:
-                self._cache[key] = make()
-            return self._cache[key]
-
-    def user_for(self, payload: dict | None) -> tuple[User | None, str | None]:
-        """``(user, login id)`` of a session, from its signed session token's payload.
-
-        The server puts the user name and the public id of the live login into the token
-        (:func:`widgets.dashboard.server.make_server`; the login cookie itself never reaches
-        the page); without a login, the local user.
-        """
-        if self.auth is None:
-            return self.local_user, None
-        payload = payload or {}
-        name, login_id = payload.get(SESSION_USER_KEY), payload.get(SESSION_LOGIN_KEY)
-        if not isinstance(name, str) or not self.auth.sessions.is_live(login_id):
-            return None, None
-        return self.auth.users.get(name), login_id
-
-    def version(self) -> object:
-        with self.lock:
-            return store_version(self.store)
-
-    def jobs(self) -> list:
-        """The run's jobs (:mod:`deeplesion_lab.jobs`): detectors, fine-tuning, the pipeline."""
-        from deeplesion_lab.jobs import read_jobs
-
-        try:
-            return read_jobs(self.run)
-        except LabError as exc:  # an unreadable record: say so, keep the page
-            log.warning("job records of %s: %s", self.run.path, exc)
-            return []
-
-    def online(self) -> list[str]:
-        return sorted(set(self.sessions.values()))
-
-    def metrics(self) -> dict:
-        """``metrics.json`` of the run (empty when absent or unreadable)."""
-        try:
-            return json.loads(self.run.metrics.read_text(encoding="utf-8"))
-        except (FileNotFoundError, json.JSONDecodeError):
-            return {}
-
-    def close(self) -> None:
-        if self._poller is not None:
-            self._poller.stop()
-        close = getattr(self.store, "close", None)
-        if callable(close):
-            with contextlib.suppress(Exception):
-                close()
 
 
 # the per-session app -----------------------------------------------------------------------------
@@ -781,7 +363,7 @@ class Dashboard:
         """:meth:`poll` as run by the server (see :meth:`DashboardContext.tick`)."""
         try:
             self.poll()
-        except Exception:  # noqa: BLE001 - keep the session; the next tick tries again
+        except Exception:  # keep the session; the next tick tries again
             log.exception("refreshing the session of %s failed", self.user.name)
         finally:
             self.scheduled = 0.0
@@ -861,11 +443,11 @@ class Dashboard:
                 txt(r.get("user")), txt(r.get("op")), txt(r.get("detail")),
                 txt(r.get("n_changes")), txt(r.get("comment")),
                 f"undone by event {undone}" if undone else "",
-            ])  # fmt: skip
+            ])
         return _table(
             ["event", "time (UTC)", "user", "op", "what", "lesions", "comment", ""], rows,
             empty="no corrections yet",
-        )  # fmt: skip
+        )
 
     def _refresh_metrics(self) -> None:
         self.metrics.object = self.ctx.cached(("metrics",), self._metrics_html)
@@ -879,7 +461,7 @@ class Dashboard:
                 rows.append([
                     ("raw", _swatch(colors.get(r["label"], "")) + esc(r["label"])),
                     r["n_current"], r["n_corrected"], r["n_pseudo"],
-                ])  # fmt: skip
+                ])
             ev = self.events(limit=100_000)
             if len(ev):
                 ev = ev[ev["op"] != "init"]
@@ -920,7 +502,7 @@ class Dashboard:
                     fn()
                 except LabError as exc:
                     self._say(str(exc), refused=isinstance(exc, PermissionDenied))
-                except Exception as exc:  # noqa: BLE001 - show it, keep the session
+                except Exception as exc:  # show it, keep the session
                     log.exception("admin action failed")
                     self._say(f"failed: {exc}", refused=True)
                 self._refresh_admin()
@@ -976,7 +558,7 @@ class Dashboard:
         annotate = pn.FlexBox(
             self.map, self.viewer, side, self.gallery, name="Annotate", gap="10px",
             flex_wrap="wrap", align_items="flex-start",
-        )  # fmt: skip
+        )
         history = pn.Column(
             _html("<div class='dl-h2'>History of corrections</div>"),
             self.history_user,

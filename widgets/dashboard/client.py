@@ -54,7 +54,7 @@ def _register_twin_models(content) -> None:
     from ..similar_gallery import SimilarGallery
     from ..slice_viewer import SliceViewer
     from ..volume_view import VolumeView
-    from .app import panel_twin
+    from .bridge import panel_twin
 
     models = {}
     for w in (EmbeddingMap, SliceViewer, CorrectionPanel, SimilarGallery, VolumeView):
