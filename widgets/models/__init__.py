@@ -14,6 +14,10 @@ between these models and synced traits.
 - :class:`GalleryModel`: the most similar lesions to the one in the viewer.
 - :class:`GridModel`: the lesion thumbnail grid (sort, the map's filters and selection) and the
   FROC cases of a model (misses, false positives) at an operating point.
+- :class:`TagModel`: tags on lesions (label-store events, undoable), the map's tag filter.
+- :class:`ViewsModel`: saved views (filters, sort, selection) per user, readable by all.
+- :class:`ReviewModel`: reviewing the lesion graph's proposals (accept, accept as a type,
+  reject, undo) in the viewer.
 - :class:`LabModel`: all of them, linked as in :class:`widgets.LesionLab`.
 """
 
@@ -21,12 +25,15 @@ from __future__ import annotations
 
 from .corrections import SIMULATED_TOOLS, CorrectionModel
 from .gallery import GalleryModel
-from .grid import GridModel, froc_cases
+from .grid import GridModel, froc_cases, froc_class_table
 from .lab import LabModel
 from .labels import LabelState, open_label_store
 from .map import MapModel, lesion_summary
+from .review import ReviewModel
 from .signal import CorrectionError, Signal
+from .tags import TagModel
 from .viewer import ViewerModel
+from .views import ViewsModel
 
 __all__ = [
     "Signal",
@@ -37,6 +44,10 @@ __all__ = [
     "GalleryModel",
     "GridModel",
     "LabModel",
+    "ReviewModel",
+    "TagModel",
+    "ViewsModel",
+    "froc_class_table",
     "froc_cases",
     "lesion_summary",
     "CorrectionError",

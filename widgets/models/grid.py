@@ -71,6 +71,39 @@ def froc_cases(predictions: pd.DataFrame, lesions: pd.DataFrame, split: str = "t
     return cases, threshold
 
 
+def froc_class_table(cases: pd.DataFrame, lesions: pd.DataFrame, split: str = "test",
+                     class_column: str = "coarse_type_name") -> pd.DataFrame:
+    """Per class, the FROC cases of one operating point (from :func:`froc_cases`).
+
+    A lesion's class is its ``class_column`` (the ground truth's); a false positive's class is
+    the label the model gave it (a single-class model's false positives form one row, e.g.
+    ``lesion``). Sensitivity is the share of the class's lesions hit at the operating point,
+    as in ``FROCCurve.class_sensitivity_at``.
+
+    Returns
+    -------
+    pandas.DataFrame
+        ``class``, ``lesions`` (evaluated), ``hit``, ``sensitivity`` (NaN without lesions),
+        ``misses``, ``false_positives``; classes with lesions first, by name.
+    """
+    from deeplesion_lab.detection.froc import ground_truth
+
+    gt = ground_truth(lesions, split, class_column=class_column)
+    n = pd.Series([str(c) for cs in gt.classes for c in cs], dtype=object).value_counts()
+    miss = cases.loc[cases["kind"] == "miss", "label"].astype(str).value_counts()
+    fp = cases.loc[cases["kind"] == "false positive", "label"].astype(str).value_counts()
+    names = sorted(set(n.index) | set(miss.index) | set(fp.index),
+                   key=lambda c: (c not in n.index, c))
+    rows = []
+    for c in names:
+        k, m = int(n.get(c, 0)), int(miss.get(c, 0))
+        rows.append({"class": c, "lesions": k, "hit": k - m,
+                     "sensitivity": (k - m) / k if k else float("nan"), "misses": m,
+                     "false_positives": int(fp.get(c, 0))})
+    return pd.DataFrame(rows, columns=["class", "lesions", "hit", "sensitivity", "misses",
+                                       "false_positives"])
+
+
 class GridModel:
     """A grid of lesion thumbnails sharing the map's filters and selection, or the FROC cases
     of a model (its misses and false positives at an operating point).
@@ -80,7 +113,10 @@ class GridModel:
     marked, and :meth:`open` shows a lesion in the viewer and selects it on the map. With
     ``source`` ``"misses"`` or ``"false positives"`` it lists those cases of :attr:`model` at
     :attr:`fp_rate` false positives per image; :meth:`open` shows the case in the viewer with
-    that model's boxes at the operating point's score threshold.
+    that model's boxes at the operating point's score threshold; :attr:`class_name` keeps the
+    cases of one class (:meth:`class_table` lists them per class, :meth:`open_class` opens a
+    row's misses or false positives). :attr:`tags` (a :class:`TagModel`) puts each lesion's
+    tags in its caption.
 
     Parameters
     ----------
@@ -112,6 +148,8 @@ class GridModel:
         self.fp_rate = 4.0
         self.split = "test"
         self.threshold: float | None = None
+        self.class_name: str | None = None
+        self.tags = None  # TagModel, set by LabModel
         self.changed = Signal()
         self.opened = Signal()  # emits the lesion id shown
         self._cases: pd.DataFrame | None = None
@@ -125,8 +163,9 @@ class GridModel:
         self.changed.emit()
 
     def set(self, **kwargs) -> None:
-        """Change ``source``, ``sort_by``, ``descending``, ``only_selected``, ``model`` or
-        ``fp_rate`` (checked), then emit :attr:`changed`."""
+        """Change ``source``, ``sort_by``, ``descending``, ``only_selected``, ``model``,
+        ``fp_rate`` or ``class_name`` (checked; "" or None: every class), then emit
+        :attr:`changed`."""
         for k, v in kwargs.items():
             if k == "source" and v not in self.SOURCES:
                 raise WidgetDataError(f"grid source must be one of {', '.join(self.SOURCES)}")
@@ -139,10 +178,13 @@ class GridModel:
                 v = float(v)
                 if v <= 0:
                     raise WidgetDataError(f"false positives per image must be > 0, got {v}")
-            if k not in ("source", "sort_by", "descending", "only_selected", "model", "fp_rate"):
+            if k == "class_name":
+                v = str(v) if v else None
+            if k not in ("source", "sort_by", "descending", "only_selected", "model", "fp_rate",
+                         "class_name"):
                 raise WidgetDataError(f"unknown grid setting {k!r}")
             setattr(self, k, v)
-        if {"model", "fp_rate", "source"} & set(kwargs):
+        if {"model", "fp_rate"} & set(kwargs):  # the class filter stays (same class, new point)
             self._cases = None
         self.changed.emit()
 
@@ -206,14 +248,17 @@ class GridModel:
                 bits = [f"{size[r]:.0f} mm" if np.isfinite(size[r]) else "",
                         f"conf {conf:.2f}" if np.isfinite(conf) else "",
                         split[r] if split is not None else ""]
+                tags = list(self.tags.tags_of(lid)) if self.tags is not None else []
                 out.append({"lesion_id": lid, "label": lab, "color": self.labels.color_of(lab),
                             "caption": " · ".join(b for b in bits if b), "box": None,
                             "file_name": str(les["file_name"].iat[r]), "selected": lid in sel,
-                            "kind": "lesion"})
+                            "kind": "lesion", "tags": tags})
             return out, len(rows)
         kind = "miss" if self.source == "misses" else "false positive"
         cases = self.cases()
         cases = cases[cases["kind"] == kind]
+        if self.class_name is not None:
+            cases = cases[cases["label"].astype(str) == self.class_name]
         for c in cases.iloc[offset:offset + limit].itertuples(index=False):
             lab = c.label if kind == "miss" else f"{c.label or 'lesion'} {c.score:.2f}"
             out.append({"lesion_id": c.lesion_id, "label": str(lab),
@@ -221,8 +266,22 @@ class GridModel:
                         "caption": f"{kind} · {c.file_name}",
                         "box": [float(c.x1), float(c.y1), float(c.x2), float(c.y2)],
                         "file_name": str(c.file_name), "selected": c.lesion_id in sel,
-                        "kind": kind})
+                        "kind": kind, "tags": []})
         return out, len(cases)
+
+    def class_table(self) -> pd.DataFrame:
+        """Per-class cases of :attr:`model` at :attr:`fp_rate` (:func:`froc_class_table`)."""
+        return froc_class_table(self.cases(), self.data.lesions, self.split)
+
+    def open_class(self, class_name: str, kind: str = "misses") -> None:
+        """List the misses (``kind="misses"``) or false positives of one class."""
+        if kind not in ("misses", "false positives"):
+            raise WidgetDataError(f"open a class's 'misses' or 'false positives', not {kind!r}")
+        known = set(self.class_table()["class"])
+        if class_name not in known:
+            raise WidgetDataError(f"no class {class_name!r} in the FROC table "
+                                  f"(classes: {', '.join(sorted(known))})")
+        self.set(source=kind, class_name=class_name)
 
     def thumbnail(self, item: dict, size: int = 80):
         """``(uint8 (size, size), box in thumbnail pixels)`` of an item, or None."""

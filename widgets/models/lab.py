@@ -12,7 +12,10 @@ from .gallery import GalleryModel
 from .grid import GridModel
 from .labels import LabelState, open_label_store
 from .map import MapModel
+from .review import ReviewModel
+from .tags import TagModel
 from .viewer import ViewerModel
+from .views import ViewsModel
 
 
 class LabModel:
@@ -45,6 +48,11 @@ class LabModel:
         self.corrections = CorrectionModel(self.labels, self.map)
         self.gallery = GalleryModel(self.data, self.labels, k=k)
         self.grid = GridModel(self.data, self.labels, self.map, self.viewer, self.corrections)
+        self.review = ReviewModel(self.run, self.labels, self.viewer)
+        self.tags = TagModel(self.labels, self.map)
+        self.grid.tags = self.tags
+        self.tags.changed.connect(self.grid.changed.emit)
+        self.views = ViewsModel(self.labels, self.map, self.grid)
         self.map.clicked.connect(self.show_lesion)
         self.grid.opened.connect(self.show_lesion)
         if self.data.n_points:

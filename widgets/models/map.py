@@ -28,7 +28,10 @@ class MapModel:
         self.labels = labels
         self.filters: dict = {
             "splits": None, "labels": None, "patients": None, "size_mm": None, "noisy": "all",
+            "confidence": None, "tags": None,
         }  # fmt: skip
+        #: The run's tags (:class:`widgets.models.TagModel`), for the ``tags`` filter.
+        self.tags = None
         self.selection = np.empty(0, dtype=np.int64)
         self.current = -1
         self.selection_changed = Signal()
@@ -72,6 +75,8 @@ class MapModel:
             "n_patients": int(len(pd.unique(self._patient))) if self._patient is not None else 0,
             "size_mm": [float(size.min()), float(size.max())] if len(size) else [0.0, 0.0],
             "noisy": list(self.NOISY),
+            "confidence": [0.0, 1.0],
+            "tags": self.tags.names() if self.tags is not None else [],
         }
 
     def set_filters(self, **filters) -> np.ndarray:
@@ -89,6 +94,10 @@ class MapModel:
             Long diameter range in mm.
         noisy : {"all", "only", "exclude"}
             The possibly-noisy flag.
+        confidence : (float, float), optional
+            Pseudo-label confidence range (lesions without one are hidden; corrected: 1.0).
+        tags : list of str, optional
+            Lesions carrying any of these tags (needs :attr:`tags`).
         """
         for k, v in filters.items():
             if k not in self.filters:
@@ -97,8 +106,12 @@ class MapModel:
                 v = v or "all"
                 if v not in self.NOISY:
                     raise WidgetDataError(f"noisy filter must be one of {self.NOISY}, got {v!r}")
-            elif k == "size_mm":
-                v = None if not v else (float(v[0]), float(v[1]))
+            elif k in ("size_mm", "confidence"):
+                v = None if v is None or len(v) == 0 else (float(v[0]), float(v[1]))
+                if v is not None and not v[0] <= v[1]:
+                    raise WidgetDataError(f"{k} filter: the range {v[0]} to {v[1]} is empty")
+            elif k == "tags" and v and self.tags is None:
+                raise WidgetDataError("the tag filter needs the run's label store (no tags here)")
             else:
                 v = None if v is None or len(v) == 0 else list(v)
             self.filters[k] = v
@@ -120,6 +133,12 @@ class MapModel:
         if f["size_mm"] is not None:
             lo, hi = f["size_mm"]
             m &= (self._size_mm >= lo) & (self._size_mm <= hi)
+        if f["confidence"] is not None:
+            lo, hi = f["confidence"]
+            conf = self.labels.confidence[self.data.point_rows]
+            m &= (conf >= lo) & (conf <= hi)
+        if f["tags"] is not None and self.tags is not None:
+            m &= self.tags.mask(self.data.lesion_ids[self.data.point_rows], f["tags"])
         if f["noisy"] == "only":
             m &= self._noisy
         elif f["noisy"] == "exclude":
@@ -127,8 +146,9 @@ class MapModel:
         return m
 
     def visible(self) -> np.ndarray:
-        """Boolean mask of the points that pass the filters (label filters follow relabels)."""
-        if self.filters["labels"] is not None:
+        """Boolean mask of the points that pass the filters (label, confidence and tag filters
+        follow corrections and tagging)."""
+        if any(self.filters[k] is not None for k in ("labels", "confidence", "tags")):
             self._mask = self._compute_mask()
         return self._mask
 

@@ -1,0 +1,183 @@
+"""The lesion grid's tags, saved views, confidence filter and per-class FROC cases, headless
+(issue 21). The browser side is in ``tests/test_browser_grid.py``."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from widgets_fixtures import make_tiny_run
+
+from widgets.data import LabData, WidgetDataError
+from widgets.models import CorrectionError, LabModel, froc_cases, froc_class_table
+
+COLS = ["file_name", "x1", "y1", "x2", "y2", "score", "label"]
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return make_tiny_run(tmp_path_factory.mktemp("grid_tags"), source="hand")
+
+
+@pytest.fixture
+def run_copy(tiny, tmp_path) -> Path:
+    run = tmp_path / "run"
+    shutil.copytree(tiny.run_dir, run, ignore=shutil.ignore_patterns("labels.sqlite*"))
+    return run
+
+
+def test_tags_on_the_selection_filter_the_map_and_grid_and_undo(run_copy):
+    lab = LabModel(run_copy, user="alice")
+    ids = [lab.map.lesion_at(i) for i in (1, 4, 6)]
+    with pytest.raises(CorrectionError, match="nothing selected"):
+        lab.map.clear_selection() or lab.tags.tag_selection("review")
+    lab.map.select_lesions(ids)
+    ev = lab.tags.tag_selection(["review", "hard"])
+    assert ev is not None and lab.tags.counts() == {"hard": 3, "review": 3}
+    rec = lab.labels.store.lesion_tags()
+    assert set(rec["tagged_by"]) == {"alice"} and set(rec["event_id"]) == {ev}
+    assert lab.tags.tag_selection("review") is None  # already tagged: nothing written
+    # the grid shows the tags; the map's tag filter is what the grid lists
+    items = {i["lesion_id"]: i for i in lab.grid.items(0, 100)[0]}
+    assert sorted(items[ids[0]]["tags"]) == ["hard", "review"] and items[lab.map.lesion_at(0)]["tags"] == []
+    lab.map.select_lesions(ids[:1])
+    lab.tags.untag_selection("hard")
+    lab.map.set_filters(tags=["hard"])
+    got = [i["lesion_id"] for i in lab.grid.items(0, 100)[0]]
+    assert sorted(got) == sorted(ids[1:]) and lab.map.visible().sum() == 2
+    # one selection: what the grid marks is the map's selection, hidden lesions leave it
+    assert lab.map.selected_lesion_ids() == [] and not any(i["selected"] for i in lab.grid.items()[0])
+    lab.grid.open(lab.grid.items()[0][0])
+    assert lab.map.selected_lesion_ids() == [lab.viewer.lesion_id] == [got[0]]
+    # the user's undo takes back the last tag change; the filter follows at once
+    res = lab.corrections.undo()
+    assert res.target_op == "untag" and lab.map.visible().sum() == 3
+    lab.corrections.undo()
+    assert lab.tags.counts() == {} and lab.map.visible().sum() == 0
+    lab.map.set_filters(tags=None)
+    assert lab.map.visible().all()
+
+
+def test_tags_of_another_user_arrive_on_poll(run_copy):
+    alice = LabModel(run_copy, user="alice")
+    bob = LabModel(run_copy, user="bob")
+    bob.map.select_lesions([bob.map.lesion_at(2)])
+    bob.tags.tag_selection("check")
+    assert alice.tags.counts() == {}
+    assert alice.labels.poll() and alice.tags.counts() == {"check": 1}
+    assert alice.tags.tags_of(bob.map.lesion_at(2)) == ("check",)
+
+
+def test_read_only_lab_has_no_tags_and_says_why(run_copy):
+    lab = LabModel(run_copy, user="alice", store=None)
+    lab.map.select_lesions([lab.map.lesion_at(0)])
+    with pytest.raises(CorrectionError, match="no label store"):
+        lab.tags.tag_selection("x")
+    assert lab.tags.names() == [] and lab.views.views() == []
+
+
+def test_confidence_filter_is_a_range_and_follows_corrections(run_copy):
+    lab = LabModel(run_copy, user="alice")
+    conf = lab.labels.confidence[lab.data.point_rows]
+    lo, hi = np.nanquantile(conf, [0.25, 0.75])
+    lab.map.set_filters(confidence=[lo, hi])
+    want = int(((conf >= lo) & (conf <= hi)).sum())
+    assert 0 < want < lab.data.n_points and lab.grid.items(0, 1000)[1] == want
+    lab.grid.set(sort_by="confidence")
+    shown = [lab.labels.confidence[lab.data.row_of[i["lesion_id"]]] for i in lab.grid.items(0, 1000)[0]]
+    assert min(shown) >= lo and max(shown) <= hi and shown == sorted(shown)
+    # a correction sets the confidence to 1.0: the lesion leaves a range below 1
+    lid = lab.grid.items(0, 1)[0][0]["lesion_id"]
+    lab.map.select_lesions([lid])
+    lab.corrections.relabel_selection(lab.labels.class_names(assignable=True)[0])
+    assert lab.grid.items(0, 1000)[1] == want - (1 if hi < 1.0 else 0)
+    with pytest.raises(WidgetDataError, match="the range 0.9 to 0.1 is empty"):
+        lab.map.set_filters(confidence=[0.9, 0.1])
+
+
+def test_saved_views_restore_filters_sort_and_selection_for_everyone(run_copy):
+    alice = LabModel(run_copy, user="alice")
+    sel = [alice.map.lesion_at(i) for i in (0, 3)]
+    alice.map.set_filters(splits=["train", "test"], confidence=[0.0, 0.99])
+    alice.grid.set(sort_by="size", descending=True)
+    alice.map.select_lesions(sel)
+    alice.views.save("my review")
+    with pytest.raises(Exception, match="already has a view 'my review'"):
+        alice.views.save("my review")
+    # everything changed, then the view brings it back
+    alice.map.set_filters(splits=None, confidence=None)
+    alice.grid.set(sort_by="label", descending=False)
+    alice.map.clear_selection()
+    msg = alice.views.load("my review")
+    assert alice.map.filters["splits"] == ["train", "test"]
+    assert alice.map.filters["confidence"] == (0.0, 0.99)
+    assert (alice.grid.sort_by, alice.grid.descending) == ("size", True)
+    assert sorted(alice.map.selected_lesion_ids()) == sorted(sel) and "2 selected" in msg
+    # bob lists and loads alice's view (shared readable) but cannot delete it
+    bob = LabModel(run_copy, user="bob")
+    assert [(v["owner"], v["name"], v["mine"]) for v in bob.views.views()] == [
+        ("alice", "my review", False)]
+    bob.views.load("my review", owner="alice")
+    assert sorted(bob.map.selected_lesion_ids()) == sorted(sel)
+    with pytest.raises(Exception, match="only its owner can delete it"):
+        bob.views.delete("my review")
+    # a view whose selection is partly hidden by a filter says so
+    alice.map.set_filters(splits=None, confidence=None)
+    alice.map.select_lesions([alice.map.lesion_at(i) for i in range(alice.data.n_points)])
+    alice.map.set_filters(splits=["test"])
+    alice.views.save("test only")
+    n_test = int((alice.data.lesions["split_name"] == "test").sum())
+    assert alice.views.load("test only").endswith(f"{n_test} selected")
+    alice.views.delete("my review")
+    assert [v["name"] for v in bob.views.views()] == ["test only"]
+
+
+def test_per_class_froc_table_and_its_cases(tiny, run_copy):
+    les = LabData.from_run(tiny.run_dir).lesions
+    test = les[(les["split_name"] == "test") & (les["possibly_noisy"].astype(int) == 0)]
+    a, b, c = test.iloc[0], test.iloc[1], test.iloc[2]
+    box = [float(a[k]) for k in ("bbox_x1", "bbox_y1", "bbox_x2", "bbox_y2")]
+    pred = pd.DataFrame([[a["file_name"], *box, 0.9, "liver"],
+                         [a["file_name"], 1, 1, 9, 9, 0.8, "lung"],
+                         [b["file_name"], 2, 2, 8, 8, 0.7, "lung"],
+                         [c["file_name"], 2, 2, 8, 8, 0.6, "bone"]], columns=COLS)
+    cases, _ = froc_cases(pred, les, "test", 16.0)
+    table = froc_class_table(cases, les, "test").set_index("class")
+    types = test["coarse_type_name"].astype(str).value_counts()
+    for name, n in types.items():
+        row = table.loc[name]
+        hit = int(name == a["coarse_type_name"]) + 0  # only a's lesion is hit
+        assert row["lesions"] == n and row["hit"] == hit and row["misses"] == n - hit
+        assert row["sensitivity"] == pytest.approx(hit / n)
+    assert table.loc["lung", "false_positives"] == 2 and table.loc["bone", "false_positives"] == 1
+    assert table["false_positives"].sum() == (cases["kind"] == "false positive").sum()
+    # the same numbers as the FROC's own per-class sensitivity
+    from deeplesion_lab.detection.froc import evaluate_predictions
+
+    res = evaluate_predictions(pred, les, "test")
+    k = res.curve.operating_point(16.0)
+    for name in types.index:
+        mask = res.curve.gt_class == name
+        assert table.loc[name, "sensitivity"] == pytest.approx(float(np.mean(res.curve.gt_first_hit[mask] < k)))
+    # in the lab: a row's misses open in the viewer with the model's and the true boxes
+    lab = LabModel(run_copy, user="alice")
+    g = lab.grid
+    g.set(model="pseudo")
+    rows = g.class_table()
+    fp_class = rows.loc[rows["false_positives"] > 0, "class"].iloc[0]
+    g.open_class(fp_class, "false positives")
+    items, total = g.items(0, 100)
+    assert total == int(rows.set_index("class").loc[fp_class, "false_positives"]) > 0
+    assert {i["kind"] for i in items} == {"false positive"}
+    assert all(i["label"].startswith(fp_class) for i in items)
+    g.open(items[0])
+    ov = lab.viewer.overlays()
+    assert lab.viewer.lesion_id == items[0]["lesion_id"] and ov["predictions"]
+    assert lab.viewer.prediction_model == "pseudo" and lab.viewer.show["predictions"]
+    with pytest.raises(WidgetDataError, match="no class 'nope'"):
+        g.open_class("nope")
+    g.set(class_name="")
+    assert g.class_name is None and g.items(0, 1000)[1] >= total
