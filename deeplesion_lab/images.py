@@ -206,6 +206,7 @@ def load_context(
     target_spacing_mm: float | None = 2.0,
     *,
     warn: bool = True,
+    substituted: list[tuple[int, int]] | None = None,
 ) -> np.ndarray:
     """Load the key slice with neighbours, resampled to a slice interval.
 
@@ -223,6 +224,9 @@ def load_context(
     warn : bool, default True
         Warn (:class:`MissingSliceWarning`, naming the file) when a neighbour is missing and the
         nearest present slice stands in.
+    substituted : list, optional
+        Receives ``(missing slice, slice used)`` for each neighbour that was missing, so that a
+        caller reading many lesions can report them in one line instead of one warning each.
 
     Returns
     -------
@@ -262,6 +266,8 @@ def load_context(
                     break
             else:
                 raise ImageError(f"{slice_path(root, file_name, key)}: no slice of the series found")
+            if substituted is not None:
+                substituted.append((i, j))
             if warn:
                 warnings.warn(
                     f"{slice_path(root, file_name, i)} is missing; using slice {j:03d} instead",

@@ -2,8 +2,9 @@
 
 A sample is a ``dict``: ``"row"`` (the manifest row as a dict), ``"image"`` (``(C, H, W)``
 float32), ``"boxes"`` (``(N, 4)`` float32, x1 y1 x2 y2), ``"labels"`` (``(N,)`` int64),
-``"spacing"`` (mm per pixel). Each transform takes a sample and returns it; :class:`Compose`
-chains them.
+``"spacing"`` (mm per pixel); :class:`LoadContext` adds ``"substituted_slices"`` (the
+``(missing, used)`` slice pairs where a neighbour was missing on disk). Each transform takes a
+sample and returns it; :class:`Compose` chains them.
 
 Examples
 --------
@@ -81,9 +82,12 @@ class LoadContext:
         self.warn = warn
 
     def __call__(self, sample: Sample) -> Sample:
+        missing: list[tuple[int, int]] = []
         sample["image"] = load_context(
-            self.images_root, sample["row"], self.n_slices, self.target_spacing_mm, warn=self.warn
+            self.images_root, sample["row"], self.n_slices, self.target_spacing_mm,
+            warn=self.warn, substituted=missing,
         )
+        sample["substituted_slices"] = missing
         return sample
 
     def __repr__(self) -> str:

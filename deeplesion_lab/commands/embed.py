@@ -56,6 +56,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="label store for --labels-from-store (default RUN/labels.sqlite)")
     p.add_argument("--retrain", action="store_true",
                    help="train again even if a checkpoint with the same settings exists")
+    p.add_argument("--present-only", action="store_true",
+                   help="a partial download: embed the lesions whose key slice is present (the "
+                        "others stay in the manifest, out of training and evaluation; the run "
+                        "records it for the later steps)")
     p.add_argument("--workers", type=int, default=0, help="DataLoader workers reading slices")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -75,7 +79,8 @@ def run(args: argparse.Namespace) -> int:
 
     import numpy as np
 
-    from ..embedding import LesionEmbedder, PatchConfig, build_patches
+    from ..availability import record_run_images, select_present
+    from ..embedding import LesionEmbedder, PatchConfig, build_patches, context_summary
     from ..errors import LabError
     from ..evaluation import protocol_split
     from ..lesion_types import TYPE_CODES
@@ -84,7 +89,10 @@ def run(args: argparse.Namespace) -> int:
 
     t0 = time.time()
     progress = not args.no_progress
-    df = read_manifest(args.manifest)
+    df, availability = select_present(read_manifest(args.manifest), args.present_only,
+                                      step="embed")
+    if not availability.complete:
+        print(f"embed {availability.summary()}")
     if len(df) < 3:
         raise LabError(
             f"{args.manifest}: {len(df)} lesion(s); training an embedding needs at least 3"
@@ -102,7 +110,10 @@ def run(args: argparse.Namespace) -> int:
         df, config, cache_dir=run_dir.path / "cache" / "patches", num_workers=args.workers,
         progress=progress,
     )
+    if (line := context_summary(patches)) is not None:
+        print(line)
     run_dir.init(args.manifest, args.truth)
+    record_run_images(run_dir.run_json, availability)
 
     roles = protocol_split(df["patient_index"].to_numpy())
     allowed = {"seed+val": ["seed", "val"], "seed": ["seed"], "none": []}[args.sampler_types]
@@ -161,7 +172,8 @@ def run(args: argparse.Namespace) -> int:
     shutil.rmtree(resume, ignore_errors=True)
     last = emb.history_[-1].get("triplet_loss") if emb.history_ else None
     run_dir.update_metrics({"embedding": {
-        "n_lesions": len(patches), "epochs": args.epochs, "final_triplet_loss": last,
+        "n_lesions": len(patches), "manifest_lesions": availability.n_lesions,
+        "epochs": args.epochs, "final_triplet_loss": last,
         "sampler_types_used": settings["sampler_types"], "pseudo_labels_used": n_pseudo,
         "store_labels_used": n_store,
         "model_hash": emb.model_hash(), "seconds": round(time.time() - t0, 1),

@@ -8,7 +8,14 @@ Examples
 >>> vectors = emb.transform(patches)                                                # doctest: +SKIP
 """
 
-from .dataset import LesionPatchDataset, PatchConfig, PatchSet, build_patches, lesion_meta
+from .dataset import (
+    LesionPatchDataset,
+    PatchConfig,
+    PatchSet,
+    build_patches,
+    context_summary,
+    lesion_meta,
+)
 from .embedder import LesionEmbedder
 from .network import ARCHS, CheckpointError, EmbeddingNet, load_pretrained
 from .sampling import SequentialSampler, sequential_triplet_loss
@@ -23,6 +30,7 @@ __all__ = [
     "PatchSet",
     "SequentialSampler",
     "build_patches",
+    "context_summary",
     "lesion_meta",
     "load_pretrained",
     "sequential_triplet_loss",

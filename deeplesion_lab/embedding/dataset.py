@@ -26,6 +26,7 @@ __all__ = [
     "PatchSet",
     "LesionPatchDataset",
     "build_patches",
+    "context_summary",
     "lesion_meta",
 ]
 
@@ -98,6 +99,9 @@ class PatchSet:
     sizes_mm : (N,) float64 array, long diameter in mm
     types : (N,) int64 array, coarse type code, -1 unknown
     patients : (N,) int64 array
+    missing_context : (N,) int16 array or None
+        Context slices of each lesion that were missing on disk and stood in for by the nearest
+        present slice (-1: not known, a patch cached before this was counted).
     """
 
     lesion_ids: np.ndarray
@@ -108,6 +112,7 @@ class PatchSet:
     types: np.ndarray
     patients: np.ndarray
     config: PatchConfig = field(default_factory=PatchConfig)
+    missing_context: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.lesion_ids)
@@ -118,6 +123,7 @@ class PatchSet:
         return PatchSet(
             self.lesion_ids[idx], self.patches[idx], self.boxes[idx], self.locations[idx],
             self.sizes_mm[idx], self.types[idx], self.patients[idx], self.config,
+            None if self.missing_context is None else self.missing_context[idx],
         )
 
     def with_types(self, types: np.ndarray) -> PatchSet:
@@ -127,7 +133,7 @@ class PatchSet:
             raise LabError(f"types has shape {t.shape}, expected {self.types.shape}")
         return PatchSet(
             self.lesion_ids, self.patches, self.boxes, self.locations, self.sizes_mm, t,
-            self.patients, self.config,
+            self.patients, self.config, self.missing_context,
         )
 
 
@@ -173,7 +179,9 @@ class LesionPatchDataset:
     from the slices (:class:`deeplesion_lab.transforms.LoadContext`, then
     :func:`deeplesion_lab.images.crop_patch` in HU and the window(s)).
 
-    Items are ``(uint8 patch (C, S, S), box (4,) float32)``.
+    Items are ``(uint8 patch (C, S, S), box (4,) float32, missing context slices (int))``:
+    a neighbour slice missing on disk is replaced by the nearest present one, as
+    :func:`deeplesion_lab.images.load_context` does, and counted instead of warned about.
     """
 
     def __init__(self, manifest: pd.DataFrame, images_root: str | Path, config: PatchConfig):
@@ -191,7 +199,7 @@ class LesionPatchDataset:
     def __len__(self) -> int:
         return len(self.rows)
 
-    def __getitem__(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+    def __getitem__(self, i: int) -> tuple[np.ndarray, np.ndarray, int]:
         row = self.rows.iloc[int(i)].to_dict()
         c = self.config
         try:
@@ -207,11 +215,31 @@ class LesionPatchDataset:
         else:
             img = apply_window(hu, self.windows[0], dtype=np.float32)
         patch = (img * 255.0 + 0.5).astype(np.uint8)
-        return patch, _patch_box(box, c.margin, c.size, min_side)
+        n_missing = len(sample.get("substituted_slices", ()))
+        return patch, _patch_box(box, c.margin, c.size, min_side), n_missing
 
 
 def _collate(batch):
-    return np.stack([b[0] for b in batch]), np.stack([b[1] for b in batch])
+    return (np.stack([b[0] for b in batch]), np.stack([b[1] for b in batch]),
+            np.array([b[2] for b in batch], dtype=np.int16))
+
+
+def context_summary(patches: PatchSet) -> str | None:
+    """One line on the context slices that were missing on disk (None: none was), e.g.
+    ``context slices: 17 of 18 lesions lacked 34 neighbour slices; the nearest present slice
+    stood in``."""
+    m = patches.missing_context
+    if m is None or patches.config.channels != "context":
+        return None
+    known = m >= 0
+    short = m > 0
+    if not short.any():
+        return None
+    unknown = int((~known).sum())
+    extra = f" ({unknown} cached patches not counted)" if unknown else ""
+    return (f"context slices: {int(short.sum()):,} of {len(m):,} lesions lacked "
+            f"{int(m[short].sum()):,} neighbour slice{'s' if m[short].sum() != 1 else ''} on "
+            f"disk; the nearest present slice of the series stood in{extra}")
 
 
 def build_patches(
@@ -259,14 +287,19 @@ def build_patches(
     meta = lesion_meta(manifest)
     root = Path(images_root) if images_root is not None else manifest_images_root(manifest)
     if "has_image" in manifest.columns and not manifest["has_image"].all():
-        missing = manifest.loc[~manifest["has_image"].astype(bool), "lesion_id"]
+        from ..availability import select_present
+
+        select_present(manifest, step="building patches")  # raises the counted message
+        absent = manifest.loc[~manifest["has_image"].astype(bool), "lesion_id"]
         raise LabError(
-            f"{len(missing)} lesion(s) have no key slice under {root} (e.g. {missing.iloc[0]}); "
-            "embedding needs the images"
+            f"{len(absent)} lesion(s) have no key slice under {root} (e.g. {absent.iloc[0]}); "
+            "embedding needs the images: pass the present ones only "
+            "(deeplesion_lab.availability.select_present)"
         )
     n = len(manifest)
     patches = np.empty((n, config.in_channels, config.size, config.size), dtype=np.uint8)
     boxes = np.empty((n, 4), dtype=np.float32)
+    missing = np.full(n, -1, dtype=np.int16)
     cache = Path(cache_dir) if cache_dir is not None else None
     chunks = [(s, min(s + chunk_size, n)) for s in range(0, n, chunk_size)]
     todo = []
@@ -275,6 +308,8 @@ def build_patches(
         if f is not None and f.is_file():
             with np.load(f) as z:
                 patches[s:e], boxes[s:e] = z["patches"], z["boxes"]
+                if "missing_context" in z.files:
+                    missing[s:e] = z["missing_context"]
         else:
             todo.append((s, e, f))
     if todo:
@@ -286,16 +321,18 @@ def build_patches(
                 ds, batch_size=64, shuffle=False, num_workers=num_workers, collate_fn=_collate
             )
             pos = s
-            for p, b in loader:
+            for p, b, m in loader:
                 patches[pos : pos + len(p)], boxes[pos : pos + len(p)] = p, b
+                missing[pos : pos + len(p)] = m
                 pos += len(p)
                 bar.update(len(p))
             if f is not None:
                 with atomic_path(f) as tmp:
                     with open(tmp, "wb") as fh:
-                        np.savez(fh, patches=patches[s:e], boxes=boxes[s:e])
+                        np.savez(fh, patches=patches[s:e], boxes=boxes[s:e],
+                                 missing_context=missing[s:e])
         bar.close()
-    return PatchSet(patches=patches, boxes=boxes, config=config, **meta)
+    return PatchSet(patches=patches, boxes=boxes, config=config, missing_context=missing, **meta)
 
 
 def _chunk_file(cache: Path, rows: pd.DataFrame, config: PatchConfig) -> Path:
