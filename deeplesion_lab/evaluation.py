@@ -533,13 +533,13 @@ def evaluate_run(
     else:
         from .embedding import LesionEmbedder, PatchConfig, build_patches
 
-        ckpt = run.path / "embedder.pt"
+        ckpt = run.embedder
         if ckpt.is_file():
             emb = LesionEmbedder.load(ckpt)
             config = emb.patch_config_
         else:
             emb, config = None, PatchConfig()
-        patches = build_patches(df, config, cache_dir=run.path / "cache" / "patches",
+        patches = build_patches(df, config, cache_dir=run.patch_cache,
                                 progress=progress)
         classify("raw_intensity", raw_intensity_features(patches.patches))
         if emb is None:

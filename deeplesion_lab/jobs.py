@@ -104,7 +104,7 @@ def format_duration(s: float | None) -> str:
 
 
 def _job_dir(run: RunDir) -> Path:
-    return run.path / "jobs"
+    return run.jobs_dir
 
 
 def job_log(run: str | Path | RunDir, name: str) -> Path:

@@ -402,8 +402,8 @@ def _difference(diff: dict[str, Any]) -> str:
 def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
     """Write ``RUN_DIR/report.html`` (or ``out``) from the run's metrics and outputs."""
     run = RunDir(run_dir)
-    metrics = json.loads(run.metrics.read_text()) if run.metrics.is_file() else {}
-    out = Path(out) if out is not None else run.path / "report.html"
+    metrics = run.load_metrics()
+    out = Path(out) if out is not None else run.report
     parts: list[str] = []
 
     def section(title: str, content: str) -> None:

@@ -10,6 +10,11 @@ Layout (each step owns its files; all writes are atomic)::
       umap.parquet           lesion_id, x, y
       metrics.json           every evaluation's numbers, nested by step
       labels.sqlite          the label store (corrections, history, snapshots)
+      cache/                 what a step may rebuild: patches/ (lesion patches), umap/ (maps by
+                             embedding hash), embeddings/ (chunks of an interrupted extraction)
+      jobs/                  background jobs: <name>.json record, <name>.log, <name>.lock
+      exports/               label exports made from the notebooks and the dashboard
+      report.html            ``deeplesion-lab report``
       detector/              detector checkpoints and predictions:
         <model>/model.pt                   one folder per trained model (single, pseudo, ...-ft1)
         predictions_<model>_<split>.csv    ``detect`` of a model on a split (``all``: every key
@@ -17,7 +22,11 @@ Layout (each step owns its files; all writes are atomic)::
                                            and pseudo on ``all`` (the lesion graph's detections)
         <model>/predictions_<split>.csv    a fine-tuned model on its evaluation split (and
                                            ``predictions_before_<split>.csv``: its parent's)
-      graph/                 lesion graph, tracks, proposals
+      graph/                 lesion graph (nodes.parquet, edges.parquet), pairs.parquet,
+                             tracks.parquet, proposals.parquet, detections.csv, graph.json
+
+Every path is a property or method of :class:`RunDir`; steps, commands, widgets and notebooks
+ask it rather than spelling a name out.
 """
 
 from __future__ import annotations
@@ -49,7 +58,7 @@ def versions() -> dict[str, str]:
     for mod in ("deeplesion_lab", "numpy", "pandas", "torch", "torchvision", "sklearn"):
         try:
             out[mod] = __import__(mod).__version__
-        except Exception:  # noqa: BLE001 - optional modules
+        except Exception:  # optional modules
             pass
     return out
 
@@ -98,6 +107,70 @@ class RunDir:
     @property
     def graph_dir(self) -> Path:
         return self.path / "graph"
+
+    @property
+    def embedder(self) -> Path:
+        """``embedder.pt``: the embedding network (``embed`` writes it, ``embedder.json`` beside)."""
+        return self.path / "embedder.pt"
+
+    @property
+    def cache_dir(self) -> Path:
+        """``cache/``: what the steps may rebuild (safe to delete)."""
+        return self.path / "cache"
+
+    @property
+    def patch_cache(self) -> Path:
+        """``cache/patches``: lesion patches cut from the slices (``embed``, ``mine``, ``evaluate``)."""
+        return self.cache_dir / "patches"
+
+    @property
+    def umap_cache(self) -> Path:
+        """``cache/umap``: 2-D maps by embedding hash (``mine``)."""
+        return self.cache_dir / "umap"
+
+    @property
+    def embedding_chunks(self) -> Path:
+        """``cache/embeddings``: chunks of an interrupted embedding extraction (``embed``)."""
+        return self.cache_dir / "embeddings"
+
+    @property
+    def jobs_dir(self) -> Path:
+        """``jobs/``: background jobs' records, logs and locks (:mod:`deeplesion_lab.jobs`)."""
+        return self.path / "jobs"
+
+    @property
+    def exports_dir(self) -> Path:
+        """``exports/``: label exports made from the notebooks and the dashboard."""
+        return self.path / "exports"
+
+    @property
+    def report(self) -> Path:
+        """``report.html`` (``deeplesion-lab report``)."""
+        return self.path / "report.html"
+
+    # the lesion graph's files (``graph``) --------------------------------------------------------
+    @property
+    def graph_pairs(self) -> Path:
+        return self.graph_dir / "pairs.parquet"
+
+    @property
+    def graph_tracks(self) -> Path:
+        return self.graph_dir / "tracks.parquet"
+
+    @property
+    def graph_proposals(self) -> Path:
+        """``graph/proposals.parquet``: possibly unannotated lesions found by ``graph``."""
+        return self.graph_dir / "proposals.parquet"
+
+    @property
+    def graph_detections(self) -> Path:
+        """``graph/detections.csv``: the detections ``graph`` ran next to key slices."""
+        return self.graph_dir / "detections.csv"
+
+    @property
+    def graph_record(self) -> Path:
+        """``graph/graph.json``: the graph's settings, matcher and counts."""
+        return self.graph_dir / "graph.json"
 
     # detector predictions: the one place that names them (pipeline, finetune, widgets) ---------
     def predictions_file(self, model: str, split: str = "test") -> Path:
@@ -221,6 +294,29 @@ class RunDir:
                 f"{self.pseudo_labels} not found; run `deeplesion-lab mine --run {self.path}`"
             )
         return pd.read_parquet(self.pseudo_labels)
+
+    def load_metrics(self) -> dict:
+        """``metrics.json`` as a dict (empty when no step has written it yet).
+
+        Raises
+        ------
+        RunError
+            When the file is not a JSON object (named, with the line of the error).
+        """
+        try:
+            text = self.metrics.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return {}
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise RunError(
+                f"{self.metrics}: line {exc.lineno}: not valid JSON ({exc.msg}); restore it or "
+                "delete it and rerun the evaluations"
+            ) from None
+        if not isinstance(data, dict):
+            raise RunError(f"{self.metrics}: expected a JSON object, got {type(data).__name__}")
+        return data
 
     def update_metrics(self, updates: dict) -> dict:
         """Deep-merge ``updates`` into ``metrics.json``."""

@@ -161,6 +161,13 @@ def test_train_detect_evaluate(demo, tmp_path, capsys) -> None:
     assert det["n_images"] == m.loc[(m["split"] == 3) & (m["possibly_noisy"] == 0),
                                     "file_name"].nunique()
     assert Path(det["plot_png"]).is_file() and Path(det["plot_html"]).is_file()
+    # without --manifest: the one run.json records, the same numbers
+    assert main(["evaluate-detector", str(pred), "--run", str(run.path), "--name", "again",
+                 "--no-plot"]) == 0
+    assert _metrics(run)["detection"]["again"]["sensitivity"] == det["sensitivity"]
+    capsys.readouterr()
+    assert main(["evaluate-detector", str(pred), "--no-plot"]) == 2
+    assert "--manifest" in capsys.readouterr().err
 
     # the same command again: already trained, nothing retrained, same model
     before = model.stat().st_size
@@ -256,6 +263,36 @@ def test_finetune_bad_inputs(demo, pseudo_run, tmp_path, capsys) -> None:
                  f"lymph node={classes[0]}", "--epochs", "1", "--batch-size", "4",
                  *RUNTIME]) == 0
     assert _metrics(run)["finetune"]["classes"] == classes
+
+
+def test_finetune_reset_head_keeps_the_known_classes_heatmaps(demo, pseudo_run, tmp_path,
+                                                              capsys) -> None:
+    """--reset-head with a new class: known classes keep their heatmap channel, the new one
+    starts from the mean of the old ones (lr 0: the 1 x 1 heatmap layer is left as set up)."""
+    import torch
+
+    manifest, _ = demo
+    run = _copy_run(pseudo_run, tmp_path)
+    base = torch.load(run.detector_dir / "pseudo" / "model.pt", weights_only=True)
+    classes = base["classes"]
+    w = base["state_dict"]["heatmap.1.weight"]
+    labels = pd.read_parquet(run.pseudo_labels)[["lesion_id", "label"]]
+    m = read_manifest(manifest)
+    first_train = m.loc[m["split"] == 1, "lesion_id"].astype(str).iloc[0]
+    labels.loc[labels["lesion_id"] == first_train, "label"] = "aaa new class"
+    table = tmp_path / "labels.csv"
+    labels.to_csv(table, index=False)
+    assert main(["finetune", "--run", str(run.path), "--labels", str(table), "--reset-head",
+                 "--epochs", "1", "--lr", "0", "--batch-size", "4", *RUNTIME]) == 0
+    ft = _metrics(run)["finetune"]
+    train_ids = set(m.loc[m["split"] == 1, "lesion_id"].astype(str))
+    expected = sorted(set(labels.loc[labels["lesion_id"].isin(train_ids), "label"]))
+    assert ft["classes"] == expected and "aaa new class" in expected
+    after = torch.load(run.detector_dir / ft["model"] / "model.pt", weights_only=True)
+    nw = after["state_dict"]["heatmap.1.weight"]
+    assert nw.shape[0] == len(expected)
+    for k, c in enumerate(expected):
+        assert torch.allclose(nw[k], w[classes.index(c)] if c in classes else w.mean(0))
 
 
 def test_missing_images_fail_before_anything_is_written(demo, tmp_path, capsys) -> None:

@@ -19,7 +19,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         ),
     )
     p.add_argument("predictions", type=Path, metavar="PRED.csv")
-    p.add_argument("--manifest", type=Path, required=True, help="manifest (.parquet)")
+    p.add_argument("--manifest", type=Path, default=None,
+                   help="manifest (.parquet); default the one the --run records in run.json")
     p.add_argument("--split", choices=["test", "val", "train", "all", "val+test"], default="test",
                    help="key slices scored (default test)")
     p.add_argument("--run", type=Path, default=None, help="run directory for metrics.json")
@@ -36,14 +37,18 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..detection.froc import evaluate_predictions, read_predictions
     from ..detection.workflow import record_evaluation
+    from ..errors import LabError
     from ..manifest import read_manifest
     from ..run import RunDir
 
-    pred = read_predictions(args.predictions)
-    manifest = read_manifest(args.manifest)
     run_dir = RunDir(args.run) if args.run is not None else None
     if run_dir is not None:
         run_dir.info()
+    if args.manifest is None and run_dir is None:
+        raise LabError("evaluate-detector: give --manifest MANIFEST, or --run RUN_DIR to use the "
+                       "manifest its run.json records")
+    pred = read_predictions(args.predictions)
+    manifest = read_manifest(args.manifest if args.manifest is not None else run_dir.manifest_path())
     res = evaluate_predictions(pred, manifest, args.split, iou_threshold=args.iou,
                                noisy=args.noisy)
     name = args.name or args.predictions.stem

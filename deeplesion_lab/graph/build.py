@@ -67,7 +67,7 @@ def embed_proposals(
     Returns ``(vectors or None, message)``; ``None`` with the reason when it cannot be done
     (no embedder, no images), never an exception for those.
     """
-    ckpt = run.path / "embedder.pt"
+    ckpt = run.embedder
     if not len(proposals):
         return np.zeros((0, 1), np.float32), "no proposals to embed"
     if not ckpt.is_file():
@@ -261,11 +261,9 @@ def _fit_matcher(
 def _clear_stale(run: RunDir, updates: dict) -> dict:
     """``updates`` plus ``None`` for keys of the same sections left by an earlier run, so that
     the deep merge of :meth:`RunDir.update_metrics` leaves no stale numbers behind."""
-    import json
-
-    if not run.metrics.is_file():
+    old = run.load_metrics()
+    if not old:
         return updates
-    old = json.loads(run.metrics.read_text())
 
     def fill(new: dict, prev: dict) -> dict:
         out = dict(new)
@@ -387,7 +385,7 @@ def build_run_graph(
             msgs.append(pmsg)
         else:
             msgs.append(dmsg)
-            write_csv(det_pred, run.graph_dir / "detections.csv")
+            write_csv(det_pred, run.graph_detections)
             preds = det_pred if preds is None else pd.concat([preds, det_pred],
                                                               ignore_index=True)
     if preds is not None:
@@ -431,12 +429,12 @@ def build_run_graph(
     )
     gdir = run.graph_dir
     paths = graph.save(gdir)
-    paths["pairs"] = write_parquet(pairs, gdir / "pairs.parquet")
-    paths["tracks"] = write_parquet(tracks, gdir / "tracks.parquet")
+    paths["pairs"] = write_parquet(pairs, run.graph_pairs)
+    paths["tracks"] = write_parquet(tracks, run.graph_tracks)
     if proposals is not None:
-        paths["proposals"] = write_parquet(proposals, gdir / "proposals.parquet")
-    elif (gdir / "proposals.parquet").is_file():
-        msgs.append(f"{gdir / 'proposals.parquet'} is from an earlier run (kept, not updated)")
+        paths["proposals"] = write_parquet(proposals, run.graph_proposals)
+    elif run.graph_proposals.is_file():
+        msgs.append(f"{run.graph_proposals} is from an earlier run (kept, not updated)")
     record = {
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "n_neighbors": n_neighbors,
@@ -457,7 +455,7 @@ def build_run_graph(
         "seconds": round(time.perf_counter() - t0, 2),
         "messages": msgs,
     }
-    paths["record"] = write_json(record, gdir / "graph.json")
+    paths["record"] = write_json(record, run.graph_record)
     metrics = {"matching": mmetrics, "missing_annotations": mm}
     run.update_metrics(_clear_stale(run, metrics))
     return GraphResult(graph, pairs, tracks, proposals, metrics, msgs, paths)

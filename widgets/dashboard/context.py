@@ -9,7 +9,6 @@ change, whoever made it and from whichever process.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import threading
 import time
@@ -193,8 +192,9 @@ class DashboardContext:
     def metrics(self) -> dict:
         """``metrics.json`` of the run (empty when absent or unreadable)."""
         try:
-            return json.loads(self.run.metrics.read_text(encoding="utf-8"))
-        except (FileNotFoundError, json.JSONDecodeError):
+            return self.run.load_metrics()
+        except LabError as exc:  # a damaged file: say so, keep the page
+            log.warning("%s", exc)
             return {}
 
     def close(self) -> None:

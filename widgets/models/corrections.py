@@ -174,7 +174,7 @@ class CorrectionModel:
             raise CorrectionError("exports go to a run directory; this lab has none")
         if fmt not in ("csv", "coco"):
             raise CorrectionError(f"export as csv or coco, not {fmt!r}")
-        folder = run.path / "exports"
+        folder = run.exports_dir
         folder.mkdir(exist_ok=True)
         stamp = time.strftime("%Y%m%d-%H%M%S")
         if fmt == "csv":
