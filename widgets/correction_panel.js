@@ -302,7 +302,9 @@ function render({ model, el }) {
   let armed = false;
   const scopeOf = () => el.closest(".jp-Cell") || el.closest(".jp-OutputArea") || document.body;
   const onPointer = (ev) => {
-    armed = scopeOf().contains(ev.target);
+    // a panel with keys of its own (the proposal review) takes them while it is clicked
+    const own = ev.target && ev.target.closest && ev.target.closest("[data-dl-keyscope]");
+    armed = scopeOf().contains(ev.target) && !own;
     keysHelp.classList.toggle("on", armed);
   };
   const editable = (t) => t && (t.isContentEditable || /^(INPUT|TEXTAREA|SELECT)$/.test(t.tagName || ""));

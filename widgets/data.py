@@ -75,6 +75,8 @@ def _overlay_table(source, what: str) -> pd.DataFrame | None:
             ),
         }
     )
+    if "proposal_id" in df.columns:  # mined candidates: the review follows them by id
+        out["proposal_id"] = df["proposal_id"].astype(str).to_numpy()
     return out
 
 

@@ -45,6 +45,7 @@ const STYLE = `
 
 // one colour per layer, the same in the legend and on the image (the class is in the tag)
 const COLORS = { annotations: "#f5c542", predictions: "#4aa3ff", candidates: "#ff5ad9" };
+const REVIEW_COLORS = { accepted: "#3ddc84", rejected: "#9aa0a6" };
 
 function bytesOf(v) {
   if (v == null) return new Uint8Array(0);
@@ -266,15 +267,21 @@ function render({ model, el }) {
         shown.predictions += 1;
       }
     }
-    // mined candidates (dashed magenta), under the same score threshold
+    // mined candidates (dashed magenta), under the same score threshold; in a review, the one
+    // under review is drawn thick whatever its score, decided ones green (accepted) or grey
     if (model.get("show_candidates")) {
       for (const c of model.get("candidates") || []) {
-        if (c.score != null && c.score < t) continue;
+        if (!c.current && c.score != null && c.score < t) continue;
         const [x, y, w, hh] = boxPath(c.box);
-        ctx.strokeStyle = COLORS.candidates; ctx.lineWidth = lw; ctx.setLineDash([5, 4]);
+        const col = REVIEW_COLORS[c.status] || COLORS.candidates;
+        ctx.strokeStyle = col; ctx.lineWidth = c.current ? 3 : lw;
+        ctx.setLineDash(c.status === "rejected" ? [2, 3] : [5, 4]);
+        ctx.globalAlpha = c.status === "rejected" && !c.current ? 0.6 : 1;
         ctx.strokeRect(x, y, w, hh);
-        ctx.setLineDash([]);
-        tag(`candidate${c.score != null ? " " + c.score.toFixed(2) : ""}`, x, y + hh + 20, "#ff9ceb");
+        ctx.setLineDash([]); ctx.globalAlpha = 1;
+        const what = c.current ? "reviewing" : (c.status && c.status !== "pending" ? c.status : "candidate");
+        tag(`${what}${c.score != null ? " " + c.score.toFixed(2) : ""}`, x, y + hh + 20,
+            c.current ? "#ffffff" : (c.status === "pending" || !c.status ? "#ff9ceb" : col));
         shown.candidates += 1;
       }
     }

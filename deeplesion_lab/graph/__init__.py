@@ -7,6 +7,7 @@ studies, and lesions that were visible but never annotated.
 - :mod:`.lesion_graph`: :class:`LesionGraph` (nodes/edges parquet, networkx);
 - :mod:`.missing`: proposals of unannotated lesions from detections, their evaluation and
   acceptance;
+- :mod:`.review`: reviewing proposals (accept, accept as a type, reject; undoable events);
 - :mod:`.truth`: the demo truth file.
 
 Examples
@@ -40,10 +41,22 @@ from .missing import (
     rank_proposals,
     read_accepted,
 )
+from .review import (
+    DECISIONS,
+    decide_proposals,
+    proposal_status,
+    read_proposals,
+    review_queue,
+)
 from .tracks import TRACK_COLUMNS, build_tracks
 from .truth import read_truth, track_ids_for
 
 __all__ = [
+    "DECISIONS",
+    "decide_proposals",
+    "proposal_status",
+    "read_proposals",
+    "review_queue",
     "EDGE_COLUMNS",
     "NODE_COLUMNS",
     "PAIR_FEATURES",

@@ -51,6 +51,7 @@ __all__ = [
     "rank_proposals",
     "evaluate_proposals",
     "accept_proposals",
+    "proposal_lesions",
     "read_accepted",
     "proposal_manifest",
     "neighbour_rows",
@@ -579,9 +580,28 @@ def accept_proposals(
         raise GraphError(
             f"{path}: proposal_id {unknown[0]!r} is not a proposal ({len(unknown)} unknown ids)"
         )
-    p = props.loc[list(dict.fromkeys(ids))]
+    rows = proposal_lesions(props.loc[list(dict.fromkeys(ids))])
+    own = store is None
+    if own:
+        store = LabelStore.for_run(run)
+    try:
+        eid = store.add_lesions(rows, user or getpass.getuser(), label=label,
+                                tool=tool, comment=comment, origin="proposal")
+        added = store.added_lesions()
+    finally:
+        if own:
+            store.close()
+    if eid is None:
+        return added.iloc[0:0]
+    return added[added["event_id"] == eid].reset_index(drop=True)
+
+
+def proposal_lesions(proposals: pd.DataFrame) -> pd.DataFrame:
+    """Proposals as the lesions they become when accepted (the rows of
+    :meth:`~deeplesion_lab.labels.LabelStore.add_lesions`): the proposal's id, key slice and box,
+    RECIST points as a cross inside the box, the detector score."""
     rows = []
-    for r in p.itertuples(index=False):
+    for r in proposals.itertuples(index=False):
         box = np.array([r.x1, r.y1, r.x2, r.y2], dtype=float)
         pad = 5.0 if min(box[2] - box[0], box[3] - box[1]) > 10.0 else 0.0
         rec = box_to_recist(box, pad=pad)
@@ -596,16 +616,4 @@ def accept_proposals(
             **dict(zip(RECIST_COLUMNS, np.asarray(rec, dtype=float).tolist(), strict=True)),
             "score": float(r.score),
         })
-    own = store is None
-    if own:
-        store = LabelStore.for_run(run)
-    try:
-        eid = store.add_lesions(pd.DataFrame(rows), user or getpass.getuser(), label=label,
-                                tool=tool, comment=comment, origin="proposal")
-        added = store.added_lesions()
-    finally:
-        if own:
-            store.close()
-    if eid is None:
-        return added.iloc[0:0]
-    return added[added["event_id"] == eid].reset_index(drop=True)
+    return pd.DataFrame(rows)

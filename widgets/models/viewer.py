@@ -56,6 +56,10 @@ class ViewerModel:
         self.preset = "soft tissue"
         self.show = {k: True for k in self.OVERLAYS}
         self.score_threshold = 0.5
+        #: the mined candidate (proposal id) under review, drawn highlighted whatever its score
+        self.review_focus: str | None = None
+        #: review status of mined candidates by proposal id (pending / accepted / rejected)
+        self.candidate_status: dict[str, str] = {}
         self.lesion_changed = Signal()
         self.slice_changed = Signal()
         self.window_changed = Signal()
@@ -77,6 +81,24 @@ class ViewerModel:
         self.lesion_changed.emit(self.lesion_id)
         self.window_changed.emit()
         self.slice_changed.emit(self.slice_index)
+
+    def show_image(self, file_name: str) -> None:
+        """Show a key image (on its key slice): the lesion annotated on it, or, when the viewer
+        shows that image already, just go back to its key slice."""
+        if self.file_name == file_name and self.key_slice is not None:
+            self.set_slice(self.key_slice)
+            return
+        rows = self.data.lesions_on_image(file_name)
+        if not len(rows):
+            raise WidgetDataError(f"no annotated lesion on {file_name}; the viewer shows key images")
+        self.show_lesion(str(self.data.lesions["lesion_id"].iat[int(rows[0])]))
+
+    def set_review(self, proposal_id: str | None, status: dict[str, str] | None = None) -> None:
+        """Highlight the candidate under review and colour the others by their status."""
+        self.review_focus = proposal_id
+        if status is not None:
+            self.candidate_status = dict(status)
+        self.overlays_changed.emit()
 
     def set_slice(self, index: int) -> int:
         """Go to the present slice nearest to ``index``; returns the slice shown."""
@@ -214,18 +236,22 @@ class ViewerModel:
             df = df.sort_values("score", ascending=False).head(100)
             for rec in df.itertuples(index=False):
                 label = str(rec.label)
-                out[key].append(
-                    {
-                        "box": [float(rec.x1), float(rec.y1), float(rec.x2), float(rec.y2)],
-                        "score": float(rec.score),
-                        "label": label,
-                        "color": (
-                            self.labels.color_of(label)
-                            if self.labels is not None and label in self.labels._index
-                            else TYPE_COLORS.get(label, "#39FF14")
-                        ),
-                    }
-                )
+                item = {
+                    "box": [float(rec.x1), float(rec.y1), float(rec.x2), float(rec.y2)],
+                    "score": float(rec.score),
+                    "label": label,
+                    "color": (
+                        self.labels.color_of(label)
+                        if self.labels is not None and label in self.labels._index
+                        else TYPE_COLORS.get(label, "#39FF14")
+                    ),
+                }
+                pid = getattr(rec, "proposal_id", None)
+                if key == "candidates" and pid is not None:
+                    item["id"] = str(pid)
+                    item["status"] = self.candidate_status.get(str(pid), "pending")
+                    item["current"] = str(pid) == self.review_focus
+                out[key].append(item)
         return out
 
 

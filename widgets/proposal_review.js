@@ -1,0 +1,220 @@
+// deeplesion-lab proposal review: walk the lesion graph's proposals (mined, unannotated lesions)
+// best first and accept, accept as a type, or reject each. Self-contained anywidget ESM (no
+// imports, no CDN). All text from the store (class names, users, ids) is set with textContent.
+//
+// Model protocol (also usable as Panel AnyWidgetComponent parameters):
+//   user        text;  available  bool;  message  why there is nothing to review
+//   counts      {pending, accepted, rejected, total}
+//   current     {proposal_id, position, file_name, box, score, rank_score, similarity,
+//                neighbour_support, nearest_lesion_id, status, decided_label, decided_by}
+//   types       [{name, color}]   what a proposal can be accepted as (keys 1-9)
+//   pending_only bool;  active  bool: a review is under way (the viewer shows the proposal)
+//   decisions   [{proposal_id, status, label, user}]   the latest decisions
+//   request     {op, ..., nonce}  written here: accept {label?} | reject | next | prev |
+//               go {position} | undo | pending_only {value} | refresh | start
+//   status      {nonce, ok, message}  the answer to the last request
+// Keys (after a click in this panel, not while typing in a field): a accept, r reject,
+//   1-9 accept as the n-th type, j or ArrowRight next, k or ArrowLeft previous, u undo.
+
+const STYLE = `
+.dlr{font:12px/1.4 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;color:#e8eaed;
+  background:#17191d;border:1px solid #2c2f36;border-radius:8px;padding:8px 10px;display:flex;
+  flex-direction:column;gap:8px;box-sizing:border-box;min-width:300px;outline:none}
+.dlr.armed{border-color:#4aa3ff}
+.dlr *{box-sizing:border-box}
+.dlr-head{display:flex;align-items:baseline;gap:8px}
+.dlr-title{font-weight:600;font-size:13px}
+.dlr-user{color:#9aa0a6;margin-left:auto}
+.dlr-row{display:flex;align-items:center;gap:6px;flex-wrap:wrap}
+.dlr-box{background:#1f2329;border:1px solid #2c2f36;border-radius:6px;padding:6px 8px}
+.dlr-muted{color:#9aa0a6}
+.dlr-pill{border-radius:10px;padding:0 8px;font-weight:600}
+.dlr-pill.pending{background:#ff5ad933;color:#ff9ceb}
+.dlr-pill.accepted{background:#3ddc8433;color:#3ddc84}
+.dlr-pill.rejected{background:#9aa0a633;color:#c4c7cc}
+.dlr button{background:#2a2f37;color:#e8eaed;border:1px solid #3a3f47;border-radius:5px;
+  padding:3px 9px;font:inherit;cursor:pointer}
+.dlr button:hover:not(:disabled){border-color:#4aa3ff}
+.dlr button:disabled{opacity:.45;cursor:default}
+.dlr button.ok{background:#1f5133;border-color:#2f7a4d}
+.dlr button.no{background:#4a2328;border-color:#7a2f39}
+.dlr-type{display:inline-flex;align-items:center;gap:4px}
+.dlr-dot{width:9px;height:9px;border-radius:50%;display:inline-block}
+.dlr-key{color:#9aa0a6;font-size:10px}
+.dlr-status{min-height:16px}
+.dlr-status.err{color:#ff8a80}
+.dlr-list{display:flex;flex-direction:column;gap:2px;max-height:120px;overflow:auto}
+.dlr-item{display:flex;gap:6px;cursor:pointer}
+.dlr-item:hover{color:#4aa3ff}
+.dlr-bar{height:6px;background:#2c2f36;border-radius:3px;overflow:hidden;display:flex}
+.dlr-bar>span{height:100%}
+`;
+
+function h(tag, attrs = {}, ...kids) {
+  const e = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs)) {
+    if (k === "class") e.className = v;
+    else if (k === "style") e.style.cssText = v;
+    else if (k.startsWith("on")) e.addEventListener(k.slice(2), v);
+    else e.setAttribute(k, v);
+  }
+  for (const c of kids) e.append(c instanceof Node ? c : document.createTextNode(String(c)));
+  return e;
+}
+
+function render({ model, el }) {
+  if (!document.getElementById("dlr-style")) {
+    document.head.append(h("style", { id: "dlr-style" }, STYLE));
+  }
+  const root = h("div", { class: "dlr", tabindex: "0", "data-dl-keyscope": "review" });
+  el.append(root);
+  let nonce = 0;
+  const send = (op, extra = {}) => {
+    nonce += 1;
+    model.set("request", { op, ...extra, nonce });
+    model.save_changes();
+  };
+
+  const userEl = h("span", { class: "dlr-user" });
+  const countsEl = h("span", { class: "dlr-muted" });
+  const bar = h("div", { class: "dlr-bar", title: "accepted / rejected / pending" });
+  const pendingBox = h("input", { type: "checkbox" });
+  pendingBox.addEventListener("change", () => send("pending_only", { value: pendingBox.checked }));
+  const posEl = h("span", { class: "dlr-title" });
+  const pill = h("span", { class: "dlr-pill" });
+  const facts = h("div", { class: "dlr-muted" });
+  const decidedEl = h("div", { class: "dlr-muted" });
+  const acceptBtn = h("button", { class: "ok", title: "accept as a new lesion (a)" }, "Accept ", h("span", { class: "dlr-key" }, "a"));
+  const rejectBtn = h("button", { class: "no", title: "not a lesion (r)" }, "Reject ", h("span", { class: "dlr-key" }, "r"));
+  acceptBtn.addEventListener("click", () => send("accept"));
+  rejectBtn.addEventListener("click", () => send("reject"));
+  const typesRow = h("div", { class: "dlr-row" });
+  const prevBtn = h("button", { title: "previous (k or ←)" }, "◀ Prev ", h("span", { class: "dlr-key" }, "k"));
+  const nextBtn = h("button", { title: "next (j or →)" }, "Next ", h("span", { class: "dlr-key" }, "j"), " ▶");
+  const undoBtn = h("button", { title: "undo my last change (u)" }, "Undo ", h("span", { class: "dlr-key" }, "u"));
+  prevBtn.addEventListener("click", () => send("prev"));
+  nextBtn.addEventListener("click", () => send("next"));
+  undoBtn.addEventListener("click", () => send("undo"));
+  const status = h("div", { class: "dlr-status" });
+  const startBtn = h("button", { class: "ok", title: "show the best pending proposal in the viewer" }, "Start review ▶");
+  startBtn.addEventListener("click", () => send("start"));
+  const list = h("div", { class: "dlr-list" });
+  const empty = h("div", { class: "dlr-box dlr-muted" });
+  const keysHelp = h("div", { class: "dlr-key" },
+    "keys after a click here: a accept · r reject · 1-9 accept as type · j/→ next · k/← previous · u undo");
+  const body = h("div", { style: "display:flex;flex-direction:column;gap:8px" },
+    h("div", { class: "dlr-row" }, countsEl,
+      h("label", { style: "margin-left:auto" }, pendingBox, " pending only")),
+    bar,
+    h("div", { class: "dlr-box" },
+      h("div", { class: "dlr-row" }, posEl, pill), facts, decidedEl),
+    h("div", { class: "dlr-row" }, startBtn, acceptBtn, rejectBtn),
+    h("div", { class: "dlr-muted" }, "accept as:"), typesRow,
+    h("div", { class: "dlr-row" }, prevBtn, nextBtn, undoBtn),
+    status,
+    h("div", { class: "dlr-muted" }, "latest decisions"), list,
+    keysHelp);
+  root.append(h("div", { class: "dlr-head" }, h("span", { class: "dlr-title" }, "Review mined lesions"), userEl),
+    empty, body);
+
+  const fmt = (v, d = 2) => (v == null ? "–" : Number(v).toFixed(d));
+  function sync() {
+    userEl.textContent = `as ${model.get("user") || "?"}`;
+    const ok = model.get("available");
+    empty.style.display = ok ? "none" : "";
+    body.style.display = ok ? "flex" : "none";
+    empty.textContent = model.get("message") || "nothing to review";
+    const c = model.get("counts") || {};
+    const total = c.total || 0;
+    countsEl.textContent = `${c.pending || 0} pending · ${c.accepted || 0} accepted · ${c.rejected || 0} rejected of ${total}`;
+    bar.replaceChildren(
+      ...[["accepted", "#3ddc84"], ["rejected", "#9aa0a6"], ["pending", "#ff5ad9"]].map(([k, col]) =>
+        h("span", { style: `width:${total ? (100 * (c[k] || 0)) / total : 0}%;background:${col}` })));
+    pendingBox.checked = !!model.get("pending_only");
+    const cur = model.get("current") || {};
+    const has = !!cur.proposal_id;
+    posEl.textContent = has ? `Proposal ${cur.position} of ${total}` : "no proposal";
+    pill.textContent = cur.status || "";
+    pill.className = `dlr-pill ${cur.status || ""}`;
+    const bits = [];
+    if (has) {
+      bits.push(`detector ${fmt(cur.score)}`, `rank ${fmt(cur.rank_score)}`);
+      if (cur.neighbour_support != null) bits.push(`seen on neighbours ${fmt(cur.neighbour_support)}`);
+      if (cur.similarity != null) bits.push(`like ${cur.nearest_lesion_id || "?"} (${fmt(cur.similarity)})`);
+    }
+    facts.textContent = has ? `${cur.file_name} · ${bits.join(" · ")}` : "";
+    decidedEl.textContent = has && cur.status !== "pending"
+      ? `${cur.status}${cur.decided_label && cur.status === "accepted" ? " as " + cur.decided_label : ""} by ${cur.decided_by || "?"}`
+      : "";
+    const active = !!model.get("active");
+    startBtn.style.display = active ? "none" : "";
+    const pending = active && has && cur.status === "pending";
+    acceptBtn.disabled = rejectBtn.disabled = !pending;
+    typesRow.replaceChildren(...(model.get("types") || []).map((t, i) => {
+      const b = h("button", { class: "dlr-type", title: `accept as ${t.name}${i < 9 ? " (" + (i + 1) + ")" : ""}` },
+        h("span", { class: "dlr-dot", style: `background:${t.color}` }), t.name,
+        i < 9 ? h("span", { class: "dlr-key" }, String(i + 1)) : "");
+      b.disabled = !pending;
+      b.addEventListener("click", () => send("accept", { label: t.name }));
+      return b;
+    }));
+    list.replaceChildren(...(model.get("decisions") || []).map((d) =>
+      h("div", { class: "dlr-item", title: "review it again", onclick: () => goTo(d.proposal_id) },
+        h("span", { class: `dlr-pill ${d.status}` }, d.status),
+        h("span", {}, `${d.proposal_id}${d.label && d.status === "accepted" ? " · " + d.label : ""}`),
+        h("span", { class: "dlr-muted", style: "margin-left:auto" }, d.user))));
+    root.dataset.active = String(active);
+    root.dataset.position = String(cur.position || 0);
+    root.dataset.proposal = cur.proposal_id || "";
+    root.dataset.pending = String(c.pending || 0);
+  }
+  function goTo(pid) { send("go_to", { proposal_id: pid }); }
+  function syncStatus() {
+    const s = model.get("status") || {};
+    status.textContent = s.message || "";
+    status.classList.toggle("err", s.ok === false);
+    root.dataset.lastStatus = s.message || "";
+  }
+  const handlers = ["change:counts", "change:current", "change:types", "change:pending_only", "change:active",
+    "change:decisions", "change:available", "change:message", "change:user"];
+  for (const ev of handlers) model.on(ev, sync);
+  model.on("change:status", syncStatus);
+  sync(); syncStatus();
+
+  // ---- keyboard shortcuts: armed by a pointer press in this panel, disarmed by one elsewhere.
+  // Listened to on window in the capture phase and stopped there, so that JupyterLab's
+  // command-mode keys and the correction panel's 1-9 do not also fire.
+  let armed = false;
+  const onPointer = (ev) => {
+    armed = root.contains(ev.target);
+    root.classList.toggle("armed", armed);
+  };
+  const editable = (t) => t && (t.isContentEditable || /^(INPUT|TEXTAREA|SELECT)$/.test(t.tagName || ""));
+  const onKey = (ev) => {
+    if (!armed || !el.isConnected || ev.ctrlKey || ev.metaKey || ev.altKey || editable(ev.target)) return;
+    const k = ev.key;
+    const types = model.get("types") || [];
+    if (!model.get("active") && k !== "u" && k !== "U") { send("start"); }
+    else if (k === "a" || k === "A") send("accept");
+    else if (k === "r" || k === "R") send("reject");
+    else if (k >= "1" && k <= "9") {
+      const t = types[Number(k) - 1];
+      if (!t) return;
+      send("accept", { label: t.name });
+    } else if (k === "j" || k === "J" || k === "ArrowRight") send("next");
+    else if (k === "k" || k === "K" || k === "ArrowLeft") send("prev");
+    else if (k === "u" || k === "U") send("undo");
+    else return;
+    ev.preventDefault(); ev.stopImmediatePropagation();
+  };
+  window.addEventListener("pointerdown", onPointer, true);
+  window.addEventListener("keydown", onKey, true);
+  return () => {
+    for (const ev of handlers) model.off(ev, sync);
+    model.off("change:status", syncStatus);
+    window.removeEventListener("pointerdown", onPointer, true);
+    window.removeEventListener("keydown", onKey, true);
+  };
+}
+
+export default { render };
