@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -181,3 +182,93 @@ def test_per_class_froc_table_and_its_cases(tiny, run_copy):
         g.open_class("nope")
     g.set(class_name="")
     assert g.class_name is None and g.items(0, 1000)[1] >= total
+
+
+# the widgets: what the front end writes -----------------------------------------------------------
+def test_grid_widget_tags_filters_views_and_class_rows(run_copy):
+    from widgets.lesion_grid import LesionGrid
+
+    lab = LabModel(run_copy, user="alice")
+    w = LesionGrid(lab.grid, views=lab.views)
+    assert w.has_tags and w.has_views and w.user == "alice"
+    ids = [it["lesion_id"] for it in w.items[:2]]
+    w.click = {"index": 0, "nonce": 1}
+    w.click = {"index": 1, "shift": True, "nonce": 2}
+    assert w.selection_count == 2 and sorted(lab.map.selected_lesion_ids()) == sorted(ids)
+    w.request = {"op": "tag", "tag": "follow-up", "nonce": 3}
+    assert w.answer["ok"] and "tagged 2 lesion(s) follow-up" in w.answer["message"]
+    assert w.tags == [{"tag": "follow-up", "n": 2}]
+    assert all(it["tags"] == ["follow-up"] for it in w.items if it["lesion_id"] in ids)
+    w.tag_filter = ["follow-up"]  # as the front end's select does
+    assert w.total == 2 and lab.map.visible().sum() == 2, "the map shows what the grid shows"
+    w.request = {"op": "tag", "tag": " ", "nonce": 4}
+    assert not w.answer["ok"] and "tag: a non-empty name" in w.answer["message"]
+    w.request = {"op": "save_view", "name": "fu", "nonce": 5}
+    assert w.answer["ok"] and [v["name"] for v in w.views] == ["fu"] and w.views[0]["mine"]
+    w.tag_filter = []
+    w.confidence = [0.0, 0.0001]
+    assert w.total == int((lab.labels.confidence[lab.data.point_rows] <= 0.0001).sum())
+    w.request = {"op": "load_view", "name": "fu", "owner": "alice", "nonce": 6}
+    assert w.answer["ok"] and w.total == 2 and w.tag_filter == ["follow-up"] and w.confidence == []
+    w.request = {"op": "undo", "nonce": 7}
+    assert "undone" in w.answer["message"] and w.tags == [] and w.total == 0
+    w.request = {"op": "delete_view", "name": "fu", "nonce": 8}
+    assert w.views == []
+    w.tag_filter = []
+    # the per-class table of a model's cases; a row's count lists that class's cases
+    w.model_name = "pseudo"
+    w.source = "false positives"
+    rows = {r["class"]: r for r in w.class_table}
+    assert rows and sum(r["false_positives"] for r in rows.values()) == w.total
+    cls = next(c for c, r in rows.items() if r["false_positives"])
+    w.request = {"op": "open_class", "class": cls, "kind": "false positives", "nonce": 9}
+    assert w.answer["ok"] and w.class_name == cls and w.total == rows[cls]["false_positives"]
+    w.class_name = ""
+    assert lab.grid.class_name is None
+    w.request = {"op": "fly", "nonce": 10}
+    assert not w.answer["ok"] and "unknown request" in w.answer["message"]
+
+
+def test_fine_tune_button_is_a_background_job_disabled_with_a_reason(run_copy):
+    from deeplesion_lab import jobs
+    from deeplesion_lab.run import RunDir
+    from widgets.finetune_panel import FinetunePanel
+
+    lab = LabModel(run_copy, user="alice")
+    run = RunDir(run_copy)
+    for p in run.detector_dir.glob("*/model.pt"):
+        p.unlink()
+    w = FinetunePanel(lab.finetune)
+    assert w.job["state"] == "none" and w.job["blocked"].startswith("no detector yet")
+    w.request = {"op": "start", "nonce": 1}
+    assert not w.status["ok"] and "cannot fine-tune: no detector yet" in w.status["message"]
+    assert jobs.read_job(run, "finetune") is None, "nothing was started"
+    # a job of that name runs (e.g. started from the dashboard by bob): disabled, says who
+    (run.detector_dir / "pseudo").mkdir(parents=True, exist_ok=True)
+    (run.detector_dir / "pseudo" / "model.pt").write_bytes(b"not a checkpoint")
+    lock = jobs._paths(run, "finetune")[1]
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    fd = jobs._try_lock(lock)
+    jobs._write(run, jobs.JobRecord(name="finetune", argv=[], state="running", user="bob",
+                                    progress=0.4, eta_s=75, started_at=0.0))
+    try:
+        w.request = {"op": "poll", "nonce": 2}
+        assert w.job["blocked"] == ("fine-tuning already runs (started by bob); it goes on if "
+                                    "this tab closes")
+        assert (w.job["state"], w.job["progress"], w.job["eta"]) == ("running", 0.4, "1m15s")
+    finally:
+
+        os.close(fd)
+    # free again: the button starts the real `deeplesion-lab finetune` as the run's job, in its
+    # own process (here it fails on the fake checkpoint, and the panel says so)
+    w.request = {"op": "poll", "nonce": 3}
+    assert w.job["blocked"] == "" and w.job["state"] == "interrupted"
+    w.request = {"op": "start", "nonce": 4}
+    assert w.status["ok"] and "goes on if this tab closes" in w.status["message"]
+    rec = jobs.read_job(run, "finetune")
+    assert rec.user == "alice" and rec.argv[:2] == ["finetune", "--run"] and "alice" in rec.argv
+    assert rec.pid != os.getpid()
+    (done,) = jobs.wait_for_jobs(run, ["finetune"], timeout=240)
+    w.request = {"op": "poll", "nonce": 5}
+    assert done.state == "failed" and w.job["state"] == "failed" and w.job["exit_code"] != 0
+    assert w.job["blocked"] == ""

@@ -262,6 +262,7 @@ def test_esm_front_ends_are_self_contained(name):
 
 
 def test_lab_layout(lab):
-    assert lab.children == (lab.map, lab.viewer, lab.corrections, lab.gallery, lab.grid,
-                            lab.volume_panel)
+    assert lab.children == (lab.map, lab.viewer, lab.tasks, lab.gallery, lab.grid,
+                            lab.finetune, lab.volume_panel)
+    assert lab.tasks.children == (lab.corrections, lab.review)
     assert lab.user == "alice" and Path(lab.store.location).name == "labels.sqlite"

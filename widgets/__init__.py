@@ -4,7 +4,11 @@
 - :class:`EmbeddingMap`: the UMAP of the lesion embeddings, coloured by current label.
 - :class:`CorrectionPanel`: corrections through the label store, suggestions, history.
 - :class:`SimilarGallery`: the most similar lesions of the one in the viewer.
-- :class:`LesionGrid`: lesion thumbnails, sorted and filtered, sharing the selection.
+- :class:`LesionGrid`: lesion thumbnails, sorted and filtered, sharing the selection; tags,
+  saved views, per-class FROC cases.
+- :class:`FinetunePanel`: fine-tune the detector on the current labels as a background job.
+- :class:`ProposalReview` / :class:`ProposalReviewPanel`: walk the lesion graph's proposals
+  (mined, unannotated lesions) in the viewer; accept, accept as a type, reject, undo.
 - :class:`VolumeView`: the lesion's series in three planes and 3-D (offline, WebGL2 or CPU).
 - :class:`LesionLab`: all of them, linked, in one cell.
 
@@ -35,6 +39,10 @@ _LAZY: dict[str, str] = {
     "SimilarGallery": ".similar_gallery",
     "SliceViewer": ".slice_viewer",
     "LesionGrid": ".lesion_grid",
+    "FinetunePanel": ".finetune_panel",
+    "ProposalReview": ".proposal_review",
+    "ProposalReviewPanel": ".proposal_review",
+    "ReviewModel": ".models",
     "VolumeView": ".volume_view",
 }
 
@@ -56,7 +64,9 @@ ESM_FILES: dict[str, Path] = {
     "CorrectionPanel": _HERE / "correction_panel.js",
     "SimilarGallery": _HERE / "similar_gallery.js",
     "LesionGrid": _HERE / "lesion_grid.js",
+    "FinetunePanel": _HERE / "finetune_panel.js",
     "VolumeView": _HERE / "volume_view.js",
+    "ProposalReviewPanel": _HERE / "proposal_review.js",
 }
 
 __all__ = [
@@ -68,9 +78,13 @@ __all__ = [
     "LabData",
     "LabModel",
     "LabelState",
+    "FinetunePanel",
     "LesionGrid",
     "LesionLab",
     "MapModel",
+    "ProposalReview",
+    "ProposalReviewPanel",
+    "ReviewModel",
     "SimilarGallery",
     "SliceViewer",
     "ViewerModel",

@@ -11,6 +11,13 @@
 //   score, -1 for lesions)        all written here except the lists
 //   click       {index, shift, nonce}   written here
 //   status      text (an error)
+//   has_tags, tags [{tag, n}], tag_filter [tag...], confidence [lo, hi] or []   (filters written
+//               here), selection_count, user
+//   has_views, views [{owner, name, n_selected, updated_at, mine}]
+//   class_table [{class, lesions, hit, sensitivity, misses, false_positives}], class_name
+//               (written here)
+//   request     {op: tag|untag|undo|save_view|load_view|delete_view|open_class, ..., nonce}
+//               written here; answer {nonce, ok, message}
 
 const STYLE = `
 .dlgr{font:12px/1.35 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;color:#e8eaed;
@@ -33,6 +40,19 @@ const STYLE = `
 .dlgr-cap{color:#9aa0a6;font-size:10.5px;line-height:1.25;overflow-wrap:anywhere}
 .dlgr-foot{display:flex;align-items:center;gap:8px;color:#9aa0a6}
 .dlgr-err{color:#ff7b7b}
+.dlgr-ok{color:#7bd88f}
+.dlgr input[type=text],.dlgr input[type=number]{background:#23262c;color:#e8eaed;border:1px solid #3a3e46;
+  border-radius:4px;padding:1px 5px;font:inherit}
+.dlgr input[type=number]{width:52px}
+.dlgr-tools{display:flex;align-items:center;gap:6px;flex-wrap:wrap;padding-top:2px;border-top:1px solid #2c2f36}
+.dlgr-tags{display:flex;gap:3px;flex-wrap:wrap;margin-top:2px}
+.dlgr-tag{background:#2d3440;color:#cfe3ff;border-radius:8px;padding:0 6px;font-size:10px}
+.dlgr-cls{border-collapse:collapse;font-size:11.5px}
+.dlgr-cls th,.dlgr-cls td{padding:1px 8px;text-align:right;border-bottom:1px solid #2c2f36}
+.dlgr-cls th:first-child,.dlgr-cls td:first-child{text-align:left}
+.dlgr-cls tr.cur td{background:#1f2a38}
+.dlgr-cls button{padding:0 6px}
+.dlgr-cls button:disabled{opacity:.4;cursor:default}
 `;
 
 function h(tag, attrs = {}, ...kids) {
@@ -78,11 +98,51 @@ function render({ model, el }) {
   const prev = h("button", { text: "‹ prev" }), next = h("button", { text: "next ›" });
   const info = h("span");
   const err = h("span", { class: "dlgr-err" });
-  root.append(cells, h("div", { class: "dlgr-foot" }, prev, next, info, err));
+  // tags, filters and saved views (lesions on the map)
+  const selInfo = h("span", { class: "dlgr-k" });
+  const tagIn = h("input", { type: "text", placeholder: "tag", size: "10", list: "" });
+  const tagBtn = h("button", { text: "Tag", title: "add this tag to the selected lesions" });
+  const untagBtn = h("button", { text: "Untag", title: "remove this tag from the selected lesions" });
+  const undoBtn = h("button", { text: "Undo", title: "undo your latest change (tags and labels)" });
+  const tagFilter = h("select", { title: "show only the lesions with this tag" });
+  const confLo = h("input", { type: "number", min: "0", max: "1", step: "0.05", placeholder: "0", title: "pseudo-label confidence from" });
+  const confHi = h("input", { type: "number", min: "0", max: "1", step: "0.05", placeholder: "1", title: "pseudo-label confidence to" });
+  const tagTools = h("span", { class: "dlgr-head" }, selInfo, tagIn, tagBtn, untagBtn, undoBtn);
+  const filterTools = h("span", { class: "dlgr-head" }, h("span", { class: "dlgr-k", text: "tag" }), tagFilter,
+    h("span", { class: "dlgr-k", text: "confidence" }), confLo, h("span", { class: "dlgr-k", text: "–" }), confHi);
+  const viewSel = h("select", { title: "saved views (yours first; everyone's can be loaded)" });
+  const loadBtn = h("button", { text: "Load" });
+  const delBtn = h("button", { text: "Delete", title: "delete your own view" });
+  const viewName = h("input", { type: "text", placeholder: "view name", size: "12" });
+  const saveBtn = h("button", { text: "Save view", title: "save filters, sort and selection under this name" });
+  const viewTools = h("span", { class: "dlgr-head" }, h("span", { class: "dlgr-k", text: "views" }), viewSel, loadBtn, delBtn, viewName, saveBtn);
+  const tools = h("div", { class: "dlgr-tools" }, tagTools, filterTools, viewTools);
+  const answer = h("span");
+  // the per-class FROC table (misses / false positives of a model)
+  const clsTable = h("table", { class: "dlgr-cls" });
+  root.append(tools, clsTable, cells, h("div", { class: "dlgr-foot" }, prev, next, info, err, answer));
   el.append(root);
 
   let nonce = 0;
   const set = (k, v) => { model.set(k, v); model.save_changes(); };
+  const ask = (op, args = {}) => { answer.className = "dlgr-k"; answer.textContent = "…"; set("request", { op, ...args, nonce: ++nonce }); };
+  tagBtn.addEventListener("click", () => ask("tag", { tag: tagIn.value }));
+  untagBtn.addEventListener("click", () => ask("untag", { tag: tagIn.value }));
+  tagIn.addEventListener("keydown", (ev) => { if (ev.key === "Enter") ask("tag", { tag: tagIn.value }); ev.stopPropagation(); });
+  undoBtn.addEventListener("click", () => ask("undo"));
+  tagFilter.addEventListener("change", () => set("tag_filter", tagFilter.value ? [tagFilter.value] : []));
+  const confChanged = () => {
+    const lo = confLo.value === "" ? null : Number(confLo.value), hi = confHi.value === "" ? null : Number(confHi.value);
+    set("confidence", lo == null && hi == null ? [] : [lo ?? 0, hi ?? 1]);
+  };
+  confLo.addEventListener("change", confChanged);
+  confHi.addEventListener("change", confChanged);
+  const viewOf = () => (model.get("views") || [])[Number(viewSel.value)];
+  loadBtn.addEventListener("click", () => { const v = viewOf(); if (v) ask("load_view", { name: v.name, owner: v.owner }); });
+  delBtn.addEventListener("click", () => { const v = viewOf(); if (v) ask("delete_view", { name: v.name }); });
+  saveBtn.addEventListener("click", () => ask("save_view", { name: viewName.value }));
+  viewName.addEventListener("keydown", (ev) => ev.stopPropagation());
+  viewSel.addEventListener("change", () => { const v = viewOf(); delBtn.disabled = !v || !v.mine; });
   sourceSel.addEventListener("change", () => set("source", sourceSel.value));
   sortSel.addEventListener("change", () => set("sort_by", sortSel.value));
   dirBtn.addEventListener("click", () => set("descending", !model.get("descending")));
@@ -110,6 +170,26 @@ function render({ model, el }) {
     options(fpSel, model.get("fp_rates") || [], model.get("fp_rate"), (v) => String(v));
     lesionCtl.style.display = src === "map" ? "" : "none";
     caseCtl.style.display = src === "map" ? "none" : "";
+    tools.style.display = src === "map" && (model.get("has_tags") || model.get("has_views")) ? "" : "none";
+    tagTools.style.display = model.get("has_tags") ? "" : "none";
+    const tagList = model.get("tags") || [];
+    const tf = (model.get("tag_filter") || [])[0] || "";
+    options(tagFilter, ["", ...tagList.map((x) => x.tag)], tf, (v) => v === "" ? "any" : `${v} (${(tagList.find((x) => x.tag === v) || {}).n || 0})`);
+    tagFilter.disabled = !model.get("has_tags");
+    const conf = model.get("confidence") || [];
+    if (document.activeElement !== confLo) confLo.value = conf.length ? String(conf[0]) : "";
+    if (document.activeElement !== confHi) confHi.value = conf.length ? String(conf[1]) : "";
+    const nSel = model.get("selection_count") || 0;
+    selInfo.textContent = `${nSel.toLocaleString()} selected`;
+    tagBtn.disabled = untagBtn.disabled = nSel === 0;
+    viewTools.style.display = model.get("has_views") ? "" : "none";
+    const views = model.get("views") || [];
+    const keep = viewSel.value;
+    viewSel.replaceChildren(...views.map((v, i) => h("option", { value: String(i), text: `${v.name} · ${v.mine ? "yours" : v.owner} (${v.n_selected} sel.)` })));
+    if (keep !== "" && Number(keep) < views.length) viewSel.value = keep;
+    const cur = viewOf();
+    loadBtn.disabled = !cur; delBtn.disabled = !cur || !cur.mine;
+    syncClasses(src);
     const o = model.get("offset"), n = model.get("total"), k = (model.get("items") || []).length;
     const thr = model.get("threshold");
     const one = { map: "lesion", misses: "miss", "false positives": "false positive" };
@@ -120,6 +200,39 @@ function render({ model, el }) {
     err.textContent = model.get("status") || "";
     el.dataset.total = String(n);
     el.dataset.source = src;
+  }
+
+  function syncClasses(src) {
+    const rows = model.get("class_table") || [];
+    const current = model.get("class_name") || "";
+    clsTable.style.display = src !== "map" && rows.length ? "" : "none";
+    const head = h("tr", {}, ...["class", "lesions", "hit", "sensitivity", "misses", "false positives"].map((t) => h("th", { text: t })));
+    const link = (r, kind, n) => {
+      const b = h("button", { text: String(n), title: `show the ${kind} of ${r.class}` });
+      b.disabled = n === 0;
+      b.dataset.cls = r.class; b.dataset.kind = kind;
+      b.addEventListener("click", () => ask("open_class", { class: r.class, kind }));
+      return b;
+    };
+    const body = rows.map((r) => {
+      const tr = h("tr", { class: r.class === current ? "cur" : "" },
+        h("td", { text: r.class }), h("td", { text: String(r.lesions) }), h("td", { text: String(r.hit) }),
+        h("td", { text: r.sensitivity == null ? "–" : r.sensitivity.toFixed(2) }),
+        h("td", {}, link(r, "misses", r.misses)), h("td", {}, link(r, "false positives", r.false_positives)));
+      tr.dataset.cls = r.class;
+      return tr;
+    });
+    const all = h("button", { text: "all classes" });
+    all.disabled = !current;
+    all.addEventListener("click", () => set("class_name", ""));
+    clsTable.replaceChildren(head, ...body, h("tr", {}, h("td", { colspan: "6" }, all,
+      h("span", { class: "dlgr-k", text: current ? `  showing ${current} only` : "" }))));
+  }
+
+  function syncAnswer() {
+    const a = model.get("answer") || {};
+    answer.className = a.ok ? "dlgr-ok" : "dlgr-err";
+    answer.textContent = a.message || "";
   }
 
   function syncItems() {
@@ -147,7 +260,8 @@ function render({ model, el }) {
       const cell = h("div", { class: "dlgr-cell" + (it.selected ? " sel" : ""), title: `${it.lesion_id}\nclick: show in the viewer${it.kind === "lesion" ? " and select (shift: add)" : ""}` },
         cv,
         h("div", { class: "dlgr-lab" }, h("span", { class: "dlgr-dot", style: `background:${it.color || "#bbb"}` }), h("span", { text: it.label || "" })),
-        h("div", { class: "dlgr-cap", text: it.caption || "" }));
+        h("div", { class: "dlgr-cap", text: it.caption || "" }),
+        (it.tags || []).length ? h("div", { class: "dlgr-tags" }, ...it.tags.map((tg) => h("span", { class: "dlgr-tag", text: tg }))) : null);
       cell.dataset.index = String(i);
       cell.dataset.lesionId = it.lesion_id;
       cell.addEventListener("click", (ev) => set("click", { index: i, shift: ev.shiftKey, nonce: ++nonce }));
@@ -159,7 +273,9 @@ function render({ model, el }) {
   const handlers = [
     ["change:items", syncItems], ["change:thumbs", syncItems],
     ...["source", "sources", "sort_by", "sorts", "descending", "only_selected", "models", "model_name",
-      "fp_rate", "fp_rates", "offset", "total", "threshold", "status"].map((k) => [`change:${k}`, syncControls]),
+      "fp_rate", "fp_rates", "offset", "total", "threshold", "status", "tags", "tag_filter", "confidence",
+      "views", "selection_count", "class_table", "class_name", "has_tags", "has_views"].map((k) => [`change:${k}`, syncControls]),
+    ["change:answer", syncAnswer],
   ];
   for (const [ev, fn] of handlers) model.on(ev, fn);
   syncItems();

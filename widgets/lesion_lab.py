@@ -8,8 +8,10 @@ import ipywidgets as ipw
 
 from .correction_panel import CorrectionPanel
 from .embedding_map import EmbeddingMap
+from .finetune_panel import FinetunePanel
 from .lesion_grid import LesionGrid
 from .models import LabModel
+from .proposal_review import ProposalReviewPanel
 from .similar_gallery import SimilarGallery
 from .slice_viewer import SliceViewer
 
@@ -17,8 +19,8 @@ __all__ = ["LesionLab"]
 
 
 class LesionLab(ipw.Box):
-    """The lab in one notebook cell: map | viewer on top, corrections | similar lesions below,
-    then the lesion grid.
+    """The lab in one notebook cell: map | viewer on top, corrections (or the review of mined
+    lesions, in the next tab) | similar lesions below, then the lesion grid.
 
     A click on the map, on a suggestion or in the gallery shows that lesion in the viewer and the
     gallery; a lasso selects lesions for the correction panel; every correction goes through the
@@ -26,8 +28,10 @@ class LesionLab(ipw.Box):
     lesions (its filters, its selection marked) as thumbnails, sortable; a click there shows and
     selects a lesion, and its *misses* / *false positives* views open a detector's FROC cases in
     the viewer. The parts are attributes (:attr:`viewer`, :attr:`map`, :attr:`corrections`,
-    :attr:`gallery`, :attr:`grid`) and can be displayed on their own; :attr:`model` is the
-    headless :class:`widgets.models.LabModel`.
+    :attr:`gallery`, :attr:`grid`, :attr:`review`) and can be displayed on their own; :attr:`model` is the
+    headless :class:`widgets.models.LabModel`. The grid tags the selection, filters by tag and
+    confidence and keeps saved views; below it, :attr:`finetune` starts fine-tuning on the
+    current labels as a background job of the run and shows its progress.
 
     Parameters
     ----------
@@ -57,18 +61,29 @@ class LesionLab(ipw.Box):
         self.map = EmbeddingMap(m.map, canvas_size=size)
         self.corrections = CorrectionPanel(m.corrections, lab_actions=True)
         self.gallery = SimilarGallery(m.gallery)
-        self.grid = LesionGrid(m.grid)
+        self.grid = LesionGrid(m.grid, views=m.views)
+        self.finetune = FinetunePanel(m.finetune)
+        # corrections and the review of mined lesions share one place, as tabs
+        self.review = ProposalReviewPanel(m.review)
+        n_pending = m.review.counts()["pending"]
+        self.tasks = ipw.Tab(
+            children=[self.corrections, self.review],
+            titles=("Correct labels", f"Review mined lesions ({n_pending})"),
+        )
+        m.review.changed.connect(lambda: self.tasks.set_title(
+            1, f"Review mined lesions ({m.review.counts()['pending']})"))
         self.corrections.lesion_requested.connect(self._show_and_select)
         self.gallery.lesion_requested.connect(m.show_lesion)
         # map | viewer above corrections | gallery; wraps to one column in a narrow notebook
-        for w in (self.map, self.viewer, self.corrections, self.gallery):
+        for w in (self.map, self.viewer, self.tasks, self.gallery):
             w.layout = ipw.Layout(width=f"{size + 18}px", margin="0 10px 10px 0")
         self.grid.layout = ipw.Layout(width=f"{2 * size + 46}px", margin="0 10px 10px 0")
+        self.finetune.layout = ipw.Layout(width=f"{2 * size + 46}px", margin="0 10px 10px 0")
         kwargs.setdefault(
             "layout", ipw.Layout(display="flex", flex_flow="row wrap", align_items="flex-start")
         )
         super().__init__(
-            children=[self.map, self.viewer, self.corrections, self.gallery, self.grid], **kwargs
+            children=[self.map, self.viewer, self.tasks, self.gallery, self.grid], **kwargs
         )
         # the lesion in 3-D (VolumeView), following the viewer; loaded only while its panel is open
         from .volume_view import VolumeView
@@ -78,7 +93,7 @@ class LesionLab(ipw.Box):
                                           selected_index=None, layout=ipw.Layout(width="100%"))
         self.volume_panel.observe(lambda ch: setattr(self.volume, "active", ch["new"] == 0),
                                   "selected_index")
-        self.children = (*self.children, self.volume_panel)
+        self.children = (*self.children, self.finetune, self.volume_panel)
 
     def _show_and_select(self, lesion_id: str) -> None:
         self.model.show_lesion(lesion_id)

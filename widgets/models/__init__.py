@@ -18,12 +18,14 @@ between these models and synced traits.
 - :class:`ViewsModel`: saved views (filters, sort, selection) per user, readable by all.
 - :class:`ReviewModel`: reviewing the lesion graph's proposals (accept, accept as a type,
   reject, undo) in the viewer.
+- :class:`FinetuneModel`: fine-tuning the detector on the current labels as a background job.
 - :class:`LabModel`: all of them, linked as in :class:`widgets.LesionLab`.
 """
 
 from __future__ import annotations
 
 from .corrections import SIMULATED_TOOLS, CorrectionModel
+from .finetune import FinetuneModel
 from .gallery import GalleryModel
 from .grid import GridModel, froc_cases, froc_class_table
 from .lab import LabModel
@@ -46,6 +48,7 @@ __all__ = [
     "LabModel",
     "ReviewModel",
     "TagModel",
+    "FinetuneModel",
     "ViewsModel",
     "froc_class_table",
     "froc_cases",

@@ -8,6 +8,7 @@ from deeplesion_lab.run import RunDir
 
 from ..data import LabData
 from .corrections import CorrectionModel
+from .finetune import FinetuneModel
 from .gallery import GalleryModel
 from .grid import GridModel
 from .labels import LabelState, open_label_store
@@ -53,6 +54,7 @@ class LabModel:
         self.grid.tags = self.tags
         self.tags.changed.connect(self.grid.changed.emit)
         self.views = ViewsModel(self.labels, self.map, self.grid)
+        self.finetune = FinetuneModel(self.run, self.labels)
         self.map.clicked.connect(self.show_lesion)
         self.grid.opened.connect(self.show_lesion)
         if self.data.n_points:

@@ -1,0 +1,96 @@
+// deeplesion-lab fine-tune panel: a button that starts fine-tuning as a background job of the run,
+// and the job's live progress. Self-contained anywidget ESM (no imports, no CDN); text is set
+// with textContent.
+//
+// Model protocol:
+//   job          {state, progress (0-1|null), eta, elapsed, message, user, exit_code, blocked}
+//   request      {op: "start" | "poll", nonce}          written here
+//   status       {nonce, ok, message}                   the answer to a start
+//   poll_seconds how often to ask for the job's state (0: never)
+
+const STYLE = `
+.dlft{font:12px/1.4 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;color:#e8eaed;background:#17191d;
+  border:1px solid #2c2f36;border-radius:8px;padding:8px 10px;display:flex;flex-direction:column;gap:6px;box-sizing:border-box}
+.dlft-row{display:flex;align-items:center;gap:8px;flex-wrap:wrap}
+.dlft-title{font-weight:600;font-size:13px}
+.dlft button{background:#2b5f9e;color:#fff;border:1px solid #3d7cc9;border-radius:4px;padding:3px 10px;font:inherit;cursor:pointer}
+.dlft button:disabled{background:#23262c;color:#80868b;border-color:#3a3e46;cursor:not-allowed}
+.dlft-bar{flex:1;min-width:120px;height:8px;background:#23262c;border-radius:4px;overflow:hidden}
+.dlft-fill{height:100%;background:#4aa3ff;width:0;transition:width .4s}
+.dlft-k{color:#9aa0a6}
+.dlft-why{color:#f5c542}
+.dlft-err{color:#ff7b7b}
+.dlft-ok{color:#7bd88f}
+`;
+
+function h(tag, attrs = {}, ...kids) {
+  const e = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs)) {
+    if (k === "class") e.className = v;
+    else if (k === "text") e.textContent = v;
+    else e.setAttribute(k, v);
+  }
+  for (const k of kids) if (k != null) e.append(k);
+  return e;
+}
+
+function render({ model, el }) {
+  const root = h("div", { class: "dlft" });
+  root.append(h("style", { text: STYLE }));
+  const btn = h("button", { text: "Fine-tune on the current labels" });
+  const why = h("span", { class: "dlft-why" });
+  const fill = h("div", { class: "dlft-fill" });
+  const bar = h("div", { class: "dlft-bar", role: "progressbar", "aria-valuemin": "0", "aria-valuemax": "100" }, fill);
+  const info = h("span", { class: "dlft-k" });
+  const msg = h("div", { class: "dlft-k" });
+  const status = h("div");
+  root.append(h("div", { class: "dlft-row" }, h("span", { class: "dlft-title", text: "Detector" }), btn, why),
+    h("div", { class: "dlft-row" }, bar, info), msg, status);
+  el.append(root);
+
+  let nonce = 0;
+  const send = (op) => { model.set("request", { op, nonce: ++nonce }); model.save_changes(); };
+  btn.addEventListener("click", () => { btn.disabled = true; status.className = "dlft-k"; status.textContent = "starting…"; send("start"); });
+
+  function sync() {
+    const j = model.get("job") || {};
+    const running = j.state === "running" || j.state === "starting";
+    btn.disabled = !!j.blocked;
+    btn.title = j.blocked || "train on a new snapshot of the current labels, as a background job of the run";
+    why.textContent = j.blocked || "";
+    const p = typeof j.progress === "number" ? Math.max(0, Math.min(1, j.progress)) : null;
+    fill.style.width = `${p == null ? 0 : Math.round(100 * p)}%`;
+    bar.setAttribute("aria-valuenow", p == null ? "0" : String(Math.round(100 * p)));
+    const who = j.user ? ` · started by ${j.user}` : "";
+    const states = {
+      none: "not run yet",
+      starting: "starting",
+      running: `running ${p == null ? "" : Math.round(100 * p) + " %"}${j.eta ? ` · about ${j.eta} left` : ""}`,
+      done: `done${j.elapsed ? ` in ${j.elapsed}` : ""}`,
+      failed: `failed (exit ${j.exit_code})`,
+      interrupted: "interrupted (start it again to resume)",
+    };
+    info.textContent = (states[j.state] || j.state || "") + who;
+    msg.textContent = j.message || "";
+    el.dataset.state = j.state || "none";
+    el.dataset.blocked = j.blocked ? "1" : "";
+    root.classList.toggle("running", running);
+  }
+  function syncStatus() {
+    const s = model.get("status") || {};
+    status.className = s.ok ? "dlft-ok" : "dlft-err";
+    status.textContent = s.message || "";
+  }
+  model.on("change:job", sync);
+  model.on("change:status", syncStatus);
+  const ms = Number(model.get("poll_seconds") || 0) * 1000;
+  const poller = ms > 0 ? setInterval(() => { if (document.visibilityState !== "hidden") send("poll"); }, ms) : 0;
+  sync();
+  return () => {
+    if (poller) clearInterval(poller);
+    model.off("change:job", sync);
+    model.off("change:status", syncStatus);
+  };
+}
+
+export default { render };
