@@ -263,11 +263,24 @@ class RunDir:
         t = self.info().get("truth")
         return Path(t) if t else None
 
-    def load_manifest(self) -> pd.DataFrame:
-        """The run's manifest (see :func:`deeplesion_lab.manifest.read_manifest`)."""
+    def load_manifest(self, all_rows: bool = False) -> pd.DataFrame:
+        """The run's manifest (see :func:`deeplesion_lab.manifest.read_manifest`).
+
+        A run made on a partial download (``embed --present-only``, recorded in ``run.json``,
+        or a manifest written with ``--require-images``) gets only the lesions whose key slice
+        is present, so that every later step (mining, evaluation, the detector, the label store)
+        leaves the others out; ``attrs`` then carry ``images_used`` and ``images_of``.
+        ``all_rows`` gives every row of the manifest file.
+        """
+        from .availability import PRESENT_ONLY, run_uses_present_only, select_present
         from .manifest import read_manifest
 
-        return read_manifest(self.manifest_path())
+        df = read_manifest(self.manifest_path())
+        if all_rows:
+            return df
+        if run_uses_present_only(self.info()) or df.attrs.get("images_policy") == PRESENT_ONLY:
+            df, _ = select_present(df, present_only=True)
+        return df
 
     # embeddings ------------------------------------------------------------------------------
     def save_embeddings(self, lesion_ids, vectors: np.ndarray, metadata: dict | None = None) -> Path:
