@@ -126,7 +126,7 @@ def test_deep_rounds_refine_a_copy_of_the_network(tmp_path_factory):
 
 
 def test_map_is_aligned_to_the_previous_one():
-    from deeplesion_lab.commands.mine import align_to_previous
+    from deeplesion_lab.steps import align_to_previous
 
     rng = np.random.default_rng(0)
     old = rng.normal(size=(30, 2))
