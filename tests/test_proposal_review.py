@@ -249,3 +249,45 @@ def test_standalone_review_starts_on_the_best_proposal(tiny):
     assert w.panel.active and w.panel.current["proposal_id"] == best["proposal_id"]
     assert w.viewer.model.file_name == best["file_name"]
     w.model.labels.close()
+
+
+# the dashboard's Review tab -------------------------------------------------------------------------
+def test_dashboard_review_tab_checks_roles_and_records_the_user(tmp_path, tmp_path_factory):
+    from dashboard_fixtures import USERS, fresh_run
+
+    from widgets.dashboard.app import Dashboard, DashboardContext
+    from widgets.dashboard.auth import User
+
+    run_dir = fresh_run(tmp_path, tmp_path_factory.getbasetemp())
+    props = write_proposals(run_dir, seed=3)
+    ctx = DashboardContext(run_dir, local_user=User("local", "admin"), poll_ms=100)
+    try:
+        ann = Dashboard(ctx, User("ann", USERS["ann"][0]))
+        vic = Dashboard(ctx, User("vic", USERS["vic"][0]))
+        for d in (ann, vic):
+            d.view()
+            assert "Review" in [o.name for o in d.tabs.objects]
+        assert ann.review_request("start")["ok"]
+        first = ann.review.current["proposal_id"]
+        assert first == review_queue(props)["proposal_id"].iloc[0]
+        # the review moved the (shared) viewer model to the proposal's key slice; both views
+        assert ann.review_viewer_widget.model.file_name == ann.review.current["file_name"]
+        st = ann.review_request("accept", label="kidney")
+        assert st["ok"], st
+        # a viewer may walk the proposals but not decide
+        assert vic.review_request("start")["ok"]
+        st = vic.review_request("reject")
+        assert not st["ok"] and "vic is a viewer: not allowed to relabel" in st["message"]
+        with LabelStore.for_run(run_dir) as store:
+            added = store.added_lesions().set_index("lesion_id")
+            assert added.loc[first, "added_by"] == "ann" and added.loc[first, "label"] == "kidney"
+            assert len(added) == 1
+        # the other session sees the decision on its next poll
+        vic.poll()
+        vic.review_request("go_to", proposal_id=first)
+        assert vic.review.current["status"] == "accepted"
+        assert vic.review.current["decided_by"] == "ann"
+        for d in (ann, vic):
+            d.close()
+    finally:
+        ctx.close()

@@ -48,9 +48,18 @@ __all__ = [
     "store_version",
     "make_app",
     "OP_PERMISSIONS",
+    "REVIEW_PERMISSIONS",
 ]
 
 log = logging.getLogger("deeplesion_lab.dashboard")
+
+#: Permission each review-panel request needs (unknown requests need ``relabel``).
+REVIEW_PERMISSIONS: dict[str, str] = {
+    "accept": "relabel",
+    "reject": "relabel",
+    "undo": "undo",
+    **{op: "view" for op in ("next", "prev", "go", "go_to", "start", "pending_only", "refresh")},
+}
 
 #: Permission each correction-panel request needs (unknown requests need ``relabel``).
 OP_PERMISSIONS: dict[str, str] = {
@@ -195,6 +204,7 @@ class Dashboard:
         from ..correction_panel import CorrectionPanel
         from ..embedding_map import EmbeddingMap
         from ..models import LabModel
+        from ..proposal_review import ProposalReviewPanel
         from ..similar_gallery import SimilarGallery
         from ..slice_viewer import SliceViewer
         from ..volume_view import VolumeView
@@ -212,6 +222,9 @@ class Dashboard:
         # the lesion in 3-D, following the viewer; loaded only while its tab is open
         self.volume_widget = VolumeView(self.lab.viewer, canvas_size=300, active=False)
         self.gallery_widget.lesion_requested.connect(self.lab.show_lesion)
+        # reviewing mined lesions: the panel and a second view of the same viewer model
+        self.review_widget = ProposalReviewPanel(self.lab.review)
+        self.review_viewer_widget = SliceViewer(self.lab.viewer, canvas_size=440)
         self.map = panel_twin(EmbeddingMap)()
         self.viewer = panel_twin(SliceViewer)()
         self.gallery = panel_twin(SimilarGallery)()
@@ -219,7 +232,11 @@ class Dashboard:
         self.corrections = panel_twin(CorrectionPanel)(
             visible=user.can("relabel"), min_width=320
         )
+        self.review = panel_twin(ProposalReviewPanel)(min_width=340)
+        self.review_viewer = panel_twin(SliceViewer)()
         self.bridges = [
+            TraitBridge(self.review_widget, self.review, guard=self._guard_review),
+            TraitBridge(self.review_viewer_widget, self.review_viewer),
             TraitBridge(self.map_widget, self.map),
             TraitBridge(self.viewer_widget, self.viewer),
             TraitBridge(self.panel_widget, self.corrections, guard=self._guard_request),
@@ -293,7 +310,27 @@ class Dashboard:
             return False
         return True
 
+    def _guard_review(self, name: str, value) -> bool:
+        """Let a review-panel request through only if the role allows it (moving through the
+        proposals needs ``view``, a decision ``relabel``, undo ``undo``)."""
+        if name != "request" or not value:
+            return True
+        req = dict(value)
+        try:
+            self.require(REVIEW_PERMISSIONS.get(str(req.get("op", "")), "relabel"))
+        except PermissionDenied as exc:
+            self.review_widget.status = {"nonce": req.get("nonce"), "ok": False,
+                                         "message": str(exc)}
+            self._say(str(exc), refused=True)
+            return False
+        return True
+
     # actions (the API the UI and the tests use) ------------------------------------------------
+    def review_request(self, op: str, **args) -> dict:
+        """Send a review-panel request as the browser does; returns the panel's status."""
+        self.review.request = {"op": op, **args, "nonce": _nonce()}
+        return dict(self.review_widget.status)
+
     def request(self, op: str, **args) -> dict:
         """Send a correction-panel request as the browser does; returns the panel's status."""
         self.corrections.request = {"op": op, **args, "nonce": _nonce()}
@@ -541,7 +578,7 @@ class Dashboard:
 
     # layout ------------------------------------------------------------------------------------
     def view(self):
-        """The page: header, then tabs Annotate / History / Metrics (/ Admin)."""
+        """The page: header, then tabs Annotate / Review / 3-D / History / Metrics (/ Admin)."""
         import panel as pn
 
         if self.user.can("relabel"):
@@ -571,7 +608,11 @@ class Dashboard:
             self.volume,
             name="3-D",
         )
-        tabs = [annotate, volume, history,
+        review = pn.FlexBox(
+            self.review, self.review_viewer, name="Review", gap="10px", flex_wrap="wrap",
+            align_items="flex-start",
+        )
+        tabs = [annotate, review, volume, history,
                 pn.Column(self.metrics, name="Metrics", max_width=900)]
         if self.user.can("snapshot"):
             tabs.append(
