@@ -433,3 +433,93 @@ def test_grid_click_shows_and_selects_and_false_positives_open_in_the_viewer(pag
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "lesion_lab_grid.png"), full_page=True)
     grid.locator("select").first.select_option("map")
+
+
+def test_grid_tags_the_selection_filters_by_tag_and_keeps_views(page, tiny):
+    """Issue 21: tags on the selected lesions (label-store events), the tag filter, saved views."""
+    from deeplesion_lab.labels import LabelStore
+
+    grid = page.locator(".dlgr").first
+    grid.evaluate("e => e.scrollIntoView()")
+    page.wait_for_selector(".dlgr-cell canvas", timeout=30_000)
+    cells = page.locator(".dlgr-cell")
+    ids = [cells.nth(i).get_attribute("data-lesion-id") for i in (0, 1)]
+    cells.nth(0).click()
+    cells.nth(1).click(modifiers=["Shift"])
+    page.wait_for_function(
+        "() => document.querySelector('.dlm').parentElement.dataset.selected === '2'",
+        timeout=15_000)
+    grid.locator("input[placeholder='tag']").fill("follow-up")
+    grid.get_by_role("button", name="Tag", exact=True).click()
+    page.wait_for_function(
+        "() => document.querySelectorAll('.dlgr-cell .dlgr-tag').length === 2", timeout=15_000)
+    assert "tagged 2 lesion(s) follow-up" in grid.locator(".dlgr-ok").inner_text()
+    with LabelStore.open(tiny.run_dir / "labels.sqlite") as store:
+        tags = store.lesion_tags()
+        assert sorted(tags["lesion_id"]) == sorted(ids) and set(tags["tagged_by"]) == {USER}
+    grid.locator("select[title='show only the lesions with this tag']").select_option("follow-up")
+    page.wait_for_function(
+        "() => document.querySelector('.dlgr').parentElement.dataset.total === '2'",
+        timeout=15_000)
+    grid.locator("input[placeholder='view name']").fill("follow-ups")
+    grid.get_by_role("button", name="Save view").click()
+    page.wait_for_function(
+        "() => [...document.querySelectorAll('.dlgr select option')].some("
+        "o => o.textContent.startsWith('follow-ups · yours (2 sel.)'))", timeout=15_000)
+    ARTIFACTS.mkdir(exist_ok=True)
+    grid.screenshot(path=str(ARTIFACTS / "lesion_grid_tags.png"))
+    # back to every lesion, then the view brings the filter and the selection back
+    grid.locator("select[title='show only the lesions with this tag']").select_option("")
+    page.wait_for_function(
+        "() => document.querySelector('.dlgr').parentElement.dataset.total !== '2'",
+        timeout=15_000)
+    page.locator(".dlm").first.evaluate("e => e.scrollIntoView()")
+    grid.get_by_role("button", name="Load").click()
+    page.wait_for_function(
+        "() => document.querySelector('.dlgr').parentElement.dataset.total === '2' && "
+        "document.querySelectorAll('.dlgr-cell.sel').length === 2", timeout=15_000)
+    # Undo takes the tags back (one event), for everyone reading the store
+    grid.get_by_role("button", name="Undo").click()
+    page.wait_for_function(
+        "() => document.querySelector('.dlgr').parentElement.dataset.total === '0'",
+        timeout=15_000)
+    with LabelStore.open(tiny.run_dir / "labels.sqlite") as store:
+        assert store.lesion_tags().empty
+        assert store.saved_views()["name"].tolist() == ["follow-ups"]
+    grid.locator("select[title='show only the lesions with this tag']").select_option("")
+    grid.get_by_role("button", name="Undo").evaluate("b => b.blur()")
+
+
+def test_per_class_froc_rows_open_their_cases_in_the_viewer(page, tiny):
+    """Issue 21: the per-class table of a model's FROC cases links to that class's cases."""
+    grid = page.locator(".dlgr").first
+    grid.evaluate("e => e.scrollIntoView()")
+    grid.locator("select").first.select_option("false positives")
+    grid.locator("select[title='whose detections']").select_option("pseudo")
+    page.wait_for_selector(".dlgr-cls tr[data-cls]", timeout=30_000)
+    button = grid.locator(".dlgr-cls button[data-kind='false positives']:not([disabled])").first
+    cls = button.get_attribute("data-cls")
+    n = int(button.inner_text())
+    button.click()
+    page.wait_for_function(
+        "([c, n]) => { const g = document.querySelector('.dlgr'); return g.parentElement.dataset"
+        ".total === String(n) && g.querySelector(`.dlgr-cls tr.cur[data-cls='${c}']`) !== null }",
+        arg=[cls, n], timeout=15_000)
+    labels = grid.locator(".dlgr-cell .dlgr-lab").all_inner_texts()
+    assert labels and all(t.strip().startswith(cls) for t in labels)
+    cell = grid.locator(".dlgr-cell").first
+    lid = cell.get_attribute("data-lesion-id")
+    cell.click()
+    page.wait_for_function(
+        "id => document.querySelector('.dlv-title').textContent.includes(id)", arg=lid,
+        timeout=15_000)
+    # predicted and true boxes: the model's false positive and the annotated lesion
+    page.wait_for_function(
+        "() => { const d = document.querySelector('.dlv').parentElement.dataset; "
+        "return Number(d.shownPredictions) >= 1 && Number(d.shownAnnotations) >= 1 }",
+        timeout=10_000)
+    grid.evaluate("e => e.scrollIntoView()")
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "lesion_grid_classes.png"), full_page=True)
+    grid.get_by_role("button", name="all classes").click()
+    grid.locator("select").first.select_option("map")
