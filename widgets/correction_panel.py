@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import contextlib
 import re
 from pathlib import Path
 
-import anywidget
 import numpy as np
 import pandas as pd
 import traitlets as t
 
 from deeplesion_lab.errors import LabError
 
+from .lab_widget import LabWidget
 from .models import CorrectionModel, Signal
 
 __all__ = ["CorrectionPanel", "history_records"]
@@ -53,7 +52,7 @@ def _singular(text: str) -> str:
     return re.sub(r"(?<![\d.,])1 lesions\b", "1 lesion", text)
 
 
-class CorrectionPanel(anywidget.AnyWidget):
+class CorrectionPanel(LabWidget):
     """Relabel the map's selection or whole clusters, merge/split, add classes, undo/redo,
     "suggest next" and the history list.
 
@@ -102,21 +101,12 @@ class CorrectionPanel(anywidget.AnyWidget):
         self.model = model
         self.n_suggestions = int(n_suggestions)
         self.lesion_requested = Signal()
-        self._quiet = False
         self.user = model.labels.user
         model.labels.changed.connect(self._on_labels)
         model.map.selection_changed.connect(self._on_selection)
         self._on_labels()
         self._on_selection(model.map.selection)
 
-    @contextlib.contextmanager
-    def _quietly(self):
-        self._quiet = True
-        try:
-            with self.hold_sync():
-                yield
-        finally:
-            self._quiet = False
 
     # model -> traits ---------------------------------------------------------------------------
     def _on_labels(self) -> None:

@@ -3,10 +3,8 @@ best first, with accept / reject / accept-as-type buttons and keyboard shortcuts
 
 from __future__ import annotations
 
-import contextlib
 from pathlib import Path
 
-import anywidget
 import ipywidgets as ipw
 import traitlets as t
 
@@ -14,13 +12,14 @@ from deeplesion_lab.errors import LabError
 from deeplesion_lab.run import RunDir
 
 from .data import LabData
+from .lab_widget import LabWidget
 from .models import LabelState, ViewerModel, open_label_store
 from .models.review import ReviewModel
 
 __all__ = ["ProposalReview", "ProposalReviewPanel"]
 
 
-class ProposalReviewPanel(anywidget.AnyWidget):
+class ProposalReviewPanel(LabWidget):
     """The review panel of a :class:`~widgets.models.review.ReviewModel`.
 
     The front end writes a ``request`` (``{op, ..., nonce}``: ``accept`` (``label``: as a type),
@@ -52,19 +51,9 @@ class ProposalReviewPanel(anywidget.AnyWidget):
     def __init__(self, model: ReviewModel, **kwargs):
         super().__init__(**kwargs)
         self.model = model
-        self._quiet = False
         self.user = model.labels.user
         model.changed.connect(self._sync)
         self._sync()
-
-    @contextlib.contextmanager
-    def _quietly(self):
-        self._quiet = True
-        try:
-            with self.hold_sync():
-                yield
-        finally:
-            self._quiet = False
 
     def _sync(self) -> None:
         m = self.model

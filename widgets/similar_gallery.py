@@ -2,21 +2,20 @@
 
 from __future__ import annotations
 
-import contextlib
 from pathlib import Path
 
-import anywidget
 import numpy as np
 import pandas as pd
 import traitlets as t
 
 from .data import LabData
+from .lab_widget import LabWidget
 from .models import GalleryModel, LabelState, Signal
 
 __all__ = ["SimilarGallery"]
 
 
-class SimilarGallery(anywidget.AnyWidget):
+class SimilarGallery(LabWidget):
     """Thumbnails (with boxes) of the lesions most similar to the query, with distance and
     patient/study; a click emits :attr:`lesion_requested`.
 
@@ -41,7 +40,6 @@ class SimilarGallery(anywidget.AnyWidget):
         super().__init__(**kwargs)
         self.model = model
         self.lesion_requested = Signal()
-        self._quiet = False
         model.changed.connect(self._on_results)
         if model.labels is not None:
             model.labels.changed.connect(lambda: self._on_results(model.results))
@@ -54,15 +52,6 @@ class SimilarGallery(anywidget.AnyWidget):
         w = cls(gm, **kwargs)
         gm.set_query(lesion_id or str(data.lesion_ids[0]))
         return w
-
-    @contextlib.contextmanager
-    def _quietly(self):
-        self._quiet = True
-        try:
-            with self.hold_sync():
-                yield
-        finally:
-            self._quiet = False
 
     def _on_results(self, results: pd.DataFrame) -> None:
         m = self.model

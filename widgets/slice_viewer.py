@@ -2,22 +2,21 @@
 
 from __future__ import annotations
 
-import contextlib
 from pathlib import Path
 
-import anywidget
 import numpy as np
 import traitlets as t
 
 from deeplesion_lab.images import WINDOW_PRESETS
 
 from .data import LabData
+from .lab_widget import LabWidget
 from .models import LabelState, ViewerModel, lesion_summary
 
 __all__ = ["SliceViewer"]
 
 
-class SliceViewer(anywidget.AnyWidget):
+class SliceViewer(LabWidget):
     """Scroll a lesion's CT series; window presets and level/width drag; boxes and diameters.
 
     The slice travels as raw int16 HU bytes and is windowed in the browser, so window changes
@@ -69,7 +68,6 @@ class SliceViewer(anywidget.AnyWidget):
     def __init__(self, model: ViewerModel, lesion_id: str | None = None, **kwargs):
         super().__init__(**kwargs)
         self.model = model
-        self._quiet = False
         self.presets = {k: [float(v[0]), float(v[1])] for k, v in WINDOW_PRESETS.items()}
         self.show_annotations = model.show["annotations"]
         self.show_predictions = model.show["predictions"]
@@ -115,14 +113,6 @@ class SliceViewer(anywidget.AnyWidget):
         self.model.show_lesion(lesion_id)
 
     # model -> traits ---------------------------------------------------------------------------
-    @contextlib.contextmanager
-    def _quietly(self):
-        self._quiet = True
-        try:
-            with self.hold_sync():
-                yield
-        finally:
-            self._quiet = False
 
     def _on_lesion(self, lesion_id: str) -> None:
         m = self.model

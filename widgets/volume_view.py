@@ -7,12 +7,10 @@ path (:meth:`VolumeView.itk_view`) for users with internet access.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import time
 from pathlib import Path
 
-import anywidget
 import numpy as np
 import traitlets as t
 
@@ -21,6 +19,7 @@ from deeplesion_lab.images import WINDOW_PRESETS
 from deeplesion_lab.volume import SubVolume, format_indices, load_subvolume
 
 from .data import LabData
+from .lab_widget import LabWidget
 from .models import ViewerModel
 
 __all__ = ["VolumeView"]
@@ -39,7 +38,7 @@ def _as_data(source, images_root=None) -> LabData:
     raise TypeError(f"expected a run directory, a manifest, LabData or ViewerModel, got {type(source)}")
 
 
-class VolumeView(anywidget.AnyWidget):
+class VolumeView(LabWidget):
     """The lesion's sub-volume in three planes and a 3-D maximum-intensity projection.
 
     The volume travels once per lesion as raw int16 HU bytes (``z, y, x``, little-endian) and is
@@ -95,7 +94,6 @@ class VolumeView(anywidget.AnyWidget):
     def __init__(self, source, lesion_id: str | None = None, *, images_root=None,
                  isotropic: bool | float = False, **kwargs):
         super().__init__(**kwargs)
-        self._quiet = False
         self.isotropic = isotropic
         self.followed: ViewerModel | None = source if isinstance(source, ViewerModel) else None
         self.data = self.followed.data if self.followed is not None else _as_data(source, images_root)
@@ -211,15 +209,6 @@ class VolumeView(anywidget.AnyWidget):
         with self._quietly():
             self.window_level, self.window_width = float(m.level), float(m.width)
             self.preset = m.preset if m.preset in self.presets else "custom"
-
-    @contextlib.contextmanager
-    def _quietly(self):
-        self._quiet = True
-        try:
-            with self.hold_sync():
-                yield
-        finally:
-            self._quiet = False
 
     @t.observe("active")
     def _activated(self, change) -> None:
