@@ -185,6 +185,7 @@ _BAR = re.compile(r"(?P<desc>[^\r\n|]*?):?\s*\d+%\|[^|]*\|\s*(?P<n>\d+)/(?P<tota
 _OUTER = re.compile(r"(?:epoch|round)\s+(\d+)/(\d+)", re.I)
 _LOSS = re.compile(r"loss[=:]\s*([-+0-9.eE]+)")
 _STEP = re.compile(r"\(step (\d+)/(\d+)\)")  # the pipeline's steps: bars are parts of a step
+_PHASE = re.compile(r"\(phase (\d+)/(\d+)\)")  # a command's phases: bars are parts of a phase
 
 
 class ProgressParser:
@@ -192,8 +193,10 @@ class ProgressParser:
 
     A bar described ``epoch K/N`` (the detector's) counts as epoch ``K`` of ``N``, its items as
     the part of that epoch; any other bar as ``n/total``. After a pipeline's ``(step K/N)``
-    line, bars count as parts of step ``K`` of ``N``. ``loss=...`` in a bar or a line is the
-    message and goes into ``losses``.
+    line, bars count as parts of step ``K`` of ``N``; after a command's ``(phase K/N)`` line
+    (fine-tuning: evaluate, train, evaluate), as parts of phase ``K`` of ``N`` (of the step), so
+    that the progress of a command with several bars one after another never steps back.
+    ``loss=...`` in a bar or a line is the message and goes into ``losses``.
     """
 
     def __init__(self) -> None:
@@ -202,6 +205,7 @@ class ProgressParser:
         self.losses: list[float] = []
         self._tail = ""
         self._step: tuple[int, int] | None = None
+        self._phase: tuple[int, int] | None = None
 
     def feed(self, text: str) -> None:
         parts = re.split(r"[\r\n]", self._tail + text)
@@ -213,7 +217,14 @@ class ProgressParser:
         step = _STEP.search(line)
         if step:
             self._step = (int(step[1]), max(int(step[2]), 1))
+            self._phase = None
             self.fraction = (self._step[0] - 1) / self._step[1]
+            self.message = line.strip()[-120:]
+            return
+        phase = _PHASE.search(line)
+        if phase:
+            self._phase = (int(phase[1]), max(int(phase[2]), 1))
+            self.fraction = self._within(0.0)
             self.message = line.strip()[-120:]
             return
         m = _BAR.search(line)
@@ -223,17 +234,24 @@ class ProgressParser:
             outer = _OUTER.search(m["desc"] or "")
             if outer:
                 k, kk = int(outer[1]), max(int(outer[2]), 1)
-                self.fraction = min(((k - 1) + inner) / kk, 1.0)
-            else:
-                self.fraction = inner
-            if self._step is not None:  # a bar inside one step of a pipeline
-                k, kk = self._step
-                self.fraction = ((k - 1) + self.fraction) / kk
+                inner = min(((k - 1) + inner) / kk, 1.0)
+            self.fraction = self._within(inner)
             self.message = " ".join(line.replace("|", " ").split())[-120:]
         loss = _LOSS.search(line)
         if loss:
             with contextlib.suppress(ValueError):
                 self.losses.append(float(loss[1]))
+
+
+    def _within(self, inner: float) -> float:
+        """``inner`` (0-1) of the current phase, of the current step, as a fraction of all."""
+        if self._phase is not None:  # a part of one phase of a command
+            k, kk = self._phase
+            inner = ((k - 1) + inner) / kk
+        if self._step is not None:  # a part of one step of a pipeline
+            k, kk = self._step
+            inner = ((k - 1) + inner) / kk
+        return inner
 
 
 # running ------------------------------------------------------------------------------------------

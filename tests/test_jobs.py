@@ -70,6 +70,34 @@ def test_progress_is_read_from_nested_bars_and_losses():
     assert p.fraction == pytest.approx(0.85), "a step's bar moves within that step"
 
 
+def test_progress_of_a_command_in_phases_never_steps_back():
+    # fine-tuning: evaluate (a bar), train (epoch bars), evaluate again (a bar from 0 again)
+    lines = ["(phase 1/3) before: evaluating single on the test split ...\n",
+             "detect:  50%|#####     | 5/10 [00:01<00:01]\r",
+             "detect: 100%|##########| 10/10 [00:02<00:00]\n",
+             "(phase 2/3) fine-tuning single-ft on the corrected labels ...\n",
+             "epoch 1/2:  50%|#####     | 5/10 [00:01<00:01, loss=0.9]\r",
+             "epoch 2/2: 100%|##########| 10/10 [00:02<00:00, loss=0.5]\n",
+             "(phase 3/3) after: evaluating single-ft on the test split ...\n",
+             "detect:  10%|#         | 1/10 [00:00<00:02]\r",
+             "detect: 100%|##########| 10/10 [00:02<00:00]\n"]
+    p, seen = ProgressParser(), []
+    for line in lines:
+        p.feed(line)
+        seen.append(p.fraction)
+    assert seen == sorted(seen) and seen[-1] == pytest.approx(1.0)
+    assert seen[1] == pytest.approx(0.5 / 3) and seen[4] == pytest.approx((1 + 0.25) / 3)
+    # inside a pipeline's step, phases divide that step
+    p.feed("[pipeline] fine-tune ... (step 2/4)\n")
+    p.feed("(phase 2/2) training\n")
+    assert p.fraction == pytest.approx((1 + 0.5) / 4)
+    # without phase lines, a second bar starts from 0 again (what the phases are for)
+    q = ProgressParser()
+    q.feed("detect: 100%|##########| 10/10 [00:02<00:00]\n")
+    q.feed("detect:  10%|#         | 1/10 [00:00<00:02]\r")
+    assert q.fraction == pytest.approx(0.1)
+
+
 def test_a_job_records_state_progress_user_and_log(run_dir, tmp_path):
     run = _copy(run_dir, tmp_path / "run")
     rec = run_job(run, "train-single", _train(run, 2), user="alice", update_s=0.1)
