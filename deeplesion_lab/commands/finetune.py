@@ -57,9 +57,12 @@ def run(args: argparse.Namespace) -> int:
     class_map = parse_class_map(args.class_map)
     params = {"device": args.device, "num_threads": args.threads,
               "progress": not args.no_progress}
-    for key in ("epochs", "lr", "batch_size", "unannotated", "seed"):
-        if getattr(args, key) is not None:
+    for key in ("epochs", "lr", "batch_size", "unannotated", "seed", "workers",
+                "micro_batches", "checkpoint_every"):
+        if getattr(args, key, None) is not None:
             params[key] = getattr(args, key)
+    if getattr(args, "no_amp", False):
+        params["amp"] = False
     labels, source = resolve_finetune_labels(run_dir, args.labels, args.snapshot, user=args.user,
                                              store=args.store)
     if source.get("label_snapshot_id") is not None:

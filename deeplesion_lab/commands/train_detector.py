@@ -40,6 +40,7 @@ def run(args: argparse.Namespace) -> int:
     from ..detection.labels_table import labels_from_pseudo, read_labels_table
     from ..detection.train import LesionDetector, select_split
     from ..detection.workflow import detector_params, model_dir, set_latest
+    from ..distributed import is_main
     from ..errors import LabError
     from ..run import RunDir
 
@@ -66,11 +67,14 @@ def run(args: argparse.Namespace) -> int:
         ignore = mined_ignore_boxes(read_predictions(args.ignore_from),
                                     select_split(manifest, "train"), args.ignore_score)
     det = LesionDetector(**detector_params(args, new=True))
-    print(f"training {name} ({classes}) -> {folder}")
+    if is_main():
+        print(f"training {name} ({classes}) -> {folder}")
     det.fit(manifest, labels, checkpoint_dir=folder, resume=not args.overwrite,
             ignore_boxes=ignore,
             lineage={"labels_source": source, "label_snapshot_id": None, "run": str(run_dir.path),
                      "ignore_from": str(args.ignore_from) if args.ignore_from else None})
+    if not is_main():  # under torchrun: rank 0 writes the records and reports
+        return 0
     set_latest(run_dir, name)
     secs = sum(h["seconds"] for h in det.history_)
     n_img = sum(h["images"] for h in det.history_)

@@ -639,9 +639,14 @@ class LesionDetector(BaseEstimator):
         batches = [order[i : i + bs] for i in range(0, n, bs)]
         first = state.step_in_epoch if epoch == state.epoch else 0
         # this process's micro-batches of every step: global part g = rank, rank + world, ...
-        mine = [[(g, part) for g, part in enumerate(distributed.shards(idx, m))
-                 if g % ctx.world == ctx.rank] for idx in batches[first:]]
-        loaded = self._loader(dataset, [p for step in mine for _, p in step if len(p)], device)
+        # (g, lesions to load, share of the batch). An empty part (a short last batch) is
+        # skipped by one process; under DDP its process still joins the gradient exchange,
+        # on the batch's first image with weight 0.
+        mine = [[(g, part if len(part) else idx[:1], len(part) / len(idx))
+                 for g, part in enumerate(distributed.shards(idx, m))
+                 if g % ctx.world == ctx.rank and (len(part) or ctx.active)]
+                for idx in batches[first:]]
+        loaded = self._loader(dataset, [p for step in mine for _, p, _ in step], device)
         sums: dict[str, float] = {}
         names: list[str] | None = None
         n_img, t_epoch = 0, 0.0
@@ -656,35 +661,26 @@ class LesionDetector(BaseEstimator):
             opt.zero_grad()
             parts = mine[b - first]
             values = None
-            for k, (g, part) in enumerate(parts):
-                weight = len(part) / len(idx) * ctx.world  # DDP averages over the processes
+            for k, (g, _, share) in enumerate(parts):
                 sync = k == len(parts) - 1
                 with _sync(runner, sync), _keep_buffers(model, g != 0):
                     torch.manual_seed(self.seed * 1_000_003 + state.global_step
                                       + 1_000_000_007 * g)
-                    if len(part):
-                        images, targets, _ = next(loaded)
-                        images = [im.to(device, non_blocking=True) for im in images]
-                        targets = [{k2: v.to(device, non_blocking=True) for k2, v in t.items()}
-                                   for t in targets]
-                        with autocast(device, self.amp):
-                            losses = runner(images, targets)
-                        loss = sum(losses.values())
-                    else:  # an empty share still joins the gradient exchange, with weight 0
-                        losses = {}
-                        loss = sum(p.sum() for p in model.parameters() if p.requires_grad) * 0.0
-                    scaler.scale(loss * weight).backward()
-                if names is None and losses:
+                    images, targets, _ = next(loaded)
+                    images = [im.to(device, non_blocking=True) for im in images]
+                    targets = [{k2: v.to(device, non_blocking=True) for k2, v in t.items()}
+                               for t in targets]
+                    with autocast(device, self.amp):
+                        losses = runner(images, targets)
+                    loss = sum(losses.values())
+                    # DDP averages over the processes: each part counts by its share
+                    scaler.scale(loss * (share * ctx.world)).backward()
+                if names is None:
                     names = sorted(losses)
-                if names is not None and values is None:
+                if values is None:
                     values = np.zeros(len(names) + 1)
-                if losses:
-                    w = len(part) / len(idx)
-                    values += w * np.array([losses[k2].item() for k2 in names]
+                values += share * np.array([losses[k2].item() for k2 in names]
                                            + [float(loss.item())])
-            if ctx.active and b == first:
-                names = ctx.broadcast(names)  # rank 0 always holds part 0, hence the loss names
-            names = names or []
             # every process's weighted loss parts, summed: the loss of the global batch
             values = ctx.all_sum(values if values is not None else np.zeros(len(names) + 1))
             loss_v = float(values[-1])

@@ -60,6 +60,10 @@ DEFAULT_WIDTH = 32
 #: Fine-tuning's default learning rate, relative to the base model's.
 FINETUNE_LR_FACTOR = 0.25
 
+#: Architectures whose fine-tuning trains the heads only (the features keep their weights
+#: and batch-norm statistics; :meth:`~.centernet.CenterNetLesion.set_freeze_features`).
+FINETUNE_HEADS_ONLY: dict[str, bool] = {"centernet": False}
+
 #: Bootstrap resamples behind the 95 % intervals written to metrics.json.
 N_BOOT = 1000
 
@@ -92,15 +96,30 @@ def add_training_arguments(p: argparse.ArgumentParser, *, finetune: bool = False
     g.add_argument("--seed", type=int, default=None)
     g.add_argument("--overwrite", action="store_true",
                    help="start over when NAME holds a training made with other settings")
-    add_runtime_arguments(p)
+    add_runtime_arguments(p, training=True)
 
 
-def add_runtime_arguments(p: argparse.ArgumentParser) -> None:
-    """``--device``, ``--threads``."""
+def add_runtime_arguments(p: argparse.ArgumentParser, *, training: bool = False) -> None:
+    """``--device``, ``--threads`` (and, with ``training``, ``--no-amp``, ``--workers``,
+    ``--micro-batches``)."""
     g = p.add_argument_group("runtime")
-    g.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    g.add_argument("--device", default="cpu",
+                   help="cpu (default), cuda, cuda:N or auto (the GPU when torch sees one, "
+                        "else the CPU)")
     g.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     g.add_argument("--no-progress", action="store_true", help="no progress bars")
+    if training:
+        g.add_argument("--no-amp", action="store_true",
+                       help="train in float32 on CUDA too (default: mixed precision on CUDA)")
+        g.add_argument("--workers", type=int, default=None,
+                       help="DataLoader workers reading slices on CUDA (default up to 4)")
+        g.add_argument("--checkpoint-every", type=int, default=None, metavar="STEPS",
+                       help="steps between saves of last.pt, from which a rerun resumes "
+                            "(default 50; epoch ends always)")
+        g.add_argument("--micro-batches", type=int, default=None,
+                       help="cut each batch into this many parts with averaged gradients "
+                            "(under torchrun at least one per process; a run on N processes "
+                            "equals one process with --micro-batches N)")
 
 
 def add_model_arguments(p: argparse.ArgumentParser) -> None:
@@ -143,12 +162,19 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
 
 def detector_params(args: argparse.Namespace, *, new: bool) -> dict[str, Any]:
     """``LesionDetector`` parameters from parsed options (only those given, for a loaded one)."""
-    cuda = str(getattr(args, "device", "cpu")).startswith("cuda")
+    from ..device import resolve_device
+
+    cuda = resolve_device(getattr(args, "device", "cpu"), quiet=True).type == "cuda"
     out: dict[str, Any] = {
         "device": args.device,
         "num_threads": args.threads,
         "progress": not args.no_progress,
     }
+    if getattr(args, "no_amp", False):
+        out["amp"] = False
+    for opt in ("workers", "micro_batches", "checkpoint_every"):
+        if getattr(args, opt, None) is not None:
+            out[opt] = getattr(args, opt)
     if getattr(args, "epochs", None) is not None:
         out["epochs"] = args.epochs
     for opt, key in [("batch_size", "batch_size"), ("lr", "lr"), ("unannotated", "unannotated"),
@@ -385,9 +411,9 @@ def run_finetune(
             "annotations")
     train = select_split(train_manifest, "train")
     # check the labels against the model before anything is written
-    class_indices(train["lesion_id"].astype(str).tolist(), labels,
-                  None if reset_head else det.classes_,
-                  source=str(source.get("labels_source", "labels")))
+    new_classes, _ = class_indices(train["lesion_id"].astype(str).tolist(), labels,
+                                   None if reset_head else det.classes_,
+                                   source=str(source.get("labels_source", "labels")))
     sid = source.get("label_snapshot_id")
     name = name or (f"{base_name}-ft{sid}" if sid is not None
                     else f"{base_name}-ft-{labels_hash(labels)[:8]}")
@@ -396,16 +422,27 @@ def run_finetune(
     check_images(train, root)
     check_images(select_split(manifest, eval_split), root)
 
-    out(f"before: evaluating {base_name} on the {eval_split} split ...")
+    # "(phase K/3)": a job's progress runs through the three parts in order (jobs.ProgressParser)
+    out(f"(phase 1/3) before: evaluating {base_name} on the {eval_split} split ...")
     before_pred = det.predict(manifest, eval_split)
     before = evaluate_predictions(before_pred, manifest, eval_split)
 
+    if reset_head and new_classes != det.classes_ and det.arch == "centernet":
+        # class heatmaps by name: known classes keep their channel, new ones start from the
+        # mean of the old (the lesion score stays trained; see centernet.reset_class_head)
+        det.model_.reset_class_head(len(new_classes), list(det.classes_), list(new_classes))
+        det.classes_ = list(new_classes)
+        reset_head = False
+    if FINETUNE_HEADS_ONLY.get(det.arch) and hasattr(det.model_, "set_freeze_features"):
+        det.model_.set_freeze_features(True)
     det.set_params(warm_start=True)
+    out(f"(phase 2/3) fine-tuning {base_name} into {name} on {len(train)} training lesions ...")
     det.fit(train_manifest, labels, reset_head=reset_head, checkpoint_dir=folder,
             resume=not overwrite, ignore_boxes=ignore_boxes,
             lineage={**source, "finetuned_from": base_name,
                      "class_map": dict(class_map or {}), "n_added_lesions": n_added})
     set_latest(run, name)
+    out(f"(phase 3/3) after: evaluating {name} on the {eval_split} split ...")
     after_pred = det.predict(manifest, eval_split)
     after = evaluate_predictions(after_pred, manifest, eval_split)
     p_before = write_predictions(before_pred, run.model_predictions_file(name, eval_split, before=True))
