@@ -34,7 +34,7 @@ from __future__ import annotations
 import math
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
 import numpy as np
 import pandas as pd
@@ -43,13 +43,84 @@ from ..atomic import write_csv, write_json, write_parquet
 from ..dl_info import BOX_COLUMNS, OFFICIAL_COLUMNS, RECIST_COLUMNS
 from ..images import key_slice_path
 from ..lesion_types import TYPE_CODES, UNLABELED, UNLABELED_NAME
+from .base import StoreBase
 from .errors import LabelStoreError
 from .taxonomy import NOT_A_LESION, UNSURE
 
-if TYPE_CHECKING:  # pragma: no cover
-    from .store import LabelStore
+__all__ = [
+    "ExportMixin",
+    "LabelSource",
+    "export_coco",
+    "export_dl_info",
+    "export_labels",
+    "labels_for_export",
+]
 
-__all__ = ["export_labels", "export_coco", "export_dl_info", "labels_for_export"]
+
+class LabelSource(Protocol):
+    """What an export reads from a label store (:class:`~.store.LabelStore` is one)."""
+
+    @property
+    def location(self) -> str: ...
+
+    @property
+    def dataset_hash(self) -> str | None: ...
+
+    @property
+    def run_id(self) -> str | None: ...
+
+    def version(self) -> int: ...
+
+    def info(self) -> dict[str, Any]: ...
+
+    def classes(self) -> pd.DataFrame: ...
+
+    def current_labels(self) -> pd.DataFrame: ...
+
+    def snapshot_labels(self, snapshot: int | str) -> pd.DataFrame: ...
+
+    def added_lesions(self) -> pd.DataFrame: ...
+
+
+class ExportMixin(StoreBase):
+    """Methods of :class:`~deeplesion_lab.labels.store.LabelStore` (exports)."""
+
+    def export_labels(self, path: str | Path, *, snapshot: int | str | None = None) -> Path:
+        """Write the current (or a snapshot's) labels as parquet or CSV (by suffix).
+
+        See :func:`deeplesion_lab.labels.export.export_labels`.
+        """
+        return export_labels(self, path, snapshot=snapshot)
+
+
+    def export_coco(
+        self, path: str | Path, manifest_df: pd.DataFrame, *, snapshot: int | str | None = None
+    ) -> Path:
+        """Write a COCO JSON of the manifest's boxes with the current labels.
+
+        See :func:`deeplesion_lab.labels.export.export_coco`.
+        """
+        return export_coco(self, path, manifest_df, snapshot=snapshot)
+
+
+    def export_dl_info(
+        self,
+        path: str | Path,
+        manifest_df: pd.DataFrame,
+        *,
+        snapshot: int | str | None = None,
+        not_lesion: str = "drop",
+        pseudo: str = "none",
+    ) -> Path:
+        """Write a ``DL_info.csv`` (the 18 official columns) with corrected coarse types.
+
+        See :func:`deeplesion_lab.labels.export.export_dl_info` (what happens to user classes,
+        ``unsure`` and ``not a lesion``).
+        """
+        return export_dl_info(
+            self, path, manifest_df, snapshot=snapshot, not_lesion=not_lesion, pseudo=pseudo
+        )
+
 
 _BOX = list(BOX_COLUMNS)
 _RECIST = list(RECIST_COLUMNS)
@@ -59,10 +130,10 @@ _DL_INFO_NEEDS = [
     "location_z", "coarse_type", "possibly_noisy", "slice_start", "slice_end", "spacing_x",
     "spacing_y", "spacing_z", "image_height", "image_width", "window_low", "window_high",
     "gender", "age", "split",
-]  # fmt: skip
+]
 
 
-def labels_for_export(store: LabelStore, snapshot: int | str | None = None) -> pd.DataFrame:
+def labels_for_export(store: LabelSource, snapshot: int | str | None = None) -> pd.DataFrame:
     """Current labels (or a snapshot's) with the ``class_id`` of each label."""
     if snapshot is None:
         df = store.current_labels()
@@ -74,7 +145,7 @@ def labels_for_export(store: LabelStore, snapshot: int | str | None = None) -> p
     return df
 
 
-def _provenance(store: LabelStore, df: pd.DataFrame) -> dict[str, str]:
+def _provenance(store: LabelSource, df: pd.DataFrame) -> dict[str, str]:
     return {
         "deeplesion_lab.labels.dataset_hash": str(store.dataset_hash),
         "deeplesion_lab.labels.run_id": str(df.attrs.get("run_id") or store.run_id),
@@ -86,7 +157,7 @@ def _provenance(store: LabelStore, df: pd.DataFrame) -> dict[str, str]:
 
 
 def export_labels(
-    store: LabelStore, path: str | Path, *, snapshot: int | str | None = None
+    store: LabelSource, path: str | Path, *, snapshot: int | str | None = None
 ) -> Path:
     """Write the labels table as ``.parquet`` (with provenance metadata) or ``.csv``.
 
@@ -122,7 +193,7 @@ def spreadsheet_safe(df: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-def _with_added(store: LabelStore, manifest: pd.DataFrame) -> pd.DataFrame:
+def _with_added(store: LabelSource, manifest: pd.DataFrame) -> pd.DataFrame:
     """The manifest plus the lesions people added that it does not hold yet."""
     from .lesions import manifest_with_added
 
@@ -133,7 +204,7 @@ def _with_added(store: LabelStore, manifest: pd.DataFrame) -> pd.DataFrame:
     return manifest_with_added(manifest, added, keep_not_lesion=True)
 
 
-def _check_manifest(store: LabelStore, manifest: pd.DataFrame, labels: pd.DataFrame,
+def _check_manifest(store: LabelSource, manifest: pd.DataFrame, labels: pd.DataFrame,
                     needs: list[str]) -> None:
     if not isinstance(manifest, pd.DataFrame):
         raise LabelStoreError("manifest_df must be the manifest DataFrame (read_manifest)")
@@ -157,7 +228,7 @@ def _check_manifest(store: LabelStore, manifest: pd.DataFrame, labels: pd.DataFr
 
 
 def export_coco(
-    store: LabelStore,
+    store: LabelSource,
     path: str | Path,
     manifest_df: pd.DataFrame,
     *,
@@ -271,7 +342,7 @@ def _join(df: pd.DataFrame, cols: list[str]) -> list[str]:
 
 
 def export_dl_info(
-    store: LabelStore,
+    store: LabelSource,
     path: str | Path,
     manifest_df: pd.DataFrame,
     *,

@@ -5,12 +5,13 @@ from __future__ import annotations
 import pandas as pd
 
 from . import schema
+from .base import StoreBase
 from .checks import check_cluster
 from .errors import LabelStoreError, UnknownLesionError
 from .events import CLUSTER_OPS, LABEL_OPS, describe_event
 
 
-class HistoryMixin:
+class HistoryMixin(StoreBase):
     """Methods of :class:`~deeplesion_lab.labels.store.LabelStore` (history)."""
 
     def events(

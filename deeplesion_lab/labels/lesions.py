@@ -21,6 +21,7 @@ import pandas as pd
 
 from ..dl_info import BOX_COLUMNS, RECIST_COLUMNS
 from . import schema
+from .base import StoreBase
 from .checks import check_comment, check_text, check_user
 from .errors import LabelStoreError
 from .events import ChangeEvent
@@ -119,7 +120,7 @@ def _same_geometry(a: tuple, b: tuple) -> bool:
     return True
 
 
-class AddedLesionsMixin:
+class AddedLesionsMixin(StoreBase):
     """Methods of :class:`~deeplesion_lab.labels.store.LabelStore` (lesions people add)."""
 
     def add_lesions(

@@ -6,8 +6,10 @@ from typing import Any
 
 import pandas as pd
 
+from .base import StoreBase
 
-class ReplayMixin:
+
+class ReplayMixin(StoreBase):
     """Methods of :class:`~deeplesion_lab.labels.store.LabelStore` (replay)."""
 
     def replay(self) -> pd.DataFrame:

@@ -5,11 +5,12 @@ from __future__ import annotations
 import pandas as pd
 
 from . import schema
+from .base import StoreBase
 from .checks import check_comment, check_text, check_user
 from .errors import EmptySelectionError, LabelStoreError, StoreFormatError
 
 
-class SnapshotMixin:
+class SnapshotMixin(StoreBase):
     """Methods of :class:`~deeplesion_lab.labels.store.LabelStore` (snapshots)."""
 
     def snapshot(self, name: str, user: str, comment: str | None = None) -> int:

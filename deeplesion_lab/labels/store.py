@@ -31,11 +31,8 @@ Semantics
 
 from __future__ import annotations
 
-import contextlib
-import difflib
 import sqlite3
-import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -43,11 +40,10 @@ import numpy as np
 import pandas as pd
 
 from . import schema
-from .backend import Backend, SQLiteBackend, connect
+from .backend import SQLiteBackend, connect
 from .checks import (
     PSEUDO_COLUMNS,
     Dataset,
-    check_cluster,
     check_comment,
     check_ids,
     check_text,
@@ -59,15 +55,14 @@ from .checks import (
     pseudo_rows,
     rows_hash,
 )
+from .clusters import ClusterMixin
 from .errors import (
-    EmptySelectionError,
     LabelStoreError,
-    NotInitialisedError,
     StoreFormatError,
-    UnknownClassError,
     UnknownLesionError,
 )
 from .events import UNDOABLE_OPS, ChangeEvent, InitReport, UndoResult
+from .export import ExportMixin
 from .history import HistoryMixin
 from .lesions import AddedLesionsMixin
 from .replay import ReplayMixin
@@ -106,16 +101,9 @@ CURRENT_COLUMNS = [
 ]
 
 
-class _Keep:
-    """Sentinel: leave this field as it is."""
-
-
-_KEEP = _Keep()
-
-
 # the store --------------------------------------------------------------------------------------
 class LabelStore(UndoMixin, HistoryMixin, SnapshotMixin, ReplayMixin, AddedLesionsMixin,
-                 TagsMixin):
+                 TagsMixin, ClusterMixin, ExportMixin):
     """Pseudo-labels, corrections, history, undo/redo, snapshots and exports of one dataset.
 
     Open one with :meth:`open` (a SQLite file, e.g. ``RunDir.label_db``, or a
@@ -129,17 +117,6 @@ class LabelStore(UndoMixin, HistoryMixin, SnapshotMixin, ReplayMixin, AddedLesio
     >>> event = store.relabel(ids, "liver", user="alice", tool="lasso")      # doctest: +SKIP
     >>> store.undo("alice")                                                 # doctest: +SKIP
     """
-
-    def __init__(self, backend: Backend):
-        self._db = backend
-        self._subscribers: list[Callable[[ChangeEvent], Any]] = []
-        #: Test hook: called inside each write transaction just before COMMIT, with the pending
-        #: :class:`ChangeEvent` list. Used by the crash tests; leave it None.
-        self._before_commit: Callable[[list[ChangeEvent]], Any] | None = None
-        #: The id of the last event this object committed.
-        self.last_event_id: int | None = None
-        #: (version, frame) of the last :meth:`current_labels` read.
-        self._current_cache: tuple[int, pd.DataFrame] | None = None
 
     def share(self) -> LabelStore:
         """Another store object on this one's connection, with its own subscribers.
@@ -357,25 +334,6 @@ class LabelStore(UndoMixin, HistoryMixin, SnapshotMixin, ReplayMixin, AddedLesio
         self._set_meta("n_lesions", str(len(ds.ids)))
 
     # basic properties -----------------------------------------------------------------------------
-    @property
-    def location(self) -> str:
-        """The SQLite path or the redacted PostgreSQL URL."""
-        return self._db.location
-
-    @property
-    def dialect(self) -> str:
-        """``"sqlite"`` or ``"postgresql"``."""
-        return self._db.dialect
-
-    @property
-    def dataset_hash(self) -> str | None:
-        """The bound dataset's hash (the manifest's ``data_hash``), or None if unbound."""
-        return self._db.scalar("SELECT value FROM store_meta WHERE key = 'dataset_hash'")
-
-    @property
-    def run_id(self) -> str | None:
-        """The pseudo-label run in effect (None before the first init)."""
-        return self._db.scalar("SELECT run_id FROM runs ORDER BY seq DESC LIMIT 1")
 
     @property
     def schema_version(self) -> int:
@@ -422,192 +380,7 @@ class LabelStore(UndoMixin, HistoryMixin, SnapshotMixin, ReplayMixin, AddedLesio
     def __repr__(self) -> str:
         return f"LabelStore({self.location!r})"
 
-    # observers ----------------------------------------------------------------------------------
-    def subscribe(self, callback: Callable[[ChangeEvent], Any]) -> Callable[[], None]:
-        """Call ``callback(event)`` after every change this object commits.
 
-        In-process only (other processes' changes: poll :meth:`version` /
-        :meth:`changes_since`). A callback that raises is reported as a warning and does not
-        undo the committed change. Returns a function that unsubscribes.
-        """
-        self._subscribers.append(callback)
-
-        def unsubscribe() -> None:
-            with contextlib.suppress(ValueError):
-                self._subscribers.remove(callback)
-
-        return unsubscribe
-
-    def _notify(self, events: list[ChangeEvent]) -> None:
-        for ev in events:
-            self.last_event_id = ev.event_id
-            for cb in list(self._subscribers):
-                try:
-                    cb(ev)
-                except Exception as exc:  # noqa: BLE001 - observers must not break writes
-                    warnings.warn(
-                        f"label store observer {cb!r} failed on event {ev.event_id}: {exc!r}",
-                        RuntimeWarning,
-                        stacklevel=3,
-                    )
-
-    @contextlib.contextmanager
-    def _tx(self):
-        """A write transaction collecting :class:`ChangeEvent` s; observers run after COMMIT."""
-        events: list[ChangeEvent] = []
-        with self._db.write():
-            yield events
-            if self._before_commit is not None:
-                self._before_commit(events)
-        self._notify(events)
-
-    def version(self) -> int:
-        """The id of the newest event (0 for none): cheap, for polling."""
-        return int(self._db.scalar("SELECT COALESCE(MAX(id), 0) FROM batches"))
-
-    # helpers used inside transactions --------------------------------------------------------------
-    def _require_dataset(self) -> None:
-        if self._db.scalar("SELECT value FROM store_meta WHERE key = 'dataset_hash'") is None:
-            raise NotInitialisedError(
-                f"{self.location}: the store has no lesions yet; load pseudo-labels first "
-                "(init_pseudo_labels / `deeplesion-lab labels init`) or open it with dataset="
-            )
-
-    def _class_names(self) -> list[str]:
-        return [r[0] for r in self._db.query("SELECT name FROM classes ORDER BY class_id")]
-
-    def _check_class(self, label: Any) -> str:
-        if not isinstance(label, str) or not label:
-            raise UnknownClassError(f"a label must be a class name (got {label!r})")
-        names = self._class_names()
-        if label not in names:
-            close = difflib.get_close_matches(label, names, n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise UnknownClassError(
-                f"unknown class {label!r}{hint}; known classes: {', '.join(names)}; add a new "
-                "class first with add_class(name, color, user) (CLI: labels add-class); "
-                "nothing was written"
-            )
-        return label
-
-    def _check_known(self, n: int) -> None:
-        unknown = [
-            r[0]
-            for r in self._db.query(
-                "SELECT s.lesion_id FROM sel_ids s LEFT JOIN labels_current c "
-                "ON c.lesion_id = s.lesion_id WHERE c.lesion_id IS NULL"
-            )
-        ]
-        if unknown:
-            meta = schema.read_meta(self._db)
-            raise UnknownLesionError(
-                f"{len(unknown)} of {n} lesion id(s) are not in this store's dataset "
-                f"({meta.get('dataset_hash')}, {meta.get('n_lesions')} lesions"
-                f"{from_source(meta.get('dataset_source'))}): {list_ids(unknown)}; "
-                "unknown ids or lesions of another dataset; nothing was written",
-                unknown,
-            )
-
-    def _insert_batch(
-        self,
-        op: str,
-        user: str,
-        tool: str,
-        comment: str | None,
-        n_changes: int,
-        params: dict | None = None,
-        target: int | None = None,
-    ) -> int:
-        return self._db.insert_returning_id(
-            "INSERT INTO batches (user_name, tool, op, comment, created_at, n_changes, "
-            "target_batch, params) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            (user, tool, op, comment, schema.now(), n_changes, target, schema.dumps(params)),
-        )
-
-    def _record_and_apply(self, bid: int, label: Any, cluster: Any) -> None:
-        """Log the selection's before/after rows for batch ``bid`` and update current labels."""
-        set_label = label is not _KEEP
-        set_cluster = cluster is not _KEEP
-        params: list[Any] = [bid]
-        la, fa, sa = "c.label", "c.confidence", "c.source"
-        ca = "c.cluster"
-        if set_label:
-            la, fa, sa = "CAST(? AS TEXT)", "1.0", "'corrected'"
-            params.append(label)
-        if set_cluster:
-            ca = "CAST(? AS BIGINT)"
-            params.append(cluster)
-        params.append(bid)
-        self._db.execute(
-            "INSERT INTO changes (batch_id, lesion_id, label_before, label_after, cluster_before, "
-            "cluster_after, confidence_before, confidence_after, source_before, source_after, "
-            "last_before, last_after) "
-            f"SELECT ?, c.lesion_id, c.label, {la}, c.cluster, {ca}, c.confidence, {fa}, "
-            f"c.source, {sa}, c.last_batch, ? "
-            "FROM sel_ids s CROSS JOIN labels_current c WHERE c.lesion_id = s.lesion_id",
-            params,
-        )
-        sets: list[str] = []
-        up: list[Any] = []
-        if set_label:
-            sets += ["label = ?", "confidence = 1.0", "source = 'corrected'"]
-            up.append(label)
-        if set_cluster:
-            sets.append("cluster = ?")
-            up.append(cluster)
-        sets.append("last_batch = ?")
-        up.append(bid)
-        self._db.execute(
-            f"UPDATE labels_current SET {', '.join(sets)} "
-            "WHERE lesion_id IN (SELECT lesion_id FROM sel_ids)",
-            up,
-        )
-
-    def _lesion_op(
-        self,
-        op: str,
-        user: str,
-        tool: str,
-        comment: str | None,
-        select: Sequence[str] | Callable[[], list[str]],
-        *,
-        label: Any = _KEEP,
-        cluster: Any = _KEEP,
-        params: dict | None = None,
-        check: Callable[[list[str]], None] | None = None,
-        event_cluster: int | None = None,
-    ) -> int:
-        user = check_user(user)
-        tool = check_text(tool, "tool")
-        comment = check_comment(comment)
-        ids = None if callable(select) else check_ids(select)
-        with self._tx() as events:
-            self._require_dataset()
-            if label is not _KEEP:
-                self._check_class(label)
-            if ids is None:
-                ids = select()
-            self._db.fill_selection(ids)
-            self._check_known(len(ids))
-            if check is not None:
-                check(ids)
-            value = cluster() if callable(cluster) else cluster
-            if callable(params):
-                params = params(value)
-            bid = self._insert_batch(op, user, tool, comment, len(ids), params)
-            self._record_and_apply(bid, label, value)
-            events.append(
-                ChangeEvent(
-                    bid,
-                    op,
-                    user,
-                    tuple(ids),
-                    None if label is _KEEP else label,
-                    event_cluster if event_cluster is not None
-                    else (None if value is _KEEP else value),
-                )
-            )
-        return bid
 
     # pseudo-labels -------------------------------------------------------------------------------
     def init_pseudo_labels(
@@ -831,47 +604,6 @@ class LabelStore(UndoMixin, HistoryMixin, SnapshotMixin, ReplayMixin, AddedLesio
         df.attrs.update({"version": version, "full": full, "ops": ops, "since": event_id})
         return df
 
-    def classes(self) -> pd.DataFrame:
-        """The taxonomy: ``name``, ``class_id``, ``color``, ``kind``, ``created_by``,
-        ``created_at`` (ordered by class id)."""
-        rows = self._db.query(
-            "SELECT name, class_id, color, kind, created_by, created_at FROM classes "
-            "ORDER BY class_id"
-        )
-        return pd.DataFrame(
-            rows, columns=["name", "class_id", "color", "kind", "created_by", "created_at"]
-        )
-
-    def clusters(self) -> pd.DataFrame:
-        """One row per current cluster: ``cluster``, ``name``, ``n_lesions``, ``n_corrected``,
-        ``label`` (its most frequent current label)."""
-        with self._db.read():
-            rows = self._db.query(
-                "SELECT cluster, label, source, COUNT(*) FROM labels_current "
-                "WHERE cluster IS NOT NULL GROUP BY cluster, label, source"
-            )
-            names = self.cluster_names()
-        if not rows:
-            return pd.DataFrame(columns=["cluster", "name", "n_lesions", "n_corrected", "label"])
-        df = pd.DataFrame(rows, columns=["cluster", "label", "source", "n"])
-        out = []
-        for c, g in df.groupby("cluster", sort=True):
-            by_label = g.groupby("label", dropna=True)["n"].sum().sort_values(ascending=False)
-            out.append(
-                {
-                    "cluster": int(c),
-                    "name": names.get(int(c)),
-                    "n_lesions": int(g["n"].sum()),
-                    "n_corrected": int(g.loc[g["source"] == "corrected", "n"].sum()),
-                    "label": by_label.index[0] if len(by_label) else None,
-                }
-            )
-        return pd.DataFrame(out)
-
-    def cluster_names(self) -> dict[int, str]:
-        """Display names given with :meth:`rename_cluster`."""
-        return {int(c): n for c, n in self._db.query("SELECT cluster, name FROM cluster_names")}
-
     # corrections --------------------------------------------------------------------------------
     def relabel(
         self,
@@ -905,190 +637,29 @@ class LabelStore(UndoMixin, HistoryMixin, SnapshotMixin, ReplayMixin, AddedLesio
         EmptySelectionError, UnknownLesionError, UnknownClassError
             Nothing is written.
         """
+        ids = check_ids(lesion_ids)
         return self._lesion_op(
-            "relabel", user, tool, comment, lesion_ids, label=label, params={"label": label}
-        )
+            "relabel", user, tool, comment, lambda: ids, label=label, params={"label": label}
+        ).event_id
 
     def mark_not_lesion(
         self, lesion_ids: Sequence[str], user: str, tool: str = "api", comment: str | None = None
     ) -> int:
         """Label lesions ``"not a lesion"`` (false annotations); returns the event id."""
+        ids = check_ids(lesion_ids)
         return self._lesion_op(
-            "mark_not_lesion", user, tool, comment, lesion_ids, label=NOT_A_LESION,
+            "mark_not_lesion", user, tool, comment, lambda: ids, label=NOT_A_LESION,
             params={"label": NOT_A_LESION},
-        )
+        ).event_id
 
     def mark_unsure(
         self, lesion_ids: Sequence[str], user: str, tool: str = "api", comment: str | None = None
     ) -> int:
         """Label lesions ``"unsure"`` (type cannot be told); returns the event id."""
-        return self._lesion_op(
-            "mark_unsure", user, tool, comment, lesion_ids, label=UNSURE, params={"label": UNSURE}
-        )
-
-    def _cluster_members(self, cluster: int) -> list[str]:
-        return [
-            r[0]
-            for r in self._db.query(
-                "SELECT lesion_id FROM labels_current WHERE cluster = ? ORDER BY lesion_id",
-                (cluster,),
-            )
-        ]
-
-    def _members_or_error(self, cluster: int) -> list[str]:
-        ids = self._cluster_members(cluster)
-        if not ids:
-            raise EmptySelectionError(
-                f"cluster {cluster} has no lesions (clusters: {self._cluster_list()}); "
-                "nothing was written"
-            )
-        return ids
-
-    def _cluster_list(self) -> str:
-        cl = [r[0] for r in self._db.query(
-            "SELECT DISTINCT cluster FROM labels_current WHERE cluster IS NOT NULL ORDER BY cluster"
-        )]
-        return list_ids(cl, 20) if cl else "none"
-
-    def relabel_cluster(
-        self, cluster: int, label: str, user: str, tool: str = "api", comment: str | None = None
-    ) -> int:
-        """Set the label of every lesion currently in ``cluster``; returns the event id."""
-        cluster = check_cluster(cluster)
-        return self._lesion_op(
-            "relabel_cluster", user, tool, comment, lambda: self._members_or_error(cluster),
-            label=label, params={"cluster": cluster, "label": label}, event_cluster=cluster,
-        )
-
-    def merge_clusters(
-        self,
-        clusters: Sequence[int],
-        user: str,
-        *,
-        into: int | None = None,
-        label: str | None = None,
-        tool: str = "api",
-        comment: str | None = None,
-    ) -> int:
-        """Move every lesion of ``clusters`` into one of them (``into``, default the smallest id).
-
-        With ``label``, every lesion of the merged cluster is relabelled too. Returns the event id.
-        """
-        try:
-            cl = sorted({check_cluster(c) for c in clusters})
-        except TypeError:
-            raise LabelStoreError("clusters must be a list of cluster ids") from None
-        if len(cl) < 2:
-            raise LabelStoreError(f"merging needs at least two different clusters (got {cl})")
-        target = cl[0] if into is None else check_cluster(into, "into")
-        if target not in cl:
-            raise LabelStoreError(f"into={target} is not one of the merged clusters {cl}")
-
-        def select() -> list[str]:
-            members = {c: self._cluster_members(c) for c in cl}
-            empty = [c for c, m in members.items() if not m]
-            if empty:
-                raise EmptySelectionError(
-                    f"cluster(s) {empty} have no lesions (clusters: {self._cluster_list()}); "
-                    "nothing was written"
-                )
-            return [i for c in cl for i in members[c] if label is not None or c != target]
-
-        return self._lesion_op(
-            "merge_clusters", user, tool, comment, select,
-            label=_KEEP if label is None else label, cluster=target,
-            params={"clusters": cl, "into": target, "label": label},
-        )
-
-    def split_cluster(
-        self,
-        cluster: int,
-        lesion_ids: Sequence[str],
-        user: str,
-        *,
-        label: str | None = None,
-        tool: str = "api",
-        comment: str | None = None,
-    ) -> int:
-        """Move some lesions of ``cluster`` into a new cluster; returns the new cluster id.
-
-        The new id is one more than any cluster id the store has seen. Every lesion must be in
-        ``cluster`` now. With ``label`` they are relabelled too. The event id is
-        :attr:`last_event_id`.
-        """
-        cluster = check_cluster(cluster)
         ids = check_ids(lesion_ids)
-
-        def check(sel: list[str]) -> None:
-            members = set(self._cluster_members(cluster))
-            if not members:
-                raise EmptySelectionError(
-                    f"cluster {cluster} has no lesions (clusters: {self._cluster_list()}); "
-                    "nothing was written"
-                )
-            outside = [i for i in sel if i not in members]
-            if outside:
-                raise LabelStoreError(
-                    f"{len(outside)} selected lesion(s) are not in cluster {cluster}: "
-                    f"{list_ids(outside)}; nothing was written"
-                )
-
-        def new_id() -> int:
-            m = self._db.scalar(
-                "SELECT MAX(m) FROM (SELECT MAX(cluster) AS m FROM labels_current "
-                "UNION ALL SELECT MAX(cluster) FROM pseudo_labels "
-                "UNION ALL SELECT MAX(cluster_after) FROM changes "
-                "UNION ALL SELECT MAX(cluster_before) FROM changes) AS t"
-            )
-            return 0 if m is None else int(m) + 1
-
-        new: list[int] = []
-
-        def params(value: int) -> dict:
-            new.append(value)
-            return {"cluster": cluster, "new_cluster": value, "label": label}
-
-        self._lesion_op(
-            "split_cluster", user, tool, comment, ids,
-            label=_KEEP if label is None else label, cluster=new_id, params=params, check=check,
-        )
-        return new[0]
-
-    def rename_cluster(self, cluster: int, name: str, user: str, tool: str = "api") -> int:
-        """Give a cluster a display name (undoable); returns the event id."""
-        cluster = check_cluster(cluster)
-        name = check_text(name, "cluster name", max_len=64)
-        user = check_user(user)
-        tool = check_text(tool, "tool")
-        with self._tx() as events:
-            self._require_dataset()
-            self._members_or_error(cluster)
-            old = self._db.query(
-                "SELECT name, last_batch FROM cluster_names WHERE cluster = ?", (cluster,)
-            )
-            before, last_before = (old[0][0], old[0][1]) if old else (None, None)
-            bid = self._insert_batch("rename_cluster", user, tool, None, 0)
-            params = {
-                "kind": "cluster_name", "cluster": cluster, "before": before, "after": name,
-                "last_before": last_before, "last_after": bid,
-            }
-            self._db.execute(
-                "UPDATE batches SET params = ? WHERE id = ?", (schema.dumps(params), bid)
-            )
-            self._set_cluster_name(cluster, name, bid)
-            events.append(ChangeEvent(bid, "rename_cluster", user, (), None, cluster))
-        return bid
-
-    def _set_cluster_name(self, cluster: int, name: str | None, last: int | None) -> None:
-        if name is None:
-            self._db.execute("DELETE FROM cluster_names WHERE cluster = ?", (cluster,))
-        else:
-            self._db.execute(
-                "INSERT INTO cluster_names (cluster, name, last_batch) VALUES (?, ?, ?) "
-                "ON CONFLICT (cluster) DO UPDATE SET name = excluded.name, "
-                "last_batch = excluded.last_batch",
-                (cluster, name, last),
-            )
+        return self._lesion_op(
+            "mark_unsure", user, tool, comment, lambda: ids, label=UNSURE, params={"label": UNSURE}
+        ).event_id
 
     def add_class(self, name: str, color: str, user: str, tool: str = "api") -> ClassDef:
         """Add a class to the taxonomy (not undoable: labels may use it at once).
@@ -1139,46 +710,7 @@ class LabelStore(UndoMixin, HistoryMixin, SnapshotMixin, ReplayMixin, AddedLesio
             events.append(ChangeEvent(bid, "comment", user, ()))
         return bid
 
-    # exports ------------------------------------------------------------------------------------
-    def export_labels(self, path: str | Path, *, snapshot: int | str | None = None) -> Path:
-        """Write the current (or a snapshot's) labels as parquet or CSV (by suffix).
 
-        See :func:`deeplesion_lab.labels.export.export_labels`.
-        """
-        from .export import export_labels
-
-        return export_labels(self, path, snapshot=snapshot)
-
-    def export_coco(
-        self, path: str | Path, manifest_df: pd.DataFrame, *, snapshot: int | str | None = None
-    ) -> Path:
-        """Write a COCO JSON of the manifest's boxes with the current labels.
-
-        See :func:`deeplesion_lab.labels.export.export_coco`.
-        """
-        from .export import export_coco
-
-        return export_coco(self, path, manifest_df, snapshot=snapshot)
-
-    def export_dl_info(
-        self,
-        path: str | Path,
-        manifest_df: pd.DataFrame,
-        *,
-        snapshot: int | str | None = None,
-        not_lesion: str = "drop",
-        pseudo: str = "none",
-    ) -> Path:
-        """Write a ``DL_info.csv`` (the 18 official columns) with corrected coarse types.
-
-        See :func:`deeplesion_lab.labels.export.export_dl_info` (what happens to user classes,
-        ``unsure`` and ``not a lesion``).
-        """
-        from .export import export_dl_info
-
-        return export_dl_info(
-            self, path, manifest_df, snapshot=snapshot, not_lesion=not_lesion, pseudo=pseudo
-        )
 
 
 def _frame(rows: list[tuple], batches: dict[int, tuple[str, str]]) -> pd.DataFrame:

@@ -19,6 +19,7 @@ from typing import Any
 import pandas as pd
 
 from . import schema
+from .base import StoreBase
 from .checks import check_comment, check_ids, check_text, check_user, list_ids
 from .errors import EmptySelectionError, LabelStoreError, UndoConflict
 from .events import ChangeEvent, UndoResult, empty_conflicts
@@ -49,7 +50,7 @@ def check_tags(tags: Any) -> list[str]:
     return list(dict.fromkeys(out))
 
 
-class TagsMixin:
+class TagsMixin(StoreBase):
     """Methods of :class:`~deeplesion_lab.labels.store.LabelStore` (tags, saved views)."""
 
     # tags --------------------------------------------------------------------------------------

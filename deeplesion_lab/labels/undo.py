@@ -8,12 +8,13 @@ from __future__ import annotations
 import pandas as pd
 
 from . import schema
+from .base import StoreBase
 from .checks import check_text, check_user, list_ids
 from .errors import NothingToUndo, UndoConflict
 from .events import UNDOABLE_OPS, ChangeEvent, UndoResult, empty_conflicts
 
 
-class UndoMixin:
+class UndoMixin(StoreBase):
     """Methods of :class:`~deeplesion_lab.labels.store.LabelStore` (undo and redo)."""
 
     def _last_init(self) -> int:
