@@ -7,13 +7,13 @@ subset; and the real material in ``../shared/deeplesion_real`` (skipped when abs
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
-import os
 import shutil
-import subprocess
-import sys
 import warnings
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -30,13 +30,16 @@ from deeplesion_lab.errors import LabError
 from deeplesion_lab.images import MissingSliceWarning
 from deeplesion_lab.manifest import ManifestError, read_manifest, write_manifest
 
-REPO = Path(__file__).resolve().parents[1]
-CLI = [sys.executable, "-m", "deeplesion_lab.cli"]
 
+def _cli(*args: str) -> SimpleNamespace:
+    """``deeplesion-lab ARGS`` in this process (the same entry point as the console script, without
+    a fresh interpreter importing torch each time): return code and output."""
+    from deeplesion_lab.cli import main
 
-def _cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([*CLI, *map(str, args)], cwd=REPO, capture_output=True, text=True,
-                          env={**os.environ, "OMP_WAIT_POLICY": "PASSIVE"})
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        rc = main([str(a) for a in args])
+    return SimpleNamespace(returncode=rc, stdout=out.getvalue(), stderr=err.getvalue())
 
 
 @pytest.fixture(scope="module")
@@ -269,7 +272,6 @@ def test_real_kaggle_subset_with_an_images_root_given(real_dir, tmp_path):
     assert 0 < int(m["has_image"].sum()) <= 23
 
 
-@pytest.mark.slow
 def test_real_manifest_embed_present_only_mine(real_dir, tmp_path):
     man, run = tmp_path / "t.parquet", tmp_path / "run"
     assert _cli("manifest", real_dir / "DL_info_test.csv", "--out", man).returncode == 0
