@@ -1,27 +1,39 @@
-"""The whole lab pipeline, step by step, each step skipped when its output already exists.
+"""The whole lab pipeline, step by step, each step skipped when it is done.
 
 ``deeplesion-lab pipeline`` (and ``make lab`` / ``make demo``) run, in order: manifest, embed,
 mine, evaluate, label store, detectors (single class and pseudo-label classes, side by side on
-two cores), detection
-evaluation, simulated corrections + fine-tuning (only with a truth file: a stand-in for people),
-lesion graph, report. Each step calls the same subcommand a user would type, so the pipeline is
-exactly the sum of the documented commands.
+two cores), detection evaluation, simulated corrections + fine-tuning (only with a truth file: a
+stand-in for people), lesion graph, report. Each step is the library function its command
+calls (:mod:`deeplesion_lab.steps`), with that step's own done check; the long ones (detector
+training, fine-tuning, detections on every key slice) run as jobs of the run
+(:mod:`deeplesion_lab.jobs`: a process each, side by side where they can, with a record,
+progress and log), started with the command line a user would type.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-import pandas as pd
-
 from .errors import LabError
 from .run import RunDir
+from .steps.corrections import corrections_done, simulate_corrections
+from .steps.detect import (
+    detect_run,
+    detections_evaluated,
+    detectors_done,
+    evaluate_detections,
+    finetune_done,
+)
+from .steps.embed import EmbedSettings, embed_done, embed_run
+from .steps.evaluate import evaluate_done, evaluate_step
+from .steps.graph import graph_done, graph_step
+from .steps.labels import init_label_store, label_store_done
+from .steps.mine import MineSettings, mine_done, mine_run
+from .steps.report import report_done, report_step
 
 __all__ = ["PipelineConfig", "Step", "pipeline_steps", "run_pipeline", "simulate_corrections"]
 
@@ -53,14 +65,6 @@ class Step:
     name: str
     done: Callable[[], bool]
     run: Callable[[], None]
-
-
-def _cli(argv: Sequence[str]) -> None:
-    from .cli import main
-
-    code = main([str(a) for a in argv])
-    if code != 0:
-        raise LabError(f"step `deeplesion-lab {' '.join(str(a) for a in argv)}` failed ({code})")
 
 
 def _jobs(run: RunDir, jobs: dict[str, Sequence[str]], report_s: float = 20.0) -> None:
@@ -121,8 +125,7 @@ def _train_detectors(cfg: PipelineConfig, run: RunDir) -> None:
     that one thread does alone), so the pipeline gives each detector twice the epochs in the
     same time. An interrupted training resumes from its ``last.pt``.
     """
-    todo = [n for n in ("single", "pseudo")
-            if not (run.detector_dir / n / "model.pt").is_file()]
+    todo = [n for n in ("single", "pseudo") if not detectors_done(run, [n])]
     argv = {n: ["train-detector", "--run", cfg.run_dir, "--classes", n,
                 "--epochs", cfg.detector_epochs] for n in todo}
     if len(todo) > 1 and cfg.detector_processes > 1 and (os.cpu_count() or 1) > 1:
@@ -137,93 +140,59 @@ def _train_detectors(cfg: PipelineConfig, run: RunDir) -> None:
     set_latest(run, "pseudo")
 
 
-def _metrics(run: RunDir) -> dict:
-    return json.loads(run.metrics.read_text()) if run.metrics.is_file() else {}
-
-
 def _new_classes(run: RunDir) -> bool:
     """Whether the corrected labels hold classes the pseudo-label detector was not trained on."""
     from .labels import LabelStore
 
     mined = set(run.load_pseudo_labels()["label"].astype(str))
-    current = set(LabelStore.open(run.label_db).current_labels()["label"].astype(str))
+    with LabelStore.open(run.label_db) as store:
+        current = set(store.current_labels()["label"].astype(str))
     return bool(current - mined)
-
-
-def simulate_corrections(run_dir: str | Path, truth: str | Path, share: float = 0.5,
-                         user: str = "demo-annotator", seed: int = 0) -> int:
-    """Stand in for annotators: fix ``share`` of the wrong pseudo-labels using the truth file.
-
-    Corrections go through the label store as ordinary relabel events by ``user`` (one batch per
-    true type), so they appear in history and can be undone like any person's work. Returns the
-    number of lesions corrected.
-    """
-    from .labels import LabelStore
-    from .lesion_types import COARSE_TYPES
-
-    run = RunDir(run_dir)
-    t = pd.read_parquet(truth)
-    t = t[t["annotated"] & t["lesion_id"].notna()][["lesion_id", "coarse_type"]]
-    store = LabelStore.open(run.label_db)
-    cur = store.current_labels()[["lesion_id", "label"]]
-    df = cur.merge(t, on="lesion_id")
-    df["true_label"] = df["coarse_type"].map(COARSE_TYPES)
-    wrong = df[df["label"] != df["true_label"]]
-    rng = np.random.default_rng(seed)
-    pick = wrong.sample(n=int(round(len(wrong) * share)), random_state=int(rng.integers(1 << 31)))
-    for label, g in pick.groupby("true_label"):
-        store.relabel(g["lesion_id"].tolist(), label, user, tool="pipeline-simulated",
-                      comment="simulated annotator (truth file)")
-    return len(pick)
 
 
 def pipeline_steps(cfg: PipelineConfig) -> list[Step]:
     """The steps for ``cfg``, in order."""
     run = RunDir(cfg.run_dir)
-    m, r = cfg.manifest, cfg.run_dir
-    truth = ["--truth", cfg.truth] if cfg.truth else []
-    det = run.detector_dir
+    m, r = Path(cfg.manifest), cfg.run_dir
     pred_all = run.predictions_file("pseudo", "all")
 
     def manifest_step() -> None:
+        from .manifest import write_manifest
+
         if cfg.source_csv is None:
             raise LabError(f"{m}: manifest not found and no source CSV given")
-        _cli(["manifest", cfg.source_csv, "--out", m])
+        res = write_manifest(cfg.source_csv, m)
+        print(res.info.summary())
+        print(f"wrote {len(res.lesions)} lesions to {res.manifest_path}")
+
+    def detect_and_evaluate() -> None:
+        for n in ("single", "pseudo"):
+            detect_run(run, run.predictions_file(n, "test"), model=n)
+            evaluate_detections(run.predictions_file(n, "test"), run=run, manifest=m, name=n)
 
     steps = [
         Step("manifest", m.is_file, manifest_step),
-        Step("embed", run.embeddings.is_file,
-             lambda: _cli(["embed", m, "--run", r, "--epochs", cfg.embed_epochs, *truth])),
-        Step("mine", lambda: run.pseudo_labels.is_file() and run.umap.is_file(),
-             lambda: _cli(["mine", "--run", r,
-                           *(["--clusters", cfg.clusters] if cfg.clusters else [])])),
-        Step("evaluate", lambda: "classification" in _metrics(run),
-             lambda: _cli(["evaluate", "--run", r, *truth])),
-        Step("label store", run.label_db.is_file, lambda: _cli(["labels", "init", "--run", r])),
+        Step("embed", lambda: embed_done(run),
+             lambda: embed_run(run, m, EmbedSettings(epochs=cfg.embed_epochs), truth=cfg.truth)),
+        Step("mine", lambda: mine_done(run),
+             lambda: mine_run(run, MineSettings(clusters=cfg.clusters))),
+        Step("evaluate", lambda: evaluate_done(run),
+             lambda: evaluate_step(run, truth=cfg.truth)),
+        Step("label store", lambda: label_store_done(run), lambda: init_label_store(run)),
     ]
     if cfg.detector:
         steps += [
-            Step("detectors (single class, pseudo-label classes)",
-                 lambda: all((det / n / "model.pt").is_file() for n in ("single", "pseudo")),
+            Step("detectors (single class, pseudo-label classes)", lambda: detectors_done(run),
                  lambda: _train_detectors(cfg, run)),
-            Step("detect + evaluate (test split)",
-                 lambda: {"single", "pseudo"} <= set(_metrics(run).get("detection", {})),
-                 lambda: [
-                     (_cli(["detect", "--run", r, "--out", run.predictions_file(n, "test"),
-                            "--model", n]),
-                      _cli(["evaluate-detector", run.predictions_file(n, "test"),
-                            "--manifest", m, "--run", r, "--name", n]))
-                     for n in ("single", "pseudo")
-                 ]),
+            Step("detect + evaluate (test split)", lambda: detections_evaluated(run),
+                 detect_and_evaluate),
         ]
         if cfg.truth:
             steps += [
-                Step("simulated corrections",
-                     lambda: any(run.path.glob(".corrections_done")),
-                     lambda: (simulate_corrections(r, cfg.truth, cfg.correction_share,
-                                                   cfg.annotator, cfg.seed),
-                              (run.path / ".corrections_done").touch())),
-                Step("fine-tune on corrected labels", lambda: "finetune" in _metrics(run),
+                Step("simulated corrections", lambda: corrections_done(run, cfg.annotator),
+                     lambda: simulate_corrections(run, cfg.truth, cfg.correction_share,
+                                                  cfg.annotator, cfg.seed)),
+                Step("fine-tune on corrected labels", lambda: finetune_done(run),
                      lambda: _jobs(run, {"finetune": [
                          "finetune", "--run", r, "--epochs", cfg.finetune_epochs,
                          "--user", cfg.annotator,
@@ -231,27 +200,20 @@ def pipeline_steps(cfg: PipelineConfig) -> list[Step]:
                      ]})),
             ]
     if cfg.graph:
-        def graph_step() -> None:
-            preds = []
+        def lesion_graph() -> None:
+            preds: dict = {}
             if cfg.detector:
                 _jobs(run, {"detect-all": ["detect", "--run", r, "--out", pred_all,
                                            "--split", "all", "--model", "pseudo"]})
                 # the pseudo-label model's detections on every key slice; neighbour-slice
                 # support is left out here to keep the CPU pipeline short
-                preds = ["--predictions", pred_all, "--detector-model", "pseudo",
-                         "--neighbour-slices", "0"]
-            _cli(["graph", "--run", r, *truth, *preds])
+                preds = {"predictions": pred_all, "detector_model": "pseudo",
+                         "neighbour_slices": 0}
+            graph_step(run, truth=cfg.truth, **preds)
 
-        steps.append(Step("lesion graph", lambda: "matching" in _metrics(run), graph_step))
-    steps.append(Step("report", lambda: False, lambda: _report(r)))
+        steps.append(Step("lesion graph", lambda: graph_done(run), lesion_graph))
+    steps.append(Step("report", lambda: report_done(run), lambda: report_step(run)))
     return steps
-
-
-def _report(run_dir: Path) -> None:
-    from .report import write_report
-
-    path = write_report(run_dir)
-    print(f"report: {path}")
 
 
 def run_pipeline(cfg: PipelineConfig, *, force: Sequence[str] = ()) -> list[tuple[str, str, float]]:

@@ -71,12 +71,29 @@ def test_pipeline_writes_every_figure(tiny_lab: Path) -> None:
     for key in ("recall_at_1", "recall_at_2"):
         assert 0.0 <= metrics["missing_annotations"][key] <= 1.0
     # simulated corrections went through the label store, and fine-tuning recorded a snapshot
-    from deeplesion_lab.labels import LabelStore
+    import pandas as pd
 
-    store = LabelStore.open(run / "labels.sqlite")
-    hist = store.history(user="demo-annotator")
-    assert len(hist) > 0
-    assert len(store.list_snapshots()) >= 1
+    from deeplesion_lab.labels import LabelStore
+    from deeplesion_lab.lesion_types import COARSE_TYPES
+
+    truth = pd.read_parquet(tiny_lab / "demo" / "truth.parquet")
+    truth = truth[truth["annotated"] & truth["lesion_id"].notna()]
+    true = dict(zip(truth["lesion_id"].astype(str), truth["coarse_type"].map(COARSE_TYPES),
+                    strict=True))
+    pseudo = pd.read_parquet(run / "pseudo_labels.parquet")
+    wrong = sum(str(lab) != true[i] for i, lab in zip(pseudo["lesion_id"].astype(str),
+                                                      pseudo["label"], strict=True) if i in true)
+    assert wrong > 0, "the tiny demo's pseudo-labels are all right: nothing to correct"
+    with LabelStore.open(run / "labels.sqlite") as store:
+        hist = store.history(user="demo-annotator")
+        sim = hist[hist["tool"] == "pipeline-simulated"]
+        current = store.current_labels().set_index("lesion_id")["label"]
+        assert len(store.list_snapshots()) >= 1
+    # half the wrong pseudo-labels (--correction-share 0.5), each set to its true type
+    assert len(sim) == round(wrong * 0.5) and sim["lesion_id"].is_unique
+    assert (sim["label_after"] == sim["lesion_id"].map(true)).all()
+    assert (sim["label_before"] != sim["label_after"]).all()
+    assert (current.loc[sim["lesion_id"]].to_numpy() == sim["label_after"].to_numpy()).all()
 
 
 def test_report_is_self_contained(tiny_lab: Path) -> None:

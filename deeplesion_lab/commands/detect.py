@@ -30,23 +30,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..detection.predict import write_predictions
-    from ..detection.workflow import load_detector
-    from ..run import RunDir
+    from ..steps.detect import detect_run
 
-    run_dir = RunDir(args.run)
-    run_dir.info()
-    if args.out.suffix.lower() != ".csv":
-        from ..errors import LabError
-
-        raise LabError(f"{args.out}: predictions are written as .csv")
-    name, det = load_detector(run_dir, args.model, device=args.device,
-                              num_threads=args.threads, progress=not args.no_progress)
-    manifest = run_dir.load_manifest()
-    pred = det.predict(manifest, args.split, batch_size=args.batch_size)
-    write_predictions(pred, args.out)
-    n_img = pred["file_name"].nunique()
-    print(f"model {name} ({', '.join(det.classes_)}): {len(pred)} detections on {n_img} key "
-          f"slices of the {args.split} split; {det.predict_ms_per_image_:.1f} ms/image")
-    print(f"wrote {args.out}")
+    detect_run(args.run, args.out, model=args.model, split=args.split,
+               batch_size=args.batch_size, device=args.device, threads=args.threads,
+               progress=not args.no_progress)
     return 0

@@ -32,26 +32,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import os
+    from ..steps.evaluate import evaluate_step
 
-    # Passive OpenMP waiting: on a busy machine spinning threads slow torch down several-fold.
-    # Only effective when torch is not imported yet (it reads the variable when it loads).
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    from ..errors import LabError
-    from ..evaluation import evaluate_run
-    from ..run import RunDir
-
-    run_dir = RunDir(args.run)
-    if args.manifest is None and not run_dir.run_json.is_file():
-        raise LabError(
-            f"{args.run} is not a run directory; pass --manifest MANIFEST to evaluate the "
-            "metadata of a manifest, or run `deeplesion-lab embed` first"
-        )
-    if args.truth is not None and not args.truth.is_file():
-        raise LabError(f"{args.truth}: truth file not found")
-    res = evaluate_run(args.run, args.truth, args.manifest, progress=not args.no_progress,
-                       seed=args.seed)
-    metrics = run_dir.update_metrics(res.metrics)
-    print(res.table)
-    print(f"wrote {run_dir.metrics} ({len(metrics)} sections)")
+    evaluate_step(args.run, truth=args.truth, manifest=args.manifest, seed=args.seed,
+                  progress=not args.no_progress)
     return 0

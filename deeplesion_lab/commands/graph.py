@@ -63,42 +63,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..graph.build import build_run_graph
+    from ..steps.graph import graph_step
 
-    res = build_run_graph(
-        args.run, truth=args.truth, predictions=args.predictions, n_neighbors=args.neighbors,
-        eval_split=args.eval_split, neighbour_slices=args.neighbour_slices,
-        detector_model=args.detector_model, seed=args.seed, progress=True,
-    )
-    for m in res.messages:
-        print(m)
-    print(f"graph: {res.graph.summary()}")
-    mt = res.metrics["matching"]
-    if mt.get("evaluated"):
-        print(
-            f"matching ({mt['evaluation']}; {mt['eval_patients']} patients, "
-            f"{mt['eval_pairs']} pairs): "
-            f"precision {mt['precision']:.3f}, recall {mt['recall']:.3f}, F1 {mt['f1']:.3f}, "
-            f"AUC {mt['auc']:.3f} (threshold {mt['threshold']:.3f}); baselines: location only "
-            f"F1 {mt['location_only_f1']:.3f}, appearance (embedding) only "
-            f"F1 {mt['appearance_only_f1']:.3f}"
-        )
-        print(
-            f"matching on the split alone ({mt['split_eval_pairs']} pairs): F1 "
-            f"{mt['split_f1']:.3f}, location only {mt['split_location_only_f1']:.3f}, "
-            f"appearance only {mt['split_appearance_only_f1']:.3f}"
-        )
-    print(f"tracks: {mt['tracks']} ({mt['tracks_multi_study']} followed over 2+ studies)")
-    mm = res.metrics["missing_annotations"]
-    if "recall_at_1" in mm:
-        print(
-            f"missing annotations ({mm['n_missing']} unannotated lesions on {mm['n_images']} "
-            f"images, {mm['evaluated_on']}): recall@0.5 {mm['recall_at_0_5']:.3f}, "
-            f"@1 {mm['recall_at_1']:.3f}, @2 {mm['recall_at_2']:.3f}, "
-            f"precision of top {mm['precision_at_top']:.3f}"
-        )
-    for name, path in res.paths.items():
-        print(f"wrote {name}: {path}")
+    graph_step(args.run, truth=args.truth, predictions=args.predictions,
+               n_neighbors=args.neighbors, eval_split=args.eval_split,
+               neighbour_slices=args.neighbour_slices, detector_model=args.detector_model,
+               seed=args.seed, progress=True)
     return 0
 
 

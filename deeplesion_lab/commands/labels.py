@@ -180,32 +180,10 @@ def _open(args: argparse.Namespace):
 
 
 def run_init(args: argparse.Namespace) -> int:
-    import pandas as pd
+    from ..steps.labels import init_label_store
 
-    from ..labels import LabelStore, LabelStoreError
-    from ..run import RunDir
-
-    run = RunDir(args.run)
-    if not run.path.is_dir():
-        raise LabelStoreError(f"{run.path}: run directory not found")
-    run.info()
-    src = args.pseudo or run.pseudo_labels
-    if not Path(src).is_file():
-        raise LabelStoreError(
-            f"{src}: pseudo-labels not found; run `deeplesion-lab mine --run {run.path}` first"
-        )
-    try:
-        pl = pd.read_parquet(src)
-    except Exception as exc:  # noqa: BLE001 - pyarrow raises several types
-        raise LabelStoreError(f"{src}: not a readable parquet file ({exc})") from exc
-    with LabelStore.for_run(
-        run, db=args.db, namespace=args.namespace, init=False, allow_empty=True
-    ) as store:
-        report = store.init_pseudo_labels(
-            pl, args.run_id or run.path.resolve().name, user=args.user, tool="cli"
-        )
-        print(report.summary())
-        print(f"store: {store.location}")
+    init_label_store(args.run, pseudo=args.pseudo, run_id=args.run_id, user=args.user,
+                     db=args.db, namespace=args.namespace)
     return 0
 
 

@@ -12,8 +12,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="run the whole pipeline (manifest -> embed -> mine -> evaluate -> labels -> "
         "detector -> fine-tune -> graph -> report), skipping finished steps",
         description=(
-            "Run every step with the same subcommands a user would type, skipping each step whose "
-            "output exists (use --force STEP to redo one). With --truth (demo data), a simulated "
+            "Run every step as its subcommand would (the same library functions; the long "
+            "ones as jobs of the run), skipping each step that is done (use --force STEP to "
+            "redo one). With --truth (demo data), a simulated "
             "annotator corrects a share of wrong pseudo-labels through the label store before "
             "fine-tuning, so the report shows before/after numbers."
         ),

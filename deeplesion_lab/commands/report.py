@@ -18,9 +18,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..report import write_report
-    from ..run import RunDir
+    from ..steps.report import report_step
 
-    RunDir(args.run).info()  # a clear error if this is not a run directory
-    print(f"wrote {write_report(args.run, args.out)}")
+    report_step(args.run, args.out)
     return 0
