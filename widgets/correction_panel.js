@@ -21,6 +21,7 @@
 //   simulated            {events, lesions, users}: how many such events the store holds
 // Keys (while working in the lab: after a click in its cell, not while typing in a field):
 //   1-9 relabel the selection with the n-th class of the list, u undo my last change.
+// uses widgets/_helpers.js (h, bytesOf, typed: put in front of this file by LabWidget)
 
 const STYLE = `
 .dlc{font:12px/1.4 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;color:#e8eaed;
@@ -69,18 +70,6 @@ const STYLE = `
 .dlc-keys.on kbd{border-color:#4aa3ff}
 .dlc-note{color:#9aa0a6;font-size:11px;background:#1f2329;border-radius:6px;padding:4px 8px}
 `;
-
-function h(tag, attrs = {}, ...kids) {
-  const e = document.createElement(tag);
-  for (const [k, v] of Object.entries(attrs)) {
-    if (k === "class") e.className = v;
-    else if (k === "text") e.textContent = v;
-    else if (k.startsWith("on")) e.addEventListener(k.slice(2), v);
-    else e.setAttribute(k, v);
-  }
-  for (const k of kids) if (k != null) e.append(k);
-  return e;
-}
 
 function render({ model, el }) {
   const root = h("div", { class: "dlc" });
@@ -303,7 +292,8 @@ function render({ model, el }) {
   const scopeOf = () => el.closest(".jp-Cell") || el.closest(".jp-OutputArea") || document.body;
   const onPointer = (ev) => {
     // a panel with keys of its own (the proposal review) takes them while it is clicked
-    const own = ev.target && ev.target.closest && ev.target.closest("[data-dl-keyscope]");
+    const path = ev.composedPath ? ev.composedPath() : [ev.target];
+    const own = path.some((n) => n.dataset && n.dataset.dlKeyscope);
     armed = scopeOf().contains(ev.target) && !own;
     keysHelp.classList.toggle("on", armed);
   };

@@ -15,6 +15,7 @@
 //   status      {nonce, ok, message}  the answer to the last request
 // Keys (after a click in this panel, not while typing in a field): a accept, r reject,
 //   1-9 accept as the n-th type, j or ArrowRight next, k or ArrowLeft previous, u undo.
+// uses widgets/_helpers.js (h, bytesOf, typed: put in front of this file by LabWidget)
 
 const STYLE = `
 .dlr{font:12px/1.4 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;color:#e8eaed;
@@ -50,23 +51,10 @@ const STYLE = `
 .dlr-bar>span{height:100%}
 `;
 
-function h(tag, attrs = {}, ...kids) {
-  const e = document.createElement(tag);
-  for (const [k, v] of Object.entries(attrs)) {
-    if (k === "class") e.className = v;
-    else if (k === "style") e.style.cssText = v;
-    else if (k.startsWith("on")) e.addEventListener(k.slice(2), v);
-    else e.setAttribute(k, v);
-  }
-  for (const c of kids) e.append(c instanceof Node ? c : document.createTextNode(String(c)));
-  return e;
-}
-
 function render({ model, el }) {
-  if (!document.getElementById("dlr-style")) {
-    document.head.append(h("style", { id: "dlr-style" }, STYLE));
-  }
+  // the style travels with the panel (Panel renders widgets inside shadow roots)
   const root = h("div", { class: "dlr", tabindex: "0", "data-dl-keyscope": "review" });
+  root.append(h("style", {}, STYLE));
   el.append(root);
   let nonce = 0;
   const send = (op, extra = {}) => {
@@ -186,12 +174,14 @@ function render({ model, el }) {
   // command-mode keys and the correction panel's 1-9 do not also fire.
   let armed = false;
   const onPointer = (ev) => {
-    armed = root.contains(ev.target);
+    // composedPath: inside a shadow root (Panel) the window sees the host as the target
+    armed = (ev.composedPath ? ev.composedPath() : [ev.target]).includes(root);
     root.classList.toggle("armed", armed);
   };
   const editable = (t) => t && (t.isContentEditable || /^(INPUT|TEXTAREA|SELECT)$/.test(t.tagName || ""));
   const onKey = (ev) => {
-    if (!armed || !el.isConnected || ev.ctrlKey || ev.metaKey || ev.altKey || editable(ev.target)) return;
+    const target = ev.composedPath ? ev.composedPath()[0] : ev.target;
+    if (!armed || !el.isConnected || ev.ctrlKey || ev.metaKey || ev.altKey || editable(target)) return;
     const k = ev.key;
     const types = model.get("types") || [];
     if (!model.get("active") && k !== "u" && k !== "U") { send("start"); }
