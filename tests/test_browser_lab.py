@@ -441,7 +441,12 @@ def test_grid_tags_the_selection_filters_by_tag_and_keeps_views(page, tiny):
 
     grid = page.locator(".dlgr").first
     grid.evaluate("e => e.scrollIntoView()")
-    page.wait_for_selector(".dlgr-cell canvas", timeout=30_000)
+    grid.locator("select").first.select_option("map")
+    page.wait_for_function(  # the lesions (an earlier test may have left the FROC cases)
+        "() => { const g = document.querySelector('.dlgr'); return g.parentElement.dataset.source"
+        " === 'map' && g.querySelectorAll('.dlgr-cell canvas').length > 1 && "
+        "!g.querySelector('.dlgr-cell .dlgr-cap').textContent.includes('false positive') }",
+        timeout=30_000)
     cells = page.locator(".dlgr-cell")
     ids = [cells.nth(i).get_attribute("data-lesion-id") for i in (0, 1)]
     cells.nth(0).click()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import shutil
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -253,12 +254,26 @@ def test_pieces_work_on_their_own(tiny):
 
 
 @pytest.mark.parametrize("name", sorted(ESM_FILES))
-def test_esm_front_ends_are_self_contained(name):
-    js = ESM_FILES[name].read_text()
+def test_esm_front_ends_are_self_contained(name, tmp_path):
+    import widgets
+    from widgets.lab_widget import esm_source
+
+    js = esm_source(ESM_FILES[name])  # the module as the browser gets it (shared helpers in front)
     assert "export default" in js and "render" in js
     assert not re.search(r"^\s*import\s", js, re.M), "no imports: the ESM must stand alone"
     assert not re.search(r"https?://", js), "nothing fetched from a URL (no CDN)"
     assert "model.send(" not in js, "Panel's AnyWidgetComponent has no model.send"
+    for fn in ("h", "bytesOf", "typed"):  # one definition of each helper the module calls
+        calls = re.findall(rf"(?<![\w.]){fn}\(", js)
+        defs = len(re.findall(rf"^function {fn}\(", js, re.M))
+        assert defs == (1 if len(calls) > defs else defs) and defs <= 1, (fn, defs)
+    assert str(getattr(widgets, name)._esm) == js, "the widget sends this module"
+    node = shutil.which("node")
+    if node:  # it parses as a module
+        mod = tmp_path / f"{name}.mjs"
+        mod.write_text(js)
+        r = subprocess.run([node, "--check", str(mod)], capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0, r.stderr
 
 
 def test_lab_layout(lab):

@@ -7,6 +7,7 @@
 //   request      {op: "start" | "poll", nonce}          written here
 //   status       {nonce, ok, message}                   the answer to a start
 //   poll_seconds how often to ask for the job's state (0: never)
+// uses widgets/_helpers.js (h, bytesOf, typed: put in front of this file by LabWidget)
 
 const STYLE = `
 .dlft{font:12px/1.4 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;color:#e8eaed;background:#17191d;
@@ -22,17 +23,6 @@ const STYLE = `
 .dlft-err{color:#ff7b7b}
 .dlft-ok{color:#7bd88f}
 `;
-
-function h(tag, attrs = {}, ...kids) {
-  const e = document.createElement(tag);
-  for (const [k, v] of Object.entries(attrs)) {
-    if (k === "class") e.className = v;
-    else if (k === "text") e.textContent = v;
-    else e.setAttribute(k, v);
-  }
-  for (const k of kids) if (k != null) e.append(k);
-  return e;
-}
 
 function render({ model, el }) {
   const root = h("div", { class: "dlft" });

@@ -18,6 +18,7 @@
 //               (written here)
 //   request     {op: tag|untag|undo|save_view|load_view|delete_view|open_class, ..., nonce}
 //               written here; answer {nonce, ok, message}
+// uses widgets/_helpers.js (h, bytesOf, typed: put in front of this file by LabWidget)
 
 const STYLE = `
 .dlgr{font:12px/1.35 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;color:#e8eaed;
@@ -54,31 +55,6 @@ const STYLE = `
 .dlgr-cls button{padding:0 6px}
 .dlgr-cls button:disabled{opacity:.4;cursor:default}
 `;
-
-function h(tag, attrs = {}, ...kids) {
-  const e = document.createElement(tag);
-  for (const [k, v] of Object.entries(attrs)) {
-    if (k === "class") e.className = v;
-    else if (k === "text") e.textContent = v;
-    else e.setAttribute(k, v);
-  }
-  for (const k of kids) if (k != null) e.append(k);
-  return e;
-}
-
-function bytesOf(v) {
-  if (v == null) return new Uint8Array(0);
-  if (v instanceof DataView) return new Uint8Array(v.buffer, v.byteOffset, v.byteLength);
-  if (v instanceof ArrayBuffer) return new Uint8Array(v);
-  if (ArrayBuffer.isView(v)) return new Uint8Array(v.buffer, v.byteOffset, v.byteLength);
-  if (typeof v === "string") {
-    const s = atob(v);
-    const out = new Uint8Array(s.length);
-    for (let i = 0; i < s.length; i++) out[i] = s.charCodeAt(i);
-    return out;
-  }
-  return new Uint8Array(0);
-}
 
 function render({ model, el }) {
   const root = h("div", { class: "dlgr" });

@@ -7,6 +7,7 @@
 //   thumbs      bytes  uint8 gray, len(items) * thumb_size^2, in item order (zeros: no image)
 //   thumb_size  int;  scope "all" | "other patients" | "same patient" (written here too)
 //   click       {index, lesion_id, nonce}  written here
+// uses widgets/_helpers.js (h, bytesOf, typed: put in front of this file by LabWidget)
 
 const STYLE = `
 .dlg{font:12px/1.35 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;color:#e8eaed;
@@ -27,32 +28,6 @@ const STYLE = `
 .dlg-meta{color:#9aa0a6;font-size:11px;font-variant-numeric:tabular-nums}
 .dlg-empty{color:#9aa0a6;padding:12px 0}
 `;
-
-function bytesOf(v) {
-  if (v == null) return new Uint8Array(0);
-  if (v instanceof DataView) return new Uint8Array(v.buffer, v.byteOffset, v.byteLength);
-  if (v instanceof ArrayBuffer) return new Uint8Array(v);
-  if (ArrayBuffer.isView(v)) return new Uint8Array(v.buffer, v.byteOffset, v.byteLength);
-  if (typeof v === "string") {
-    const s = atob(v);
-    const out = new Uint8Array(s.length);
-    for (let i = 0; i < s.length; i++) out[i] = s.charCodeAt(i);
-    return out;
-  }
-  if (v.buffer instanceof ArrayBuffer) return bytesOf(v.buffer);
-  return new Uint8Array(0);
-}
-function h(tag, attrs = {}, ...kids) {
-  const e = document.createElement(tag);
-  for (const [k, v] of Object.entries(attrs)) {
-    if (k === "class") e.className = v;
-    else if (k === "text") e.textContent = v;
-    else if (k.startsWith("on")) e.addEventListener(k.slice(2), v);
-    else e.setAttribute(k, v);
-  }
-  for (const k of kids) if (k != null) e.append(k);
-  return e;
-}
 
 function render({ model, el }) {
   const root = h("div", { class: "dlg" });

@@ -14,6 +14,7 @@
 //   prediction_models [name]  models of the run with predictions; prediction_model: the one shown
 //   spacing          mm per pixel; title, subtitle, status (text); canvas_size (css px)
 // Windowing happens here, so a window drag never waits for the server.
+// uses widgets/_helpers.js (h, bytesOf, typed: put in front of this file by LabWidget)
 
 const STYLE = `
 .dlv{font:12px/1.35 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;color:#e8eaed;
@@ -46,39 +47,6 @@ const STYLE = `
 // one colour per layer, the same in the legend and on the image (the class is in the tag)
 const COLORS = { annotations: "#f5c542", predictions: "#4aa3ff", candidates: "#ff5ad9" };
 const REVIEW_COLORS = { accepted: "#3ddc84", rejected: "#9aa0a6" };
-
-function bytesOf(v) {
-  if (v == null) return new Uint8Array(0);
-  if (v instanceof DataView) return new Uint8Array(v.buffer, v.byteOffset, v.byteLength);
-  if (v instanceof ArrayBuffer) return new Uint8Array(v);
-  if (ArrayBuffer.isView(v)) return new Uint8Array(v.buffer, v.byteOffset, v.byteLength);
-  if (typeof v === "string") {
-    const s = atob(v);
-    const out = new Uint8Array(s.length);
-    for (let i = 0; i < s.length; i++) out[i] = s.charCodeAt(i);
-    return out;
-  }
-  if (v.buffer instanceof ArrayBuffer) return bytesOf(v.buffer);
-  return new Uint8Array(0);
-}
-
-function typed(v, T) {
-  let b = bytesOf(v);
-  if (b.byteOffset % T.BYTES_PER_ELEMENT) b = b.slice();
-  return new T(b.buffer, b.byteOffset, Math.floor(b.byteLength / T.BYTES_PER_ELEMENT));
-}
-
-function h(tag, attrs = {}, ...kids) {
-  const e = document.createElement(tag);
-  for (const [k, v] of Object.entries(attrs)) {
-    if (k === "class") e.className = v;
-    else if (k === "text") e.textContent = v;
-    else if (k.startsWith("on")) e.addEventListener(k.slice(2), v);
-    else e.setAttribute(k, v);
-  }
-  for (const k of kids) if (k != null) e.append(k);
-  return e;
-}
 
 function render({ model, el }) {
   const size = Math.max(200, model.get("canvas_size") || 512);

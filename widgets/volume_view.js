@@ -10,6 +10,7 @@
 //   lesion_id, title, subtitle, status (text); canvas_size (css px per panel)
 // Windowing happens here, so a window change never waits for the server. The 3-D panel is a
 // maximum-intensity projection ray-cast in WebGL2 (a fixed coronal MIP on the CPU without it).
+// uses widgets/_helpers.js (h, bytesOf, typed: put in front of this file by LabWidget)
 
 const STYLE = `
 .dvv{font:12px/1.35 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;color:#e8eaed;
@@ -31,32 +32,6 @@ const STYLE = `
 `;
 
 const COLORS = { axial: "#4aa3ff", coronal: "#7bd88f", sagittal: "#ff9f43", box: "#f5c542" };
-
-function bytesOf(v) {
-  if (v == null) return new Uint8Array(0);
-  if (v instanceof DataView) return new Uint8Array(v.buffer, v.byteOffset, v.byteLength);
-  if (v instanceof ArrayBuffer) return new Uint8Array(v);
-  if (ArrayBuffer.isView(v)) return new Uint8Array(v.buffer, v.byteOffset, v.byteLength);
-  if (v.buffer instanceof ArrayBuffer) return bytesOf(v.buffer);
-  return new Uint8Array(0);
-}
-
-function typed(v, T) {
-  let b = bytesOf(v);
-  if (b.byteOffset % T.BYTES_PER_ELEMENT) b = b.slice();
-  return new T(b.buffer, b.byteOffset, Math.floor(b.byteLength / T.BYTES_PER_ELEMENT));
-}
-
-function h(tag, attrs = {}, ...kids) {
-  const e = document.createElement(tag);
-  for (const [k, v] of Object.entries(attrs)) {
-    if (k === "class") e.className = v;
-    else if (k === "text") e.textContent = v;
-    else e.setAttribute(k, v);
-  }
-  for (const k of kids) if (k != null) e.append(k);
-  return e;
-}
 
 // ---- 3-D: WebGL2 maximum-intensity ray casting -------------------------------------------------
 const VS = `#version 300 es
