@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from .atomic import atomic_path
+from .boxes import pairwise_iou
 from .lesion_types import TYPE_COLORS
 from .run import RunDir
 
@@ -267,19 +268,15 @@ def _detection_figure(run: RunDir, curves: dict[str, dict[str, Any]], n: int = 6
     thr = float(scores[min(len(scores), 4 * n_img) - 1])  # about 4 boxes per image above it
     by_file = {k: g for k, g in pred[pred["score"] >= thr].groupby("file_name")}
 
-    def iou(a, b):
-        ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-        iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-        inter = ix * iy
-        union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-        return inter / union if union > 0 else 0.0
-
     rows = []
     for r in les.itertuples(index=False):
         box = (r.bbox_x1, r.bbox_y1, r.bbox_x2, r.bbox_y2)
         g = by_file.get(r.file_name)
         boxes = [] if g is None else g[["x1", "y1", "x2", "y2", "score"]].to_numpy().tolist()
-        hit = any(iou(box, b[:4]) >= 0.5 for b in boxes)
+        with np.errstate(divide="ignore", invalid="ignore"):  # a degenerate box hits nothing
+            hit = bool(len(boxes)) and bool(
+                (pairwise_iou([box], [b[:4] for b in boxes], inclusive=False) >= 0.5).any()
+            )
         rows.append((hit, r.file_name, box, boxes))
     hits = [x for x in rows if x[0]][: n // 2]
     misses = [x for x in rows if not x[0]][: n - len(hits)]

@@ -53,6 +53,7 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
+from ..boxes import box_iou
 from ..errors import LabError
 
 __all__ = [
@@ -85,33 +86,6 @@ class FROCError(LabError, ValueError):
 def fp_key(rate: float) -> str:
     """Key of an FP rate in ``metrics.json``: ``0.5 -> "0.5"``, ``4.0 -> "4"``."""
     return f"{rate:g}"
-
-
-def box_iou(box: Sequence[float], boxes: np.ndarray) -> np.ndarray:
-    """IoU of one box with each of ``boxes``, in the DeepLesion code's inclusive-pixel convention.
-
-    Parameters
-    ----------
-    box : (x1, y1, x2, y2)
-    boxes : numpy.ndarray
-        ``(N, 4)``.
-
-    Returns
-    -------
-    numpy.ndarray
-        ``(N,)`` overlaps in [0, 1].
-    """
-    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
-    b = np.asarray(box, dtype=np.float64)
-    iw = np.maximum(np.minimum(boxes[:, 2], b[2]) - np.maximum(boxes[:, 0], b[0]) + 1.0, 0.0)
-    ih = np.maximum(np.minimum(boxes[:, 3], b[3]) - np.maximum(boxes[:, 1], b[1]) + 1.0, 0.0)
-    inter = iw * ih
-    union = (
-        (b[2] - b[0] + 1.0) * (b[3] - b[1] + 1.0)
-        + (boxes[:, 2] - boxes[:, 0] + 1.0) * (boxes[:, 3] - boxes[:, 1] + 1.0)
-        - inter
-    )
-    return inter / union
 
 
 @dataclass

@@ -38,6 +38,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ..boxes import nms, pairwise_cover, pairwise_iou
 from ..dl_info import BOX_COLUMNS, FILE_NAME_RE, RECIST_COLUMNS, make_lesion_id
 from ..images import box_to_recist
 from ..run import RunDir
@@ -77,45 +78,6 @@ PROPOSAL_COLUMNS: tuple[str, ...] = (
     "rank_score",
     "rank_in_image",
 )
-
-# geometry -----------------------------------------------------------------------------------
-def _area(b: np.ndarray) -> np.ndarray:
-    return (b[:, 2] - b[:, 0] + 1.0) * (b[:, 3] - b[:, 1] + 1.0)
-
-
-def _inter(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    iw = np.minimum(a[:, None, 2], b[None, :, 2]) - np.maximum(a[:, None, 0], b[None, :, 0]) + 1
-    ih = np.minimum(a[:, None, 3], b[None, :, 3]) - np.maximum(a[:, None, 1], b[None, :, 1]) + 1
-    return np.maximum(iw, 0.0) * np.maximum(ih, 0.0)
-
-
-def pairwise_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """``(n, m)`` IoU of boxes ``a`` (n, 4) and ``b`` (m, 4), inclusive-pixel convention
-    (``width = x2 - x1 + 1``) as in the DeepLesion detection evaluation."""
-    a = np.asarray(a, dtype=float).reshape(-1, 4)
-    b = np.asarray(b, dtype=float).reshape(-1, 4)
-    inter = _inter(a, b)
-    return inter / (_area(a)[:, None] + _area(b)[None, :] - inter)
-
-
-def _pairwise_cover(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Intersection over the smaller box's area."""
-    inter = _inter(a, b)
-    return inter / np.minimum(_area(a)[:, None], _area(b)[None, :])
-
-
-def _nms(boxes: np.ndarray, scores: np.ndarray, iou: float) -> np.ndarray:
-    order = np.argsort(-scores, kind="stable")
-    keep: list[int] = []
-    ious = pairwise_iou(boxes, boxes)
-    suppressed = np.zeros(len(boxes), bool)
-    for i in order:
-        if suppressed[i]:
-            continue
-        keep.append(int(i))
-        suppressed |= ious[i] >= iou
-    return np.array(sorted(keep), dtype=np.int64)
-
 
 def _parse_files(names: Sequence[str], what: str) -> pd.DataFrame:
     parts = pd.Series(list(names), dtype=object).astype(str).str.extract(FILE_NAME_RE.pattern)
@@ -224,12 +186,12 @@ def propose_missing(
         b = boxes_all[idx]
         ann = ann_boxes[f]
         iou = pairwise_iou(b, ann).max(axis=1)
-        cover = _pairwise_cover(b, ann).max(axis=1)
+        cover = pairwise_cover(b, ann).max(axis=1)
         free = (iou < overlap_iou) & (cover < overlap_cover)
         idx, b, iou = idx[free], b[free], iou[free]
         if len(idx) == 0:
             continue
-        k = _nms(b, scores_all[idx], nms_iou)
+        k = nms(b, scores_all[idx], nms_iou)
         if max_per_image is not None and len(k) > max_per_image:
             k = np.sort(k[np.argsort(-scores_all[idx[k]], kind="stable")[:max_per_image]])
         idx, b, iou = idx[k], b[k], iou[k]
