@@ -15,8 +15,9 @@ metrics, so a run on N processes leaves the same files as one process.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,7 +25,7 @@ import numpy as np
 
 from .errors import LabError
 
-__all__ = ["DistContext", "context", "shards", "is_main", "WorkerLostError"]
+__all__ = ["DistContext", "context", "shards", "is_main", "world_size", "keep_buffers", "WorkerLostError"]
 
 
 class WorkerLostError(LabError, RuntimeError):
@@ -116,6 +117,11 @@ def _destroy() -> None:
         dist.destroy_process_group()
 
 
+def world_size() -> int:
+    """Processes of this torchrun job (1 without torchrun)."""
+    return max(1, _env_int("WORLD_SIZE", 1))
+
+
 def is_main() -> bool:
     """Whether this process is rank 0 (or the only one)."""
     return _env_int("RANK", 0) == 0
@@ -124,3 +130,58 @@ def is_main() -> bool:
 def shards(idx: np.ndarray, n: int) -> list[np.ndarray]:
     """``idx`` cut into ``n`` consecutive parts whose sizes differ by at most one."""
     return [np.asarray(p) for p in np.array_split(np.asarray(idx), n)]
+
+
+@contextlib.contextmanager
+def keep_buffers(module: Any, keep: bool) -> Iterator[None]:
+    """With ``keep``, undo what the block does to ``module``'s buffers (the normalisation
+    layers' running statistics).
+
+    A step's running statistics come from its first micro-batch only, on one process as on
+    several (rank 0 holds part 0, and its buffers are the ones every process keeps).
+    """
+    if not keep:
+        yield
+        return
+    import torch
+
+    saved = [(b, b.detach().clone()) for b in module.buffers()]
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for b, v in saved:
+                b.copy_(v)
+
+
+def sum_gradients(params: Sequence[Any], ctx: DistContext) -> None:
+    """Sum the gradients of ``params`` over the processes, in one message (parameters no
+    process has a gradient for keep none, as the optimiser expects)."""
+    if not ctx.active:
+        return
+    import torch
+    import torch.distributed as dist
+
+    params = list(params)
+    ref = params[0]
+    has = torch.tensor([p.grad is not None for p in params], dtype=torch.float32,
+                       device=ref.device)
+    flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1)
+                      for p in params])
+    dist.all_reduce(has)
+    dist.all_reduce(flat)
+    pos = 0
+    for p, h in zip(params, has.tolist(), strict=True):
+        n = p.numel()
+        p.grad = flat[pos : pos + n].view_as(p).clone() if h > 0 else None
+        pos += n
+
+
+def broadcast_buffers(module: Any, ctx: DistContext) -> None:
+    """Rank 0's buffers (running statistics) on every process."""
+    if not ctx.active:
+        return
+    import torch.distributed as dist
+
+    for b in module.buffers():
+        dist.broadcast(b.data, src=0)

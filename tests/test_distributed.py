@@ -181,3 +181,41 @@ def test_micro_batches_must_fit_the_batch(run) -> None:
                          batch_size=2, micro_batches=3, progress=False)
     with pytest.raises(ModelError, match="batch_size=2 is smaller than the 3 micro-batches"):
         det.fit(manifest)
+
+
+# the embedding -------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_torchrun_embed_equals_one_process_with_two_micro_batches(tmp_path, capsys) -> None:
+    from embedding_fixtures import make_synthetic
+
+    from deeplesion_lab.manifest import write_manifest
+
+    csv_path, _ = make_synthetic(tmp_path / "data", n_per_type=3, size=96)
+    manifest = write_manifest(csv_path, tmp_path / "m.parquet")
+    manifest = tmp_path / "m.parquet"
+    args = [str(manifest), "--epochs", "2", "--batch-size", "6", "--embed-dim", "16",
+            "--threads", "1", "--no-progress"]
+    cmd = [*TORCHRUN, "--nproc-per-node", "2", "-m", "deeplesion_lab", "--", "embed",
+           "--run", str(tmp_path / "ddp"), *args]
+    res = subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True,
+                         text=True, timeout=240)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert main(["embed", "--run", str(tmp_path / "one"), *args, "--micro-batches", "2"]) == 0
+    assert main(["embed", "--run", str(tmp_path / "plain"), *args]) == 0
+    capsys.readouterr()
+    ddp, one, plain = (torch.load(tmp_path / n / "embedder.pt", weights_only=True)["state_dict"]
+                       for n in ("ddp", "one", "plain"))
+
+    def diff(a, b):
+        return max(float((a[k].float() - b[k].float()).abs().max()) for k in a)
+
+    assert diff(ddp, one) < 1e-5
+    assert diff(ddp, plain) > 1e-3  # the halves are not the whole batch: the check can fail
+    ra, rb = (RunDir(tmp_path / n).load_embeddings()[1] for n in ("ddp", "one"))
+    assert abs(ra - rb).max() < 1e-4
+    import json
+
+    ha, hb = (json.loads((tmp_path / n / "embedder.json").read_text()) for n in ("ddp", "one"))
+    assert [h["triplet_loss"] for h in ha["history"]] == pytest.approx(
+        [h["triplet_loss"] for h in hb["history"]], rel=1e-5)
+    assert ha["training"] == hb["training"] and ha["training"]["params"]["micro_batches"] == 2

@@ -62,6 +62,12 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "records it for the later steps)")
     p.add_argument("--workers", type=int, default=0, help="DataLoader workers reading slices")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    p.add_argument("--device", default="cpu",
+                   help="cpu (default), cuda, cuda:N or auto (the GPU when torch sees one, "
+                        "else the CPU); mixed precision on CUDA")
+    p.add_argument("--micro-batches", type=int, default=1,
+                   help="parts of each batch with summed gradients (under torchrun at least "
+                        "one per process; N processes train as one with --micro-batches N)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
 
@@ -76,7 +82,8 @@ def run(args: argparse.Namespace) -> int:
         use_pseudo_labels=args.use_pseudo_labels, labels_from_store=args.labels_from_store,
         db=args.db, retrain=args.retrain, present_only=args.present_only,
         pretrained=str(args.pretrained) if args.pretrained else None, workers=args.workers,
-        threads=args.threads, progress=not args.no_progress,
+        threads=args.threads, progress=not args.no_progress, device=args.device,
+        micro_batches=args.micro_batches,
     )
     embed_run(args.run, args.manifest, settings, truth=args.truth)
     return 0

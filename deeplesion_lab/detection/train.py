@@ -25,7 +25,7 @@ import copy
 import hashlib
 import json
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -140,25 +140,6 @@ def _sync(runner: torch.nn.Module, sync: bool) -> contextlib.AbstractContextMana
     if sync or not hasattr(runner, "no_sync"):
         return contextlib.nullcontext()
     return runner.no_sync()
-
-
-@contextlib.contextmanager
-def _keep_buffers(model: torch.nn.Module, keep: bool) -> Iterator[None]:
-    """With ``keep``, undo what the block does to the normalisation layers' running statistics.
-
-    A step's running statistics come from its first micro-batch only, on one process as on
-    several (DistributedDataParallel broadcasts rank 0's buffers, and rank 0 holds part 0).
-    """
-    if not keep:
-        yield
-        return
-    saved = [(b, b.detach().clone()) for b in model.buffers()]
-    try:
-        yield
-    finally:
-        with torch.no_grad():
-            for b, v in saved:
-                b.copy_(v)
 
 
 def _worker_lost(exc: BaseException, ctx: distributed.DistContext, state: _TrainState,
@@ -663,7 +644,7 @@ class LesionDetector(BaseEstimator):
             values = None
             for k, (g, _, share) in enumerate(parts):
                 sync = k == len(parts) - 1
-                with _sync(runner, sync), _keep_buffers(model, g != 0):
+                with _sync(runner, sync), distributed.keep_buffers(model, g != 0):
                     torch.manual_seed(self.seed * 1_000_003 + state.global_step
                                       + 1_000_000_007 * g)
                     images, targets, _ = next(loaded)

@@ -3,16 +3,17 @@ save and load checkpoints with a config record."""
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import hashlib
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 from sklearn.base import BaseEstimator, TransformerMixin
 
+from .. import distributed
+from ..device import autocast, grad_scaler, resolve_device
+from ..device import torch_threads as _torch_threads
 from ..errors import LabError
 from .dataset import PatchConfig, PatchSet
 from .network import ARCHS, CheckpointError, EmbeddingNet, load_pretrained
@@ -24,19 +25,6 @@ CHECKPOINT_FORMAT = "deeplesion-lab-embedder"
 CHECKPOINT_VERSION = 1
 #: Metadata inputs of the network: location x, y, z and log long diameter.
 N_META = 4
-
-
-@contextlib.contextmanager
-def _torch_threads(n: int | None) -> Iterator[None]:
-    import torch
-
-    old = torch.get_num_threads()
-    if n:
-        torch.set_num_threads(int(n))
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
 
 
 def _check_patchset(X, what: str, min_n: int = 1) -> PatchSet:
@@ -115,7 +103,16 @@ class LesionEmbedder(TransformerMixin, BaseEstimator):
         Local checkpoint to initialise from (see :func:`~deeplesion_lab.embedding.network.load_pretrained`).
     seed : int, default 0
     num_threads : int, default 2
-        Torch CPU threads while fitting and extracting.
+        Torch CPU threads while fitting and extracting (restored afterwards).
+    device : str, default "cpu"
+        ``cpu``, ``cuda``, ``cuda:N`` or ``auto`` (:func:`deeplesion_lab.device.resolve_device`).
+    amp : bool, default True
+        Mixed precision in training on CUDA; the CPU always trains in float32.
+    micro_batches : int, default 1
+        Cut each batch of sequences into this many parts whose gradients are summed, each
+        weighted by its share (running statistics from the first). Under ``torchrun`` with N
+        processes it is at least N, one part per process, so that N processes train exactly
+        as one process with ``micro_batches=N``.
     progress : bool, default False
         Progress bars.
 
@@ -152,6 +149,9 @@ class LesionEmbedder(TransformerMixin, BaseEstimator):
         pretrained: str | None = None,
         seed: int = 0,
         num_threads: int = 2,
+        device: str = "cpu",
+        amp: bool = True,
+        micro_batches: int = 1,
         progress: bool = False,
     ):
         self.embed_dim = embed_dim
@@ -174,6 +174,9 @@ class LesionEmbedder(TransformerMixin, BaseEstimator):
         self.pretrained = pretrained
         self.seed = seed
         self.num_threads = num_threads
+        self.device = device
+        self.amp = amp
+        self.micro_batches = micro_batches
         self.progress = progress
 
     # building --------------------------------------------------------------------------------
@@ -224,27 +227,41 @@ class LesionEmbedder(TransformerMixin, BaseEstimator):
         sampler = SequentialSampler(self.n_neighbors, seed=self.seed).fit(
             X.locations, X.sizes_mm, types
         )
-        net = self.net_
+        device = resolve_device(self.device)
+        ctx = distributed.context(device)
+        m = max(1, int(self.micro_batches or 1))
+        if ctx.active:
+            if m > 1 and m % ctx.world:
+                raise LabError(f"micro_batches={m} is not a multiple of the {ctx.world} "
+                               "training processes")
+            m = max(m, ctx.world)
+        net = self.net_.to(device)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed + 2)
             aux = torch.nn.Linear(self.embed_dim, 4)
             type_head = torch.nn.Linear(self.embed_dim, max(9, int(types.max()) + 1), bias=False)
-        targets = torch.from_numpy(_aux_targets(X)).float()
-        known_t = torch.from_numpy(np.where(types >= 1, types, -1).astype(np.int64))
+        aux.to(device)
+        type_head.to(device)
+        targets = torch.from_numpy(_aux_targets(X)).float().to(device)
+        known_t = torch.from_numpy(np.where(types >= 1, types, -1).astype(np.int64)).to(device)
         use_types = bool(self.type_weight) and int((types >= 1).sum()) >= 2
         params = list(net.parameters()) + (list(aux.parameters()) if self.aux_weight else [])
         params += list(type_head.parameters()) if use_types else []
         opt = torch.optim.Adam(params, lr=self.lr, weight_decay=self.weight_decay)
+        scaler = grad_scaler(device, self.amp)
         start = len(self.history_)
         rng = np.random.default_rng([self.seed, start])
         gen = torch.Generator().manual_seed(self.seed + start)
         bs = max(2, int(self.batch_size))
+        if m > bs:
+            raise LabError(f"batch_size={bs} is smaller than the {m} micro-batches (one per "
+                           "training process at least)")
         every = int(self.propagate_types)
         sampler_types = types
         with _torch_threads(self.num_threads):
             net.train()
             bar = tqdm(range(int(self.epochs)), desc="embedder", unit="epoch",
-                       disable=not self.progress)
+                       disable=not (self.progress and ctx.main))
             for epoch in bar:
                 n_prop = None
                 if every > 0 and epoch > 0 and epoch % every == 0:
@@ -261,43 +278,82 @@ class LesionEmbedder(TransformerMixin, BaseEstimator):
                     batch = seqs[s : s + bs]
                     if len(batch) < 2:
                         continue
-                    idx = batch.ravel()
-                    x, boxes, meta = _batch(X, idx, augment=True, gen=gen)
-                    e = net(x, boxes, meta if self.use_metadata else None)
-                    loss = sequential_triplet_loss(e, 5, self.margin)
-                    losses.append(loss.item())
-                    if self.aux_weight:
-                        aux_loss = torch.nn.functional.mse_loss(aux(e), targets[idx])
-                        loss = loss + self.aux_weight * aux_loss
-                    if self.uniformity_weight:
-                        _, first = np.unique(idx, return_index=True)
-                        z = e[torch.from_numpy(np.sort(first))]
-                        sq = torch.pdist(z).pow(2)
-                        loss = loss + self.uniformity_weight * sq.mul(-2.0).exp().mean().log()
-                    if use_types:
-                        kt = known_t[idx]
-                        has = kt >= 1
-                        if bool(has.any()):
-                            w = torch.nn.functional.normalize(type_head.weight, dim=1)
-                            logits = e[has] @ w.T / 0.1
-                            t_loss = torch.nn.functional.cross_entropy(logits, kt[has])
-                            loss = loss + self.type_weight * t_loss
-                            type_losses.append(t_loss.item())
                     opt.zero_grad()
-                    loss.backward()
-                    opt.step()
+                    # [triplet, type loss, share with a type loss], weighted by share
+                    vals = np.zeros(3)
+                    for g, part in enumerate(distributed.shards(batch, m)):
+                        if g % ctx.world != ctx.rank:
+                            continue
+                        share = len(part) / len(batch)
+                        if not len(part):  # a short batch: joins the exchange with weight 0
+                            part = batch[:1]
+                        # one micro-batch draws its augmentations from (seed, epoch, batch,
+                        # part), the same on one process as on several
+                        pgen = gen if m == 1 else torch.Generator().manual_seed(
+                            hash((self.seed, start + epoch, s, g)) & 0x7FFFFFFF)
+                        with distributed.keep_buffers(net, g != 0):
+                            trip, t_loss = self._step_loss(
+                                net, X, part, pgen, aux, type_head, targets, known_t,
+                                use_types, device, scaler, share)
+                        vals += share * np.array([trip, t_loss or 0.0,
+                                                  0.0 if t_loss is None else 1.0])
+                    distributed.sum_gradients(params, ctx)
+                    vals = ctx.all_sum(vals)
+                    scaler.step(opt)
+                    scaler.update()
+                    distributed.broadcast_buffers(net, ctx)
+                    losses.append(float(vals[0]))
+                    if vals[2] > 0:
+                        type_losses.append(float(vals[1] / vals[2]))
                 mean = float(np.mean(losses)) if losses else float("nan")
                 rec = {"epoch": start + epoch + 1, "triplet_loss": mean}
                 if type_losses:
                     rec["type_loss"] = float(np.mean(type_losses))
                 if n_prop is not None:
                     rec["propagated_types"] = n_prop
+                if ctx.active:
+                    rec["processes"] = ctx.world
                 self.history_.append(rec)
                 bar.set_postfix(loss=f"{mean:.4f}")
             net.eval()
         self.data_hash_ = _ids_hash(X.lesion_ids)
         self.n_train_ = len(X)
         return self
+
+    def _step_loss(self, net, X: PatchSet, seqs: np.ndarray, gen, aux, type_head, targets,
+                   known_t, use_types: bool, device, scaler, weight: float
+                   ) -> tuple[float, float | None]:
+        """Forward and backward of one micro-batch of sequences (loss scaled by ``weight``);
+        returns its triplet loss and its type loss (``None`` without known types)."""
+        import torch
+
+        idx = seqs.ravel()
+        x, boxes, meta = _batch(X, idx, augment=True, gen=gen)
+        x, boxes, meta = x.to(device), boxes.to(device), meta.to(device)
+        t_val = None
+        with autocast(device, self.amp):
+            e = net(x, boxes, meta if self.use_metadata else None).float()
+        loss = sequential_triplet_loss(e, 5, self.margin)
+        trip = loss.item()
+        if self.aux_weight:
+            aux_loss = torch.nn.functional.mse_loss(aux(e), targets[idx])
+            loss = loss + self.aux_weight * aux_loss
+        if self.uniformity_weight:
+            _, first = np.unique(idx, return_index=True)
+            z = e[torch.from_numpy(np.sort(first)).to(device)]
+            sq = torch.pdist(z).pow(2)
+            loss = loss + self.uniformity_weight * sq.mul(-2.0).exp().mean().log()
+        if use_types:
+            kt = known_t[idx]
+            has = kt >= 1
+            if bool(has.any()):
+                w = torch.nn.functional.normalize(type_head.weight, dim=1)
+                logits = e[has] @ w.T / 0.1
+                t_loss = torch.nn.functional.cross_entropy(logits, kt[has])
+                loss = loss + self.type_weight * t_loss
+                t_val = t_loss.item()
+        scaler.scale(loss * weight).backward()
+        return trip, t_val
 
     def _propagated_types(self, X: PatchSet, types: np.ndarray) -> np.ndarray:
         """``types`` with unknown lesions filled by agreeing known-type neighbours in the
@@ -339,19 +395,23 @@ class LesionEmbedder(TransformerMixin, BaseEstimator):
         if t.shape != (len(X),) or t.min() < 0:
             raise LabError(f"targets must be {len(X)} non-negative class ids, got shape {t.shape}")
         n_classes = int(t.max()) + 1
-        net = self.net_
+        device = resolve_device(self.device, quiet=True)
+        net = self.net_.to(device)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed + 1)
             head = nn.Linear(self.embed_dim, n_classes)
+        head.to(device)
         params = list(net.parameters()) + list(head.parameters())
         opt = torch.optim.Adam(params, lr=lr or self.lr * 0.5, weight_decay=self.weight_decay)
         # balance clusters: inverse-frequency class weights
         counts = np.bincount(t, minlength=n_classes).astype(np.float64)
-        w = torch.tensor(len(t) / (n_classes * np.maximum(counts, 1.0)), dtype=torch.float32)
+        w = torch.tensor(len(t) / (n_classes * np.maximum(counts, 1.0)), dtype=torch.float32,
+                         device=device)
         rng = np.random.default_rng(self.seed + len(self.history_))
         gen = torch.Generator().manual_seed(self.seed + 7)
         bs = max(8, int(self.batch_size) * 4)
-        tt = torch.from_numpy(t)
+        tt = torch.from_numpy(t).to(device)
+        scaler = grad_scaler(device, self.amp)
         with _torch_threads(self.num_threads):
             net.train()
             for _ in range(int(epochs)):
@@ -362,12 +422,15 @@ class LesionEmbedder(TransformerMixin, BaseEstimator):
                     if len(idx) < 2:
                         continue
                     x, boxes, meta = _batch(X, idx, augment=True, gen=gen)
-                    e = net(x, boxes, meta if self.use_metadata else None)
+                    x, boxes, meta = x.to(device), boxes.to(device), meta.to(device)
+                    with autocast(device, self.amp):
+                        e = net(x, boxes, meta if self.use_metadata else None).float()
                     logits = head(e) / 0.1  # unit vectors: sharpen
                     loss = nn.functional.cross_entropy(logits, tt[idx], weight=w)
                     opt.zero_grad()
-                    loss.backward()
-                    opt.step()
+                    scaler.scale(loss).backward()
+                    scaler.step(opt)
+                    scaler.update()
                     losses.append(loss.item())
                 self.history_.append({
                     "epoch": len(self.history_) + 1,
@@ -414,7 +477,8 @@ class LesionEmbedder(TransformerMixin, BaseEstimator):
         out = np.empty((len(X), self.embed_dim), dtype=np.float32)
         rdir = Path(resume_dir) if resume_dir is not None else None
         fp = self.model_hash() if rdir is not None else ""
-        net = self.net_.eval()
+        device = resolve_device(self.device, quiet=True)
+        net = self.net_.to(device).eval()
         bar = tqdm(total=len(X), desc="embeddings", unit="lesion", disable=not self.progress)
         with _torch_threads(self.num_threads), torch.inference_mode():
             for s in range(0, len(X), chunk_size):
@@ -428,11 +492,13 @@ class LesionEmbedder(TransformerMixin, BaseEstimator):
                     torch.from_numpy(X.patches[s:e]), torch.from_numpy(X.boxes[s:e]),
                     torch.from_numpy(_meta(X.locations[s:e], X.sizes_mm[s:e])),
                 )
-                loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=False)
+                loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=False,
+                                                     pin_memory=device.type == "cuda")
                 pos = s
                 for p, b, m in loader:
-                    m = m if self.use_metadata else None
-                    out[pos : pos + len(p)] = net(p.float().div_(255.0), b, m).numpy()
+                    p, b = p.to(device, non_blocking=True), b.to(device, non_blocking=True)
+                    m = m.to(device, non_blocking=True) if self.use_metadata else None
+                    out[pos : pos + len(p)] = net(p.float().div_(255.0), b, m).float().cpu().numpy()
                     pos += len(p)
                     bar.update(len(p))
                 if f is not None:
@@ -490,7 +556,7 @@ class LesionEmbedder(TransformerMixin, BaseEstimator):
             "format_version": CHECKPOINT_VERSION,
             "params": {k: v for k, v in rec["params"].items() if v is not None},
             "patch_config": rec["patch_config"],
-            "state_dict": self.net_.state_dict(),
+            "state_dict": {k: v.detach().cpu() for k, v in self.net_.state_dict().items()},
         }
         with atomic_path(path) as tmp:
             torch.save(state, tmp)
@@ -520,6 +586,7 @@ class LesionEmbedder(TransformerMixin, BaseEstimator):
             )
         params = dict(obj.get("params", {}))
         params.pop("pretrained", None)
+        params.pop("device", None)  # where it trained is not where it runs now
         valid = set(cls().get_params())
         emb = cls(**{k: v for k, v in params.items() if k in valid})
         try:

@@ -54,6 +54,10 @@ class EmbedSettings:
         Local checkpoint to initialise the network from.
     workers, threads, progress
         DataLoader workers, torch CPU threads, progress bars.
+    device : str
+        ``cpu``, ``cuda``, ``cuda:N`` or ``auto`` (:func:`deeplesion_lab.device.resolve_device`).
+    micro_batches : int
+        Parts of each batch with summed gradients (under torchrun at least one per process).
     """
 
     epochs: int = 10
@@ -75,6 +79,8 @@ class EmbedSettings:
     workers: int = 0
     threads: int = 2
     progress: bool = True
+    device: str = "cpu"
+    micro_batches: int = 1
 
 
 @dataclass
@@ -135,6 +141,7 @@ def embed_run(
     # Only effective when torch is not imported yet (it reads the variable when it loads).
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     from ..availability import record_run_images, select_present
+    from ..distributed import is_main, world_size
     from ..embedding import LesionEmbedder, PatchConfig, build_patches, context_summary
     from ..evaluation import protocol_split
     from ..lesion_types import TYPE_CODES
@@ -184,13 +191,18 @@ def embed_run(
         embed_dim=s.embed_dim, arch=s.arch, epochs=s.epochs, batch_size=s.batch_size, lr=s.lr,
         seed=s.seed, num_threads=s.threads, progress=s.progress,
         pretrained=str(s.pretrained) if s.pretrained else None,
+        # under torchrun one part per process at least: the record says what was trained
+        device=s.device, micro_batches=max(int(s.micro_batches), world_size()),
     )
     for name in ("type_weight", "uniformity_weight"):
         if getattr(s, name) is not None:
             emb.set_params(**{name: getattr(s, name)})
     ckpt = run.embedder
     record = ckpt.with_suffix(".json")
-    params = {k: v for k, v in emb.get_params().items() if k not in ("progress", "num_threads")}
+    # where it runs is no training setting; micro_batches is one, recorded when not 1
+    params = {k: v for k, v in emb.get_params().items()
+              if k not in ("progress", "num_threads", "device", "amp")
+              and not (k == "micro_batches" and v == 1)}
     training = {
         "params": params,
         "patch_config": dict(config.__dict__),
@@ -205,11 +217,15 @@ def embed_run(
     if ckpt.is_file() and record.is_file() and not s.retrain:
         if json.loads(record.read_text()).get("training") == training:
             emb = LesionEmbedder.load(ckpt)
-            emb.progress, emb.num_threads = s.progress, s.threads
+            emb.progress, emb.num_threads, emb.device = s.progress, s.threads, s.device
             reused = True
             say(f"reusing the trained embedder {ckpt} (same settings; --retrain to train again)")
     if not reused:
         emb.fit(patches, y=types)
+    if not is_main():  # under torchrun: rank 0 saves, extracts and records
+        return EmbedResult(len(patches), int(emb.embed_dim), reused, training["sampler_types"],
+                           n_pseudo, n_store, round(time.time() - t0, 1))
+    if not reused:
         emb.save(ckpt, extra={"training": training, "manifest": str(manifest.resolve())})
     resume = run.embedding_chunks
     vectors = emb.transform(patches, resume_dir=resume)
