@@ -267,8 +267,9 @@ def bench_demo(tmp: Path, patients: int, epochs: int, lines: list[str],
 
 def _throughput(df, run: Path) -> tuple[float, float, int]:
     from deeplesion_lab.embedding import LesionEmbedder, build_patches
+    from deeplesion_lab.run import RunDir
 
-    emb = LesionEmbedder.load(run / "embedder.pt")
+    emb = LesionEmbedder.load(RunDir(run).embedder)
     t = time.perf_counter()
     patches = build_patches(df, emb.patch_config_)  # no cache: read the PNGs
     build_rate = len(df) / (time.perf_counter() - t)

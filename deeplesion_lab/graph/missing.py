@@ -528,7 +528,7 @@ def accept_proposals(
     from ..labels import LabelStore
 
     run = run if isinstance(run, RunDir) else RunDir(run)
-    path = run.graph_dir / "proposals.parquet"
+    path = run.graph_proposals
     if not path.is_file():
         raise GraphError(
             f"{path} not found; run `deeplesion-lab graph --run RUN_DIR --predictions PRED.csv`"
