@@ -151,6 +151,19 @@ def test_notebook_runs_headless(path: Path, tiny_lab: Path, monkeypatch) -> None
         if cell.cell_type == "code" and PLOTS.search(cell.source):
             kinds = {k for o in cell.outputs for k in o.get("data", {})}
             assert kinds & FIGURES, f"{path.name} cell {i} draws but shows no figure ({kinds})"
+    if path.stem.startswith("05"):
+        # the review widget is shown, and its scripted accept is a store event of the user
+        from deeplesion_lab.graph import read_proposals
+        from deeplesion_lab.labels import LabelStore
+
+        kinds = {k for c in nb.cells if c.cell_type == "code" for o in c.outputs
+                 for k in o.get("data", {})}
+        assert "application/vnd.jupyter.widget-view+json" in kinds
+        assert len(read_proposals(tiny_lab / "run")) > 0
+        with LabelStore.for_run(tiny_lab / "run") as store:
+            ev = store.events(limit=20)
+            mine = ev[(ev["op"] == "add_lesions") & (ev["user"] == "notebook-tester")]
+            assert len(mine) and (mine["tool"] == "review").all()
 
 
 def test_side_by_side_jobs_report_failures_with_their_log(tmp_path) -> None:
