@@ -212,7 +212,7 @@ def test_panel_requests_and_the_lab_tab(tiny):
     lab = LesionLab(tiny.run_dir, user=USER, size=300)
     panel = lab.review
     n = len(tiny.proposals)
-    assert lab.tasks.titles == ("Correct labels", f"Review mined lesions ({n})")
+    assert lab.tasks.titles == ("Correct labels", f"Review mined ({n})")
     assert panel.available and not panel.active and panel.counts["pending"] == n
     st = _send(panel, op="start")
     assert st["ok"] and panel.active and panel.current["position"] == 1
@@ -224,7 +224,7 @@ def test_panel_requests_and_the_lab_tab(tiny):
     assert st["ok"] and f"accepted {first} as lung" in st["message"]
     assert panel.decisions[0] == {"proposal_id": first, "status": "accepted", "label": "lung",
                                   "user": USER}
-    assert lab.tasks.titles[1] == f"Review mined lesions ({n - 1})"
+    assert lab.tasks.titles[1] == f"Review mined ({n - 1})"
     st = _send(panel, op="reject")
     assert st["ok"] and panel.counts["rejected"] == 1
     st = _send(panel, op="undo")

@@ -68,10 +68,10 @@ class LesionLab(ipw.Box):
         n_pending = m.review.counts()["pending"]
         self.tasks = ipw.Tab(
             children=[self.corrections, self.review],
-            titles=("Correct labels", f"Review mined lesions ({n_pending})"),
+            titles=("Correct labels", f"Review mined ({n_pending})"),
         )
         m.review.changed.connect(lambda: self.tasks.set_title(
-            1, f"Review mined lesions ({m.review.counts()['pending']})"))
+            1, f"Review mined ({m.review.counts()['pending']})"))
         self.corrections.lesion_requested.connect(self._show_and_select)
         self.gallery.lesion_requested.connect(m.show_lesion)
         # map | viewer above corrections | gallery; wraps to one column in a narrow notebook
