@@ -40,6 +40,7 @@ __all__ = [
     "missing_series_table",
     "run_uses_present_only",
     "record_run_images",
+    "run_images_line",
 ]
 
 #: The manifest/run policy value meaning "later steps use the lesions with a key slice only".
@@ -347,3 +348,13 @@ def record_run_images(run_json: str | Path, availability: ImageAvailability) -> 
 def run_uses_present_only(info: dict) -> bool:
     """Whether a run (its ``run.json`` contents) was made on the present lesions only."""
     return (info.get("images") or {}).get("policy") == PRESENT_ONLY
+
+
+def run_images_line(info: dict, step: str) -> str | None:
+    """``"mine uses 18 of 4,927 lesions (...)"`` for a run made on the present lesions only
+    (``info``: its ``run.json``), None for a run on every lesion."""
+    if not run_uses_present_only(info):
+        return None
+    im = info["images"]
+    return (f"{step} uses {int(im['used']):,} of {int(im['of']):,} lesions (the run's choice, "
+            "embed --present-only: the others lack their key slice)")

@@ -132,6 +132,7 @@ def test_embed_present_only_and_mine_on_a_partial_download(partial, tmp_path):
         "policy": "present-only", "used": n_present, "of": len(m)}
     r = _cli("mine", "--run", run, "--no-progress", "--k-min", "2", "--k-max", "3")
     assert r.returncode == 0, r.stderr
+    assert f"mine uses {n_present} of {len(m)} lesions" in r.stdout
     pl = pd.read_parquet(run / "pseudo_labels.parquet")
     assert set(pl["lesion_id"]) == set(emb["lesion_id"])
     assert len(read_manifest(man)) == len(m)  # the manifest keeps every row

@@ -46,5 +46,10 @@ def run(args: argparse.Namespace) -> int:
         rounds=args.rounds, finetune_epochs=args.finetune_epochs, stop_nmi=args.stop_nmi,
         seed=args.seed, threads=args.threads, progress=not args.no_progress,
     )
+    from ..availability import run_images_line
+    from ..run import RunDir
+
+    if (line := run_images_line(RunDir(args.run).info(), "mine")) is not None:
+        print(line)
     mine_run(args.run, settings)
     return 0
