@@ -17,12 +17,15 @@ Examples
 
 from __future__ import annotations
 
+from numbers import Integral, Real
+
 import numpy as np
 import pandas as pd
 from sklearn.base import BaseEstimator, ClusterMixin
 
 from .errors import LabError
 from .lesion_types import COARSE_TYPES
+from .params import Interval, StrOptions, validate_params
 
 __all__ = ["DeepClusterMiner", "MiningError", "choose_k", "name_clusters", "check_features"]
 
@@ -198,7 +201,8 @@ class DeepClusterMiner(ClusterMixin, BaseEstimator):
     finetune_epochs : int, default 1
         Fine-tuning epochs per round.
     stop_nmi : float, default 0.95
-        Stop when the NMI between successive assignments reaches this.
+        Stop when the NMI between successive assignments reaches this (above 1: run every
+        round).
     seed : int, default 0
     progress : bool, default False
 
@@ -224,6 +228,18 @@ class DeepClusterMiner(ClusterMixin, BaseEstimator):
     embedder_ : LesionEmbedder or None
         The fine-tuned copy of ``embedder``.
     """
+
+    _parameter_constraints: dict = {
+        "n_clusters": [None, Interval(Integral, 2, None, closed="left")],
+        "k_range": [tuple, list],
+        "criterion": [StrOptions({"silhouette", "stability"})],
+        "embedder": "no_validation",
+        "max_rounds": [Interval(Integral, 0, None, closed="left")],
+        "finetune_epochs": [Interval(Integral, 0, None, closed="left")],
+        "stop_nmi": [Interval(Real, 0, None, closed="left")],  # above 1: never stops early
+        "seed": [Interval(Integral, 0, None, closed="left")],
+        "progress": ["boolean"],
+    }
 
     def __init__(
         self,
@@ -264,6 +280,14 @@ class DeepClusterMiner(ClusterMixin, BaseEstimator):
         from sklearn.metrics import normalized_mutual_info_score
         from tqdm.auto import tqdm
 
+        validate_params(self, MiningError)
+        k_range = tuple(self.k_range)
+        if (len(k_range) != 2 or not all(isinstance(k, Integral) for k in k_range)
+                or not 2 <= k_range[0] <= k_range[1]):
+            raise MiningError(
+                f"k_range must be (smallest K, largest K) with 2 <= smallest <= largest, "
+                f"got {self.k_range!r}"
+            )
         n = len(X)
         if n < 2:
             raise MiningError(f"mining needs at least 2 lesions, got {n}")

@@ -142,7 +142,7 @@ def test_mine_bad_input_writes_nothing(made, tmp_path):
     before = (run / "pseudo_labels.parquet").read_bytes()
     n = len(pd.read_parquet(run / "embeddings.parquet"))
     code, _, err = cli("mine", "--run", run, "--clusters", n + 5, "--no-progress")
-    assert code == 2 and f"--clusters {n + 5} is impossible for {n} lesions" in err
+    assert code == 2 and f"K={n + 5} clusters is impossible for {n} lesions" in err
     emb = pd.read_parquet(run / "embeddings.parquet")
     emb.loc[3, "e7"] = np.nan
     emb.to_parquet(run / "embeddings.parquet")

@@ -225,6 +225,11 @@ def test_fit_errors_are_clear():
         LesionMatcher(features=["colour"]).fit(X, y)
     with pytest.raises(GraphError, match="embedding columns"):
         candidate_pairs(X[[c for c in X.columns if not c.startswith("e")]])
+    for params, name in (({"threshold": "best"}, "threshold"), ({"threshold": 1.5}, "threshold"),
+                         ({"C": 0.0}, "C"), ({"assignment": 1}, "assignment"),
+                         ({"features": "embedding_distance"}, "features")):
+        with pytest.raises(GraphError, match=f"'{name}' parameter of LesionMatcher"):
+            LesionMatcher(**params).fit(X, y)
 
 
 def test_prior_without_labels_is_documented_and_usable():

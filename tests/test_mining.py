@@ -104,6 +104,24 @@ def test_bad_input(blobs):
         m.predict(X[:, :4])
 
 
+@pytest.mark.parametrize("params, match", [
+    ({"n_clusters": 1}, "'n_clusters' parameter of DeepClusterMiner"),
+    ({"criterion": "elbow"}, "'criterion' parameter"),
+    ({"stop_nmi": -0.5}, "'stop_nmi' parameter"),
+    ({"max_rounds": -1}, "'max_rounds' parameter"),
+    ({"progress": "yes"}, "'progress' parameter"),
+    ({"k_range": (9, 4)}, "k_range must be"),
+    ({"k_range": (1, 4)}, "k_range must be"),
+    ({"k_range": (2, 3, 4)}, "k_range must be"),
+])
+def test_parameters_are_checked_by_fit(blobs, params, match):
+    X, _ = blobs
+    est = DeepClusterMiner(**params)  # __init__ only stores them
+    assert est.get_params()[next(iter(params))] == next(iter(params.values()))
+    with pytest.raises(MiningError, match=match):
+        est.fit(X)
+
+
 def test_deep_rounds_refine_a_copy_of_the_network(tmp_path_factory):
     patches = session_patches(tmp_path_factory)
     emb = LesionEmbedder(epochs=1, batch_size=8, num_threads=1).fit(patches)

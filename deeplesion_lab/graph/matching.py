@@ -27,11 +27,13 @@ is known).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from numbers import Real
 
 import numpy as np
 import pandas as pd
 from sklearn.base import BaseEstimator
 
+from ..params import Interval, StrOptions, validate_params
 from .lesion_table import GraphError, embedding_columns, normalize_rows
 
 __all__ = [
@@ -302,6 +304,13 @@ class LesionMatcher(BaseEstimator):
     >>> pairs.loc[pairs["match"], ["lesion_a", "lesion_b", "score"]]  # doctest: +SKIP
     """
 
+    _parameter_constraints: dict = {
+        "threshold": [StrOptions({"auto"}), Interval(Real, 0, 1, closed="both")],
+        "assignment": ["boolean"],
+        "C": [Interval(Real, 0, None, closed="neither")],
+        "features": [list, tuple],
+    }
+
     def __init__(
         self,
         threshold: float | str = "auto",
@@ -344,6 +353,7 @@ class LesionMatcher(BaseEstimator):
         GraphError
             When the labelled pairs hold no positive or no negative pair.
         """
+        validate_params(self, GraphError)
         feats = self._feature_list()
         if y is None:
             idx = [PAIR_FEATURES.index(f) for f in feats]

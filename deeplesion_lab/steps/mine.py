@@ -106,11 +106,6 @@ def mine_run(
     n = len(ids)
     if n < 2:
         raise MiningError(f"{run.embeddings}: {n} lesion(s); mining needs at least 2")
-    if s.clusters is not None and not 2 <= s.clusters <= n:
-        raise MiningError(f"--clusters {s.clusters} is impossible for {n} lesions "
-                          f"(need 2 <= K <= {n})")
-    if s.k_min > s.k_max:
-        raise LabError(f"--k-min {s.k_min} is above --k-max {s.k_max}")
     pos = {str(i): k for k, i in enumerate(df["lesion_id"].astype(str))}
     missing = [i for i in ids if str(i) not in pos]
     if missing:
