@@ -272,3 +272,19 @@ def test_fine_tune_button_is_a_background_job_disabled_with_a_reason(run_copy):
     w.request = {"op": "poll", "nonce": 5}
     assert done.state == "failed" and w.job["state"] == "failed" and w.job["exit_code"] != 0
     assert w.job["blocked"] == ""
+
+
+def test_the_maps_own_filters_leave_the_grids_filters_alone(run_copy):
+    from widgets.embedding_map import EmbeddingMap
+
+    lab = LabModel(run_copy, user="alice")
+    m = EmbeddingMap(lab.map)
+    lab.map.set_filters(confidence=[0.0, 0.5])
+    assert m.filters["confidence"] == (0.0, 0.5)
+    # the map's front end sends the filters it has controls for (readFilters in the ESM)
+    m.filters = {"splits": ["test"], "labels": None, "patients": None, "size_mm": None,
+                 "noisy": "all"}
+    assert lab.map.filters["splits"] == ["test"] and lab.map.filters["confidence"] == (0.0, 0.5)
+    conf = lab.labels.confidence[lab.data.point_rows]
+    split = lab.data.lesions["split_name"].to_numpy()[lab.data.point_rows]
+    assert lab.map.visible().sum() == int(((conf <= 0.5) & (split == "test")).sum())

@@ -13,6 +13,7 @@
 //               bytes (uint8 gray, thumb_size^2) + hover_box [x1,y1,x2,y2] answer it
 //   filters     {splits, labels, patients, size_mm, noisy}   written here; filter_options read
 //   title       text; canvas_size css px; renderer "auto" (WebGL, else 2-D canvas) | "canvas2d"
+// uses widgets/_helpers.js (h, bytesOf, typed: put in front of this file by LabWidget)
 
 const STYLE = `
 .dlm{font:12px/1.35 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;color:#e8eaed;
@@ -48,36 +49,6 @@ const STYLE = `
 .dlm-help{color:#6f757d;font-size:11px}
 `;
 
-function bytesOf(v) {
-  if (v == null) return new Uint8Array(0);
-  if (v instanceof DataView) return new Uint8Array(v.buffer, v.byteOffset, v.byteLength);
-  if (v instanceof ArrayBuffer) return new Uint8Array(v);
-  if (ArrayBuffer.isView(v)) return new Uint8Array(v.buffer, v.byteOffset, v.byteLength);
-  if (typeof v === "string") {
-    const s = atob(v);
-    const out = new Uint8Array(s.length);
-    for (let i = 0; i < s.length; i++) out[i] = s.charCodeAt(i);
-    return out;
-  }
-  if (v.buffer instanceof ArrayBuffer) return bytesOf(v.buffer);
-  return new Uint8Array(0);
-}
-function typed(v, T) {
-  let b = bytesOf(v);
-  if (b.byteOffset % T.BYTES_PER_ELEMENT) b = b.slice();
-  return new T(b.buffer, b.byteOffset, Math.floor(b.byteLength / T.BYTES_PER_ELEMENT));
-}
-function h(tag, attrs = {}, ...kids) {
-  const e = document.createElement(tag);
-  for (const [k, v] of Object.entries(attrs)) {
-    if (k === "class") e.className = v;
-    else if (k === "text") e.textContent = v;
-    else if (k.startsWith("on")) e.addEventListener(k.slice(2), v);
-    else e.setAttribute(k, v);
-  }
-  for (const k of kids) if (k != null) e.append(k);
-  return e;
-}
 function hexRgb(c) {
   let s = String(c || "#bbbbbb").trim().replace("#", "");
   if (s.length === 3) s = s.split("").map((x) => x + x).join("");

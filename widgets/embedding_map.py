@@ -2,21 +2,20 @@
 
 from __future__ import annotations
 
-import contextlib
 import time
 from pathlib import Path
 
-import anywidget
 import numpy as np
 import traitlets as t
 
 from .data import LabData
+from .lab_widget import LabWidget
 from .models import LabelState, MapModel, open_label_store
 
 __all__ = ["EmbeddingMap"]
 
 
-class EmbeddingMap(anywidget.AnyWidget):
+class EmbeddingMap(LabWidget):
     """WebGL scatter of the lesion embeddings: hover, click, lasso and box select, filters.
 
     Coordinates travel once as float32 bytes, labels as one uint8 class index per point, so
@@ -62,7 +61,6 @@ class EmbeddingMap(anywidget.AnyWidget):
     def __init__(self, model: MapModel, **kwargs):
         super().__init__(**kwargs)
         self.model = model
-        self._quiet = False
         self.clicks: list[str] = []
         self.recolor_seconds = float("nan")
         with self._quietly():
@@ -85,14 +83,6 @@ class EmbeddingMap(anywidget.AnyWidget):
         store = open_label_store(data.run) if data.run.pseudo_labels.is_file() else None
         return cls(MapModel(data, LabelState(data, store, user)), **kwargs)
 
-    @contextlib.contextmanager
-    def _quietly(self):
-        self._quiet = True
-        try:
-            with self.hold_sync():
-                yield
-        finally:
-            self._quiet = False
 
     # model -> traits ---------------------------------------------------------------------------
     def _push_colors(self) -> None:
@@ -169,4 +159,5 @@ class EmbeddingMap(anywidget.AnyWidget):
         if self._quiet:
             return
         f = dict(change["new"] or {})
-        self.model.set_filters(**{k: f.get(k) for k in self.model.filters})
+        # only the filters the front end sends: the grid's (confidence, tags) stay as they are
+        self.model.set_filters(**{k: f.get(k) for k in self.model.filters if k in f})
