@@ -43,6 +43,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         a.set_defaults(func=func, _write=write)
         return a
 
+    a = action("use", "make the store at --db (a PostgreSQL server) the run's store for every "
+               "tool (recorded in run.json; --local: back to RUN_DIR/labels.sqlite)", run_use)
+    a.add_argument("--local", action="store_true",
+                   help="forget the recorded server: RUN_DIR/labels.sqlite again")
+
     a = action("init", "load RUN_DIR/pseudo_labels.parquet into the store", run_init)
     a.add_argument("--pseudo", type=Path, default=None,
                    help="pseudo-label parquet (default RUN_DIR/pseudo_labels.parquet)")
@@ -165,18 +170,59 @@ def _lesion_ids(args: argparse.Namespace) -> list[str]:
 def _open(args: argparse.Namespace):
     """The run's store; writing actions create/fill it when missing, reading ones do not."""
     from ..labels import LabelStore, LabelStoreError
+    from ..labels.store import run_label_store
     from ..run import RunDir
 
     run = RunDir(args.run)
     if not run.path.is_dir():
         raise LabelStoreError(f"{run.path}: run directory not found")
     run.info()  # a clear error when this is not a run directory
-    if not args._write and not args.db and not run.label_db.is_file():
+    if not args._write and not args.db and not run.label_db.is_file() \
+            and run_label_store(run) is None:
         raise LabelStoreError(
             f"{run.label_db}: no label store yet; create it with "
             f"`deeplesion-lab labels init --run {run.path}`"
         )
     return LabelStore.for_run(run, db=args.db, namespace=args.namespace, init=args._write)
+
+
+def run_use(args: argparse.Namespace) -> int:
+    """``labels use``: record the team's PostgreSQL store in run.json (or forget it)."""
+    import re
+
+    from ..atomic import update_json
+    from ..labels import LabelStore, LabelStoreError
+    from ..labels.backend import DEFAULT_NAMESPACE, is_postgres_url
+    from ..run import RunDir
+
+    run = RunDir(args.run)
+    run.info()
+    if args.local:
+        if args.db:
+            raise LabelStoreError("labels use: give --db URL or --local, not both")
+        update_json(run.run_json, {"label_store": None})
+        print(f"{run.run_json}: the run's label store is {run.label_db} again")
+        return 0
+    if not args.db or not is_postgres_url(args.db):
+        raise LabelStoreError("labels use: --db postgresql://USER@HOST:PORT/DBNAME is required "
+                              "(or --local)")
+    if re.search(r"://[^/@]*:[^/@]*@", args.db) or "password=" in args.db:
+        raise LabelStoreError(
+            "labels use: the URL holds a password, which run.json would keep in clear; give "
+            "the URL without it and put the password in ~/.pgpass (or PGPASSFILE / "
+            "PGSERVICEFILE) of each account that runs the tools"
+        )
+    namespace = args.namespace or DEFAULT_NAMESPACE
+    # open it once: the server answers, the schema is a label store of this run's manifest
+    with LabelStore.for_run(run, db=args.db, namespace=namespace, init=True) as store:
+        where = store.location
+        n = len(store.current_labels())
+    update_json(run.run_json, {"label_store": {"url": args.db, "namespace": namespace}})
+    print(f"{run.run_json}: label store {where} ({n} lesions); every tool on this run "
+          "(dashboard, notebooks, finetune, embed --labels-from-store) now uses it")
+    if run.label_db.is_file():
+        print(f"note: {run.label_db} is kept as it was and no longer used by this run")
+    return 0
 
 
 def run_init(args: argparse.Namespace) -> int:

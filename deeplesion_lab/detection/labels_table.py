@@ -127,6 +127,7 @@ def labels_from_store(
     *,
     user: str = "finetune",
     name: str | None = None,
+    namespace: str | None = None,
 ) -> tuple[pd.DataFrame, str | int]:
     """Labels of a label-store snapshot; without ``snapshot_id``, take a new snapshot first.
 
@@ -138,6 +139,8 @@ def labels_from_store(
         An existing snapshot.
     user, name : str
         Who takes the new snapshot, and its name.
+    namespace : str, optional
+        PostgreSQL schema of the store (default the store's default).
 
     Returns
     -------
@@ -154,7 +157,7 @@ def labels_from_store(
         raise LabelsError(
             f"{db}: no label store; correct labels in the lab first, or pass --labels TABLE"
         )
-    store = LabelStore.open(db)
+    store = LabelStore.open(db, namespace=namespace)
     try:
         if snapshot_id is None:
             import time

@@ -322,25 +322,30 @@ def resolve_finetune_labels(
             raise LabError("give either --labels or --snapshot, not both")
         return read_labels_table(labels_path), {"labels_source": str(Path(labels_path).resolve()),
                                                 "label_snapshot_id": None}
-    db = store or str(run.label_db)
+    from ..labels.store import run_store_target
+
+    target, namespace = run_store_target(run, store)  # --store, run.json's server, labels.sqlite
+    db = str(target)
     if not db.startswith("postgresql") and not Path(db).is_file():
         raise LabError(
             f"no corrected labels: {db} does not exist; pass --labels TABLE "
             "(parquet/CSV with lesion_id, label) or start the label store"
         )
     snap = int(snapshot) if snapshot is not None and str(snapshot).isdigit() else snapshot
-    df, sid = labels_from_store(db, snap, user=user)
+    df, sid = labels_from_store(db, snap, user=user, namespace=namespace)
     return df, {"labels_source": _redact(db), "label_snapshot_id": sid}
 
 
 def store_added_lesions(run: RunDir, store: str | None = None) -> pd.DataFrame | None:
     """The lesions people added in the run's label store (None when there is no store)."""
-    db = store or str(run.label_db)
+    from ..labels import LabelStore
+    from ..labels.store import run_store_target
+
+    target, namespace = run_store_target(run, store)
+    db = str(target)
     if not db.startswith("postgresql") and not Path(db).is_file():
         return None
-    from ..labels import LabelStore
-
-    with LabelStore.open(db) as s:
+    with LabelStore.open(db, namespace=namespace) as s:
         return s.added_lesions()
 
 

@@ -40,7 +40,7 @@ import numpy as np
 import pandas as pd
 
 from . import schema
-from .backend import SQLiteBackend, connect
+from .backend import SQLiteBackend, connect, is_postgres_url
 from .checks import (
     PSEUDO_COLUMNS,
     Dataset,
@@ -204,17 +204,19 @@ class LabelStore(UndoMixin, HistoryMixin, SnapshotMixin, ReplayMixin, AddedLesio
     ) -> LabelStore:
         """The label store of a run directory, bound to the run's manifest.
 
-        Opens ``db`` (a ``postgresql://`` URL) or ``RUN_DIR/labels.sqlite``; when the store has
-        no pseudo-labels yet and ``init`` is true, loads ``RUN_DIR/pseudo_labels.parquet`` with
-        the run folder's name as run id.
+        Opens ``db`` (a ``postgresql://`` URL), else the store the run's ``run.json`` names
+        (``label_store``, set by ``deeplesion-lab labels use``: one PostgreSQL server for a
+        team), else ``RUN_DIR/labels.sqlite``; when the store has no pseudo-labels yet and
+        ``init`` is true, loads ``RUN_DIR/pseudo_labels.parquet`` with the run folder's name as
+        run id.
         """
         from ..run import RunDir
 
         run = run if isinstance(run, RunDir) else RunDir(run)
         manifest = run.load_manifest() if run.run_json.is_file() else None
-        target = db if db else run.label_db
         if not db and not run.path.is_dir():
             raise LabelStoreError(f"{run.path}: run directory not found")
+        target, namespace = run_store_target(run, db, namespace)
         store = cls.open(
             target, dataset=manifest, namespace=namespace, create=create, allow_empty=allow_empty
         )
@@ -746,3 +748,35 @@ def _frame(rows: list[tuple], batches: dict[int, tuple[str, str]]) -> pd.DataFra
             "event_id": pd.arrays.IntegerArray(last, ~valid),
         }
     )
+
+
+def run_store_target(run: Any, db: str | None = None, namespace: str | None = None
+                     ) -> tuple[str | Path, str | None]:
+    """Where a run's label store is: ``db`` when given, else the PostgreSQL store ``run.json``
+    names (:func:`run_label_store`), else ``RUN_DIR/labels.sqlite``; and its namespace."""
+    if db:
+        return db, namespace
+    rec = run_label_store(run)
+    if rec is not None:
+        return str(rec["url"]), namespace or rec.get("namespace")
+    return run.label_db, namespace
+
+
+def run_label_store(run: Any) -> dict | None:
+    """The label store ``run.json`` names (``{"url", "namespace"}``), or None (the run's own
+    ``labels.sqlite``)."""
+    import json
+
+    path = run.run_json
+    if not path.is_file():
+        return None
+    try:
+        rec = json.loads(path.read_text()).get("label_store")
+    except (OSError, ValueError) as exc:
+        raise LabelStoreError(f"{path}: unreadable run record ({exc})") from exc
+    if not rec:
+        return None
+    if not isinstance(rec, dict) or not is_postgres_url(str(rec.get("url", ""))):
+        raise LabelStoreError(f"{path}: label_store must be {{\"url\": \"postgresql://...\", "
+                              f"\"namespace\": ...}}, got {rec!r}")
+    return rec

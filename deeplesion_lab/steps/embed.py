@@ -185,7 +185,10 @@ def embed_run(
         n_pseudo = int(use.sum())
     n_store = 0
     if s.labels_from_store:
-        n_store = apply_store_labels(types, patches.lesion_ids, roles, s.db or run.label_db)
+        from ..labels.store import run_store_target
+
+        target, namespace = run_store_target(run, s.db)
+        n_store = apply_store_labels(types, patches.lesion_ids, roles, target, namespace)
 
     emb = LesionEmbedder(
         embed_dim=s.embed_dim, arch=s.arch, epochs=s.epochs, batch_size=s.batch_size, lr=s.lr,
@@ -253,7 +256,8 @@ def embed_run(
                        n_pseudo, n_store, seconds)
 
 
-def apply_store_labels(types: np.ndarray, lesion_ids, roles, db) -> int:
+def apply_store_labels(types: np.ndarray, lesion_ids, roles, db,
+                       namespace: str | None = None) -> int:
     """Overwrite ``types`` (in place) with the label store's corrected labels of non-test
     lesions; returns how many lesions took one."""
     from ..labels import LabelStore
@@ -261,7 +265,7 @@ def apply_store_labels(types: np.ndarray, lesion_ids, roles, db) -> int:
 
     if not str(db).startswith("postgresql") and not Path(db).is_file():
         raise LabError(f"{db}: no label store for --labels-from-store (run `labels init` first)")
-    with LabelStore.open(db, create=False) as store:
+    with LabelStore.open(db, create=False, namespace=namespace) as store:
         cur = store.current_labels()
     cur = cur[cur["source"].isin(["corrected", "added"]) & cur["label"].notna()]
     # classes people added beyond the 8 coarse types get their own codes (9, 10, ...)
