@@ -74,6 +74,7 @@ lab: pipeline
 	@# is not LAB_PORT when that is busy) can be printed once it serves; Ctrl-C stops it.
 	@DLLAB_RUN=$(CURDIR)/$(RUN_DIR) DLLAB_MANIFEST=$(CURDIR)/$(MANIFEST) DLLAB_TRUTH=$(CURDIR)/$(DEMO_DIR)/truth.parquet \
 	$(BIN)/jupyter lab --no-browser --ip=127.0.0.1 --port=$(LAB_PORT) --notebook-dir=lab \
+	  --ServerApp.log_level=WARN --LabApp.log_level=WARN \
 	  $$( [ "$$(id -u)" = 0 ] && echo --allow-root ) & pid=$$!; \
 	trap 'kill -TERM $$pid 2>/dev/null; wait $$pid; exit 130' INT TERM; \
 	url=; for i in $$(seq 1200); do \

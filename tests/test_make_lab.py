@@ -59,6 +59,9 @@ def test_make_lab_prints_the_url_jupyter_really_serves(tmp_path):
         m = re.fullmatch(r"http://127\.0\.0\.1:(\d+)/lab\?token=([0-9a-f]+)", url)
         assert m, url
         assert int(m.group(1)) != port, "the busy LAB_PORT was printed, not the port Jupyter took"
+        # no wall of Jupyter's INFO lines (extensions linked, language servers skipped, ...)
+        info = [line for line in seen if re.match(r"\[I \d{4}-", line)]
+        assert not info, "".join(info)[:2000]
         # the printed URL is the usable one: the token opens the API
         api = f"http://127.0.0.1:{m.group(1)}/api/status?token={m.group(2)}"
         with urllib.request.urlopen(api, timeout=10) as r:
