@@ -1,9 +1,7 @@
 """Test material for the dashboard: a tiny run directory, a users file, a served dashboard.
 
-The run: demo data from :func:`deeplesion_lab.demo.generate_demo` (4 patients, 256 px) when the
-demo generator is installed, else a hand-written ``DL_info.csv`` with small synthetic slices
-(written with :func:`deeplesion_lab.images.write_png16`). Either way the manifest is built by
-:func:`deeplesion_lab.manifest.write_manifest`.
+The run: demo data from :func:`deeplesion_lab.demo.generate_demo` (4 patients, 256 px); the
+manifest is built by :func:`deeplesion_lab.manifest.write_manifest`.
 
 ``embeddings.parquet``, ``umap.parquet`` and ``pseudo_labels.parquet`` are written HERE from
 simple features (not by the ``embed`` / ``mine`` commands, to keep the tests fast and
@@ -55,70 +53,6 @@ HTML_CLASS = "<img src=x onerror=alert(1)>"
 
 _TYPES = list(COARSE_TYPES.values())
 
-
-def _write_dl_info(out: Path, n_patients: int, size: int, seed: int) -> Path:
-    """A small official-format DL_info.csv plus 3 slices per key image; returns the CSV."""
-    from deeplesion_lab.dl_info import OFFICIAL_COLUMNS
-    from deeplesion_lab.images import key_slice_path, slice_path, write_png16
-
-    rng = np.random.default_rng(seed)
-    rows = []
-    yy, xx = np.mgrid[0:size, 0:size]
-    body = ((xx - size / 2) / (0.42 * size)) ** 2 + ((yy - size / 2) / (0.32 * size)) ** 2 < 1
-    k = 0
-    for p in range(1, n_patients + 1):
-        for s in (1, 2):
-            key = 20 + 3 * s
-            fname = f"{p:06d}_{s:02d}_01_{key:03d}.png"
-            boxes = []
-            for _ in range(3):
-                t = k % 8 + 1
-                k += 1
-                w, h = rng.uniform(8, 18), rng.uniform(6, 14)
-                cx, cy = rng.uniform(0.3, 0.7) * size, rng.uniform(0.35, 0.65) * size
-                x1, y1, x2, y2 = cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2
-                boxes.append((x1, y1, x2, y2))
-                recist = [x1 + 2, cy, x2 - 2, cy, cx, y1 + 2, cx, y2 - 2]
-                split = 3 if k % 3 == 0 else 1
-                rows.append(
-                    {
-                        "File_name": fname,
-                        "Patient_index": p,
-                        "Study_index": s,
-                        "Series_ID": 1,
-                        "Key_slice_index": key,
-                        "Measurement_coordinates": ", ".join(f"{v:.3f}" for v in recist),
-                        "Bounding_boxes": f"{x1:.3f}, {y1:.3f}, {x2:.3f}, {y2:.3f}",
-                        "Lesion_diameters_Pixel_": f"{x2 - x1 - 4:.3f}, {y2 - y1 - 4:.3f}",
-                        "Normalized_lesion_location": f"{cx / size:.3f}, {cy / size:.3f}, 0.5",
-                        "Coarse_lesion_type": t if split == 3 else -1,
-                        "Possibly_noisy": 0,
-                        "Slice_range": f"{key - 1}, {key + 1}",
-                        "Spacing_mm_px_": "0.8, 0.8, 5",
-                        "Image_size": f"{size}, {size}",
-                        "DICOM_windows": "-175, 275",
-                        "Patient_gender": "F" if p % 2 else "M",
-                        "Patient_age": 40 + p,
-                        "Train_Val_Test": split,
-                        "_true_type": t,
-                    }
-                )
-            for idx in (key - 1, key, key + 1):
-                hu = np.where(body, 40, -1000).astype(np.int16)
-                hu = hu + rng.normal(0, 8, hu.shape).astype(np.int16)
-                for x1, y1, x2, y2 in boxes:
-                    m = ((xx - (x1 + x2) / 2) / ((x2 - x1) / 2)) ** 2 + (
-                        (yy - (y1 + y2) / 2) / ((y2 - y1) / 2)
-                    ) ** 2 < 1
-                    hu[m] = 120 + 10 * (idx - key)
-                write_png16(slice_path(out / "Images_png", fname, idx), hu)
-            assert key_slice_path(out / "Images_png", fname).is_file()
-    df = pd.DataFrame(rows)
-    df[list(OFFICIAL_COLUMNS)].to_csv(out / "DL_info.csv", index=False)
-    df[["File_name", "_true_type"]].to_csv(out / "true_types.csv", index=False)
-    return out / "DL_info.csv"
-
-
 def make_run(root: Path, n_patients: int = 4, size: int = 256, seed: int = 0) -> Path:
     """A run directory (manifest, embeddings, UMAP, pseudo-labels) under ``root``; returns it."""
     from deeplesion_lab.manifest import read_manifest, write_manifest
@@ -126,33 +60,16 @@ def make_run(root: Path, n_patients: int = 4, size: int = 256, seed: int = 0) ->
     root = Path(root)
     data_dir = root / "data"
     data_dir.mkdir(parents=True, exist_ok=True)
-    true_type = None
-    try:
-        from deeplesion_lab.demo import generate_demo
-    except ImportError:
-        generate_demo = None
-    if generate_demo is not None:
-        res = generate_demo(data_dir, n_patients=n_patients, seed=seed, size=size, progress=False)
-        csv = Path(res.csv_path)
-        truth = pd.read_parquet(res.truth_path)
-        t = truth.dropna(subset=["lesion_id"])
-        true_type = dict(zip(t["lesion_id"].astype(str), t["coarse_type"].astype(int), strict=True))
-    else:
-        csv = _write_dl_info(data_dir, n_patients, min(size, 128), seed)
+    from deeplesion_lab.demo import generate_demo
+
+    res = generate_demo(data_dir, n_patients=n_patients, seed=seed, size=size, progress=False)
+    truth = pd.read_parquet(res.truth_path)
+    t = truth.dropna(subset=["lesion_id"])
+    true_type = dict(zip(t["lesion_id"].astype(str), t["coarse_type"].astype(int), strict=True))
     manifest = root / "manifest.parquet"
-    write_manifest(csv, manifest)
+    write_manifest(Path(res.csv_path), manifest)
     les = read_manifest(manifest)
-    if true_type is None:
-        tt = pd.read_csv(data_dir / "true_types.csv")
-        by_file = tt.groupby("File_name")["_true_type"].apply(list).to_dict()
-        types, seen = [], {}
-        for f in les["file_name"]:
-            i = seen.get(f, 0)
-            seen[f] = i + 1
-            types.append(int(by_file[f][i]))
-    else:
-        types = [true_type.get(str(lid), 1) for lid in les["lesion_id"]]
-    types = np.asarray(types)
+    types = np.asarray([true_type[str(lid)] for lid in les["lesion_id"]])
     run = RunDir(root / "run").init(manifest)
     rng = np.random.default_rng(seed)
     n = len(les)

@@ -6,7 +6,8 @@ coarse type has its own lesion and surrounding intensities and a typical body lo
 enough location noise that location alone does not separate the types. Train lesions carry type
 -1 in the CSV, as in DeepLesion; their true types are only in the truth file.
 
-``demo_or_synthetic`` uses engineer A's demo generator when it exists, else this one.
+``demo_data`` writes the demo generator's data (``deeplesion_lab.demo``); an error there fails
+the tests that use it (no silent switch to other data).
 """
 
 from __future__ import annotations
@@ -111,23 +112,12 @@ def make_synthetic(
     return csv_path, truth_path
 
 
-def demo_available() -> bool:
-    """Whether engineer A's demo generator is importable."""
-    try:
-        from deeplesion_lab.demo import generate_demo  # noqa: F401
-    except Exception:  # noqa: BLE001 - not written yet, or half-written
-        return False
-    return True
+def demo_data(out_dir: str | Path, n_patients: int = 6, size: int = 256, seed: int = 0):
+    """``(csv_path, truth_path)`` of the demo generator's data."""
+    from deeplesion_lab.demo import generate_demo
 
-
-def demo_or_synthetic(out_dir: str | Path, n_patients: int = 6, size: int = 256, seed: int = 0):
-    """``(csv_path, truth_path)`` of the demo data when its generator exists, else synthetic."""
-    if demo_available():
-        from deeplesion_lab.demo import generate_demo
-
-        res = generate_demo(out_dir, n_patients=n_patients, seed=seed, size=size, progress=False)
-        return Path(res.csv_path), Path(res.truth_path)
-    return make_synthetic(out_dir, n_per_type=max(3, n_patients), size=96, seed=seed)
+    res = generate_demo(out_dir, n_patients=n_patients, seed=seed, size=size, progress=False)
+    return Path(res.csv_path), Path(res.truth_path)
 
 
 # --- shared, computed once per test session (cached here, not per test module) -----------------
@@ -140,7 +130,7 @@ def session_demo(tmp_path_factory) -> dict:
         from deeplesion_lab.manifest import write_manifest
 
         d = tmp_path_factory.mktemp("emb_demo")
-        csv_path, truth = demo_or_synthetic(d / "data", n_patients=6, size=256, seed=0)
+        csv_path, truth = demo_data(d / "data", n_patients=6, size=256, seed=0)
         manifest = d / "demo.parquet"
         write_manifest(csv_path, manifest)
         _CACHE["demo"] = {"dir": d, "csv": csv_path, "truth": truth, "manifest": manifest}

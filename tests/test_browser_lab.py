@@ -39,7 +39,7 @@ SIZE = 440  # map and viewer side in CSS px (the notebook below asks for it)
 def tiny(tmp_path_factory):
     if not Path(CHROMIUM).exists():
         pytest.skip(f"{CHROMIUM} not installed (apt-get install chromium)")
-    return make_tiny_run(tmp_path_factory.mktemp("browser_run"), source="auto")
+    return make_tiny_run(tmp_path_factory.mktemp("browser_run"), source="demo")
 
 
 @pytest.fixture(scope="module")

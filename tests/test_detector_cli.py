@@ -1,7 +1,7 @@
 """The detector commands as a user runs them: train-detector, detect, evaluate-detector, finetune.
 
-On the demo data (``generate_demo``, 4 patients, 256 px) when the generator exists, else on the
-tiny series of ``detector_fixtures``; the networks are real and tiny (128 px canvas, 1 epoch).
+On the demo data (``generate_demo``, 4 patients, 256 px); the networks are real and tiny (128 px
+canvas, 1 epoch).
 """
 
 from __future__ import annotations
@@ -33,23 +33,14 @@ RUNTIME = ["--threads", "1", "--no-progress"]
 def demo(tmp_path_factory):
     """(manifest path, lesion_id -> true type name)."""
     out = tmp_path_factory.mktemp("demo")
-    try:
-        from deeplesion_lab.demo import generate_demo
-    except ImportError:
-        generate_demo = None
-    if generate_demo is not None:
-        res = generate_demo(out, n_patients=4, seed=0, size=256, progress=False)
-        write_manifest(res.csv_path, out / "manifest.parquet")
-        truth = pd.read_parquet(res.truth_path)
-        truth = truth[truth["annotated"] & truth["lesion_id"].notna()]
-        types = dict(zip(truth["lesion_id"].astype(str),
-                         truth["coarse_type"].map(COARSE_TYPES), strict=True))
-    else:  # pragma: no cover - before the demo generator landed
-        from detector_fixtures import make_detection_data, true_types
+    from deeplesion_lab.demo import generate_demo
 
-        d = make_detection_data(out)
-        tt = true_types(d.manifest)
-        types = dict(zip(tt["lesion_id"], tt["label"], strict=True))
+    res = generate_demo(out, n_patients=4, seed=0, size=256, progress=False)
+    write_manifest(res.csv_path, out / "manifest.parquet")
+    truth = pd.read_parquet(res.truth_path)
+    truth = truth[truth["annotated"] & truth["lesion_id"].notna()]
+    types = dict(zip(truth["lesion_id"].astype(str),
+                     truth["coarse_type"].map(COARSE_TYPES), strict=True))
     return out / "manifest.parquet", types
 
 

@@ -127,14 +127,6 @@ def _hand_made(out: Path, n_patients: int = 4, size: int = 128, seed: int = 0) -
     return csv_path, truth_path
 
 
-def _demo_available() -> bool:
-    try:
-        from deeplesion_lab.demo import generate_demo  # noqa: F401
-    except Exception:  # noqa: BLE001 - the generator is being written by someone else
-        return False
-    return True
-
-
 def make_tiny_run(tmp: Path, source: str = "hand", n_patients: int = 4, seed: int = 0,
                   size: int = 256) -> TinyRun:
     """Write a tiny dataset + manifest + run directory with synthetic features (see module doc).
@@ -143,16 +135,17 @@ def make_tiny_run(tmp: Path, source: str = "hand", n_patients: int = 4, seed: in
     ----------
     tmp : pathlib.Path
         Folder to write into (``data/``, ``manifest.parquet``, ``run/``).
-    source : {"hand", "demo", "auto"}
-        Hand-made slices, the demo generator, or the generator when it exists.
+    source : {"hand", "demo"}
+        Hand-made slices or the demo generator (an error of the generator fails the test).
     size : int, default 256
         Slice size of the demo data (the hand-made slices are 128 px).
     """
     tmp = Path(tmp)
     data = tmp / "data"
     data.mkdir(parents=True, exist_ok=True)
-    use_demo = source == "demo" or (source == "auto" and _demo_available())
-    if use_demo:
+    if source not in ("hand", "demo"):
+        raise ValueError(f"source must be 'hand' or 'demo', got {source!r}")
+    if source == "demo":
         from deeplesion_lab.demo import generate_demo
 
         res = generate_demo(data, n_patients=n_patients, seed=seed, size=size, progress=False)
