@@ -95,7 +95,7 @@ def main() -> None:
         load0 = os.getloadavg()[0]
         try:
             phases = [_phase(srv, run, users, args.seconds, th, seed=i)
-                      for i, th in enumerate(args.think)]  # fmt: skip
+                      for i, th in enumerate(args.think)]
             prop = asyncio.run(propagation(srv.url, users[0], users[1], n=10))
             load1 = os.getloadavg()[0]
             log = srv.log()
@@ -134,7 +134,7 @@ def main() -> None:
                    f"{1000 * max(f['result'].connect_s):.0f}"),
         ("server CPU (cores busy, mean)", lambda f: f"{f['server_cpu']:.2f}"),
         ("client process CPU (10 simulated browsers)", lambda f: f"{f['client_cpu']:.2f}"),
-    ]  # fmt: skip
+    ]
     lines = [
         f"# Dashboard load benchmark ({time.strftime('%Y-%m-%d')})",
         "",

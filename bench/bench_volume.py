@@ -81,7 +81,7 @@ def make_series(root: Path, seed: int = 0) -> Path:
             "Spacing_mm_px_": "0.8, 0.8, 5", "Image_size": f"{SIZE}, {SIZE}",
             "DICOM_windows": "-175, 275", "Patient_gender": "F", "Patient_age": 60,
             "Train_Val_Test": 3,
-        })  # fmt: skip
+        })
     path = root / "DL_info.csv"
     pd.DataFrame(rows).to_csv(path, index=False, quoting=csv.QUOTE_MINIMAL)
     return path

@@ -72,7 +72,7 @@ class _Recorder:
 
 def _front_end(widget, **state):
     widget._handle_msg({"content": {"data": {"method": "update", "state": state,
-                                             "buffer_paths": []}}, "buffers": []})  # fmt: skip
+                                             "buffer_paths": []}}, "buffers": []})
 
 
 # slice viewer, server side -----------------------------------------------------------------------
@@ -97,7 +97,7 @@ def bench_viewer_server(run_dir: Path, real_manifest: Path | None, repeats: int)
             if cold:
                 data._slices.clear()
             target = slices[k % len(slices)] if slices[k % len(slices)] != v.image_slice else slices[
-                (k + 1) % len(slices)]  # fmt: skip
+                (k + 1) % len(slices)]
             t0 = time.perf_counter()
             _front_end(v, slice_index=target)
             times.append((time.perf_counter() - t0) * 1000)
@@ -152,14 +152,14 @@ def build_big(store_path: Path, n: int = N_BIG, seed: int = 0):
         "spacing_x": 0.8, "possibly_noisy": rng.random(n) < 0.01,
         "x": xy[:, 0], "y": xy[:, 1], "cluster": k, "pseudo_label": label,
         "confidence": np.where(wrong, 0.35, 0.9),
-    })  # fmt: skip
+    })
     data = LabData(les, None, embeddings=emb)
     fresh = not Path(store_path).exists()
     store = LabelStore.open(store_path, dataset=les[["lesion_id"]])
     if fresh:
         store.init_pseudo_labels(
             pd.DataFrame({"lesion_id": ids, "cluster": k, "label": label,
-                          "confidence": les["confidence"]}), "bench")  # fmt: skip
+                          "confidence": les["confidence"]}), "bench")
     labels = LabelState(data, store, user="bench")
     mm = MapModel(data, labels)
     return data, store, labels, mm, CorrectionModel(labels, mm)
@@ -255,7 +255,7 @@ def _bench_map_page(browser, url: str, name: str, shot: Path) -> dict:
         page2.mouse.down()
         for t in np.linspace(0, 2 * np.pi, 60):
             page2.mouse.move(cx + (0.4 - 0.05 * k) * box["width"] * np.cos(t),
-                             cy + 0.3 * box["height"] * np.sin(t))  # fmt: skip
+                             cy + 0.3 * box["height"] * np.sin(t))
         page2.mouse.up()
         page2.wait_for_function(
             "() => document.querySelector('.dlm').parentElement.dataset.lastLassoMs")
@@ -319,7 +319,7 @@ def bench_browser(run_dir: Path, store_path: Path, root: Path, n_steps: int) -> 
         out["map"] = {}
         for renderer in ("auto", "canvas2d"):
             out["map"][renderer] = _bench_map_page(browser, url, f"map_{renderer}.ipynb",
-                                                   root / f"map_{renderer}.png")  # fmt: skip
+                                                   root / f"map_{renderer}.png")
         browser.close()
     return out
 
@@ -345,7 +345,7 @@ def main() -> None:
             from deeplesion_lab.manifest import write_manifest
 
             real_manifest = write_manifest(real / "DL_info_test.csv", tmp / "real.parquet",
-                                           images_root=real / "Images_png").manifest_path  # fmt: skip
+                                           images_root=real / "Images_png").manifest_path
         print("slice viewer, server side ...", flush=True)
         vs = bench_viewer_server(tiny.run_dir, real_manifest, args.repeats)
         print("map at 32,735 points, server side ...", flush=True)

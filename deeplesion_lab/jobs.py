@@ -358,7 +358,7 @@ def _progress(run: RunDir, rec: JobRecord, parser: ProgressParser) -> None:
 def _login() -> str:
     try:
         return getpass.getuser()
-    except Exception:  # noqa: BLE001 - no login name (containers)
+    except Exception:  # no login name (containers)
         return "unknown"
 
 

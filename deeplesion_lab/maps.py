@@ -62,7 +62,7 @@ def enable_umap_numba_cache() -> int:
                 try:
                     obj.enable_caching()
                     n += 1
-                except Exception:  # noqa: BLE001 - a function numba cannot cache stays uncached
+                except Exception:  # a function numba cannot cache stays uncached
                     pass
     _NUMBA_CACHING = True
     return n

@@ -207,7 +207,7 @@ def _lesion_figure(run: RunDir) -> str | None:
 
     try:
         man = run.load_manifest()
-    except Exception:  # noqa: BLE001 - the report shows what it can
+    except Exception:  # the report shows what it can
         return None
     root = man.attrs.get("images_root")
     if not root:
@@ -256,7 +256,7 @@ def _detection_figure(run: RunDir, curves: dict[str, dict[str, Any]], n: int = 6
     pred = pd.read_csv(path)
     try:
         man = run.load_manifest()
-    except Exception:  # noqa: BLE001 - the report shows what it can
+    except Exception:  # the report shows what it can
         return None
     root = man.attrs.get("images_root")
     split = res.get("split", "test")

@@ -212,7 +212,7 @@ class MislabelRanker:
             else f"{dis[i]}/{k} neighbours disagree" if j == 1
             else f"low confidence ({conf[i]:.2f})"
             for i, j in enumerate(strongest)
-        ]  # fmt: skip
+        ]
         cols = ["lesion_id", "score", *_COMPONENTS, "reason", "position"]
         return df[cols].reset_index(drop=True)
 

@@ -188,12 +188,12 @@ class ServedDashboard:
         cmd = [
             sys.executable, "-m", "widgets.dashboard", "--run", str(run_dir),
             "--port", str(self.port), "--address", "127.0.0.1", "--poll-ms", str(poll_ms),
-        ]  # fmt: skip
+        ]
         if users is not None:
             cmd += ["--users", str(users)]
         cmd += extra or []
         env = dict(os.environ, PYTHONUNBUFFERED="1", BOKEH_RESOURCES="server")
-        self._log = open(self.log_path, "w")  # noqa: SIM115 - closed in stop()
+        self._log = open(self.log_path, "w")  # closed in stop()
         self.proc = subprocess.Popen(cmd, cwd=REPO, stdout=self._log, stderr=subprocess.STDOUT, env=env)
         self._wait_ready()
 

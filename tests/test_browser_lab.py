@@ -159,7 +159,7 @@ def test_wheel_scrolls_the_series(page):
     stage = page.locator(".dlv-stage").first
     stage.hover()
     direction = -1 if before > 0 and page.locator(".dlv-slider input").first.evaluate(
-        "e => Number(e.value) === Number(e.max)") else 1  # fmt: skip
+        "e => Number(e.value) === Number(e.max)") else 1
     page.mouse.wheel(0, 120 * direction)
     page.wait_for_function(
         "([b]) => Number(document.querySelector('.dlv').parentElement.dataset.imageSlice) !== b",
@@ -207,7 +207,7 @@ def test_box_select_and_relabel_reaches_store(page, tiny):
     x0, y0 = np.percentile(pts[:, 0], 2) - 4, np.percentile(pts[:, 1], 50)
     x1, y1 = np.percentile(pts[:, 0], 50), np.percentile(pts[:, 1], 98) + 4
     inside = [ids[k] for k in range(len(ids))
-              if x0 <= pts[k, 0] <= x1 and y0 <= pts[k, 1] <= y1]  # fmt: skip
+              if x0 <= pts[k, 0] <= x1 and y0 <= pts[k, 1] <= y1]
     assert len(inside) >= 2
     page.locator(".dlm button", has_text="Box").first.click()
     box = page.locator(".dlm-stage").first.bounding_box()

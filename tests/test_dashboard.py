@@ -171,7 +171,7 @@ def test_viewer_cannot_change_labels(ctx):
     d.select([4, 5])
     v0, labels0, refused0 = ctx.store.version(), _labels(ctx.store), ctx.refused
     for op, args in (("relabel", {"label": "lung"}), ("undo", {}), ("add_class", {"name": "x"}),
-                     ("relabel_cluster", {"cluster": 0, "label": "lung"}), ("bogus", {})):  # fmt: skip
+                     ("relabel_cluster", {"cluster": 0, "label": "lung"}), ("bogus", {})):
         status = d.request(op, **args)
         assert status["ok"] is False and "viewer" in status["message"], (op, status)
     assert ctx.store.version() == v0 and _labels(ctx.store) == labels0
@@ -313,7 +313,7 @@ def test_serve_help_through_the_core_cli():
     import sys
 
     r = subprocess.run([sys.executable, "-m", "deeplesion_lab.cli", "serve", "--help"],
-                       capture_output=True, text=True, timeout=120)  # fmt: skip
+                       capture_output=True, text=True, timeout=120)
     if r.returncode != 0 and "invalid choice: 'serve'" in r.stderr:
         pytest.skip("the serve entry point is not installed (pip install -e .)")
     assert r.returncode == 0, r.stderr
@@ -396,7 +396,7 @@ def test_no_endpoint_serves_files_by_user_path(served):
     opener, _ = login(srv.url, "root")
     for path in ("/static/../../../../etc/passwd", "/static/%2e%2e/%2e%2e/etc/passwd",
                  "/components/../../../etc/passwd", f"/static/{run}/run.json",
-                 "/login?next=//evil.example/"):  # fmt: skip
+                 "/login?next=//evil.example/"):
         status, headers, body = request(opener, srv.url + path)
         assert "root:x:0:0" not in body and '"manifest"' not in body, path
         if status in (301, 302):

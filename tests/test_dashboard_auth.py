@@ -173,7 +173,7 @@ def test_cli_add_user_from_stdin(tmp_path):
     """``serve --add-user`` through the module entry point, password on stdin."""
     f = tmp_path / "u.json"
     cmd = [sys.executable, "-m", "widgets.dashboard", "--users", str(f),
-           "--add-user", "carol", "--role", "viewer"]  # fmt: skip
+           "--add-user", "carol", "--role", "viewer"]
     r = subprocess.run(cmd, input="carol-password\n", capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert UserFile(f).authenticate("carol", "carol-password") == User("carol", "viewer")

@@ -58,7 +58,7 @@ def browser():
             executable_path=str(CHROMIUM if CHROMIUM.exists() else shutil.which("chromium")),
             args=["--no-sandbox", "--disable-gpu", "--disable-background-networking",
                   "--disable-component-update"],
-        )  # fmt: skip
+        )
         yield b
         b.close()
 
@@ -119,7 +119,7 @@ def _lasso_left_half(page) -> None:
     box = page.locator(".dlm-stage").bounding_box()
     x0, y0, w, h = box["x"], box["y"], box["width"], box["height"]
     pts = [(x0 + 4, y0 + 4), (x0 + w * 0.5, y0 + 4), (x0 + w * 0.5, y0 + h - 4), (x0 + 4, y0 + h - 4),
-           (x0 + 4, y0 + 6)]  # fmt: skip
+           (x0 + 4, y0 + 6)]
     page.mouse.move(*pts[0])
     page.mouse.down()
     for p in pts[1:]:

@@ -62,7 +62,7 @@ def open_store(target):
     for s in opened:
         try:
             s.close()
-        except Exception:  # noqa: BLE001 - already closed
+        except Exception:  # already closed
             pass
 
 

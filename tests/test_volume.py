@@ -27,7 +27,7 @@ def _row(key=12, lo=10, hi=14, size=(64, 80), spacing=(0.5, 0.6, 2.5)):
         "bbox_x1": box[0], "bbox_y1": box[1], "bbox_x2": box[2], "bbox_y2": box[3],
         "recist_x1": 25.0, "recist_y1": 24.0, "recist_x2": 36.0, "recist_y2": 24.0,
         "recist_x3": 30.5, "recist_y3": 19.0, "recist_x4": 30.5, "recist_y4": 28.0,
-    }  # fmt: skip
+    }
 
 
 def _series(root, indices, size=(64, 80), odd=None):
@@ -166,7 +166,7 @@ def test_real_series_with_neighbours(real):
     # 003657_01_01: key slices 049, 050 and 069 on disk, Slice_range 043-076, 5 mm apart
     lid = _lid(real, "003657_01_01_049.png")
     with pytest.raises(VolumeError, match=r"003657_01_01: 31 of 34 slices .* missing "
-                                          r"\(043-048, 051-068, 070-076\)"):  # fmt: skip
+                                          r"\(043-048, 051-068, 070-076\)"):
         lesion_subvolume(real, lid)
     vol = lesion_subvolume(real, lid, missing="crop")
     assert vol.shape == (2, 512, 512)

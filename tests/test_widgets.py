@@ -66,7 +66,7 @@ def from_front_end(widget, **state) -> None:
     """Deliver a state update as the browser's comm message would."""
     widget._handle_msg(
         {"content": {"data": {"method": "update", "state": state, "buffer_paths": []}},
-         "buffers": []}  # fmt: skip
+         "buffers": []}
     )
 
 
@@ -105,7 +105,7 @@ def test_viewer_from_manifest_on_real_slices(real_dir, tmp_path):
     from deeplesion_lab.manifest import write_manifest
 
     res = write_manifest(real_dir / "DL_info_test.csv", tmp_path / "real.parquet",
-                         images_root=real_dir / "Images_png")  # fmt: skip
+                         images_root=real_dir / "Images_png")
     v = SliceViewer.from_manifest(res.manifest_path)
     assert v.image_shape == [512, 512] and len(v.image) == 512 * 512 * 2
     assert v.annotations and any(a["current"] for a in v.annotations)
@@ -138,7 +138,7 @@ def test_map_click_shows_the_lesion_everywhere(lab):
 
 def test_lasso_selection_reaches_the_panel_and_drops_hidden_points(lab):
     from_front_end(lab.map, filters={"splits": ["train"], "labels": None, "patients": None,
-                                     "size_mm": None, "noisy": "all"})  # fmt: skip
+                                     "size_mm": None, "noisy": "all"})
     vis = np.frombuffer(lab.map.point_visible, np.uint8).astype(bool)
     split = lab.model.data.lesions["split_name"].to_numpy()[lab.model.data.point_rows]
     assert np.array_equal(vis, split == "train")
@@ -177,7 +177,7 @@ def test_relabel_request_changes_the_store_and_recolours_the_map(lab):
     from_front_end(lab.corrections, request={"op": "undo", "nonce": 8})
     assert lab.corrections.status["ok"], lab.corrections.status
     assert names[np.frombuffer(lab.map.codes, np.uint8)[0]] == lab.model.labels.labels[
-        lab.model.data.point_rows[0]]  # fmt: skip
+        lab.model.data.point_rows[0]]
 
 
 def test_bad_request_is_reported_not_written(lab):
@@ -185,7 +185,7 @@ def test_bad_request_is_reported_not_written(lab):
     from_front_end(lab.map, selection=[])
     from_front_end(lab.corrections, request={"op": "relabel", "label": "bone", "nonce": 1})
     assert lab.corrections.status == {"nonce": 1, "ok": False,
-                                      "message": lab.corrections.status["message"]}  # fmt: skip
+                                      "message": lab.corrections.status["message"]}
     assert "nothing selected" in lab.corrections.status["message"]
     from_front_end(lab.corrections, request={"op": "merge", "source": "x", "nonce": 2})
     assert lab.corrections.status["ok"] is False
@@ -197,7 +197,7 @@ def test_bad_request_is_reported_not_written(lab):
 def test_html_in_a_class_name_is_kept_as_text(lab):
     name = "<img src=x onerror=alert(1)>"
     from_front_end(lab.corrections, request={"op": "add_class", "name": name, "color": "#123456",
-                                             "nonce": 1})  # fmt: skip
+                                             "nonce": 1})
     assert lab.corrections.status["ok"], lab.corrections.status
     assert name in [c["name"] for c in lab.corrections.classes]
     js = ESM_FILES["CorrectionPanel"].read_text()

@@ -169,7 +169,7 @@ def test_viewer_on_real_deeplesion_slices(real_dir, tmp_path):
     from widgets.models import ViewerModel
 
     res = write_manifest(real_dir / "DL_info_test.csv", tmp_path / "real.parquet",
-                         images_root=real_dir / "Images_png")  # fmt: skip
+                         images_root=real_dir / "Images_png")
     data = LabData.from_manifest(res.manifest_path)
     with_img = data.lesions[data.lesions["has_image"]]
     assert len(with_img) >= 10
@@ -181,7 +181,7 @@ def test_viewer_on_real_deeplesion_slices(real_dir, tmp_path):
     assert -2100 <= hu.min() < -900, "air / outside the scan field"
     ann = [a for a in v.overlays()["annotations"] if a["current"]]
     assert ann and ann[0]["box"] == [float(row[c]) for c in
-                                     ("bbox_x1", "bbox_y1", "bbox_x2", "bbox_y2")]  # fmt: skip
+                                     ("bbox_x1", "bbox_y1", "bbox_x2", "bbox_y2")]
     assert v.preset == "dicom"
     lo, hi = float(row["window_low"]), float(row["window_high"])
     assert (v.level, v.width) == ((lo + hi) / 2, hi - lo)
@@ -222,7 +222,7 @@ def test_filters_and_selection(lab):
     assert list(m.selection) == [1, 2, 3, 4]
     m.select([1], "subtract")
     assert m.selected_lesion_ids() == [str(lab.data.lesion_ids[lab.data.point_rows[i]])
-                                       for i in (2, 3, 4)]  # fmt: skip
+                                       for i in (2, 3, 4)]
     with pytest.raises(LabError, match="noisy filter"):
         m.set_filters(noisy="maybe")
     info = m.hover(2)

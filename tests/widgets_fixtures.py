@@ -45,7 +45,7 @@ if str(REPO) not in sys.path:  # the checkout's widgets/ package, even without a
     sys.path.insert(0, str(REPO))
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update"]  # fmt: skip
+                 "--disable-component-update"]
 
 
 @dataclass
@@ -289,7 +289,7 @@ def jupyterlab(root: Path, token: str = "widgets-test-token", timeout: float = 1
         "--ip=127.0.0.1", f"--port={port}", f"--ServerApp.token={token}",
         f"--ServerApp.root_dir={root}", "--LabApp.expose_app_in_browser=True",
         "--LabApp.news_url=None",
-    ]  # fmt: skip
+    ]
     if hasattr(os, "geteuid") and os.geteuid() == 0:
         cmd.append("--allow-root")
     log = side / "jupyter.log"

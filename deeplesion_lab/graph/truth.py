@@ -45,7 +45,7 @@ def read_truth(path: str | Path) -> pd.DataFrame:
         raise GraphError(f"{path}: truth file not found")
     try:
         df = pd.read_parquet(path) if path.suffix != ".csv" else pd.read_csv(path)
-    except Exception as exc:  # noqa: BLE001 - pyarrow raises several kinds
+    except Exception as exc:  # pyarrow raises several kinds
         raise GraphError(f"{path}: cannot be read as a truth table ({exc})") from exc
     missing = [c for c in TRUTH_COLUMNS if c not in df.columns]
     if missing:

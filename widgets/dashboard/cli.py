@@ -55,7 +55,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--role", choices=("viewer", "annotator", "admin"), default="annotator",
         help="role of --add-user (default annotator)",
-    )  # fmt: skip
+    )
     g.add_argument(
         "--password",
         default=None,

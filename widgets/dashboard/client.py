@@ -107,7 +107,7 @@ class DashboardClient:
             return await client.fetch(
                 self.base_url + path, method=method, body=data, headers=headers,
                 follow_redirects=False, raise_error=False, request_timeout=60,
-            )  # fmt: skip
+            )
         except HTTPClientError as exc:  # pragma: no cover - raise_error=False
             return exc.response
 
@@ -200,7 +200,7 @@ class DashboardClient:
                 if msg.header["msgtype"] == "PATCH-DOC":
                     msg.apply_to_document(self.document, self)
                     self._changed.set()
-        except Exception as exc:  # noqa: BLE001 - recorded; the session counts as dropped
+        except Exception as exc:  # recorded; the session counts as dropped
             self.error = exc
             raise
         finally:
@@ -230,7 +230,7 @@ class DashboardClient:
                 if prop in m.properties() and type(m).__module__ != "bokeh.models":
                     if hasattr(m, "esm_constants"):
                         return m
-            except Exception:  # noqa: BLE001
+            except Exception:
                 continue
         raise ClientError(f"no model with a {prop!r} property in the page")
 
@@ -322,7 +322,7 @@ _EVENT = re.compile(r"\(event (\d+)\)")
 
 
 async def _session(client: DashboardClient, labels: list[str], n_points: int, t_end: float,
-                   rng, think_s: float, undo_every: int, out: LoadResult) -> None:  # fmt: skip
+                   rng, think_s: float, undo_every: int, out: LoadResult) -> None:
     j = 0
     while time.monotonic() < t_end and not client.closed:
         j += 1
@@ -346,7 +346,7 @@ async def _session(client: DashboardClient, labels: list[str], n_points: int, t_
             if st.get("ok"):
                 m = _EVENT.search(st.get("message", ""))
                 out.acks.append(Ack(client.user or "", "relabel", label, comment,
-                                    int(m.group(1)) if m else None, len(points), lat))  # fmt: skip
+                                    int(m.group(1)) if m else None, len(points), lat))
             else:
                 out.refused.append(f"{client.user}: {st.get('message')}")
         if think_s:
@@ -355,7 +355,7 @@ async def _session(client: DashboardClient, labels: list[str], n_points: int, t_
 
 async def run_load(base_url: str, users: list[tuple[str, str]], duration_s: float = 10.0, *,
                    think_s: float = 0.2, undo_every: int = 7, seed: int = 0,
-                   settle_s: float = 5.0) -> LoadResult:  # fmt: skip
+                   settle_s: float = 5.0) -> LoadResult:
     """``len(users)`` sessions relabelling random map points at once for ``duration_s``.
 
     Each session signs in, opens the page's session over the websocket, then repeatedly selects
@@ -386,7 +386,7 @@ async def run_load(base_url: str, users: list[tuple[str, str]], duration_s: floa
         *(_session(c, labels, n_points, t_end, np.random.default_rng(rng.integers(1 << 31)),
                    think_s, undo_every, out) for c in clients),
         return_exceptions=True,
-    )  # fmt: skip
+    )
     out.duration_s = time.monotonic() - t0
     for c, r in zip(clients, results, strict=True):
         if isinstance(r, BaseException):
@@ -410,7 +410,7 @@ async def run_load(base_url: str, users: list[tuple[str, str]], duration_s: floa
 
 
 async def propagation(base_url: str, writer: tuple[str, str], watcher: tuple[str, str],
-                      n: int = 10, seed: int = 0, timeout: float = 30.0) -> list[float]:  # fmt: skip
+                      n: int = 10, seed: int = 0, timeout: float = 30.0) -> list[float]:
     """Seconds from ``writer``'s acknowledged relabel to ``watcher``'s map showing it.
 
     ``n`` single-lesion relabels, one at a time; raises :class:`ClientError` if a change does

@@ -102,7 +102,7 @@ class DashboardServer:
     def stop(self) -> None:
         try:
             self.server.stop()
-        except Exception:  # noqa: BLE001 - stopping twice is fine
+        except Exception:  # stopping twice is fine
             pass
         self.context.close()
 

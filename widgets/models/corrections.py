@@ -50,7 +50,7 @@ class CorrectionModel:
         store = self.labels.need_store()
         ids = self._selection()
         ev = store.relabel(ids, self.labels.check_label(label), self.labels.user,
-                           tool=self.tool, comment=comment)  # fmt: skip
+                           tool=self.tool, comment=comment)
         self.done.emit(f"relabelled {len(ids)} lesion(s) as {label}")
         return int(ev)
 
@@ -84,7 +84,7 @@ class CorrectionModel:
         store = self.labels.need_store()
         cluster = self._check_cluster(cluster)
         ev = store.relabel_cluster(cluster, self.labels.check_label(label), self.labels.user,
-                                   tool=self.tool, comment=comment)  # fmt: skip
+                                   tool=self.tool, comment=comment)
         self.done.emit(f"cluster {cluster} relabelled as {label}")
         return int(ev)
 
@@ -99,7 +99,7 @@ class CorrectionModel:
         if label not in self.labels.class_names(assignable=True):
             label = None  # an unlabeled target: keep each lesion's label
         ev = store.merge_clusters([source, target], self.labels.user, into=target, label=label,
-                                  tool=self.tool, comment=comment)  # fmt: skip
+                                  tool=self.tool, comment=comment)
         self.done.emit(f"cluster {source} merged into {target}" + (f" ({label})" if label else ""))
         return int(ev)
 
@@ -125,7 +125,7 @@ class CorrectionModel:
         if name not in self.labels.class_names(assignable=True):
             self.add_class(name, color)
         new = store.split_cluster(clusters[0], ids, self.labels.user, label=name,
-                                  tool=self.tool, comment=comment)  # fmt: skip
+                                  tool=self.tool, comment=comment)
         self.done.emit(f"split {len(ids)} lesion(s) of cluster {clusters[0]} into {new} ({name})")
         return int(new)
 

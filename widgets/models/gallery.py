@@ -75,7 +75,7 @@ class GalleryModel:
             return self.results
         les = self.data.lesions
         restrict = {"all": None, "other patients": "other_patients",
-                    "same patient": "same_patient"}[self.scope]  # fmt: skip
+                    "same patient": "same_patient"}[self.scope]
         if "patient_index" not in les:
             restrict = None
         found = self._index().query(str(lesion_id), k=self.k, restrict=restrict)

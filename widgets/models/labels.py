@@ -15,7 +15,7 @@ from .signal import CorrectionError, Signal
 
 _FALLBACK_COLORS = (
     "#1B9E77", "#D95F02", "#7570B3", "#E7298A", "#66A61E", "#E6AB02", "#A6761D", "#17BECF",
-)  # fmt: skip
+)
 
 
 def open_label_store(run: RunDir):
@@ -73,7 +73,7 @@ class LabelState:
         self.confidence = (
             les["confidence"].to_numpy(dtype=float).copy() if "confidence" in les
             else np.full(n, np.nan)
-        )  # fmt: skip
+        )
         self.corrected = np.zeros(n, dtype=bool)
         self.classes: list[dict] = []
         self._index: dict[str, int] = {}
@@ -147,7 +147,7 @@ class LabelState:
             {"name": str(c["name"]), "color": str(c.get("color") or "#bbbbbb"),
              "kind": str(c.get("kind") or "")}
             for c in records
-        ]  # fmt: skip
+        ]
         known = {c["name"] for c in classes}
         for name in pd.unique(self.labels):
             if name not in known and name != UNLABELED_NAME:
@@ -166,7 +166,7 @@ class LabelState:
     def class_names(self, assignable: bool = False) -> list[str]:
         """Class names; ``assignable`` leaves out ``unlabeled`` (not a label one can give)."""
         return [c["name"] for c in self.classes
-                if not assignable or c["name"] != UNLABELED_NAME]  # fmt: skip
+                if not assignable or c["name"] != UNLABELED_NAME]
 
     def color_of(self, name: str) -> str:
         i = self._index.get(name)

@@ -29,7 +29,7 @@ class MapModel:
         self.filters: dict = {
             "splits": None, "labels": None, "patients": None, "size_mm": None, "noisy": "all",
             "confidence": None, "tags": None,
-        }  # fmt: skip
+        }
         #: The run's tags (:class:`widgets.models.TagModel`), for the ``tags`` filter.
         self.tags = None
         self.selection = np.empty(0, dtype=np.int64)
