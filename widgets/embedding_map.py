@@ -15,6 +15,20 @@ from .models import LabelState, MapModel, open_label_store
 __all__ = ["EmbeddingMap"]
 
 
+class PointIndices(t.List):
+    """A synced list of point indices, checked in one numpy pass.
+
+    A lasso over a million-point map selects hundreds of thousands of points; ``List(Int())``
+    validates each element as a trait of its own (seconds for one such lasso).
+    """
+
+    def validate_elements(self, obj, value):
+        arr = np.asarray(value)
+        if arr.size and (arr.ndim != 1 or arr.dtype.kind not in "iu"):
+            self.error(obj, value)
+        return value
+
+
 class EmbeddingMap(LabWidget):
     """WebGL scatter of the lesion embeddings: hover, click, lasso and box select, filters.
 
@@ -43,7 +57,7 @@ class EmbeddingMap(LabWidget):
     codes = t.Bytes(b"").tag(sync=True)
     classes = t.List(t.Dict()).tag(sync=True)
     point_visible = t.Bytes(b"").tag(sync=True)
-    selection = t.List(t.Int()).tag(sync=True)
+    selection = PointIndices().tag(sync=True)
     current = t.Int(-1).tag(sync=True)
     click = t.Dict().tag(sync=True)
     hover_point = t.Int(-1).tag(sync=True)
