@@ -14,7 +14,10 @@
 
 The headless state and events live in :mod:`widgets.models` (no widget imports), so every
 interaction can be tested and scripted without a browser. The ESM files beside each class
-(``ESM_FILES``) can be reused as they are by Panel's ``AnyWidgetComponent``.
+(``ESM_FILES``) share one copy of their helpers, ``_helpers.js``, which
+:func:`widgets.lab_widget.esm_source` puts in front of them (anywidget loads an ESM from a
+``blob:`` URL, where a relative import cannot resolve); the resulting module (each class's
+``_esm``) is what Panel's ``AnyWidgetComponent`` twins of the dashboard use too.
 """
 
 from __future__ import annotations
@@ -57,7 +60,7 @@ def __getattr__(name: str) -> Any:
 
 _HERE = Path(__file__).parent
 
-#: The front end of each widget, by class name (for Panel's AnyWidgetComponent).
+#: The front-end file of each widget, by class name (its module: ``lab_widget.esm_source``).
 ESM_FILES: dict[str, Path] = {
     "SliceViewer": _HERE / "slice_viewer.js",
     "EmbeddingMap": _HERE / "embedding_map.js",
