@@ -201,7 +201,27 @@ function render({ model, el }) {
       const { gl, buf } = glx;
       gl.bindBuffer(gl.ARRAY_BUFFER, buf.pos); gl.bufferData(gl.ARRAY_BUFFER, xy, gl.STATIC_DRAW);
     }
+    buildGrid();
     loadCodes(); loadVisible(); loadSelection();
+  }
+  // a uniform grid over the data bounds (points sorted by cell): hover and click look at the
+  // few cells under the pointer instead of every point (a million points: a full scan per
+  // pointer move would take tens of milliseconds)
+  const G = 256;
+  let cellStart = new Int32Array(G * G + 1), cellPts = new Int32Array(0);
+  function cellOf(x, y) {
+    const gx = Math.min(G - 1, Math.max(0, Math.floor(((x - bx0) / (bx1 - bx0)) * G)));
+    const gy = Math.min(G - 1, Math.max(0, Math.floor(((y - by0) / (by1 - by0)) * G)));
+    return gy * G + gx;
+  }
+  function buildGrid() {
+    const cell = new Int32Array(n);
+    cellStart = new Int32Array(G * G + 1);
+    for (let i = 0; i < n; i++) { const c = cellOf(xy[2 * i], xy[2 * i + 1]); cell[i] = c; cellStart[c + 1]++; }
+    for (let c = 0; c < G * G; c++) cellStart[c + 1] += cellStart[c];
+    const fill = cellStart.slice(0, G * G);
+    cellPts = new Int32Array(n);
+    for (let i = 0; i < n; i++) cellPts[fill[cell[i]]++] = i;
   }
   function loadCodes() {
     codes = typed(model.get("codes"), Uint8Array);
@@ -238,9 +258,11 @@ function render({ model, el }) {
   function updateFlags() {
     flags = new Uint8Array(n);
     const names = (model.get("classes") || []).map((c) => c.name);
+    const hid = new Uint8Array(256);
+    names.forEach((nm, k) => { if (k < 256 && hidden.has(nm)) hid[k] = 1; });
     let shown = 0, nsel = 0;
     for (let i = 0; i < n; i++) {
-      const v = vis[i] && !hidden.has(names[codes[i]]) ? 1 : 0;
+      const v = vis[i] && !hid[codes[i]] ? 1 : 0;
       flags[i] = v | (sel[i] && v ? 2 : 0);
       shown += v; nsel += sel[i] && v ? 1 : 0;
     }
@@ -377,15 +399,41 @@ function render({ model, el }) {
   function nearest(mx, my, maxPx = 8) {
     let best = -1, bd = maxPx * maxPx;
     const s = scl();
-    for (let i = 0; i < n; i++) {
-      if (!(flags[i] & 1)) continue;
-      const ddx = W / 2 + (xy[2 * i] - cx) * s - mx;
-      if (ddx > maxPx || ddx < -maxPx) continue;
-      const ddy = H / 2 - (xy[2 * i + 1] - cy) * s - my;
-      const d = ddx * ddx + ddy * ddy;
-      if (d < bd) { bd = d; best = i; }
+    const r = maxPx / s; // the search radius in data units
+    const x = dx(mx), y = dy(my);
+    const c0 = cellOf(x - r, y - r), c1 = cellOf(x + r, y + r);
+    const gx0 = c0 % G, gy0 = Math.floor(c0 / G), gx1 = c1 % G, gy1 = Math.floor(c1 / G);
+    for (let gy = gy0; gy <= gy1; gy++) {
+      for (let c = gy * G + gx0; c <= gy * G + gx1; c++) {
+        for (let k = cellStart[c]; k < cellStart[c + 1]; k++) {
+          const i = cellPts[k];
+          if (!(flags[i] & 1)) continue;
+          const ddx = W / 2 + (xy[2 * i] - cx) * s - mx;
+          if (ddx > maxPx || ddx < -maxPx) continue;
+          const ddy = H / 2 - (xy[2 * i + 1] - cy) * s - my;
+          const d = ddx * ddx + ddy * ddy;
+          if (d < bd || (d === bd && i < best)) { bd = d; best = i; }
+        }
+      }
     }
     return best;
+  }
+  let maskCtx = null;
+  function lassoMask(pts) {
+    if (!maskCtx) {
+      const c = document.createElement("canvas"); c.width = W; c.height = H;
+      maskCtx = c.getContext("2d", { willReadFrequently: true });
+    }
+    maskCtx.clearRect(0, 0, W, H);
+    maskCtx.fillStyle = "#fff";
+    maskCtx.beginPath();
+    maskCtx.moveTo(pts[0][0], pts[0][1]);
+    for (const p of pts) maskCtx.lineTo(p[0], p[1]);
+    maskCtx.closePath(); maskCtx.fill();
+    const a = maskCtx.getImageData(0, 0, W, H).data;
+    const out = new Uint8Array(W * H);
+    for (let k = 0; k < W * H; k++) out[k] = a[4 * k + 3];
+    return out;
   }
   function inPoly(x, y, pts) {
     let c = false;
@@ -402,16 +450,23 @@ function render({ model, el }) {
     let minx = Infinity, miny = Infinity, maxx = -Infinity, maxy = -Infinity;
     for (const [x, y] of L.pts) { minx = Math.min(minx, x); maxx = Math.max(maxx, x); miny = Math.min(miny, y); maxy = Math.max(maxy, y); }
     const s = scl();
-    const hit = [];
+    // the lasso filled once into a pixel mask (a point is in it where its pixel is); the exact
+    // polygon test only for points on the mask's edge pixels
+    const mask = L.box ? null : lassoMask(L.pts);
+    const next = new Uint8Array(n);
+    if (L.add || L.sub) next.set(sel);
+    const val = L.sub ? 0 : 1;
     for (let i = 0; i < n; i++) {
       if (!(flags[i] & 1)) continue;
       const x = W / 2 + (xy[2 * i] - cx) * s, y = H / 2 - (xy[2 * i + 1] - cy) * s;
       if (x < minx || x > maxx || y < miny || y > maxy) continue;
-      if (L.box || inPoly(x, y, L.pts)) hit.push(i);
+      if (mask) {
+        const inside = x >= 0 && x < W && y >= 0 && y < H;
+        const m = inside ? mask[Math.floor(y) * W + Math.floor(x)] : -1;
+        if (m === 0 || (m !== 255 && !inPoly(x, y, L.pts))) continue;
+      }
+      next[i] = val;
     }
-    const next = new Uint8Array(n);
-    if (L.add || L.sub) next.set(sel);
-    for (const i of hit) next[i] = L.sub ? 0 : 1;
     sel = next;
     updateFlags();
     sendSelection();
