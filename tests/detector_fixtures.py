@@ -14,14 +14,13 @@ The layout is known to the tests:
 
 from __future__ import annotations
 
-import csv
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from factory import write_dl_info
 
-from deeplesion_lab.dl_info import OFFICIAL_COLUMNS
 from deeplesion_lab.images import box_to_recist, write_png16
 from deeplesion_lab.manifest import read_manifest, write_manifest
 
@@ -102,12 +101,7 @@ def make_detection_data(out_dir: str | Path, size: int = SIZE) -> DetectionData:
                 "Patient_age": 60,
                 "Train_Val_Test": split,
             })
-    out.mkdir(parents=True, exist_ok=True)
-    csv_path = out / "DL_info.csv"
-    with csv_path.open("w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=list(OFFICIAL_COLUMNS))
-        w.writeheader()
-        w.writerows(rows)
+    csv_path = write_dl_info(rows, out / "DL_info.csv")
     manifest_path = out / "manifest.parquet"
     write_manifest(csv_path, manifest_path, root)
     return DetectionData(csv_path, root, manifest_path, read_manifest(manifest_path))

@@ -12,11 +12,11 @@ the tests that use it (no silent switch to other data).
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from factory import write_dl_info
 
 from deeplesion_lab.images import box_to_recist, write_png16
 
@@ -96,12 +96,7 @@ def make_synthetic(
                 "Train_Val_Test": split,
             })
             truth.append({"file_name": fname, "coarse_type": code})
-    csv_path = out / "DL_info.csv"
-    out.mkdir(parents=True, exist_ok=True)
-    with open(csv_path, "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
+    csv_path = write_dl_info(rows, out / "DL_info.csv")
     from deeplesion_lab.dl_info import read_dl_info
 
     les = read_dl_info(csv_path).lesions

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+from factory import write_dl_info
 
 
 def synthetic_lesions(
@@ -82,7 +83,7 @@ def with_boxes(X: pd.DataFrame, *, size: int = 512, seed: int = 0) -> pd.DataFra
     return X
 
 
-def write_dl_info(X: pd.DataFrame, path) -> None:
+def write_lesions(X: pd.DataFrame, path) -> None:
     """Write lesions (with :func:`with_boxes` columns) as an official-format DL_info.csv."""
     rows = []
     for r in X.itertuples(index=False):
@@ -109,7 +110,7 @@ def write_dl_info(X: pd.DataFrame, path) -> None:
             "Patient_age": 60,
             "Train_Val_Test": r.split,
         })
-    pd.DataFrame(rows).to_csv(path, index=False)
+    write_dl_info(rows, path)
 
 
 def make_run(tmp_path, n_patients: int = 24, *, seed: int = 0, missing_share: float = 0.5,
@@ -127,7 +128,7 @@ def make_run(tmp_path, n_patients: int = 24, *, seed: int = 0, missing_share: fl
     X = with_boxes(X)
     tmp_path.mkdir(parents=True, exist_ok=True)
     csv = tmp_path / "DL_info.csv"
-    write_dl_info(X, csv)
+    write_lesions(X, csv)
     man_path = tmp_path / "manifest.parquet"
     write_manifest(csv, man_path)
     man = read_manifest(man_path)

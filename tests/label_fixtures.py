@@ -14,7 +14,6 @@ import json
 import os
 import random
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
@@ -23,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from factory import free_port, write_dl_info
 
 from deeplesion_lab.labels import LabelStore, NothingToUndo, UndoConflict
 from deeplesion_lab.lesion_types import COARSE_TYPES
@@ -55,7 +55,7 @@ def other_manifest(real_dir, tmp_path_factory) -> pd.DataFrame:
     d = tmp_path_factory.mktemp("label_other")
     raw = pd.read_csv(real_dir / "DL_info_kaggle_subset.csv", dtype=str, keep_default_na=False)
     raw = raw[raw["Train_Val_Test"].str.strip() != "3"]
-    raw.to_csv(d / "DL_info.csv", index=False)
+    write_dl_info(raw, d / "DL_info.csv")
     write_manifest(d / "DL_info.csv", d / "manifest.parquet")
     return read_manifest(d / "manifest.parquet")
 
@@ -120,12 +120,6 @@ def postgres_bin() -> Path | None:
             return Path(c)
     found = shutil.which("initdb")
     return Path(found).parent if found and shutil.which("pg_ctl") else None
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class PostgresServer:

@@ -19,11 +19,9 @@ and CSV come from the demo generator instead of the hand-made slices.
 from __future__ import annotations
 
 import contextlib
-import csv
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -33,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from factory import free_port, write_dl_info
 
 from deeplesion_lab.images import write_png16
 from deeplesion_lab.lesion_types import COARSE_TYPES
@@ -118,9 +117,8 @@ def _hand_made(out: Path, n_patients: int = 4, size: int = 128, seed: int = 0) -
                         "_true_type": typ,
                     }
                 )
-    csv_path = out / "DL_info.csv"
     df = pd.DataFrame(rows)
-    df.drop(columns="_true_type").to_csv(csv_path, index=False, quoting=csv.QUOTE_MINIMAL)
+    csv_path = write_dl_info(df.drop(columns="_true_type"), out / "DL_info.csv")
     truth = df[["File_name", "_true_type"]].rename(columns={"_true_type": "coarse_type"})
     truth_path = out / "hand_truth.csv"
     truth.to_csv(truth_path, index=False)
@@ -237,12 +235,6 @@ def make_tiny_run(tmp: Path, source: str = "hand", n_patients: int = 4, seed: in
 
 
 # JupyterLab + chromium, for the browser tests and the widget benchmark ---------------------------
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def notebook(*sources: str) -> dict:
     """A notebook (nbformat 4 dict) with one code cell per source."""
     return {
