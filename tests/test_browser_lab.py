@@ -528,3 +528,44 @@ def test_per_class_froc_rows_open_their_cases_in_the_viewer(page, tiny):
     page.screenshot(path=str(ARTIFACTS / "lesion_grid_classes.png"), full_page=True)
     grid.get_by_role("button", name="all classes").click()
     grid.locator("select").first.select_option("map")
+
+
+def test_lasso_polygon_selects_the_points_inside(page, tiny):
+    """A freehand lasso (the rasterised-mask path of the map's front end) selects the points
+    inside the polygon: all those clearly inside, none clearly outside."""
+    ids, pts = _map_points(tiny)
+    page.locator(".dlm button", has_text="Reset view").first.click()
+    page.locator(".dlm button", has_text="Lasso").first.click()
+    # the left part of the points, with a wavy right edge (not a box: the polygon path)
+    x0, x1 = pts[:, 0].min() - 8, np.percentile(pts[:, 0], 55)
+    y0, y1 = pts[:, 1].min() - 8, pts[:, 1].max() + 8
+    ys = np.linspace(y0, y1, 30)
+    right = np.stack([x1 + 12 * np.sin(ys / 9.0), ys], 1)
+    poly = np.concatenate([[[x0, y0]], right, [[x0, y1]]])
+    poly = np.clip(poly, 2, SIZE - 2)
+    box = page.locator(".dlm-stage").first.bounding_box()
+    el = page.locator(".dlm").first.locator("xpath=..")
+    page.evaluate("() => { delete document.querySelector('.dlm').parentElement.dataset"
+                  ".lastLassoMs; return 1; }")
+    page.mouse.move(box["x"] + poly[0, 0], box["y"] + poly[0, 1])
+    page.mouse.down()
+    for x, y in poly[1:]:
+        page.mouse.move(box["x"] + x, box["y"] + y)
+    page.mouse.up()
+    page.wait_for_function(
+        "() => document.querySelector('.dlm').parentElement.dataset.lastLassoMs",
+        timeout=15_000)
+    a, b = poly, np.roll(poly, -1, axis=0)
+    inside = np.zeros(len(pts), bool)
+    for (xi, yi), (xj, yj) in zip(a, b, strict=True):  # ray casting
+        cross = ((yi > pts[:, 1]) != (yj > pts[:, 1])) & (
+            pts[:, 0] < (xj - xi) * (pts[:, 1] - yi) / (yj - yi + 1e-12) + xi)
+        inside ^= cross
+    ab = b - a
+    t = np.clip(((pts[:, None] - a[None]) * ab[None]).sum(2) / (ab ** 2).sum(1)[None], 0, 1)
+    edge = np.linalg.norm(pts[:, None] - (a[None] + t[..., None] * ab[None]), axis=2).min(1)
+    inner, outer = inside & (edge > 2), inside | (edge <= 2)
+    n_sel = int(el.get_attribute("data-selected"))
+    assert inner.sum() >= 2, "the lasso should surround some points"
+    assert int(inner.sum()) <= n_sel <= int(outer.sum()), (inner.sum(), n_sel, outer.sum())
+    page.locator(".dlm button", has_text="Clear selection").first.click()
