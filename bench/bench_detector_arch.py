@@ -51,6 +51,12 @@ CANDIDATES: dict[str, dict] = {
     "centernet-whole": dict(arch="centernet", width=16, train_crop=None, batch_size=2),
     "centernet-negatives": dict(arch="centernet", width=16, crop_lesion_p=0.4),
     "centernet-lr3": dict(arch="centernet", width=16, lr=0.003),
+    "centernet-w32-1.6mm": dict(arch="centernet", width=32, image_size=256, spacing_mm=1.6,
+                                train_crop=64),
+    "centernet-w48-1.6mm": dict(arch="centernet", width=48, image_size=256, spacing_mm=1.6,
+                                train_crop=64),
+    "centernet-w32-1.2mm": dict(arch="centernet", width=32, image_size=352, spacing_mm=1.2,
+                                train_crop=96),
 }
 
 
@@ -105,8 +111,17 @@ def _job(job: dict) -> dict:
     ev = evaluate_predictions(pred, m, EVAL)
     test = evaluate_predictions(pred, m, "test")
     pred.to_csv(Path(job["out"]) / "predictions_eval.csv", index=False)
+    flip = None
+    if hasattr(det.model_, "flip_test"):  # the same model with the flip test at inference
+        det.model_.flip_test = True
+        fpred = det.predict(m, EVAL)
+        fev = evaluate_predictions(fpred, m, EVAL)
+        flip = {"eval": fev.to_metrics(), "test": evaluate_predictions(fpred, m, "test").to_metrics(),
+                "interval95": bootstrap_sensitivity(fev.curve, n_boot=2000).to_metrics(),
+                "infer_ms_per_slice": det.predict_ms_per_image_}
+        det.model_.flip_test = False
     result = {
-        "name": job["name"], "seed": job["seed"], "params": {k: str(v) for k, v in params.items()},
+        "name": job["name"], "seed": job["seed"], "flip": flip, "params": {k: str(v) for k, v in params.items()},
         "epochs": epochs, "calibrated_cpu_s_per_step": sec_step,
         "train_cpu_s": cpu_fit, "train_wall_s": wall_fit, "windows": windows,
         "windows_per_cpu_s": windows / cpu_fit,
@@ -182,7 +197,12 @@ def write_markdown(path: Path, rec: dict, args: argparse.Namespace) -> None:
         head,
         "|" + "---|" * (head.count("|") - 1),
     ]
+    rows = []
     for r in rec["results"]:
+        rows.append(r)
+        if r.get("flip"):
+            rows.append({**r, **r["flip"], "name": r["name"] + " + flip test"})
+    for r in rows:
         s, iv = r["eval"]["sensitivity"], r["interval95"]["interval"]
         lines.append(
             f"| {r['name']} | {r['seed']} | {r['epochs']} | {r['train_cpu_s']:.0f} | "

@@ -108,6 +108,50 @@ def test_multi_class_head_reset() -> None:
         build_model("centernet", 0)
 
 
+def test_class_head_reset_by_name_keeps_the_known_classes() -> None:
+    m = build_model("centernet", 3, width=8)
+    w, b = m.classes.weight.detach().clone(), m.classes.bias.detach().clone()
+    m.reset_class_head(3, ["bone", "liver", "lung"], ["kidney", "lung", "liver"])
+    nw, nb = m.classes.weight.detach(), m.classes.bias.detach()
+    assert torch.equal(nw[1], w[2]) and torch.equal(nw[2], w[1]) and nb[1] == b[2]
+    assert torch.allclose(nw[0], w.mean(0)) and torch.isclose(nb[0], b.mean())
+
+
+def test_frozen_features_train_the_heads_only() -> None:
+    torch.manual_seed(0)
+    m = CenterNetLesion(3, width=8)
+    m.set_freeze_features(True)
+    m.train()
+    assert not m.stem.training and not m.stages.training and m.heatmap.training
+    stats = m.stem[0][1].running_mean.clone()
+    losses = m([torch.rand(3, 64, 64)], _targets(1))
+    sum(losses.values()).backward()
+    assert m.stem[0][0].weight.grad is None and m.smooth[0].weight.grad is None
+    assert m.heatmap[-1].weight.grad.abs().sum() > 0 and m.classes.weight.grad is not None
+    assert torch.equal(m.stem[0][1].running_mean, stats)  # batch-norm statistics kept
+    m.set_freeze_features(False)
+    assert all(p.requires_grad for p in m.parameters())
+
+
+def test_flip_test_is_the_mean_of_the_image_and_its_mirror() -> None:
+    torch.manual_seed(0)
+    m = CenterNetLesion(1, width=8).eval()
+    x = torch.rand(3, 64, 64)
+    with torch.no_grad():
+        plain = m.heads(x[None])
+        mirror = m.heads(x.flip(-1)[None])
+        heat = torch.sigmoid((plain["heatmap"] + mirror["heatmap"].flip(-1)) / 2)[0]
+        box = ((plain["box"] + mirror["box"].flip(-1)[:, [2, 1, 0, 3]]) / 2)[0]
+        m.flip_test = True
+        got = m([x])[0]
+    iy, ix = divmod(int(heat.flatten().argmax()), heat.shape[1])
+    cx, cy = (ix + 0.5) * STRIDE, (iy + 0.5) * STRIDE
+    d = box[:, iy, ix]
+    want = torch.tensor([cx - d[0], cy - d[1], cx + d[2], cy + d[3]]).clamp(0, 64)
+    assert torch.isclose(got["scores"][0], heat.max())
+    assert torch.allclose(got["boxes"][0], want, atol=1e-4)
+
+
 def test_fcos_drops_ignore_regions_from_its_targets() -> None:
     m = build_model("fcos", 3, image_size=64, anchor_sizes=(8, 16, 32, 64))
     assert m.arch == "fcos"

@@ -256,17 +256,17 @@ def test_finetune_bad_inputs(demo, pseudo_run, tmp_path, capsys) -> None:
     assert _metrics(run)["finetune"]["classes"] == classes
 
 
-def test_finetune_reset_head_keeps_the_known_classes_heatmaps(demo, pseudo_run, tmp_path,
-                                                              capsys) -> None:
-    """--reset-head with a new class: known classes keep their heatmap channel, the new one
-    starts from the mean of the old ones (lr 0: the 1 x 1 heatmap layer is left as set up)."""
+def test_finetune_reset_head_keeps_the_known_classes(demo, pseudo_run, tmp_path,
+                                                     capsys) -> None:
+    """--reset-head with a new class: known classes keep their row of the class head, the new
+    one starts from the mean of the old ones (lr 0: the head is left as set up)."""
     import torch
 
     manifest, _ = demo
     run = _copy_run(pseudo_run, tmp_path)
     base = torch.load(run.detector_dir / "pseudo" / "model.pt", weights_only=True)
     classes = base["classes"]
-    w = base["state_dict"]["heatmap.1.weight"]
+    w = base["state_dict"]["classes.weight"]
     labels = pd.read_parquet(run.pseudo_labels)[["lesion_id", "label"]]
     m = read_manifest(manifest)
     first_train = m.loc[m["split"] == 1, "lesion_id"].astype(str).iloc[0]
@@ -280,7 +280,7 @@ def test_finetune_reset_head_keeps_the_known_classes_heatmaps(demo, pseudo_run, 
     expected = sorted(set(labels.loc[labels["lesion_id"].isin(train_ids), "label"]))
     assert ft["classes"] == expected and "aaa new class" in expected
     after = torch.load(run.detector_dir / ft["model"] / "model.pt", weights_only=True)
-    nw = after["state_dict"]["heatmap.1.weight"]
+    nw = after["state_dict"]["classes.weight"]
     assert nw.shape[0] == len(expected)
     for k, c in enumerate(expected):
         assert torch.allclose(nw[k], w[classes.index(c)] if c in classes else w.mean(0))
