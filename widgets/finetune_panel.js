@@ -55,7 +55,7 @@ function render({ model, el }) {
     const states = {
       none: "not run yet",
       starting: "starting",
-      running: `running ${p == null ? "" : Math.round(100 * p) + " %"}${j.eta ? ` · about ${j.eta} left` : ""}`,
+      running: ["running", p == null ? "" : `${Math.round(100 * p)} %`, j.eta ? `· about ${j.eta} left` : ""].filter(Boolean).join(" "),
       done: `done${j.elapsed ? ` in ${j.elapsed}` : ""}`,
       failed: `failed (exit ${j.exit_code})`,
       interrupted: "interrupted (start it again to resume)",
