@@ -51,13 +51,15 @@ def _register_twin_models(content) -> None:
 
     from ..correction_panel import CorrectionPanel
     from ..embedding_map import EmbeddingMap
+    from ..proposal_review import ProposalReviewPanel
     from ..similar_gallery import SimilarGallery
     from ..slice_viewer import SliceViewer
     from ..volume_view import VolumeView
     from .bridge import panel_twin
 
     models = {}
-    for w in (EmbeddingMap, SliceViewer, CorrectionPanel, SimilarGallery, VolumeView):
+    for w in (EmbeddingMap, SliceViewer, CorrectionPanel, SimilarGallery, VolumeView,
+              ProposalReviewPanel):
         models[f"Panel{w.__name__}"] = panel_twin(w)._data_model
     text = json.dumps(content)
     for name, base in set(re.findall(r'"name": "((Panel[A-Za-z]+?)\d+)"', text)):
