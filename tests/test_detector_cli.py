@@ -212,6 +212,15 @@ def test_pseudo_classes_and_finetune_from_a_labels_table(demo, pseudo_run, tmp_p
     assert cfg["lineage"]["parent"]["labels_source"] == str(pseudo_run.pseudo_labels)
     assert (new / "froc_before_after.png").is_file()
     assert ft["model"] in _metrics(run)["detection"]
+    # the CenterNet fine-tunes its heads only: features and their batch-norm statistics kept
+    import torch
+
+    assert ft["heads_only"] is True
+    base = torch.load(run.detector_dir / "pseudo" / "model.pt", weights_only=True)["state_dict"]
+    after = torch.load(new / "model.pt", weights_only=True)["state_dict"]
+    for k in ("stem.0.0.weight", "stem.0.1.running_mean", "smooth.0.weight"):
+        assert torch.equal(base[k], after[k]), k
+    assert not torch.equal(base["heatmap.1.weight"], after["heatmap.1.weight"])
 
 
 def test_finetune_bad_inputs(demo, pseudo_run, tmp_path, capsys) -> None:

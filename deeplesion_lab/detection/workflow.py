@@ -9,7 +9,8 @@ Models live in ``RUN_DIR/detector/<name>/`` (see :mod:`deeplesion_lab.detection.
     detector_training.<name>: classes, epochs, images, training images/s, checkpoint
     finetune: before {...}, after {...} (the same fields as detection.<name>), model, parent,
               labels source, label_snapshot_id, corrected (labels differing from the
-              pseudo-labels), epochs
+              pseudo-labels), epochs, heads_only (the features were kept; the CenterNet's
+              default, :data:`FINETUNE_HEADS_ONLY`)
 """
 
 from __future__ import annotations
@@ -61,8 +62,11 @@ DEFAULT_WIDTH = 32
 FINETUNE_LR_FACTOR = 0.25
 
 #: Architectures whose fine-tuning trains the heads only (the features keep their weights
-#: and batch-norm statistics; :meth:`~.centernet.CenterNetLesion.set_freeze_features`).
-FINETUNE_HEADS_ONLY: dict[str, bool] = {"centernet": False}
+#: and batch-norm statistics; :meth:`~.centernet.CenterNetLesion.set_freeze_features`). For the
+#: CenterNet, fine-tuning every layer on the same training slices lowered sensitivity (0.48 to
+#: 0.41-0.45 mean 0.5-4 FP at lr 1e-4 to 2.5e-4); the heads alone keep it
+#: (``bench/results/detector_finetune.md``).
+FINETUNE_HEADS_ONLY: dict[str, bool] = {"centernet": True}
 
 #: Bootstrap resamples behind the 95 % intervals written to metrics.json.
 N_BOOT = 1000
@@ -438,7 +442,9 @@ def run_finetune(
         det.model_.reset_class_head(len(new_classes), list(det.classes_), list(new_classes))
         det.classes_ = list(new_classes)
         reset_head = False
-    if FINETUNE_HEADS_ONLY.get(det.arch) and hasattr(det.model_, "set_freeze_features"):
+    heads_only = bool(FINETUNE_HEADS_ONLY.get(det.arch)
+                      and hasattr(det.model_, "set_freeze_features"))
+    if heads_only:
         det.model_.set_freeze_features(True)
     det.set_params(warm_start=True)
     out(f"(phase 2/3) fine-tuning {base_name} into {name} on {len(train)} training lesions ...")
@@ -473,6 +479,7 @@ def run_finetune(
         "added_lesions": n_added,
         "classes": det.classes_,
         "epochs": det.epochs,
+        "heads_only": heads_only,
         "train_images_per_s": _images_per_s(det.history_),
     }
     run.update_metrics({"finetune": ft, "detection": {name: ft["after"]}})
