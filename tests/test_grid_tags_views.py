@@ -288,3 +288,35 @@ def test_the_maps_own_filters_leave_the_grids_filters_alone(run_copy):
     conf = lab.labels.confidence[lab.data.point_rows]
     split = lab.data.lesions["split_name"].to_numpy()[lab.data.point_rows]
     assert lab.map.visible().sum() == int(((conf <= 0.5) & (split == "test")).sum())
+
+
+def test_grid_filters_by_split_type_and_least_suggest_score(run_copy):
+    from widgets.lesion_grid import LesionGrid
+
+    lab = LabModel(run_copy, user="alice")
+    w = LesionGrid(lab.grid, views=lab.views)
+    les = lab.data.lesions.iloc[lab.data.point_rows]
+    types = les["coarse_type_name"].astype(str).to_numpy()
+    split = les["split_name"].astype(str).to_numpy()
+    assert set(w.filter_options["types"]) == set(types) and w.filter_options["suggest"]
+    t0 = sorted(set(types[split == "test"]))[0]
+    w.split_filter = ["test"]  # as the front end's selects do
+    w.type_filter = [t0]
+    assert w.total == int(((split == "test") & (types == t0)).sum()) > 0
+    assert lab.map.visible().sum() == w.total, "the map shows what the grid shows"
+    w.split_filter, w.type_filter = [], []
+    assert w.total == lab.data.n_points
+    ranked = lab.corrections.suggestions(top=len(lab.data))
+    cut = float(np.median(ranked["score"]))
+    w.suggest_min = cut
+    assert w.total == int((ranked["score"] >= cut).sum()) < lab.data.n_points
+    lab.grid.set(sort_by="suggest", descending=True)
+    shown = [i["lesion_id"] for i in lab.grid.items(0, 1000)[0]]
+    want = ranked.loc[ranked["score"] >= cut].sort_values("score", ascending=False, kind="stable")
+    assert set(shown) == set(want["lesion_id"])
+    # a saved view keeps the least score too
+    lab.views.save("suspicious")
+    w.suggest_min = None
+    assert w.total == lab.data.n_points
+    lab.views.load("suspicious")
+    assert lab.grid.suggest_min == cut and w.suggest_min == cut

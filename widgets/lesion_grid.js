@@ -13,6 +13,8 @@
 //   status      text (an error)
 //   has_tags, tags [{tag, n}], tag_filter [tag...], confidence [lo, hi] or []   (filters written
 //               here), selection_count, user
+//   split_filter, type_filter [names] (written here), filter_options {splits, types, suggest},
+//   suggest_min (number | null; written here)
 //   has_views, views [{owner, name, n_selected, updated_at, mine}]
 //   class_table [{class, lesions, hit, sensitivity, misses, false_positives}], class_name
 //               (written here)
@@ -84,8 +86,13 @@ function render({ model, el }) {
   const confLo = h("input", { type: "number", min: "0", max: "1", step: "0.05", placeholder: "0", title: "pseudo-label confidence from" });
   const confHi = h("input", { type: "number", min: "0", max: "1", step: "0.05", placeholder: "1", title: "pseudo-label confidence to" });
   const tagTools = h("span", { class: "dlgr-head" }, selInfo, tagIn, tagBtn, untagBtn, undoBtn);
-  const filterTools = h("span", { class: "dlgr-head" }, h("span", { class: "dlgr-k", text: "tag" }), tagFilter,
-    h("span", { class: "dlgr-k", text: "confidence" }), confLo, h("span", { class: "dlgr-k", text: "–" }), confHi);
+  const splitFilter = h("select", { title: "split shown" });
+  const typeFilter = h("select", { title: "annotated (official) type shown" });
+  const suggestMin = h("input", { type: "number", min: "0", step: "0.05", placeholder: "any", title: "least suggest-next score (the likelier mistakes)" });
+  const suggestBox = h("span", { class: "dlgr-head" }, h("span", { class: "dlgr-k", text: "suggest ≥" }), suggestMin);
+  const filterTools = h("span", { class: "dlgr-head" }, h("span", { class: "dlgr-k", text: "split" }), splitFilter,
+    h("span", { class: "dlgr-k", text: "type" }), typeFilter, h("span", { class: "dlgr-k", text: "tag" }), tagFilter,
+    h("span", { class: "dlgr-k", text: "confidence" }), confLo, h("span", { class: "dlgr-k", text: "–" }), confHi, suggestBox);
   const viewSel = h("select", { title: "saved views (yours first; everyone's can be loaded)" });
   const loadBtn = h("button", { text: "Load" });
   const delBtn = h("button", { text: "Delete", title: "delete your own view" });
@@ -107,6 +114,9 @@ function render({ model, el }) {
   tagIn.addEventListener("keydown", (ev) => { if (ev.key === "Enter") ask("tag", { tag: tagIn.value }); ev.stopPropagation(); });
   undoBtn.addEventListener("click", () => ask("undo"));
   tagFilter.addEventListener("change", () => set("tag_filter", tagFilter.value ? [tagFilter.value] : []));
+  splitFilter.addEventListener("change", () => set("split_filter", splitFilter.value ? [splitFilter.value] : []));
+  typeFilter.addEventListener("change", () => set("type_filter", typeFilter.value ? [typeFilter.value] : []));
+  suggestMin.addEventListener("change", () => set("suggest_min", suggestMin.value === "" ? null : Number(suggestMin.value)));
   const confChanged = () => {
     const lo = confLo.value === "" ? null : Number(confLo.value), hi = confHi.value === "" ? null : Number(confHi.value);
     set("confidence", lo == null && hi == null ? [] : [lo ?? 0, hi ?? 1]);
@@ -152,6 +162,13 @@ function render({ model, el }) {
     const tf = (model.get("tag_filter") || [])[0] || "";
     options(tagFilter, ["", ...tagList.map((x) => x.tag)], tf, (v) => v === "" ? "any" : `${v} (${(tagList.find((x) => x.tag === v) || {}).n || 0})`);
     tagFilter.disabled = !model.get("has_tags");
+    const fo = model.get("filter_options") || {};
+    const single = (v) => (v || []).length === 1 ? v[0] : "";
+    options(splitFilter, ["", ...(fo.splits || [])], single(model.get("split_filter")), (v) => v === "" ? "any" : v);
+    options(typeFilter, ["", ...(fo.types || [])], single(model.get("type_filter")), (v) => v === "" ? "any" : v);
+    suggestBox.style.display = fo.suggest ? "" : "none";
+    const sm = model.get("suggest_min");
+    if (document.activeElement !== suggestMin) suggestMin.value = sm == null ? "" : String(sm);
     const conf = model.get("confidence") || [];
     if (document.activeElement !== confLo) confLo.value = conf.length ? String(conf[0]) : "";
     if (document.activeElement !== confHi) confHi.value = conf.length ? String(conf[1]) : "";
@@ -250,7 +267,8 @@ function render({ model, el }) {
     ["change:items", syncItems], ["change:thumbs", syncItems],
     ...["source", "sources", "sort_by", "sorts", "descending", "only_selected", "models", "model_name",
       "fp_rate", "fp_rates", "offset", "total", "threshold", "status", "tags", "tag_filter", "confidence",
-      "views", "selection_count", "class_table", "class_name", "has_tags", "has_views"].map((k) => [`change:${k}`, syncControls]),
+      "views", "selection_count", "class_table", "class_name", "has_tags", "has_views", "split_filter",
+      "type_filter", "filter_options", "suggest_min"].map((k) => [`change:${k}`, syncControls]),
     ["change:answer", syncAnswer],
   ];
   for (const [ev, fn] of handlers) model.on(ev, fn);

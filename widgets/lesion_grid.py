@@ -25,9 +25,10 @@ class LesionGrid(LabWidget):
     positives at that point; a click on a count lists those cases.
 
     Lesions selected (click, shift-click, or on the map) can be tagged and untagged (label-store
-    events, undone with *Undo*); the grid filters by tag and by pseudo-label confidence (the
-    map's filters, so the map shows the same lesions), and named views (filters, sort,
-    selection) are saved, listed, loaded and deleted (each user's own; everyone's readable).
+    events, undone with *Undo*); the grid filters by split, annotated type, tag and pseudo-label
+    confidence (the map's filters, so the map shows the same lesions) and by a least
+    suggest-next score (the grid's own), and named views (filters, sort, selection) are saved,
+    listed, loaded and deleted (each user's own; everyone's readable).
 
     Parameters
     ----------
@@ -69,6 +70,10 @@ class LesionGrid(LabWidget):
     tags = t.List(t.Dict()).tag(sync=True)
     tag_filter = t.List(t.Unicode()).tag(sync=True)
     confidence = t.List(t.Float()).tag(sync=True)
+    split_filter = t.List(t.Unicode()).tag(sync=True)
+    type_filter = t.List(t.Unicode()).tag(sync=True)
+    filter_options = t.Dict().tag(sync=True)
+    suggest_min = t.Float(None, allow_none=True).tag(sync=True)
     has_views = t.Bool(False).tag(sync=True)
     views = t.List(t.Dict()).tag(sync=True)
     user = t.Unicode("").tag(sync=True)
@@ -124,6 +129,12 @@ class LesionGrid(LabWidget):
             f = m.map.filters
             self.tag_filter = list(f.get("tags") or [])
             self.confidence = [float(x) for x in f["confidence"]] if f.get("confidence") else []
+            self.split_filter = list(f.get("splits") or [])
+            self.type_filter = list(f.get("types") or [])
+            self.suggest_min = m.suggest_min
+            opts = m.map.filter_options()
+            self.filter_options = {"splits": opts["splits"], "types": opts["types"],
+                                   "suggest": m.corrections is not None}
             self.selection_count = len(m.map.selection)
             if self.tag_model is not None:
                 self.tags = [{"tag": k, "n": int(n)} for k, n in self.tag_model.counts().items()]
@@ -148,14 +159,25 @@ class LesionGrid(LabWidget):
         with self._quietly():
             self.views = self.views_model.views()
 
-    @t.observe("tag_filter", "confidence")
+    @t.observe("tag_filter", "confidence", "split_filter", "type_filter")
     def _filters(self, change) -> None:
         if self._quiet:
             return
-        key = "tags" if change["name"] == "tag_filter" else "confidence"
+        key = {"tag_filter": "tags", "split_filter": "splits",
+               "type_filter": "types"}.get(change["name"], change["name"])
         try:
             self.offset = 0
             self.model.map.set_filters(**{key: list(change["new"]) or None})
+        except LabError as exc:
+            self.status = str(exc)
+
+    @t.observe("suggest_min")
+    def _suggest_filter(self, change) -> None:
+        if self._quiet:
+            return
+        try:
+            self.offset = 0
+            self.model.set(suggest_min=change["new"])
         except LabError as exc:
             self.status = str(exc)
 

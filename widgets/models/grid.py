@@ -149,6 +149,7 @@ class GridModel:
         self.split = "test"
         self.threshold: float | None = None
         self.class_name: str | None = None
+        self.suggest_min: float | None = None
         self.tags = None  # TagModel, set by LabModel
         self.changed = Signal()
         self.opened = Signal()  # emits the lesion id shown
@@ -164,7 +165,8 @@ class GridModel:
 
     def set(self, **kwargs) -> None:
         """Change ``source``, ``sort_by``, ``descending``, ``only_selected``, ``model``,
-        ``fp_rate`` or ``class_name`` (checked; "" or None: every class), then emit
+        ``fp_rate``, ``class_name`` (checked; "" or None: every class) or ``suggest_min`` (only
+        lesions whose suggest-next score is at least this; None: all), then emit
         :attr:`changed`."""
         for k, v in kwargs.items():
             if k == "source" and v not in self.SOURCES:
@@ -180,8 +182,12 @@ class GridModel:
                     raise WidgetDataError(f"false positives per image must be > 0, got {v}")
             if k == "class_name":
                 v = str(v) if v else None
+            if k == "suggest_min":
+                v = None if v is None or v == "" else float(v)
+                if self.corrections is None and v is not None:
+                    raise WidgetDataError("the suggest-next filter needs the correction model")
             if k not in ("source", "sort_by", "descending", "only_selected", "model", "fp_rate",
-                         "class_name"):
+                         "class_name", "suggest_min"):
                 raise WidgetDataError(f"unknown grid setting {k!r}")
             setattr(self, k, v)
         if {"model", "fp_rate"} & set(kwargs):  # the class filter stays (same class, new point)
@@ -202,17 +208,23 @@ class GridModel:
             return les["split_name"].astype(str).to_numpy()[rows]
         if self.sort_by == "patient":
             return les["patient_index"].to_numpy()[rows]
-        if self._suggest is None:  # the suggest-next score, lesions not ranked last
+        return self._suggest_scores(rows)
+
+    def _suggest_scores(self, rows: np.ndarray) -> np.ndarray:
+        """The suggest-next score of lesion rows (-inf for lesions it does not rank)."""
+        if self._suggest is None:
             ranked = self.corrections.suggestions(top=len(self.data)) if self.corrections else []
             self._suggest = (dict(zip(ranked["lesion_id"], ranked["score"], strict=True))
                              if len(ranked) else {})
         ids = self.data.lesion_ids[rows]
-        return np.array([self._suggest.get(i, -np.inf) for i in ids])
+        return np.array([self._suggest.get(i, -np.inf) for i in ids], dtype=float)
 
     def lesion_rows(self) -> np.ndarray:
         """Rows of the lesions listed (map source), in grid order."""
         pts = self.map.selection if self.only_selected else np.flatnonzero(self.map.visible())
         rows = self.data.point_rows[np.asarray(pts, dtype=np.int64)]
+        if self.suggest_min is not None:  # the grid's own filter (the map has no such score)
+            rows = rows[self._suggest_scores(rows) >= self.suggest_min]
         key = self._sort_key(rows)
         order = np.argsort(key, kind="stable")
         if self.descending:

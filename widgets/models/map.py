@@ -28,7 +28,7 @@ class MapModel:
         self.labels = labels
         self.filters: dict = {
             "splits": None, "labels": None, "patients": None, "size_mm": None, "noisy": "all",
-            "confidence": None, "tags": None,
+            "confidence": None, "tags": None, "types": None,
         }
         #: The run's tags (:class:`widgets.models.TagModel`), for the ``tags`` filter.
         self.tags = None
@@ -43,6 +43,8 @@ class MapModel:
         les = data.lesions.iloc[data.point_rows]
         self._split = les["split_name"].astype(str).to_numpy() if "split_name" in les else None
         self._patient = les["patient_index"].to_numpy() if "patient_index" in les else None
+        self._type = (les["coarse_type_name"].astype(str).to_numpy()
+                      if "coarse_type_name" in les else None)
         self._noisy = (
             les["possibly_noisy"].fillna(False).to_numpy(dtype=bool)
             if "possibly_noisy" in les
@@ -77,6 +79,7 @@ class MapModel:
             "noisy": list(self.NOISY),
             "confidence": [0.0, 1.0],
             "tags": self.tags.names() if self.tags is not None else [],
+            "types": sorted(pd.unique(self._type)) if self._type is not None else [],
         }
 
     def set_filters(self, **filters) -> np.ndarray:
@@ -98,6 +101,8 @@ class MapModel:
             Pseudo-label confidence range (lesions without one are hidden; corrected: 1.0).
         tags : list of str, optional
             Lesions carrying any of these tags (needs :attr:`tags`).
+        types : list of str, optional
+            Annotated (official) coarse types shown (``unlabeled``: the hidden train types).
         """
         for k, v in filters.items():
             if k not in self.filters:
@@ -133,6 +138,8 @@ class MapModel:
         if f["size_mm"] is not None:
             lo, hi = f["size_mm"]
             m &= (self._size_mm >= lo) & (self._size_mm <= hi)
+        if f["types"] is not None and self._type is not None:
+            m &= np.isin(self._type, f["types"])
         if f["confidence"] is not None:
             lo, hi = f["confidence"]
             conf = self.labels.confidence[self.data.point_rows]

@@ -7,7 +7,7 @@ from .map import MapModel
 from .signal import CorrectionError, Signal
 
 #: Grid settings a view records besides the map's filters and selection.
-GRID_KEYS = ("sort_by", "descending", "only_selected")
+GRID_KEYS = ("sort_by", "descending", "only_selected", "suggest_min")
 
 
 class ViewsModel:
