@@ -100,6 +100,7 @@ def shots(root: Path, run: Path, out: Path) -> None:
             "() => { const d = document.querySelector('.dlft').parentElement.dataset; "
             "const b = document.querySelector('.dlft-bar'); return d.state === 'running' && "
             "Number(b.getAttribute('aria-valuenow')) >= 5 }", timeout=180_000)
+        page.wait_for_timeout(1500)  # the bar's width transition
         grid.evaluate("e => e.scrollIntoView()")
         box_g, box_f = grid.bounding_box(), ft.bounding_box()
         clip = {"x": box_g["x"] - 8, "y": box_g["y"] - 8, "width": box_g["width"] + 16,
