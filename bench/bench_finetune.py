@@ -74,8 +74,15 @@ def main() -> int:
          for k, (a, b) in {"corrected - before": (evs["corrected"], before),
                            "control - before": (evs["control"], before),
                            "corrected - control": (evs["corrected"], evs["control"])}.items()}
+    # what the corrections change: the class a detector gives the lesions it finds
+    truth = pd.read_parquet(json.loads(run.run_json.read_text())["truth"])
+    named = {n: class_hits(read_predictions(fts[n]["after"]["predictions"]), m, truth)
+             for n in ("corrected", "control")}
+    named["before"] = class_hits(read_predictions(fts["control"]["before"]["predictions"]), m,
+                                 truth)
+    classes = class_test(named["corrected"], named["control"])
     key = "mean_0.5-4"
-    rec = {"tag": args.tag, "set": json.loads(args.set), "heads_only": args.heads_only,
+    rec = {"classes": classes,"tag": args.tag, "set": json.loads(args.set), "heads_only": args.heads_only,
            "epochs": fts["corrected"]["epochs"],
            "before": before.to_metrics(), "corrected": evs["corrected"].to_metrics(),
            "control": evs["control"].to_metrics(), "differences": d, "seconds": secs,
@@ -87,16 +94,23 @@ def main() -> int:
         lo, hi = v["interval"][key]
         return f"{v['difference'][key]:+.3f} [{lo:+.3f}, {hi:+.3f}], p {v['p_le_zero'][key]:.3f}"
 
+    print(f"class of the found lesions right: corrected {classes['corrected']}, control "
+          f"{classes['control']}, before {named['before'].mean():.3f}; paired: corrected only "
+          f"{classes['only_corrected']}, control only {classes['only_control']}, one-sided p "
+          f"{classes['p_one_sided']:.4f}")
     line = (f"| {args.tag} | {args.set}{' heads only' if args.heads_only else ''} | "
             f"{rec['epochs']} | {before.to_metrics()['mean_sensitivity_0_5_to_4']:.3f} | "
             f"{rec['corrected']['mean_sensitivity_0_5_to_4']:.3f} | "
             f"{rec['control']['mean_sensitivity_0_5_to_4']:.3f} | "
             f"{rec['corrected']['sensitivity']['4']:.3f} / {rec['control']['sensitivity']['4']:.3f} "
             f"(before {before.to_metrics()['sensitivity']['4']:.3f}) | {cell('corrected - before')} | "
-            f"{cell('control - before')} | {cell('corrected - control')} |")
+            f"{cell('control - before')} | {cell('corrected - control')} | "
+            f"{classes['corrected']} / {classes['control']} ({classes['only_corrected']} vs "
+            f"{classes['only_control']}, p {classes['p_one_sided']:.3f}) |")
     head = ("| variant | settings | epochs | before, mean 0.5-4 | corrected | control | 4 FP "
-            "corrected / control | corrected - before | control - before | corrected - control |\n"
-            "|---|---|---|---|---|---|---|---|---|---|")
+            "corrected / control | corrected - before | control - before | corrected - control | "
+            "type of found lesions right, corrected / control (only one right; sign test) |\n"
+            "|---|---|---|---|---|---|---|---|---|---|---|")
     old = args.results.read_text() if args.results.is_file() else ""
     if head.splitlines()[0] not in old:
         old = old.rstrip() + ("\n\n" if old else "") + (
@@ -108,6 +122,54 @@ def main() -> int:
     args.results.write_text(old.rstrip() + "\n" + line + "\n")
     print(line)
     return 0
+
+
+def class_hits(pred, manifest, truth):
+    """Per evaluated lesion: 1 when the best detection overlapping it (IoU >= 0.5) names its true
+    type, 0 when it names another, NaN when no detection finds it (a pandas Series)."""
+    import numpy as np
+    import pandas as pd
+
+    from deeplesion_lab.detection.train import select_split
+    from deeplesion_lab.lesion_types import COARSE_TYPES
+
+    true = dict(zip(truth["lesion_id"].astype(str), truth["coarse_type"].map(COARSE_TYPES),
+                    strict=False))
+    rows = select_split(manifest, EVAL)
+    rows = rows[rows["possibly_noisy"] == 0]
+    out = {}
+    by_file = {f: g for f, g in pred.groupby("file_name")}
+    for r in rows.itertuples():
+        g = by_file.get(r.file_name)
+        hit = np.nan
+        if g is not None and len(g):
+            b = g[["x1", "y1", "x2", "y2"]].to_numpy(float)
+            ix = np.clip(np.minimum(b[:, 2], r.bbox_x2) - np.maximum(b[:, 0], r.bbox_x1), 0, None)
+            iy = np.clip(np.minimum(b[:, 3], r.bbox_y2) - np.maximum(b[:, 1], r.bbox_y1), 0, None)
+            inter = ix * iy
+            union = ((b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+                     + (r.bbox_x2 - r.bbox_x1) * (r.bbox_y2 - r.bbox_y1) - inter)
+            ok = inter / np.maximum(union, 1e-9) >= 0.5
+            if ok.any():
+                best = g[ok].sort_values("score", ascending=False).iloc[0]
+                hit = float(str(best["label"]) == str(true.get(str(r.lesion_id))))
+        out[str(r.lesion_id)] = hit
+    return pd.Series(out, dtype=float)
+
+
+def class_test(a, b) -> dict:
+    """Paired comparison of two ``class_hits``: lesions both found, exact one-sided sign test."""
+    from scipy.stats import binomtest
+
+    both = a.notna() & b.notna()
+    only_a = int(((a == 1) & (b == 0) & both).sum())
+    only_b = int(((a == 0) & (b == 1) & both).sum())
+    n = only_a + only_b
+    p = binomtest(only_a, n, 0.5, alternative="greater").pvalue if n else 1.0
+    return {"corrected": round(float(a[both].mean()), 3) if both.any() else None,
+            "control": round(float(b[both].mean()), 3) if both.any() else None,
+            "n_both_found": int(both.sum()), "only_corrected": only_a, "only_control": only_b,
+            "p_one_sided": float(p)}
 
 
 if __name__ == "__main__":
