@@ -266,7 +266,8 @@ def main() -> int:
         "speed": speed, "eval_split": EVAL,
         "infer_ms_per_image_by_threads": infer, "timings_s": timings,
         "finetune": {"before": ft["before"]["sensitivity"], "after": ft["after"]["sensitivity"],
-                     "control": ctrl["after"]["sensitivity"]},
+                     "control": ctrl["after"]["sensitivity"],
+                     "heads_only": bool(ft.get("heads_only"))},
     }
     (out / "results.json").write_text(json.dumps(record, indent=2, default=str))
     write_markdown(args.results, record)
@@ -391,8 +392,9 @@ def write_markdown(path: Path, r: dict) -> None:
         f"pseudo-labels ({float(a['share']):.0%}) with the truth file; the multi-class detector "
         f"was fine-tuned for {a['finetune_epochs']} epochs (lr "
         f"{float(a.get('lr', 0.001)) * 0.25:g})"
-        + (" with a new classification layer (the corrected labels add classes)"
-           if p["reset_head"] else "")
+        + (", heads only (features frozen)" if r["finetune"].get("heads_only") else "")
+        + (" with a new classification layer (the corrected labels add classes; known classes "
+           "keep their rows)" if p["reset_head"] else "")
         + ". Control: the same fine-tuning on the uncorrected pseudo-labels.",
         "",
         head,
