@@ -57,6 +57,10 @@ def test_tags_are_events_with_user_time_and_undo(store, manifest):  # noqa: F811
     hist = store.tag_history(lesion_id=a[0])
     assert hist["op"].tolist()[:2] == ["undo", "untag"] and hist["undone"].tolist()[1]
     assert (hist["user"] == "alice").all() and e2 not in hist["event_id"].tolist()
+    assert store.verify_tags() == {"replay_matches": True, "n_mismatched": 0, "mismatched": []}
+    with store._db.write():  # tags_current changed behind the log's back is found
+        store._db.execute("UPDATE tags_current SET present = 0 WHERE lesion_id = ?", (b[0],))
+    assert store.verify_tags()["mismatched"] == [(b[0], "review")]
 
 
 def test_undoing_a_tag_someone_changed_later_is_a_conflict(store, manifest):  # noqa: F811
@@ -72,6 +76,7 @@ def test_undoing_a_tag_someone_changed_later_is_a_conflict(store, manifest):  # 
     assert store.lesion_tags().empty
     store.undo("bob")  # bob's untag is his own to undo: the tag is back on a[0]
     assert store.lesion_tags()["lesion_id"].tolist() == [a[0]]
+    assert store.verify_tags()["replay_matches"]
     with pytest.raises(NothingToUndo):
         store.undo("carol")
 

@@ -226,6 +226,21 @@ class TagsMixin(StoreBase):
         df["undone"] = df["undone_by"].notna()
         return df.drop(columns=["undone_by"])
 
+    def verify_tags(self) -> dict[str, Any]:
+        """Replay every tag change in event order and compare with ``tags_current``:
+        ``{"replay_matches": bool, "n_mismatched": int, "mismatched": [(lesion_id, tag)...]}``."""
+        with self._db.read():
+            changes = self._db.query(
+                "SELECT lesion_id, tag, present_after, last_after FROM tag_changes "
+                "ORDER BY batch_id")
+            current = {(r[0], r[1]): (int(r[2]), r[3]) for r in self._db.query(
+                "SELECT lesion_id, tag, present, last_batch FROM tags_current")}
+        state: dict[tuple[str, str], tuple[int, Any]] = {}
+        for lid, tag, present, last in changes:
+            state[(lid, tag)] = (int(present), last)
+        bad = sorted(k for k in set(state) | set(current) if state.get(k) != current.get(k))
+        return {"replay_matches": not bad, "n_mismatched": len(bad), "mismatched": bad[:20]}
+
     # saved views -------------------------------------------------------------------------------
     def save_view(self, name: str, user: str, spec: dict, *, overwrite: bool = False) -> int:
         """Save a named view (filters, sort, selection: any JSON object) of ``user``.
