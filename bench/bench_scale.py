@@ -41,6 +41,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 HERE = Path(__file__).resolve().parent
@@ -346,6 +347,37 @@ def run_size(like: Path, work: Path, n: int, steps: list[str], epochs: int,
     return rows
 
 
+def epoch_growth(run: Path, fractions=(0.25, 0.5, 1.0)) -> list[dict]:
+    """CPU seconds of one training epoch and of extraction on the first 25 / 50 / 100 % of a
+    run's cached patches (``embed``'s own settings, 2 torch threads, in this process): the part
+    of ``embed`` not run at every size."""
+    from deeplesion_lab.embedding import LesionEmbedder, PatchConfig, build_patches
+    from deeplesion_lab.run import RunDir
+
+    rd = RunDir(run)
+    m = rd.load_manifest()
+    patches = build_patches(m, PatchConfig(channels="context"), cache_dir=rd.patch_cache)
+    out = []
+    for f in fractions:
+        k = int(round(len(patches) * f))
+        sub = patches.subset(np.arange(k))
+        emb = LesionEmbedder(epochs=1, num_threads=2, progress=False, seed=0)
+        c0, w0 = time.process_time(), time.perf_counter()
+        emb.fit(sub)
+        c1, w1 = time.process_time(), time.perf_counter()
+        emb.transform(sub)
+        c2, w2 = time.process_time(), time.perf_counter()
+        out.append({"n": k, "step": "epoch", "tag": "training growth", "epoch_cpu_s":
+                    round(c1 - c0, 1), "epoch_wall_s": round(w1 - w0, 1),
+                    "extract_cpu_s": round(c2 - c1, 1), "extract_wall_s": round(w2 - w1, 1),
+                    "load_before": round(os.getloadavg()[0], 2),
+                    "date": time.strftime("%Y-%m-%d %H:%M"), "source_run": str(run)})
+        print(out[-1], flush=True)
+        with open(RESULTS / "scale.jsonl", "a") as fh:
+            fh.write(json.dumps(out[-1]) + "\n")
+    return out
+
+
 def _mb(b: float) -> str:
     return f"{b / 2**20:,.0f} MB" if b < 2**30 else f"{b / 2**30:,.1f} GB"
 
@@ -365,6 +397,8 @@ def _rounds(latest: dict, size: tuple) -> str:
 def write_markdown(path: Path) -> None:
     """``scale.md`` from every line of ``scale.jsonl`` (the latest per size, tag and step)."""
     rows = [json.loads(x) for x in (RESULTS / "scale.jsonl").read_text().splitlines() if x]
+    epochs = [r for r in rows if r["step"] == "epoch"]
+    rows = [r for r in rows if r["step"] != "epoch"]
     latest = {(r["n"], r.get("tag", ""), r["step"]): r for r in rows}
     sizes = sorted({(n, t) for n, t, _ in latest})
     lines = [
@@ -411,6 +445,19 @@ def write_markdown(path: Path) -> None:
             lines.append(f"| {step} | {r['wall_s']} s | {cpu} | {rss} | {disk} | "
                          f"{r['load_before']} | {out} |")
         lines.append("")
+    if epochs:
+        lines += ["## One training epoch and extraction, by size", "",
+                  f"`.venv/bin/python bench/bench_scale.py --like ... --epoch-growth RUN` on "
+                  f"the cached patches of `{epochs[-1]['source_run']}` (the first N lesions; "
+                  "LesionEmbedder defaults, 1 epoch = one 5-patch sequence per lesion, 2 torch "
+                  "threads; CPU seconds of this process).", "",
+                  "| lesions | epoch CPU | epoch wall | CPU per 1,000 | extraction CPU | "
+                  "extraction wall | load |", "|---|---|---|---|---|---|---|"]
+        for r in epochs:
+            lines.append(f"| {r['n']:,} | {r['epoch_cpu_s']} s | {r['epoch_wall_s']} s | "
+                         f"{1000 * r['epoch_cpu_s'] / r['n']:.1f} s | {r['extract_cpu_s']} s | "
+                         f"{r['extract_wall_s']} s | {r['load_before']} |")
+        lines.append("")
     path.write_text("\n".join(lines) + "\n")
 
 
@@ -429,10 +476,15 @@ def main() -> None:
                     help="for step embed-repeat: a run on the rendered split whose embeddings "
                          "are repeated for the copies")
     ap.add_argument("--tag", default="", help="a label for these rows (a variant of a size)")
+    ap.add_argument("--epoch-growth", type=Path, default=None, metavar="RUN",
+                    help="time one training epoch and extraction on 25/50/100 %% of RUN's "
+                         "cached patches instead")
     ap.add_argument("--markdown-only", action="store_true")
     args = ap.parse_args()
     RESULTS.mkdir(exist_ok=True)
-    if not args.markdown_only:
+    if args.epoch_growth is not None:
+        epoch_growth(args.epoch_growth)
+    elif not args.markdown_only:
         for n in args.sizes:
             run_size(args.like, args.work, n, args.steps, args.epochs, args.mine_rounds,
                      args.repeat_from, args.tag)
