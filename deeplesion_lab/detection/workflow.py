@@ -168,7 +168,10 @@ def detector_params(args: argparse.Namespace, *, new: bool) -> dict[str, Any]:
     """``LesionDetector`` parameters from parsed options (only those given, for a loaded one)."""
     from ..device import resolve_device
 
-    cuda = resolve_device(getattr(args, "device", "cpu"), quiet=True).type == "cuda"
+    # the defaults follow the device asked for (the check that it exists comes with training)
+    name = str(getattr(args, "device", None) or "cpu")
+    cuda = name.startswith("cuda") or (
+        name == "auto" and resolve_device("auto", quiet=True).type == "cuda")
     out: dict[str, Any] = {
         "device": args.device,
         "num_threads": args.threads,

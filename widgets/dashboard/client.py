@@ -222,14 +222,19 @@ class DashboardClient:
         await self._send(self._protocol.create("PATCH-DOC", events))
 
     # the dashboard's models ------------------------------------------------------------------------
-    def data_model(self, prop: str):
-        """The ESM data model that has property ``prop`` (e.g. ``selection``, ``request``)."""
+    def data_model(self, prop: str, widget: str | None = None):
+        """The ESM data model that has property ``prop`` (e.g. ``selection``, ``request``);
+        ``widget``: of that widget class only (the correction panel and the review panel both
+        have a ``request``)."""
         for m in self.document.models:
-            if type(m).__name__.startswith("Panel") and prop in m.properties():
+            name = type(m).__name__
+            if name.startswith("Panel") and prop in m.properties() and (
+                    widget is None or name.startswith(f"Panel{widget}")):
                 return m
         for m in self.document.models:
             try:
-                if prop in m.properties() and type(m).__module__ != "bokeh.models":
+                if prop in m.properties() and type(m).__module__ != "bokeh.models" and (
+                        widget is None or widget in type(m).__name__):
                     if hasattr(m, "esm_constants"):
                         return m
             except Exception:
@@ -259,7 +264,7 @@ class DashboardClient:
 
     async def request(self, op: str, timeout: float = 30.0, **args) -> dict:
         """Send a correction-panel request and wait for its status (the acknowledgement)."""
-        panel = self.data_model("request")
+        panel = self.data_model("request", widget="CorrectionPanel")
         nonce = _nonce()
         panel.request = {"op": op, **args, "nonce": nonce}
         await self.flush()
