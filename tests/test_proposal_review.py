@@ -291,3 +291,14 @@ def test_dashboard_review_tab_checks_roles_and_records_the_user(tmp_path, tmp_pa
             d.close()
     finally:
         ctx.close()
+
+
+def test_the_review_moves_the_whole_lab_to_the_proposals_image(tiny):
+    from widgets.models import LabModel
+
+    lab = LabModel(tiny.run_dir, user=USER)
+    cur = lab.review.start()
+    shown = lab.viewer.lesion_id
+    assert lab.data.row(shown)["file_name"] == cur["file_name"]
+    assert lab.map.lesion_at(lab.map.current) == shown and lab.gallery.query == shown
+    lab.labels.close()

@@ -50,6 +50,7 @@ class LabModel:
         self.gallery = GalleryModel(self.data, self.labels, k=k)
         self.grid = GridModel(self.data, self.labels, self.map, self.viewer, self.corrections)
         self.review = ReviewModel(self.run, self.labels, self.viewer)
+        self.review.show_lesion = self.show_lesion  # the proposal's image everywhere
         self.tags = TagModel(self.labels, self.map)
         self.grid.tags = self.tags
         self.tags.changed.connect(self.grid.changed.emit)

@@ -44,6 +44,8 @@ class ReviewModel:
         highlighted among the mined candidates).
     tool : str, default "review"
         Recorded with every decision.
+    show_lesion : callable, optional
+        Shows a lesion (the lab's: viewer, map ring and gallery); default the viewer's.
 
     Attributes
     ----------
@@ -61,8 +63,9 @@ class ReviewModel:
     """
 
     def __init__(self, run: RunDir, labels: LabelState, viewer: ViewerModel,
-                 tool: str = "review"):
+                 tool: str = "review", show_lesion=None):
         self.run = run
+        self.show_lesion = show_lesion
         self.labels = labels
         self.viewer = viewer
         self.tool = tool
@@ -155,7 +158,7 @@ class ReviewModel:
         self.index = int(position)
         self.active = True
         cur = self.current()
-        self.viewer.show_image(cur["file_name"])
+        self.viewer.show_image(cur["file_name"], show=self.show_lesion)
         self._mark()
         self.changed.emit()
         return cur

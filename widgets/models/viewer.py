@@ -82,16 +82,18 @@ class ViewerModel:
         self.window_changed.emit()
         self.slice_changed.emit(self.slice_index)
 
-    def show_image(self, file_name: str) -> None:
+    def show_image(self, file_name: str, show=None) -> None:
         """Show a key image (on its key slice): the lesion annotated on it, or, when the viewer
-        shows that image already, just go back to its key slice."""
+        shows that image already, just go back to its key slice. ``show``: what shows a lesion
+        (default :meth:`show_lesion`; the lab's also rings it on the map and queries the
+        gallery)."""
         if self.file_name == file_name and self.key_slice is not None:
             self.set_slice(self.key_slice)
             return
         rows = self.data.lesions_on_image(file_name)
         if not len(rows):
             raise WidgetDataError(f"no annotated lesion on {file_name}; the viewer shows key images")
-        self.show_lesion(str(self.data.lesions["lesion_id"].iat[int(rows[0])]))
+        (show or self.show_lesion)(str(self.data.lesions["lesion_id"].iat[int(rows[0])]))
 
     def set_review(self, proposal_id: str | None, status: dict[str, str] | None = None) -> None:
         """Highlight the candidate under review and colour the others by their status."""
