@@ -31,7 +31,6 @@ box), so an accepted lesion keeps its id when written back into a DL_info.csv.
 
 from __future__ import annotations
 
-import getpass
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -526,29 +525,14 @@ def accept_proposals(
         An unknown class, or a store that cannot take them; nothing is written then.
     """
     from ..labels import LabelStore
+    from .review import decide_proposals  # the one path from a proposal to the store
 
-    run = run if isinstance(run, RunDir) else RunDir(run)
-    path = run.graph_proposals
-    if not path.is_file():
-        raise GraphError(
-            f"{path} not found; run `deeplesion-lab graph --run RUN_DIR --predictions PRED.csv`"
-        )
-    props = pd.read_parquet(path).set_index("proposal_id", drop=False)
-    ids = [str(i) for i in proposal_ids]
-    if not ids:
-        raise GraphError("no proposal ids given")
-    unknown = [i for i in ids if i not in props.index]
-    if unknown:
-        raise GraphError(
-            f"{path}: proposal_id {unknown[0]!r} is not a proposal ({len(unknown)} unknown ids)"
-        )
-    rows = proposal_lesions(props.loc[list(dict.fromkeys(ids))])
     own = store is None
     if own:
         store = LabelStore.for_run(run)
     try:
-        eid = store.add_lesions(rows, user or getpass.getuser(), label=label,
-                                tool=tool, comment=comment, origin="proposal")
+        eid = decide_proposals(run, proposal_ids, "accept", user, label=label, comment=comment,
+                               store=store, tool=tool)
         added = store.added_lesions()
     finally:
         if own:
