@@ -160,18 +160,11 @@ class CorrectionPanel(LabWidget):
         req = dict(change["new"] or {})
         if self._quiet or not req:
             return
-        nonce = req.get("nonce")
-        try:
-            message = self.handle(req)
-            ok = True
-        except LabError as exc:
-            message, ok = str(exc), False
-        except (KeyError, ValueError, TypeError) as exc:  # a malformed request from a client
-            message, ok = f"bad request {req.get('op')!r}: {exc!r}", False
-        if req.get("op") == "poll" and ok and not message:
+        status = self._answer(req)
+        if req.get("op") == "poll" and status["ok"] and not status["message"]:
             return
         with self._quietly():
-            self.status = {"nonce": nonce, "ok": ok, "message": message}
+            self.status = status
 
     def handle(self, req: dict) -> str:
         """Carry out one request from the front end; returns the status message.

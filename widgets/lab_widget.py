@@ -8,6 +8,8 @@ from pathlib import Path
 
 import anywidget
 
+from deeplesion_lab.errors import LabError
+
 __all__ = ["LabWidget", "HELPERS_JS", "USES_HELPERS", "esm_source"]
 
 #: The front-end helpers (``h``, ``bytesOf``, ``typed``) shared by the widgets' ESM files.
@@ -62,3 +64,15 @@ class LabWidget(anywidget.AnyWidget):
                 yield
         finally:
             self._quiet = was
+
+    def _answer(self, req: dict) -> dict:
+        """Carry out one front-end request with the subclass's ``handle(req)`` and return the
+        status the front end gets: ``{nonce, ok, message}``. A :class:`LabError`, or a
+        malformed request from a client, is a refusal with its message (nothing written)."""
+        try:
+            message, ok = self.handle(req), True
+        except LabError as exc:
+            message, ok = str(exc), False
+        except (KeyError, ValueError, TypeError) as exc:  # a malformed request from a client
+            message, ok = f"bad request {req.get('op')!r}: {exc!r}", False
+        return {"nonce": req.get("nonce"), "ok": ok, "message": message}

@@ -186,14 +186,9 @@ class LesionGrid(LabWidget):
         req = dict(change["new"] or {})
         if self._quiet or not req:
             return
-        try:
-            message, ok = self.handle(req), True
-        except LabError as exc:
-            message, ok = str(exc), False
-        except (KeyError, ValueError, TypeError) as exc:  # a malformed request from a client
-            message, ok = f"bad request {req.get('op')!r}: {exc!r}", False
+        answer = self._answer(req)
         with self._quietly():
-            self.answer = {"nonce": req.get("nonce"), "ok": ok, "message": message}
+            self.answer = answer
 
     def handle(self, req: dict) -> str:
         """Carry out one request of the front end (tag, untag, undo, save_view, load_view,

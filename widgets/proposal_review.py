@@ -75,18 +75,12 @@ class ProposalReviewPanel(LabWidget):
 
     @t.observe("request")
     def _on_request(self, change) -> None:
-        req = change["new"] or {}
+        req = dict(change["new"] or {})
         if self._quiet or not req:
             return
-        nonce = req.get("nonce")
-        try:
-            message, ok = self.handle(req), True
-        except LabError as exc:
-            message, ok = str(exc), False
-        except (KeyError, ValueError, TypeError) as exc:  # a malformed request from a client
-            message, ok = f"bad request {req.get('op')!r}: {exc!r}", False
+        status = self._answer(req)
         with self._quietly():
-            self.status = {"nonce": nonce, "ok": ok, "message": message}
+            self.status = status
 
     def handle(self, req: dict) -> str:
         """Carry out one request from the front end; returns the status message.
