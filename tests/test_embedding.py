@@ -304,6 +304,19 @@ def test_fit_needs_three_lesions(small_patches):
         LesionEmbedder(num_threads=1).fit(np.zeros((4, 3, 64, 64)))
 
 
+@pytest.mark.parametrize(
+    ("param", "value", "allowed"),
+    [("batch_size", 1, r"range \[2, inf\)"), ("micro_batches", 0, r"range \[1, inf\)"),
+     ("arch", "huge", "among"), ("epochs", -1, r"range \[0, inf\)")],
+)
+def test_fit_refuses_bad_parameters(small_patches, param, value, allowed):
+    # validated in fit, scikit-learn style, with the parameter named; never clamped silently
+    emb = LesionEmbedder(num_threads=1, **{param: value})
+    with pytest.raises(LabError, match=rf"'{param}' parameter of LesionEmbedder.*{allowed}.*Got"):
+        emb.fit(small_patches)
+    assert not hasattr(emb, "net_")
+
+
 def test_pretrained_local_checkpoint(small_patches, tmp_path):
     from torchvision.models import resnet18
 

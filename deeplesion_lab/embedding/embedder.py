@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import time
+from numbers import Integral, Real
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,7 @@ from .. import distributed
 from ..device import autocast, grad_scaler, resolve_device
 from ..device import torch_threads as _torch_threads
 from ..errors import LabError
+from ..params import Interval, StrOptions, validate_params
 from .dataset import PatchConfig, PatchSet
 from .network import ARCHS, CheckpointError, EmbeddingNet, load_pretrained
 from .sampling import SequentialSampler, sequential_triplet_loss
@@ -127,6 +129,34 @@ class LesionEmbedder(TransformerMixin, BaseEstimator):
     n_train_ : int
     """
 
+    _parameter_constraints: dict = {
+        "embed_dim": [Interval(Integral, 1, None, closed="left")],
+        "arch": [StrOptions(set(ARCHS))],
+        "width": [Interval(Integral, 1, None, closed="left")],
+        "epochs": [Interval(Integral, 0, None, closed="left")],
+        # a batch holds sequences of 5 patches; batch norm needs at least two of them
+        "batch_size": [Interval(Integral, 2, None, closed="left")],
+        "lr": [Interval(Real, 0, None, closed="neither")],
+        "weight_decay": [Interval(Real, 0, None, closed="left")],
+        "margin": [Interval(Real, 0, None, closed="left")],
+        "n_neighbors": [Interval(Integral, 1, None, closed="left")],
+        "aux_weight": [Interval(Real, 0, None, closed="left")],
+        "type_weight": [Interval(Real, 0, None, closed="left")],
+        "uniformity_weight": [Interval(Real, 0, None, closed="left")],
+        "propagate_types": [Interval(Integral, 0, None, closed="left")],
+        "propagate_min_share": [Interval(Real, 0, 1, closed="both")],
+        "propagate_neighbors": [Interval(Integral, 1, None, closed="left")],
+        "use_metadata": ["boolean"],
+        "warm_start": ["boolean"],
+        "pretrained": [None, str, Path],
+        "seed": [Interval(Integral, 0, None, closed="left")],
+        "num_threads": [None, Interval(Integral, 1, None, closed="left")],
+        "device": [str],
+        "amp": ["boolean"],
+        "micro_batches": [Interval(Integral, 1, None, closed="left")],
+        "progress": ["boolean"],
+    }
+
     def __init__(
         self,
         embed_dim: int = 128,
@@ -218,6 +248,7 @@ class LesionEmbedder(TransformerMixin, BaseEstimator):
         import torch
         from tqdm.auto import tqdm
 
+        validate_params(self, LabError)
         X = _check_patchset(X, "LesionEmbedder.fit", min_n=3)
         types = X.types if y is None else np.asarray(y, dtype=np.int64)
         if types.shape != (len(X),):
@@ -229,7 +260,7 @@ class LesionEmbedder(TransformerMixin, BaseEstimator):
         )
         device = resolve_device(self.device)
         ctx = distributed.context(device)
-        m = max(1, int(self.micro_batches or 1))
+        m = int(self.micro_batches)
         if ctx.active:
             if m > 1 and m % ctx.world:
                 raise LabError(f"micro_batches={m} is not a multiple of the {ctx.world} "
@@ -252,7 +283,7 @@ class LesionEmbedder(TransformerMixin, BaseEstimator):
         start = len(self.history_)
         rng = np.random.default_rng([self.seed, start])
         gen = torch.Generator().manual_seed(self.seed + start)
-        bs = max(2, int(self.batch_size))
+        bs = int(self.batch_size)
         if m > bs:
             raise LabError(f"batch_size={bs} is smaller than the {m} micro-batches (one per "
                            "training process at least)")
