@@ -86,24 +86,24 @@ class TagModel:
             raise CorrectionError("nothing selected: click, shift-click or lasso lesions first")
         return ids
 
-    def tag_selection(self, tags: str | list[str]) -> int | None:
-        """Tag the selected lesions (one event); returns its id (None: they all had them)."""
+    def _apply(self, op: str, tags: str | list[str]) -> tuple[int | None, int, str]:
+        """Run the store's ``tag`` or ``untag`` on the selection: (event id, count, tag names)."""
         store = self.labels.need_store()
         ids = self._selection()
         names = [tags] if isinstance(tags, str) else list(tags)
-        ev = store.tag(ids, names, self.labels.user, tool=self.tool)
-        what = ", ".join(n.strip() for n in names)
-        self.done.emit(f"tagged {len(ids)} lesion(s) {what}" if ev is not None
-                       else f"the {len(ids)} selected lesion(s) are all tagged {what} already")
+        ev = getattr(store, op)(ids, names, self.labels.user, tool=self.tool)
+        return ev, len(ids), ", ".join(n.strip() for n in names)
+
+    def tag_selection(self, tags: str | list[str]) -> int | None:
+        """Tag the selected lesions (one event); returns its id (None: they all had them)."""
+        ev, n, what = self._apply("tag", tags)
+        self.done.emit(f"tagged {n} lesion(s) {what}" if ev is not None
+                       else f"the {n} selected lesion(s) are all tagged {what} already")
         return ev
 
     def untag_selection(self, tags: str | list[str]) -> int | None:
         """Remove tags from the selected lesions (one event); None when none had them."""
-        store = self.labels.need_store()
-        ids = self._selection()
-        names = [tags] if isinstance(tags, str) else list(tags)
-        ev = store.untag(ids, names, self.labels.user, tool=self.tool)
-        what = ", ".join(n.strip() for n in names)
+        ev, n, what = self._apply("untag", tags)
         self.done.emit(f"removed {what} from the selected lesion(s)" if ev is not None
-                       else f"none of the {len(ids)} selected lesion(s) is tagged {what}")
+                       else f"none of the {n} selected lesion(s) is tagged {what}")
         return ev
