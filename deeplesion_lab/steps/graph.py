@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from ..run import RunDir
 
@@ -22,26 +23,32 @@ def graph_done(run: RunDir) -> bool:
 def graph_step(
     run: RunDir | str | Path,
     *,
-    truth: str | Path | None = None,
-    predictions: str | Path | None = None,
-    n_neighbors: int = 10,
-    eval_split: int | None = 3,
-    neighbour_slices: int = 1,
-    detector_model: str | None = None,
-    seed: int = 0,
     progress: bool = True,
     say: Callable[[str], None] = print,
+    **options: Any,
 ):
-    """Build the run's lesion graph (:func:`~deeplesion_lab.graph.build.build_run_graph`, same
-    arguments) and say what it found; returns its :class:`~deeplesion_lab.graph.build.GraphResult`."""
+    """Build the run's lesion graph and say what it found.
+
+    Parameters
+    ----------
+    run : RunDir or path
+    progress : bool, default True
+        Progress bars.
+    say : callable, default print
+        Where the summary lines go.
+    **options
+        The keyword arguments of :func:`~deeplesion_lab.graph.build.build_run_graph`
+        (``truth``, ``predictions``, ``n_neighbors``, ``eval_split``, ...), passed on as given.
+
+    Returns
+    -------
+    GraphResult
+        :func:`~deeplesion_lab.graph.build.build_run_graph`'s result.
+    """
     from ..graph.build import build_run_graph
 
     run_path = run.path if isinstance(run, RunDir) else Path(run)
-    res = build_run_graph(
-        run_path, truth=truth, predictions=predictions, n_neighbors=n_neighbors,
-        eval_split=eval_split, neighbour_slices=neighbour_slices,
-        detector_model=detector_model, seed=seed, progress=progress,
-    )
+    res = build_run_graph(run_path, progress=progress, **options)
     for m in res.messages:
         say(m)
     say(f"graph: {res.graph.summary()}")
