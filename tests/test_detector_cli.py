@@ -204,6 +204,17 @@ def test_pseudo_classes_and_finetune_from_a_labels_table(demo, pseudo_run, tmp_p
     low, high = d["interval"]["mean_0.5-4"]
     assert low <= d["difference"]["mean_0.5-4"] <= high and 0 <= d["p_le_zero"]["mean_0.5-4"] <= 1
     assert "after - before, mean 0.5-4 FP" in out
+    # the class-aware figure (a hit needs the lesion's type: what corrections act on), with its
+    # interval and the paired after - before difference; a wrong type only removes hits
+    for k in ("before", "after"):
+        ca = ft[k]["class_aware"]
+        assert set(ca["sensitivity"]) == KEYS and "interval95" in ca
+        assert ca["n_lesions"] == ft[k]["n_lesions"]  # every test lesion of the demo is typed
+        assert all(ca["sensitivity"][f] <= ft[k]["sensitivity"][f] for f in KEYS)
+    cd = ft["class_aware_difference"]
+    assert cd["difference"]["mean_0.5-4"] == pytest.approx(
+        ft["after"]["class_aware"]["mean_sensitivity_0_5_to_4"]
+        - ft["before"]["class_aware"]["mean_sensitivity_0_5_to_4"])
     assert ft["parent"] == "pseudo" and ft["corrected"] == 2
     assert ft["labels_source"] == str(table.resolve()) and ft["label_snapshot_id"] is None
     new = run.detector_dir / ft["model"]

@@ -386,3 +386,60 @@ def test_real_test_split_ground_truth(real_dir) -> None:
     res = evaluate_predictions(pd.concat([shifted, perfect.assign(score=0.5)]), m, "test")
     assert res.sensitivity["0.5"] == res.sensitivity["1"] == pytest.approx(1 / 4912)
     assert res.sensitivity["2"] == 1.0
+
+
+# ---------------------------------------------------------------------------------------------
+# Class-aware evaluation (issue 14): a hit needs the lesion's type
+
+
+def test_class_aware_froc_wrong_class_is_a_false_positive() -> None:
+    d = [det([10, 10, 29, 29, 0.9], [50, 50, 69, 69, 0.8]), det([10, 10, 29, 29, 0.7])]
+    g = [gt([10, 10, 29, 29], [50, 50, 69, 69]), gt([10, 10, 29, 29])]
+    classes = [["liver", "lung"], ["bone"]]
+    names = [["liver", "liver"], ["bone"]]  # the second detection names the wrong type
+    c = froc(d, g, gt_classes=classes, det_classes=names)
+    assert list(c.outcome) == ["tp", "fp", "tp"]
+    assert c.tps[-1] == 2 and c.fps[-1] == 1
+    # class-agnostic: all three are hits
+    assert list(froc(d, g, gt_classes=classes).outcome) == ["tp", "tp", "tp"]
+    with pytest.raises(FROCError, match="det_classes needs gt_classes"):
+        froc(d, g, det_classes=names)
+    with pytest.raises(FROCError, match="image 1: 2 detection classes for 1 detections"):
+        froc(d, g, gt_classes=classes, det_classes=[["liver", "liver"], ["bone", "bone"]])
+
+
+def test_evaluate_predictions_class_aware_entry() -> None:
+    preds = _preds([
+        ("a.png", 10, 10, 29, 29, 0.9, "liver"),   # a1 is liver: class-aware hit
+        ("b.png", 10, 10, 29, 29, 0.8, "liver"),   # b1 is lung: a hit, but the wrong type
+    ])
+    res = evaluate_predictions(preds, MANIFEST, "test")
+    assert res.sensitivity["16"] == 1.0
+    ca = json.loads(json.dumps(res.to_metrics()))["class_aware"]
+    assert ca["n_lesions"] == 2
+    assert ca["sensitivity"]["16"] == 0.5
+    assert ca["per_class"] == {"liver": dict.fromkeys(KEYS, 1.0), "lung": dict.fromkeys(KEYS, 0.0)}
+    assert ca["macro_sensitivity"]["4"] == 0.5
+    assert list(res.class_aware.curve.outcome) == ["tp", "fp"]
+    # naming b1's type right makes it a class-aware hit
+    right = preds.assign(label=["liver", "lung"])
+    assert evaluate_predictions(right, MANIFEST, "test").to_metrics()[
+        "class_aware"]["sensitivity"]["16"] == 1.0
+    # a single-class detector ("lesion") names no type: no class-aware entry
+    single = preds.assign(label="lesion")
+    assert "class_aware" not in evaluate_predictions(single, MANIFEST, "test").to_metrics()
+    assert evaluate_predictions(preds, MANIFEST, "test", class_aware=False).class_aware is None
+
+
+def test_class_aware_untyped_lesions_are_ignore_regions() -> None:
+    man = MANIFEST.copy()
+    man["coarse_type_name"] = man["coarse_type_name"].astype(object)
+    man.loc[man["lesion_id"] == "b1", "coarse_type_name"] = "unlabeled"
+    preds = _preds([
+        ("a.png", 10, 10, 29, 29, 0.9, "liver"),
+        ("b.png", 10, 10, 29, 29, 0.8, "lung"),    # on the untyped lesion: ignored
+    ])
+    res = evaluate_predictions(preds, man, "test")
+    assert res.class_aware.n_lesions == 1
+    assert list(res.class_aware.curve.outcome) == ["tp", "ignored"]
+    assert res.to_metrics()["class_aware"]["sensitivity"]["0.5"] == 1.0

@@ -41,6 +41,13 @@ Per-class sensitivity (``per_class``): the detector is evaluated class-agnostica
 the sensitivity of a class is the fraction of that class's lesions hit at the same operating
 points (the score threshold giving ``f`` FPs per image overall), as the DeepLesion papers break
 the universal detector's sensitivity down by lesion type.
+
+Class-aware evaluation (``class_aware``, for a multi-class detector whose class names are
+lesion types): the same protocol, but a detection hits a lesion only when its ``label`` is the
+lesion's type (a detection naming another type is a false positive, unless it overlaps an
+ignore region); lesions without a known type are ignore regions. It measures what class labels,
+and so corrections of them, change: the class-agnostic figure cannot see a wrong class.
+``macro_sensitivity`` averages the per-class sensitivities over the types present.
 """
 
 from __future__ import annotations
@@ -68,7 +75,12 @@ __all__ = [
     "read_predictions",
     "ground_truth",
     "fp_key",
+    "UNTYPED",
+    "names_lesion_types",
 ]
+
+#: Class names of lesions without a known type (left out of the class-aware evaluation).
+UNTYPED: frozenset[str] = frozenset({"", "unlabeled", "unknown", "<NA>", "nan", "None"})
 
 #: The FP-per-image rates of the DeepLesion protocol.
 FP_RATES: tuple[float, ...] = (0.5, 1.0, 2.0, 4.0, 8.0, 16.0)
@@ -171,6 +183,7 @@ def froc(
     *,
     ignore: Sequence[np.ndarray] | None = None,
     gt_classes: Sequence[Sequence] | None = None,
+    det_classes: Sequence[Sequence] | None = None,
     iou_threshold: float = 0.5,
 ) -> FROCCurve:
     """Build the FROC curve of detections against ground truth, image by image.
@@ -187,6 +200,10 @@ def froc(
         positive.
     gt_classes : sequence of sequences, optional
         The class of each ground-truth box (for :meth:`FROCCurve.class_sensitivity_at`).
+    det_classes : sequence of sequences, optional
+        The class of each detection (one sequence per image, as ``detections``). When given
+        (with ``gt_classes``), a detection can only hit ground-truth boxes of its own class:
+        the class-aware curve.
     iou_threshold : float, default 0.5
         Minimum IoU of a hit.
 
@@ -214,12 +231,24 @@ def froc(
             raise FROCError(f"{len(cls)} ground-truth classes for {n_gt} ground-truth boxes")
     else:
         cls = np.full(n_gt, None, dtype=object)
+    dcls = None
+    if det_classes is not None:
+        if gt_classes is None:
+            raise FROCError("det_classes needs gt_classes (the class of each ground-truth box)")
+        if len(det_classes) != n_img:
+            raise FROCError(f"{len(det_classes)} detection class lists for {n_img} images")
+        for i, (c, d) in enumerate(zip(det_classes, dets, strict=True)):
+            if len(c) != len(d):
+                raise FROCError(f"image {i}: {len(c)} detection classes for {len(d)} detections")
+        dcls = np.array([c for cs in det_classes for c in cs], dtype=object)
 
     img_idx = np.concatenate([np.full(len(d), i, dtype=np.int64) for i, d in enumerate(dets)]
                              or [np.zeros(0, dtype=np.int64)])
     boxes = np.concatenate(dets) if dets else np.zeros((0, 5))
     order = np.argsort(-boxes[:, 4], kind="stable")
     boxes, img_idx = boxes[order], img_idx[order]
+    if dcls is not None:
+        dcls = dcls[order]
 
     n = len(boxes)
     hit = np.zeros(n_gt, dtype=bool)
@@ -232,6 +261,9 @@ def froc(
         i = int(img_idx[k])
         g = gts[i]
         ov = box_iou(boxes[k, :4], g) if len(g) else np.zeros(0)
+        if dcls is not None and len(ov):
+            same = np.array([c == dcls[k] for c in cls[offsets[i] : offsets[i + 1]]], dtype=bool)
+            ov = np.where(same, ov, 0.0)
         if len(ov) and ov.max() >= iou_threshold:
             new = np.flatnonzero((ov >= iou_threshold) & ~hit[offsets[i] : offsets[i + 1]])
             if len(new):
@@ -427,10 +459,17 @@ class FROCResult:
     iou_threshold: float
     noisy: str
     curve: FROCCurve
+    class_aware: FROCResult | None = None
 
     def to_metrics(self) -> dict:
-        """The JSON-able numbers (the curve itself is left out)."""
-        return {
+        """The JSON-able numbers (the curve itself is left out).
+
+        ``class_aware`` (only for a detector whose labels name lesion types): the class-aware
+        evaluation's ``sensitivity``, ``mean_sensitivity_0_5_to_4``, ``per_class``,
+        ``macro_sensitivity`` (the mean of ``per_class`` over types) and ``n_lesions`` (the
+        typed lesions).
+        """
+        out = {
             "sensitivity": dict(self.sensitivity),
             "mean_sensitivity_0_5_to_4": self.mean_sensitivity_0_5_to_4,
             "per_class": {k: dict(v) for k, v in self.per_class.items()},
@@ -443,6 +482,19 @@ class FROCResult:
             "iou_threshold": self.iou_threshold,
             "noisy": self.noisy,
         }
+        if self.class_aware is not None:
+            ca = self.class_aware
+            out["class_aware"] = {
+                "sensitivity": dict(ca.sensitivity),
+                "mean_sensitivity_0_5_to_4": ca.mean_sensitivity_0_5_to_4,
+                "per_class": {k: dict(v) for k, v in ca.per_class.items()},
+                "macro_sensitivity": {
+                    k: float(np.mean([v[k] for v in ca.per_class.values()]))
+                    for k in ca.sensitivity
+                } if ca.per_class else {},
+                "n_lesions": ca.n_lesions,
+            }
+        return out
 
     def table(self) -> str:
         """A small text table: sensitivity at each FP rate and the 0.5-4 mean."""
@@ -459,6 +511,7 @@ def evaluate_predictions(
     iou_threshold: float = 0.5,
     fp_rates: Sequence[float] = FP_RATES,
     noisy: Literal["ignore", "drop"] = "ignore",
+    class_aware: bool | None = None,
 ) -> FROCResult:
     """Score predictions against a manifest's key slices with the DeepLesion protocol.
 
@@ -473,11 +526,16 @@ def evaluate_predictions(
     iou_threshold : float, default 0.5
     fp_rates : sequence of float, default (0.5, 1, 2, 4, 8, 16)
     noisy : {"ignore", "drop"}, default "ignore"
+    class_aware : bool, optional
+        Also run the class-aware evaluation (``result.class_aware``; see the module
+        docstring) when some evaluated lesion has a known type (``coarse_type_name``).
+        Default: when some prediction ``label`` names a lesion type
+        (:func:`names_lesion_types`), i.e. for a multi-class detector of lesion types.
 
     Raises
     ------
     FROCError
-        No clean lesion in the split.
+        No clean lesion in the split; ``class_aware=True`` without a ``label`` column.
     """
     gt = ground_truth(manifest, split, noisy=noisy)
     if not gt.file_names:
@@ -494,6 +552,16 @@ def evaluate_predictions(
     for p, row in zip(pos[inside].astype(int).to_numpy(), arr, strict=True):
         dets[p].append(row)
     det_arrays = [np.array(d).reshape(-1, 5) for d in dets]
+    ca_result = None
+    if class_aware is None:
+        class_aware = "label" in predictions and names_lesion_types(predictions["label"])
+    typed = {str(c) for cs in gt.classes for c in cs} - UNTYPED
+    if class_aware and typed:
+        if "label" not in predictions:
+            raise FROCError("class-aware evaluation needs a label column in the predictions")
+        ca_result = _class_aware(sub, pos[inside].astype(int).to_numpy(), det_arrays, gt,
+                                 split=split, iou_threshold=iou_threshold, fp_rates=fp_rates,
+                                 noisy=noisy, n_outside=int((~inside).sum()))
     curve = froc(
         det_arrays,
         gt.boxes,
@@ -522,7 +590,53 @@ def evaluate_predictions(
         iou_threshold=float(iou_threshold),
         noisy=noisy,
         curve=curve,
+        class_aware=ca_result,
     )
+
+
+def names_lesion_types(labels) -> bool:
+    """Whether some of ``labels`` (a detector's classes or predicted labels) is a coarse lesion
+    type name (:data:`deeplesion_lab.lesion_types.COARSE_TYPES`), so that a class-aware
+    evaluation means something."""
+    from ..lesion_types import COARSE_TYPES
+
+    return bool({str(x) for x in labels} & set(COARSE_TYPES.values()))
+
+
+def _summary(curve: FROCCurve, fp_rates: Sequence[float]) -> tuple[dict, float, dict]:
+    """Sensitivity per FP rate, their 0.5-4 mean, per-class sensitivities of a curve."""
+    sens = curve.sensitivity_at(fp_rates)
+    sens_d = {fp_key(f): float(s) for f, s in zip(fp_rates, sens, strict=True)}
+    mean_rates = [f for f in fp_rates if f <= 4.0]
+    mean = float(np.mean([sens_d[fp_key(f)] for f in mean_rates])) if mean_rates else float("nan")
+    per_class = {
+        c: {fp_key(f): float(s) for f, s in zip(fp_rates, v, strict=True)}
+        for c, v in sorted(curve.class_sensitivity_at(fp_rates).items())
+    }
+    return sens_d, mean, per_class
+
+
+def _class_aware(sub: pd.DataFrame, positions: np.ndarray, det_arrays: list[np.ndarray],
+                 gt: GroundTruth, *, split: str, iou_threshold: float,
+                 fp_rates: Sequence[float], noisy: str, n_outside: int) -> FROCResult:
+    """The class-aware evaluation of :func:`evaluate_predictions` (untyped lesions ignored)."""
+    labels: list[list[str]] = [[] for _ in gt.file_names]
+    for p, lab in zip(positions, sub["label"].astype(str).to_numpy(), strict=True):
+        labels[p].append(lab)
+    boxes, classes, ignore = [], [], []
+    for b, cs, ign in zip(gt.boxes, gt.classes, gt.ignore, strict=True):
+        typed = np.array([str(c) not in UNTYPED for c in cs], dtype=bool)
+        boxes.append(b[typed])
+        classes.append([str(c) for c, t in zip(cs, typed, strict=True) if t])
+        ignore.append(np.vstack([ign.reshape(-1, 4), b[~typed]]))
+    curve = froc(det_arrays, boxes, ignore=ignore, gt_classes=classes, det_classes=labels,
+                 iou_threshold=iou_threshold)
+    sens_d, mean, per_class = _summary(curve, fp_rates)
+    return FROCResult(sensitivity=sens_d, mean_sensitivity_0_5_to_4=mean, per_class=per_class,
+                      n_images=curve.n_images, n_lesions=curve.n_gt,
+                      n_noisy_excluded=gt.n_noisy, n_detections=len(sub),
+                      n_detections_outside=n_outside, split=split,
+                      iou_threshold=float(iou_threshold), noisy=noisy, curve=curve)
 
 
 def metrics_entry(result: FROCResult, **extra) -> dict:

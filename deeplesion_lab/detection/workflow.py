@@ -28,7 +28,7 @@ from ..errors import LabError
 from ..manifest import manifest_images_root
 from ..run import RunDir
 from .bootstrap import MEAN_KEY, bootstrap_sensitivity, paired_difference
-from .froc import FROCResult, evaluate_predictions, results_table
+from .froc import FROCResult, evaluate_predictions, names_lesion_types, results_table
 
 __all__ = [
     "add_training_arguments",
@@ -301,8 +301,7 @@ def record_evaluation(
     (``interval95``, :func:`~deeplesion_lab.detection.bootstrap.bootstrap_sensitivity`) and
     ``extra``.
     """
-    entry = {**result.to_metrics(), "interval95": interval_metrics(result),
-             **{k: v for k, v in extra.items() if v is not None}}
+    entry = {**result_metrics(result), **{k: v for k, v in extra.items() if v is not None}}
     if run is not None:
         run.update_metrics({"detection": {name: entry}})
     return entry
@@ -437,7 +436,8 @@ def run_finetune(
     # "(phase K/3)": a job's progress runs through the three parts in order (jobs.ProgressParser)
     out(f"(phase 1/3) before: evaluating {base_name} on the {eval_split} split ...")
     before_pred = det.predict(manifest, eval_split)
-    before = evaluate_predictions(before_pred, manifest, eval_split)
+    class_aware = names_lesion_types(det.classes_)  # a multi-class detector of lesion types
+    before = evaluate_predictions(before_pred, manifest, eval_split, class_aware=class_aware)
 
     if reset_head and new_classes != det.classes_ and det.arch == "centernet":
         # class heatmaps by name: known classes keep their channel, new ones start from the
@@ -458,7 +458,8 @@ def run_finetune(
     set_latest(run, name)
     out(f"(phase 3/3) after: evaluating {name} on the {eval_split} split ...")
     after_pred = det.predict(manifest, eval_split)
-    after = evaluate_predictions(after_pred, manifest, eval_split)
+    after = evaluate_predictions(after_pred, manifest, eval_split,
+                                 class_aware=class_aware or names_lesion_types(det.classes_))
     p_before = write_predictions(before_pred, run.model_predictions_file(name, eval_split, before=True))
     p_after = write_predictions(after_pred, run.model_predictions_file(name, eval_split))
     curves = {f"before ({base_name})": before, f"after ({name})": after}
@@ -467,10 +468,8 @@ def run_finetune(
 
     diff = paired_difference(after.curve, before.curve, n_boot=N_BOOT)
     ft = {
-        "before": {**before.to_metrics(), "interval95": interval_metrics(before),
-                   "model": base_name, "predictions": str(p_before)},
-        "after": {**after.to_metrics(), "interval95": interval_metrics(after),
-                  "model": name, "predictions": str(p_after)},
+        "before": {**result_metrics(before), "model": base_name, "predictions": str(p_before)},
+        "after": {**result_metrics(after), "model": name, "predictions": str(p_after)},
         "difference": diff.to_metrics(),
         "model": name,
         "parent": base_name,
@@ -485,12 +484,25 @@ def run_finetune(
         "heads_only": heads_only,
         "train_images_per_s": _images_per_s(det.history_),
     }
+    if before.class_aware is not None and after.class_aware is not None:
+        # what corrected labels change: the class a detection names (class-aware FROC)
+        ft["class_aware_difference"] = paired_difference(
+            after.class_aware.curve, before.class_aware.curve, n_boot=N_BOOT).to_metrics()
     run.update_metrics({"finetune": ft, "detection": {name: ft["after"]}})
     out(results_table({"before": before, "after": after}))
     out(f"after - before, mean 0.5-4 FP: {diff.format()} (95 % paired bootstrap over the "
         f"{after.n_images} key slices; after not better in {diff.p_le_zero[MEAN_KEY]:.0%} of "
         "resamples)")
     return ft
+
+
+def result_metrics(result: FROCResult) -> dict:
+    """``result.to_metrics()`` with 95 % bootstrap intervals (``interval95``), also of its
+    class-aware evaluation (``class_aware.interval95``) when it has one."""
+    entry = {**result.to_metrics(), "interval95": interval_metrics(result)}
+    if result.class_aware is not None:
+        entry["class_aware"]["interval95"] = interval_metrics(result.class_aware)
+    return entry
 
 
 def interval_metrics(result: FROCResult) -> dict:
