@@ -12,24 +12,22 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-from pathlib import Path
 from urllib.parse import urlparse
 
 import numpy as np
 import pytest
 from widgets_fixtures import (
-    CHROMIUM,
     CHROMIUM_ARGS,
+    chromium_page,
     jupyterlab,
     make_tiny_run,
+    need_chromium,
     notebook,
     open_notebook,
 )
 
 pytestmark = pytest.mark.browser
 
-REPO = Path(__file__).resolve().parents[1]
-ARTIFACTS = REPO / "test-artifacts"
 LOOPBACK = {"127.0.0.1", "localhost", "::1", "[::1]"}
 # WebGL2 through SwiftShader where this chromium offers it; the view falls back to the CPU if not
 ARGS = [*CHROMIUM_ARGS, "--enable-unsafe-swiftshader", "--use-angle=swiftshader"]
@@ -37,8 +35,7 @@ ARGS = [*CHROMIUM_ARGS, "--enable-unsafe-swiftshader", "--use-angle=swiftshader"
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    if not Path(CHROMIUM).exists():
-        pytest.skip(f"{CHROMIUM} not installed (apt-get install chromium)")
+    need_chromium()
     return make_tiny_run(tmp_path_factory.mktemp("volume_browser"), source="demo", n_patients=2,
                          size=512, seed=3)
 
@@ -88,41 +85,30 @@ def pw():
 @contextlib.contextmanager
 def _offline_page(p, url: str, args: list[str], name: str, nb: str = "volume.ipynb"):
     """Chromium on a notebook with every non-loopback request aborted (and recorded)."""
-    browser = p.chromium.launch(executable_path=CHROMIUM, args=args)
-    pg = browser.new_page(viewport={"width": 1000, "height": 1000})
-    blocked: list[str] = []
+    with chromium_page(p, name, width=1000, height=1000, args=args) as pg:
+        blocked: list[str] = []
 
-    def gate(route):
-        host = urlparse(route.request.url).hostname or ""
-        if host in LOOPBACK:
-            route.continue_()
-        else:
-            blocked.append(route.request.url)
-            route.abort("internetdisconnected")
+        def gate(route):
+            host = urlparse(route.request.url).hostname or ""
+            if host in LOOPBACK:
+                route.continue_()
+            else:
+                blocked.append(route.request.url)
+                route.abort("internetdisconnected")
 
-    pg.route("**/*", gate)
-    errors: list[str] = []
-    pg.on("pageerror", lambda e: errors.append(str(e)))
-    try:
-        open_notebook(pg, url, nb, wait_for=".dvv canvas")
-        pg.wait_for_function(
-            "() => { const v = document.querySelector('.dvv'); return v && "
-            "Number(v.parentElement.dataset.volumeSerial) >= 1 && "
-            "Number(v.parentElement.dataset.renders) > 0 }",
-            timeout=60_000,
-        )
-    except Exception as exc:
-        ARTIFACTS.mkdir(exist_ok=True)
-        pg.screenshot(path=str(ARTIFACTS / f"{name}_failed.png"), full_page=True)
-        browser.close()
-        raise AssertionError(f"VolumeView did not render ({exc}); page errors {errors}") from None
-    pg.blocked, pg.page_errors = blocked, errors
-    try:
+        pg.route("**/*", gate)
+        try:
+            open_notebook(pg, url, nb, wait_for=".dvv canvas")
+            pg.wait_for_function(
+                "() => { const v = document.querySelector('.dvv'); return v && "
+                "Number(v.parentElement.dataset.volumeSerial) >= 1 && "
+                "Number(v.parentElement.dataset.renders) > 0 }",
+                timeout=60_000,
+            )
+        except Exception as exc:
+            raise AssertionError(f"VolumeView did not render ({exc})") from None
+        pg.blocked = blocked
         yield pg
-    finally:
-        ARTIFACTS.mkdir(exist_ok=True)
-        pg.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
-        browser.close()
 
 
 @pytest.fixture(scope="module")

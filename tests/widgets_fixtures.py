@@ -47,6 +47,59 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networki
                  "--disable-component-update"]
 
 
+ARTIFACTS = REPO / "test-artifacts"
+
+
+def need_chromium() -> str:
+    """Debian's chromium, or skip the test with the reason."""
+    import pytest
+
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"{CHROMIUM} not installed (apt-get install chromium)")
+    return CHROMIUM
+
+
+@contextlib.contextmanager
+def chromium_page(playwright, name: str, *, width: int = 1300, height: int = 1000,
+                  args: list[str] | None = None):
+    """A new chromium page; a screenshot of it goes to ``test-artifacts/NAME.png`` at the end.
+
+    The page's uncaught script errors collect in ``page.page_errors``. When the block raises,
+    the screenshot is ``NAME_failed.png`` and the error is raised on with them appended.
+    """
+    browser = playwright.chromium.launch(executable_path=need_chromium(),
+                                         args=CHROMIUM_ARGS if args is None else args)
+    page = browser.new_page(viewport={"width": width, "height": height})
+    page.page_errors = []
+    page.on("pageerror", lambda e: page.page_errors.append(str(e)))
+    shot = name
+    try:
+        yield page
+    except Exception as exc:
+        shot = f"{name}_failed"
+        if page.page_errors:
+            raise AssertionError(f"{exc}\npage errors: {page.page_errors}") from exc
+        raise
+    finally:
+        ARTIFACTS.mkdir(exist_ok=True)
+        try:
+            page.screenshot(path=str(ARTIFACTS / f"{shot}.png"), full_page=True)
+        finally:
+            browser.close()
+
+
+def wait_until(fn, timeout: float = 20.0, what: str = "condition"):
+    """Poll ``fn`` until it returns something true (returned), or fail naming ``what``."""
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        v = fn()
+        if v:
+            return v
+        time.sleep(0.25)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+
 @dataclass
 class TinyRun:
     run_dir: Path
