@@ -11,18 +11,16 @@ Screenshots go to ``test-artifacts/dashboard_*.png``. Run with ``pytest -m brows
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pytest
 from dashboard_fixtures import HTML_CLASS, USERS, ServedDashboard, fresh_run, make_users
+from widgets_fixtures import ARTIFACTS, CHROMIUM_ARGS, need_chromium
 
 from deeplesion_lab.labels import LabelStore
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(600)]
 
-CHROMIUM = Path("/usr/bin/chromium")
-ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
 LOCAL = ("http://127.0.0.1", "ws://127.0.0.1", "blob:http://127.0.0.1", "data:")
 
 #: ``deepAll(selector)``: querySelectorAll through open shadow roots (Panel renders in them).
@@ -49,16 +47,11 @@ def served(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def browser():
-    if not CHROMIUM.exists() and not shutil.which("chromium"):
-        pytest.skip("Debian's chromium is not installed (apt-get install chromium)")
+    chromium = need_chromium()
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
-        b = p.chromium.launch(
-            executable_path=str(CHROMIUM if CHROMIUM.exists() else shutil.which("chromium")),
-            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                  "--disable-component-update"],
-        )
+        b = p.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
         yield b
         b.close()
 
