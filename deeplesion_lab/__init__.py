@@ -12,11 +12,11 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from .dl_info import DLInfo, DLInfoError, read_dl_info  # noqa: E402
-from .errors import LabError  # noqa: E402
-from .images import ImageError, apply_window, load_context, load_hu  # noqa: E402
-from .lesion_types import COARSE_TYPES, TYPE_COLORS  # noqa: E402
-from .manifest import build_manifest, read_manifest, write_manifest  # noqa: E402
+from .dl_info import DLInfo, DLInfoError, read_dl_info
+from .errors import LabError
+from .images import ImageError, apply_window, load_context, load_hu
+from .lesion_types import COARSE_TYPES, TYPE_COLORS
+from .manifest import build_manifest, read_manifest, write_manifest
 
 __all__ = [
     "__version__",

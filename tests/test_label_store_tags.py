@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from label_fixtures import *  # noqa: F403 - the shared fixtures (manifest, pseudo, ...)
 from label_fixtures import synthetic_ids, synthetic_pseudo
-from test_label_store import open_store, store, target  # noqa: F401, F811 - fixtures
+from test_label_store import open_store, store, target  # noqa: F401 - fixtures
 
 from deeplesion_lab.labels import LabelStore, LabelStoreError, NothingToUndo, UndoConflict
 from deeplesion_lab.labels import schema as label_schema

@@ -71,7 +71,7 @@ class _Block(nn.Module):
                                    nn.BatchNorm2d(cout))
                      if stride != 1 or cin != cout else nn.Identity())
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.relu(self.b(self.a(x)) + self.skip(x), inplace=True)
 
 
@@ -165,7 +165,7 @@ class CenterNetLesion(nn.Module):
                 p.requires_grad_(not self.freeze_features)
         self.train(self.training)
 
-    def train(self, mode: bool = True):  # noqa: D102 - frozen features stay in eval mode
+    def train(self, mode: bool = True):  # frozen features stay in eval mode
         super().train(mode)
         if getattr(self, "freeze_features", False):
             for mod in (self.stem, self.stages, self.lateral, self.smooth):

@@ -111,7 +111,7 @@ def read_labels_table(path: str | Path) -> pd.DataFrame:
             raise LabelsError(f"{path}: a labels table is a .parquet or .csv file")
     except LabelsError:
         raise
-    except Exception as exc:  # noqa: BLE001 - pyarrow/pandas raise many types
+    except Exception as exc:  # pyarrow/pandas raise many types
         raise LabelsError(f"{path}: cannot be read as a labels table ({exc})") from exc
     return _check_table(df, str(path))
 

@@ -70,7 +70,7 @@ class LesionRPN(RegionProposalNetwork):
 
     ignore_iou: float = 0.3
 
-    def assign_targets_to_anchors(self, anchors, targets):  # noqa: D401 - torchvision signature
+    def assign_targets_to_anchors(self, anchors, targets):  # torchvision's signature
         real = []
         ignores = []
         for t in targets:
@@ -138,7 +138,7 @@ class CanvasTransform(GeneralizedRCNNTransform):
     batching (padding to a multiple of 32) are torchvision's.
     """
 
-    def resize(self, image, target=None):  # noqa: D102 - torchvision signature
+    def resize(self, image, target=None):  # torchvision's signature
         return image, target
 
 
@@ -195,7 +195,7 @@ def load_backbone_weights(model: FasterRCNN, path: str | Path) -> dict[str, int]
         raise ModelError(f"{path}: backbone weights file not found")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - pickle/zip errors vary
+    except Exception as exc:  # pickle/zip errors vary
         raise ModelError(f"{path}: not a readable torch checkpoint ({exc})") from exc
     if isinstance(obj, dict):
         for key in ("state_dict", "model"):
@@ -365,10 +365,10 @@ class LesionFCOS(nn.Module):
         self.fcos = fcos
         self.num_classes = int(num_classes)
 
-    def reset_class_head(self, num_classes: int) -> None:  # noqa: D102 - one lesion class
+    def reset_class_head(self, num_classes: int) -> None:
         self.num_classes = int(num_classes)
 
-    def forward(self, images, targets=None):  # noqa: D102 - torchvision interface
+    def forward(self, images, targets=None):  # torchvision's interface
         if targets is not None:
             targets = [{"boxes": t["boxes"][t["labels"] > 0],
                         "labels": torch.ones(int((t["labels"] > 0).sum()), dtype=torch.int64,
