@@ -44,7 +44,27 @@ __all__ = [
     "CropLesion",
     "RandomFlip",
     "IntensityJitter",
+    "flip_boxes_lr",
+    "jitter_intensity",
 ]
+
+
+def flip_boxes_lr(boxes, width: float):
+    """``(N, 4)`` boxes ``x1, y1, x2, y2`` mirrored left-right in an image ``width`` wide.
+
+    Works on numpy arrays and torch tensors alike (a copy; the input is kept), so that the
+    per-sample :class:`RandomFlip` and the embedder's batched flips share one geometry.
+    """
+    out = boxes.clone() if hasattr(boxes, "clone") else boxes.copy()
+    out[:, 0] = width - boxes[:, 2]
+    out[:, 2] = width - boxes[:, 0]
+    return out
+
+
+def jitter_intensity(image, contrast, brightness):
+    """``image * contrast + brightness`` clipped to [0, 1] (numpy or torch; scalars or arrays
+    that broadcast, e.g. one factor per image of a batch)."""
+    return (image * contrast + brightness).clip(0.0, 1.0)
 
 
 def sample_from_row(row: Mapping[str, Any], label: int | None = None) -> Sample:
@@ -162,9 +182,7 @@ class RandomFlip:
         h, w = img.shape[-2:]
         if self.rng.random() < self.p:
             img = img[..., ::-1].copy()
-            b = sample["boxes"].copy()
-            b[:, [0, 2]] = w - sample["boxes"][:, [2, 0]]
-            sample["boxes"] = b
+            sample["boxes"] = flip_boxes_lr(sample["boxes"], w)
         if self.vertical and self.rng.random() < self.p:
             img = img[..., ::-1, :].copy()
             b = sample["boxes"].copy()
@@ -184,5 +202,5 @@ class IntensityJitter:
     def __call__(self, sample: Sample) -> Sample:
         c = 1.0 + self.rng.uniform(-self.contrast, self.contrast)
         b = self.rng.uniform(-self.brightness, self.brightness)
-        sample["image"] = np.clip(sample["image"] * c + b, 0.0, 1.0).astype(np.float32)
+        sample["image"] = jitter_intensity(sample["image"], c, b).astype(np.float32)
         return sample

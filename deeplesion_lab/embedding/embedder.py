@@ -17,6 +17,7 @@ from ..device import autocast, grad_scaler, resolve_device
 from ..device import torch_threads as _torch_threads
 from ..errors import LabError
 from ..params import Interval, StrOptions, validate_params
+from ..transforms import flip_boxes_lr, jitter_intensity
 from .dataset import PatchConfig, PatchSet
 from .network import ARCHS, CheckpointError, EmbeddingNet, load_pretrained
 from .sampling import SequentialSampler, sequential_triplet_loss
@@ -671,7 +672,8 @@ def _meta(locations: np.ndarray, sizes_mm: np.ndarray) -> np.ndarray:
 
 def _batch(X: PatchSet, idx: np.ndarray, *, augment: bool, gen=None):
     """Float patches in [0, 1], boxes and location input for ``idx``; random left-right flips
-    (the location's x flips with the image) and intensity jitter."""
+    (the location's x flips with the image) and intensity jitter, batched, with the geometry
+    and the jitter of :mod:`deeplesion_lab.transforms` (one factor per patch)."""
     import torch
 
     x = torch.from_numpy(X.patches[idx]).float().div_(255.0)
@@ -682,10 +684,9 @@ def _batch(X: PatchSet, idx: np.ndarray, *, augment: bool, gen=None):
         w = x.shape[-1]
         flip = torch.rand(b, generator=gen) < 0.5
         x[flip] = x[flip].flip(-1)
-        bx = boxes[flip]
-        boxes[flip] = torch.stack([w - bx[:, 2], bx[:, 1], w - bx[:, 0], bx[:, 3]], 1)
+        boxes[flip] = flip_boxes_lr(boxes[flip], w)
         meta[flip, 0] = -meta[flip, 0]
         c = 1.0 + (torch.rand(b, 1, 1, 1, generator=gen) - 0.5) * 0.2
         d = (torch.rand(b, 1, 1, 1, generator=gen) - 0.5) * 0.1
-        x = (x * c + d).clamp_(0.0, 1.0)
+        x = jitter_intensity(x, c, d)
     return x, boxes, meta
