@@ -22,6 +22,7 @@ from widgets_fixtures import (
 pytestmark = pytest.mark.browser
 
 USER = "key-reviewer"
+BG = "rgb(23, 25, 29)"  # .dlr background in widgets/proposal_review.css
 
 
 @pytest.fixture(scope="module")
@@ -60,6 +61,8 @@ def test_review_with_mouse_and_keys_in_lesion_lab(tiny, tmp_path):
         tab.first.click()
         panel = page.locator(".dlr").first
         panel.wait_for(state="visible", timeout=30_000)
+        # the style sheet beside the ESM (proposal_review.css) reached the page
+        assert panel.evaluate("e => getComputedStyle(e).backgroundColor") == BG
         assert panel.get_attribute("data-active") == "false"
         panel.get_by_text("Start review").click()
         page.wait_for_function(
@@ -134,6 +137,8 @@ def test_review_in_the_served_dashboard(tmp_path, tmp_path_factory):
             page.get_by_text("Review", exact=True).first.click()
             panel = page.locator(".dlr").first
             panel.wait_for(state="visible")
+            # ... and the Panel twin's shadow root (its _stylesheets)
+            assert panel.evaluate("e => getComputedStyle(e).backgroundColor") == BG
             panel.get_by_text("Start review").click()
             wait_until(lambda: panel.get_attribute("data-active") == "true", what="the start")
             first = panel.get_attribute("data-proposal")

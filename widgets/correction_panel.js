@@ -23,57 +23,8 @@
 //   1-9 relabel the selection with the n-th class of the list, u undo my last change.
 // uses widgets/_helpers.js (h, bytesOf, typed: put in front of this file by LabWidget)
 
-const STYLE = `
-.dlc{font:12px/1.4 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;color:#e8eaed;
-  background:#17191d;border:1px solid #2c2f36;border-radius:8px;padding:8px 10px;display:flex;
-  flex-direction:column;gap:8px;box-sizing:border-box;min-width:300px}
-.dlc *{box-sizing:border-box}
-.dlc-head{display:flex;align-items:baseline;gap:8px}
-.dlc-title{font-weight:600;font-size:13px}
-.dlc-user{color:#9aa0a6;margin-left:auto}
-.dlc-tabs{display:flex;gap:2px;border-bottom:1px solid #2c2f36}
-.dlc-tab{background:none;border:none;color:#9aa0a6;padding:4px 10px;cursor:pointer;font:inherit;
-  border-bottom:2px solid transparent}
-.dlc-tab.on{color:#e8eaed;border-bottom-color:#4aa3ff}
-.dlc-page{display:none;flex-direction:column;gap:8px}
-.dlc-page.on{display:flex}
-.dlc-row{display:flex;align-items:center;gap:6px;flex-wrap:wrap}
-.dlc-sel{background:#1f2329;border:1px solid #2c2f36;border-radius:6px;padding:6px 8px}
-.dlc-sel b{font-size:14px}
-.dlc-chips{display:flex;flex-wrap:wrap;gap:4px 8px;margin-top:3px;color:#c9ccd1}
-.dlc-dot{width:9px;height:9px;border-radius:50%;display:inline-block;margin-right:4px}
-.dlc button{background:#23262c;color:#e8eaed;border:1px solid #3a3e46;border-radius:4px;
-  padding:3px 9px;font:inherit;cursor:pointer}
-.dlc button:hover{border-color:#5b616b}
-.dlc button.primary{background:#1f5fa8;border-color:#2f7fd8}
-.dlc button.primary:hover{background:#2569b8}
-.dlc select,.dlc input[type=text]{background:#23262c;color:#e8eaed;border:1px solid #3a3e46;
-  border-radius:4px;padding:2px 5px;font:inherit;max-width:190px}
-.dlc input[type=color]{width:28px;height:22px;padding:0;border:1px solid #3a3e46;background:none}
-.dlc-k{color:#9aa0a6}
-.dlc-status{min-height:18px;color:#9aa0a6}
-.dlc-status.ok{color:#7bd88f}.dlc-status.err{color:#ff7b7b}
-.dlc-list{max-height:230px;overflow:auto;border:1px solid #2c2f36;border-radius:6px}
-.dlc-item{display:grid;grid-template-columns:auto 1fr auto;gap:2px 8px;padding:4px 8px;
-  border-bottom:1px solid #23262c;cursor:pointer;align-items:center}
-.dlc-item:hover{background:#1f2329}
-.dlc-item .id{font-family:ui-monospace,Menlo,monospace;font-size:11px;color:#c9ccd1;overflow:hidden;text-overflow:ellipsis;white-space:nowrap}
-.dlc-item .why{grid-column:2/4;color:#9aa0a6;font-size:11px}
-.dlc-item .sc{font-variant-numeric:tabular-nums;color:#f5c542}
-.dlc-h{padding:4px 8px;border-bottom:1px solid #23262c}
-.dlc-h .meta{color:#9aa0a6;font-size:11px}
-.dlc-h.undone{opacity:.55}
-.dlc-sec{font-weight:600;color:#c9ccd1;margin-top:2px}
-.dlc-keys{color:#9aa0a6;font-size:11px}
-.dlc-keys kbd{font:11px ui-monospace,Menlo,monospace;background:#23262c;border:1px solid #3a3e46;
-  border-bottom-width:2px;border-radius:3px;padding:0 4px;color:#e8eaed}
-.dlc-keys.on kbd{border-color:#4aa3ff}
-.dlc-note{color:#9aa0a6;font-size:11px;background:#1f2329;border-radius:6px;padding:4px 8px}
-`;
-
 function render({ model, el }) {
   const root = h("div", { class: "dlc" });
-  root.append(h("style", { text: STYLE }));
   const userEl = h("span", { class: "dlc-user" });
   root.append(h("div", { class: "dlc-head" }, h("span", { class: "dlc-title", text: "Corrections" }), userEl));
 

@@ -81,6 +81,7 @@ class CorrectionPanel(LabWidget):
     """
 
     _esm = Path(__file__).with_name("correction_panel.js")
+    _css = Path(__file__).with_name("correction_panel.css")
 
     user = t.Unicode("").tag(sync=True)
     classes = t.List(t.Dict()).tag(sync=True)

@@ -9,24 +9,8 @@
 //   poll_seconds how often to ask for the job's state (0: never)
 // uses widgets/_helpers.js (h, bytesOf, typed: put in front of this file by LabWidget)
 
-const STYLE = `
-.dlft{font:12px/1.4 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;color:#e8eaed;background:#17191d;
-  border:1px solid #2c2f36;border-radius:8px;padding:8px 10px;display:flex;flex-direction:column;gap:6px;box-sizing:border-box}
-.dlft-row{display:flex;align-items:center;gap:8px;flex-wrap:wrap}
-.dlft-title{font-weight:600;font-size:13px}
-.dlft button{background:#2b5f9e;color:#fff;border:1px solid #3d7cc9;border-radius:4px;padding:3px 10px;font:inherit;cursor:pointer}
-.dlft button:disabled{background:#23262c;color:#80868b;border-color:#3a3e46;cursor:not-allowed}
-.dlft-bar{flex:1;min-width:120px;height:8px;background:#23262c;border-radius:4px;overflow:hidden}
-.dlft-fill{height:100%;background:#4aa3ff;width:0;transition:width .4s}
-.dlft-k{color:#9aa0a6}
-.dlft-why{color:#f5c542}
-.dlft-err{color:#ff7b7b}
-.dlft-ok{color:#7bd88f}
-`;
-
 function render({ model, el }) {
   const root = h("div", { class: "dlft" });
-  root.append(h("style", { text: STYLE }));
   const btn = h("button", { text: "Fine-tune on the current labels" });
   const why = h("span", { class: "dlft-why" });
   const fill = h("div", { class: "dlft-fill" });

@@ -29,6 +29,7 @@ class FinetunePanel(LabWidget):
     """
 
     _esm = Path(__file__).with_name("finetune_panel.js")
+    _css = Path(__file__).with_name("finetune_panel.css")
 
     job = t.Dict().tag(sync=True)
     request = t.Dict().tag(sync=True)

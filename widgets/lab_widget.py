@@ -41,13 +41,19 @@ class LabWidget(anywidget.AnyWidget):
     the front end gets the changes as one message.
 
     A subclass's ``_esm`` file is turned into its module text by :func:`esm_source` when the
-    class is defined (the shared helpers of ``widgets/_helpers.js`` in front of it).
+    class is defined (the shared helpers of ``widgets/_helpers.js`` in front of it), and its
+    ``_css`` file (the styles, beside the ESM file) into the style sheet's text: anywidget
+    loads both in JupyterLab, and the dashboard's Panel twin takes the same text as its
+    ``_stylesheets`` (:func:`widgets.dashboard.bridge.panel_twin`).
     """
 
     def __init_subclass__(cls, **kwargs) -> None:
         esm = cls.__dict__.get("_esm")
         if isinstance(esm, Path):
             cls._esm = esm_source(esm)
+        css = cls.__dict__.get("_css")
+        if isinstance(css, Path):
+            cls._css = css.read_text(encoding="utf-8")
         super().__init_subclass__(**kwargs)
 
     def __init__(self, **kwargs):

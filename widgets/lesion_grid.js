@@ -22,45 +22,8 @@
 //               written here; answer {nonce, ok, message}
 // uses widgets/_helpers.js (h, bytesOf, typed: put in front of this file by LabWidget)
 
-const STYLE = `
-.dlgr{font:12px/1.35 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;color:#e8eaed;
-  background:#17191d;border:1px solid #2c2f36;border-radius:8px;padding:8px 10px;display:flex;
-  flex-direction:column;gap:6px;box-sizing:border-box}
-.dlgr *{box-sizing:border-box}
-.dlgr-head{display:flex;align-items:center;gap:6px;flex-wrap:wrap}
-.dlgr-title{font-weight:600;font-size:13px;margin-right:4px}
-.dlgr select,.dlgr button{background:#23262c;color:#e8eaed;border:1px solid #3a3e46;border-radius:4px;
-  padding:1px 6px;font:inherit;cursor:pointer}
-.dlgr label{display:inline-flex;align-items:center;gap:3px;color:#c9ccd1;cursor:pointer}
-.dlgr-k{color:#9aa0a6}
-.dlgr-cells{display:grid;gap:6px}
-.dlgr-cell{background:#1f2329;border:2px solid transparent;border-radius:6px;padding:3px;cursor:pointer;min-width:0}
-.dlgr-cell:hover{border-color:#3a3e46}
-.dlgr-cell.sel{border-color:#4aa3ff}
-.dlgr-cell canvas{display:block;border-radius:3px;image-rendering:pixelated}
-.dlgr-lab{display:flex;align-items:center;gap:4px;margin-top:2px;white-space:nowrap;overflow:hidden;text-overflow:ellipsis}
-.dlgr-dot{width:8px;height:8px;border-radius:50%;flex:none}
-.dlgr-cap{color:#9aa0a6;font-size:10.5px;line-height:1.25;overflow-wrap:anywhere}
-.dlgr-foot{display:flex;align-items:center;gap:8px;color:#9aa0a6}
-.dlgr-err{color:#ff7b7b}
-.dlgr-ok{color:#7bd88f}
-.dlgr input[type=text],.dlgr input[type=number]{background:#23262c;color:#e8eaed;border:1px solid #3a3e46;
-  border-radius:4px;padding:1px 5px;font:inherit}
-.dlgr input[type=number]{width:52px}
-.dlgr-tools{display:flex;align-items:center;gap:6px;flex-wrap:wrap;padding-top:2px;border-top:1px solid #2c2f36}
-.dlgr-tags{display:flex;gap:3px;flex-wrap:wrap;margin-top:2px}
-.dlgr-tag{background:#2d3440;color:#cfe3ff;border-radius:8px;padding:0 6px;font-size:10px}
-.dlgr-cls{border-collapse:collapse;font-size:11.5px}
-.dlgr-cls th,.dlgr-cls td{padding:1px 8px;text-align:right;border-bottom:1px solid #2c2f36}
-.dlgr-cls th:first-child,.dlgr-cls td:first-child{text-align:left}
-.dlgr-cls tr.cur td{background:#1f2a38}
-.dlgr-cls button{padding:0 6px}
-.dlgr-cls button:disabled{opacity:.4;cursor:default}
-`;
-
 function render({ model, el }) {
   const root = h("div", { class: "dlgr" });
-  root.append(h("style", { text: STYLE }));
   const sourceSel = h("select", { title: "what the grid lists" });
   const sortSel = h("select", { title: "sort by" });
   const dirBtn = h("button", { title: "ascending / descending" });

@@ -45,6 +45,7 @@ class LesionGrid(LabWidget):
     """
 
     _esm = Path(__file__).with_name("lesion_grid.js")
+    _css = Path(__file__).with_name("lesion_grid.css")
 
     items = t.List(t.Dict()).tag(sync=True)
     thumbs = t.Bytes(b"").tag(sync=True)

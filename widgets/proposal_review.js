@@ -17,44 +17,9 @@
 //   1-9 accept as the n-th type, j or ArrowRight next, k or ArrowLeft previous, u undo.
 // uses widgets/_helpers.js (h, bytesOf, typed: put in front of this file by LabWidget)
 
-const STYLE = `
-.dlr{font:12px/1.4 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;color:#e8eaed;
-  background:#17191d;border:1px solid #2c2f36;border-radius:8px;padding:8px 10px;display:flex;
-  flex-direction:column;gap:8px;box-sizing:border-box;min-width:300px;outline:none}
-.dlr.armed{border-color:#4aa3ff}
-.dlr *{box-sizing:border-box}
-.dlr-head{display:flex;align-items:baseline;gap:8px}
-.dlr-title{font-weight:600;font-size:13px}
-.dlr-user{color:#9aa0a6;margin-left:auto}
-.dlr-row{display:flex;align-items:center;gap:6px;flex-wrap:wrap}
-.dlr-box{background:#1f2329;border:1px solid #2c2f36;border-radius:6px;padding:6px 8px}
-.dlr-muted{color:#9aa0a6}
-.dlr-pill{border-radius:10px;padding:0 8px;font-weight:600}
-.dlr-pill.pending{background:#ff5ad933;color:#ff9ceb}
-.dlr-pill.accepted{background:#3ddc8433;color:#3ddc84}
-.dlr-pill.rejected{background:#9aa0a633;color:#c4c7cc}
-.dlr button{background:#2a2f37;color:#e8eaed;border:1px solid #3a3f47;border-radius:5px;
-  padding:3px 9px;font:inherit;cursor:pointer}
-.dlr button:hover:not(:disabled){border-color:#4aa3ff}
-.dlr button:disabled{opacity:.45;cursor:default}
-.dlr button.ok{background:#1f5133;border-color:#2f7a4d}
-.dlr button.no{background:#4a2328;border-color:#7a2f39}
-.dlr-type{display:inline-flex;align-items:center;gap:4px}
-.dlr-dot{width:9px;height:9px;border-radius:50%;display:inline-block}
-.dlr-key{color:#9aa0a6;font-size:10px}
-.dlr-status{min-height:16px}
-.dlr-status.err{color:#ff8a80}
-.dlr-list{display:flex;flex-direction:column;gap:2px;max-height:120px;overflow:auto}
-.dlr-item{display:flex;gap:6px;cursor:pointer}
-.dlr-item:hover{color:#4aa3ff}
-.dlr-bar{height:6px;background:#2c2f36;border-radius:3px;overflow:hidden;display:flex}
-.dlr-bar>span{height:100%}
-`;
-
 function render({ model, el }) {
   // the style travels with the panel (Panel renders widgets inside shadow roots)
   const root = h("div", { class: "dlr", tabindex: "0", "data-dl-keyscope": "review" });
-  root.append(h("style", {}, STYLE));
   el.append(root);
   let nonce = 0;
   const send = (op, extra = {}) => {

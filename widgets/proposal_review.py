@@ -35,6 +35,7 @@ class ProposalReviewPanel(LabWidget):
     """
 
     _esm = Path(__file__).with_name("proposal_review.js")
+    _css = Path(__file__).with_name("proposal_review.css")
 
     user = t.Unicode("").tag(sync=True)
     available = t.Bool(False).tag(sync=True)

@@ -9,29 +9,8 @@
 //   click       {index, lesion_id, nonce}  written here
 // uses widgets/_helpers.js (h, bytesOf, typed: put in front of this file by LabWidget)
 
-const STYLE = `
-.dlg{font:12px/1.35 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;color:#e8eaed;
-  background:#17191d;border:1px solid #2c2f36;border-radius:8px;padding:8px 10px;display:flex;
-  flex-direction:column;gap:8px;box-sizing:border-box}
-.dlg *{box-sizing:border-box}
-.dlg-head{display:flex;align-items:center;gap:8px;flex-wrap:wrap}
-.dlg-title{font-weight:600;font-size:13px}
-.dlg-q{color:#9aa0a6;font-family:ui-monospace,Menlo,monospace;font-size:11px}
-.dlg select{background:#23262c;color:#e8eaed;border:1px solid #3a3e46;border-radius:4px;padding:1px 4px;font:inherit;margin-left:auto}
-.dlg-grid{display:grid;grid-template-columns:repeat(auto-fill,minmax(104px,1fr));gap:8px}
-.dlg-card{background:#1f2329;border:1px solid #2c2f36;border-radius:6px;padding:4px;cursor:pointer;
-  display:flex;flex-direction:column;gap:2px}
-.dlg-card:hover{border-color:#4aa3ff}
-.dlg-card canvas{width:100%;aspect-ratio:1;border-radius:4px;background:#000;display:block;image-rendering:auto}
-.dlg-lab{display:flex;align-items:center;gap:4px;white-space:nowrap;overflow:hidden;text-overflow:ellipsis}
-.dlg-dot{width:8px;height:8px;border-radius:50%;flex:none}
-.dlg-meta{color:#9aa0a6;font-size:11px;font-variant-numeric:tabular-nums}
-.dlg-empty{color:#9aa0a6;padding:12px 0}
-`;
-
 function render({ model, el }) {
   const root = h("div", { class: "dlg" });
-  root.append(h("style", { text: STYLE }));
   const q = h("span", { class: "dlg-q" });
   const scope = h("select", { title: "which lesions to search" });
   for (const s of ["all", "other patients", "same patient"]) scope.append(h("option", { value: s, text: s }));

@@ -28,6 +28,7 @@ class SimilarGallery(LabWidget):
     """
 
     _esm = Path(__file__).with_name("similar_gallery.js")
+    _css = Path(__file__).with_name("similar_gallery.css")
 
     query = t.Dict().tag(sync=True)
     items = t.List(t.Dict()).tag(sync=True)

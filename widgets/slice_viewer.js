@@ -16,34 +16,6 @@
 // Windowing happens here, so a window drag never waits for the server.
 // uses widgets/_helpers.js (h, bytesOf, typed: put in front of this file by LabWidget)
 
-const STYLE = `
-.dlv{font:12px/1.35 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;color:#e8eaed;
-  background:#17191d;border:1px solid #2c2f36;border-radius:8px;padding:8px;display:inline-flex;
-  flex-direction:column;gap:6px;user-select:none;box-sizing:border-box}
-.dlv *{box-sizing:border-box}
-.dlv-head{display:flex;align-items:baseline;gap:8px;min-height:18px}
-.dlv-title{font-weight:600;font-size:13px;white-space:nowrap;overflow:hidden;text-overflow:ellipsis}
-.dlv-sub{color:#9aa0a6;white-space:nowrap;overflow:hidden;text-overflow:ellipsis}
-.dlv-bar{display:flex;align-items:center;gap:8px;flex-wrap:wrap}
-.dlv select,.dlv input[type=range]{accent-color:#4aa3ff}
-.dlv select{background:#23262c;color:#e8eaed;border:1px solid #3a3e46;border-radius:4px;padding:1px 4px;font:inherit}
-.dlv label{display:inline-flex;align-items:center;gap:3px;cursor:pointer;color:#c9ccd1}
-.dlv-wl{color:#9aa0a6;font-variant-numeric:tabular-nums;min-width:120px}
-.dlv-stage{position:relative;background:#000;border-radius:4px;overflow:hidden;outline:none;cursor:grab}
-.dlv-stage:focus{box-shadow:0 0 0 2px #4aa3ff66}
-.dlv-stage canvas{display:block}
-.dlv-msg{position:absolute;inset:0;display:flex;align-items:center;justify-content:center;
-  color:#9aa0a6;font-size:13px;pointer-events:none;text-align:center;padding:20px}
-.dlv-hu{position:absolute;left:8px;top:6px;font-variant-numeric:tabular-nums;color:#e8eaed;
-  text-shadow:0 0 3px #000,0 0 2px #000;pointer-events:none;font-size:11.5px}
-.dlv-slider{display:flex;align-items:center;gap:8px}
-.dlv-slider input{flex:1}
-.dlv-num{font-variant-numeric:tabular-nums;color:#c9ccd1;min-width:92px;text-align:right}
-.dlv-legend{display:flex;gap:12px;flex-wrap:wrap;color:#9aa0a6;align-items:center}
-.dlv-sw{display:inline-block;width:16px;height:10px;margin-right:4px;vertical-align:-1px;border-radius:1px}
-.dlv-help{color:#6f757d;font-size:11px}
-`;
-
 // one colour per layer, the same in the legend and on the image (the class is in the tag)
 const COLORS = { annotations: "#f5c542", predictions: "#4aa3ff", candidates: "#ff5ad9" };
 const REVIEW_COLORS = { accepted: "#3ddc84", rejected: "#9aa0a6" };
@@ -51,7 +23,6 @@ const REVIEW_COLORS = { accepted: "#3ddc84", rejected: "#9aa0a6" };
 function render({ model, el }) {
   const size = Math.max(200, model.get("canvas_size") || 512);
   const root = h("div", { class: "dlv", style: `width:${size + 18}px` });
-  root.append(h("style", { text: STYLE }));
   const title = h("span", { class: "dlv-title" });
   const sub = h("span", { class: "dlv-sub" });
   root.append(h("div", { class: "dlv-head" }, title, sub));

@@ -38,6 +38,7 @@ class SliceViewer(LabWidget):
     """
 
     _esm = Path(__file__).with_name("slice_viewer.js")
+    _css = Path(__file__).with_name("slice_viewer.css")
 
     image = t.Bytes(b"").tag(sync=True)
     image_shape = t.List(t.Int(), default_value=[0, 0]).tag(sync=True)

@@ -12,25 +12,6 @@
 // maximum-intensity projection ray-cast in WebGL2 (a fixed coronal MIP on the CPU without it).
 // uses widgets/_helpers.js (h, bytesOf, typed: put in front of this file by LabWidget)
 
-const STYLE = `
-.dvv{font:12px/1.35 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;color:#e8eaed;
-  background:#17191d;border:1px solid #2c2f36;border-radius:8px;padding:8px;display:inline-flex;
-  flex-direction:column;gap:6px;user-select:none;box-sizing:border-box}
-.dvv *{box-sizing:border-box}
-.dvv-head{display:flex;align-items:baseline;gap:8px;min-height:18px}
-.dvv-title{font-weight:600;font-size:13px;white-space:nowrap}
-.dvv-sub{color:#9aa0a6;white-space:nowrap;overflow:hidden;text-overflow:ellipsis}
-.dvv-bar{display:flex;align-items:center;gap:8px;flex-wrap:wrap}
-.dvv select{background:#23262c;color:#e8eaed;border:1px solid #3a3e46;border-radius:4px;padding:1px 4px;font:inherit}
-.dvv-wl{color:#9aa0a6;font-variant-numeric:tabular-nums}
-.dvv-grid{display:grid;grid-template-columns:auto auto;gap:6px}
-.dvv-panel{position:relative;background:#000;border-radius:4px;overflow:hidden;cursor:crosshair}
-.dvv-panel canvas{display:block;position:absolute;left:0;top:0}
-.dvv-lab{position:absolute;left:6px;top:4px;color:#e8eaed;text-shadow:0 0 3px #000;pointer-events:none;font-size:11.5px}
-.dvv-msg{color:#f28b82;min-height:0}
-.dvv-help{color:#6f757d;font-size:11px}
-`;
-
 const COLORS = { axial: "#4aa3ff", coronal: "#7bd88f", sagittal: "#ff9f43", box: "#f5c542" };
 
 // ---- 3-D: WebGL2 maximum-intensity ray casting -------------------------------------------------
@@ -105,7 +86,6 @@ function render({ model, el }) {
   const S = Math.max(160, model.get("canvas_size") || 300);
   const dpr = Math.max(1, window.devicePixelRatio || 1);
   const root = h("div", { class: "dvv", style: `width:${2 * S + 24}px` });
-  root.append(h("style", { text: STYLE }));
   const title = h("span", { class: "dvv-title" }), sub = h("span", { class: "dvv-sub" });
   root.append(h("div", { class: "dvv-head" }, title, sub));
   const presetSel = h("select", { title: "window preset (or right-/shift-drag on a plane)" });

@@ -71,6 +71,7 @@ class VolumeView(LabWidget):
     """
 
     _esm = Path(__file__).with_name("volume_view.js")
+    _css = Path(__file__).with_name("volume_view.css")
 
     volume = t.Bytes(b"").tag(sync=True)
     volume_shape = t.List(t.Int(), default_value=[0, 0, 0]).tag(sync=True)

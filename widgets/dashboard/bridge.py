@@ -79,7 +79,8 @@ def panel_twin(widget_cls) -> type:
     """A ``panel.custom.AnyWidgetComponent`` class with the same front end as ``widget_cls``.
 
     Every synced trait becomes a parameter of the same name and type, and the ESM file is the
-    widget's own (``widget_cls._esm``).
+    widget's own (``widget_cls._esm``), with its style sheet (``widget_cls._css``) as the
+    twin's ``_stylesheets``.
 
     Raises
     ------
@@ -105,6 +106,10 @@ def panel_twin(widget_cls) -> type:
     for name, trait in traits.items():
         attrs[name] = _twin_param(trait)
     attrs["_esm"] = source
+    css = getattr(widget_cls, "_css", None)
+    if isinstance(css, str) and css.strip():
+        # raw CSS (not a file path), so no request for it reaches the component route
+        attrs["_stylesheets"] = [css]
     attrs["_frontend_writes"] = frontend_writes(source)
     cls = type(f"Panel{widget_cls.__name__}", (pn.custom.AnyWidgetComponent,), attrs)
     _TWINS[key] = cls
