@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from deeplesion_lab.errors import LabError
-from deeplesion_lab.jobs import format_duration
+from deeplesion_lab.jobs import format_duration, read_job
 from deeplesion_lab.run import RunDir
+
+from ..models.finetune import JOB_NAME, finetune_argv, start_finetune_job
 
 __all__ = ["FinetuneJob"]
 
@@ -14,32 +15,28 @@ __all__ = ["FinetuneJob"]
 class FinetuneJob:
     """Fine-tuning started from the dashboard: the run's ``finetune`` job
     (:mod:`deeplesion_lab.jobs`), so it outlives the browser tab and the server, never runs
-    twice at once, and shows in ``deeplesion-lab jobs`` and notebook 4 like any other job."""
+    twice at once, and shows in ``deeplesion-lab jobs`` and notebook 4 like any other job.
 
-    name = "finetune"
+    The command and the start are LesionLab's (:mod:`widgets.models.finetune`); this class
+    adds the dashboard's status line and log tail.
+    """
+
+    name = JOB_NAME
 
     def __init__(self, run: RunDir):
         self.run = run
 
     def argv(self, user: str) -> list[str]:
         """``deeplesion-lab finetune --run RUN --user USER``: trains on a new snapshot of the
-        current labels, recorded as taken by ``user``."""
-        return ["finetune", "--run", str(self.run.path), "--user", user]
+        current labels, recorded as taken by ``user`` (the command LesionLab's panel runs)."""
+        return finetune_argv(self.run, user)
 
     def record(self):
-        from deeplesion_lab.jobs import read_job
-
         return read_job(self.run, self.name)
 
     def start(self, user: str) -> str:
-        from deeplesion_lab.jobs import JobBusy, start_job
-
-        try:
-            rec = start_job(self.run, self.name, self.argv(user), user=user)
-        except JobBusy:
-            rec = self.record()
-            by = rec.user if rec is not None else "someone"
-            raise LabError(f"fine-tuning already running (started by {by})") from None
+        """Start the job as ``user``; :class:`LabError` when it already runs."""
+        rec = start_finetune_job(self.run, user, self.argv(user))
         return f"fine-tuning started by {user} (job {rec.name}, process {rec.pid})"
 
     def status(self) -> str:

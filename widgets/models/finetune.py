@@ -12,6 +12,37 @@ from .signal import Signal
 #: The job's name: the same as the dashboard's and notebook 4's, so only one runs at a time.
 JOB_NAME = "finetune"
 
+__all__ = ["JOB_NAME", "FinetuneModel", "finetune_argv", "start_finetune_job"]
+
+
+def finetune_argv(run: RunDir, user: str, epochs: int | None = None) -> list[str]:
+    """``deeplesion-lab finetune --run RUN --user USER [--epochs N]``: fine-tuning on a new
+    snapshot of the current labels, recorded as taken by ``user``."""
+    argv = ["finetune", "--run", str(run.path), "--user", user]
+    if epochs is not None:
+        argv += ["--epochs", str(int(epochs))]
+    return argv
+
+
+def start_finetune_job(run: RunDir, user: str, argv: list[str]):
+    """Start ``argv`` as the run's :data:`JOB_NAME` job (LesionLab's panel and the dashboard).
+
+    Returns
+    -------
+    JobRecord
+
+    Raises
+    ------
+    LabError
+        When the job already runs, naming who started it.
+    """
+    try:
+        return start_job(run, JOB_NAME, argv, user=user)
+    except JobBusy:
+        rec = read_job(run, JOB_NAME)
+        by = rec.user if rec is not None and rec.user else "someone"
+        raise LabError(f"fine-tuning already running (started by {by})") from None
+
 
 class FinetuneModel:
     """Start ``deeplesion-lab finetune`` as the run's ``finetune`` job and follow its progress.
@@ -37,10 +68,8 @@ class FinetuneModel:
         self.changed = Signal()
 
     def argv(self) -> list[str]:
-        argv = ["finetune", "--run", str(self.run.path), "--user", self.labels.user]
-        if self.epochs is not None:
-            argv += ["--epochs", str(int(self.epochs))]
-        return argv
+        """The job's command line (:func:`finetune_argv`)."""
+        return finetune_argv(self.run, self.labels.user, self.epochs)
 
     def blocked(self) -> str | None:
         """Why fine-tuning cannot start now (None: it can)."""
@@ -68,9 +97,9 @@ class FinetuneModel:
         if why is not None:
             raise LabError(f"cannot fine-tune: {why}")
         try:
-            rec = start_job(self.run, JOB_NAME, self.argv(), user=self.labels.user)
-        except JobBusy:
-            raise LabError("cannot fine-tune: fine-tuning already runs") from None
+            rec = start_finetune_job(self.run, self.labels.user, self.argv())
+        except LabError as exc:
+            raise LabError(f"cannot fine-tune: {exc}") from None
         self.changed.emit()
         return (f"fine-tuning started by {self.labels.user} (process {rec.pid}); it runs in the "
                 "background and goes on if this tab closes")
