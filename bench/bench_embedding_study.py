@@ -20,6 +20,11 @@ run at once. Each result is appended to ``--jsonl``; the Markdown summary is pri
 the true type of a random 10 % / 30 % of the lesions (non-test lesions only, as ``embed`` takes
 them) joins the sampler's types.
 
+``ctx80*`` add the fixed-size context crop (``PatchConfig(context_mm=80)``, the ``embed``
+default since 2026-12-07): ``ctx80nm`` without the metadata input, ``ctx80nce`` with an InfoNCE
+loss between two augmentations of each anchor (``contrastive_weight=1``), ``ctx80ceiling`` the
+supervised ceiling with the crop. The other candidates have no context crop (the network before).
+
 ``ceiling`` is the supervised ceiling: the same network and inputs, trained with the TRUE types of
 every seed and val lesion (the truth file, train lesions included) in the sampler and in a
 cross-entropy head; never a test lesion's type.
@@ -37,7 +42,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-REPO = HERE.parent
+#: Where the candidates' code is imported from (another checkout with EMBED_STUDY_REPO).
+REPO = Path(os.environ.get("EMBED_STUDY_REPO", HERE.parent))
 
 #: Candidate name -> LesionEmbedder parameters (and "patch": PatchConfig overrides).
 CANDIDATES: dict[str, dict] = {
@@ -58,6 +64,12 @@ CANDIDATES: dict[str, dict] = {
     # 10 % / 30 % of all lesions, taken among non-test lesions, added to the sampler's types
     "corr10": {"type_weight": 1.0, "corrections": 0.1},
     "corr30": {"type_weight": 1.0, "corrections": 0.3},
+    # issue 15, 2026-12-07: a second input, the key slice at a fixed physical field of view
+    # (80 mm, 32 px, lung/soft-tissue/bone windows) around the lesion, through a small branch
+    "ctx80": {"type_weight": 1.0, "patch": {"context_mm": 80.0}},
+    "ctx80nm": {"type_weight": 1.0, "use_metadata": False, "patch": {"context_mm": 80.0}},
+    "ctx80nce": {"type_weight": 1.0, "contrastive_weight": 1.0, "patch": {"context_mm": 80.0}},
+    "ctx80ceiling": {"type_weight": 1.0, "ceiling": True, "patch": {"context_mm": 80.0}},
 }
 
 CHILD = r'''

@@ -359,3 +359,83 @@ def test_bad_checkpoints(small_patches, tmp_path):
     torch.save(emb.net_.backbone.state_dict(), plain)
     with pytest.raises(CheckpointError, match="not a lesion-embedder checkpoint"):
         LesionEmbedder.load(plain)
+
+
+# context crop (issue 15) ---------------------------------------------------------------------
+def test_context_crop_has_a_fixed_physical_field_of_view(demo):
+    df = read_manifest(demo["manifest"]).iloc[:6]
+    ps = build_patches(df, PatchConfig(context_mm=80.0))
+    assert ps.context.shape == (6, 3, 32, 32) and ps.context.dtype == np.uint8
+    assert all(len(np.unique(c)) > 10 for c in ps.context)
+    # the same lesion drawn with a twice larger box (same centre): its lesion patch zooms out,
+    # its context crop (80 mm whatever the lesion's size) stays the same
+    big = df.copy()
+    w = (big["bbox_x2"] - big["bbox_x1"]) / 2
+    h = (big["bbox_y2"] - big["bbox_y1"]) / 2
+    big["bbox_x1"] -= w
+    big["bbox_x2"] += w
+    big["bbox_y1"] -= h
+    big["bbox_y2"] += h
+    pb = build_patches(big, PatchConfig(context_mm=80.0))
+    assert np.abs(pb.patches.astype(int) - ps.patches.astype(int)).mean() > 5
+    assert np.abs(pb.context.astype(int) - ps.context.astype(int)).mean() < 2
+    # a wider field of view sees more: the 80 mm crop differs from a 160 mm one
+    wide = build_patches(df, PatchConfig(context_mm=160.0))
+    assert np.abs(wide.context.astype(int) - ps.context.astype(int)).mean() > 5
+    assert build_patches(df, PatchConfig()).context is None
+    with pytest.raises(LabError, match="context_mm"):
+        PatchConfig(context_mm=-1.0)
+
+
+def test_context_crop_is_cached_and_old_cache_names_stay(demo, tmp_path):
+    import hashlib
+
+    df = read_manifest(demo["manifest"]).iloc[:5]
+    a = build_patches(df, PatchConfig(context_mm=80.0), cache_dir=tmp_path, chunk_size=2)
+    f = sorted(tmp_path.glob("patches-*.npz"))
+    assert len(f) == 3
+    with np.load(f[0]) as z:
+        np.savez(f[0], patches=z["patches"], boxes=z["boxes"],
+                 context=np.full_like(z["context"], 9))
+    b = build_patches(df, PatchConfig(context_mm=80.0), cache_dir=tmp_path, chunk_size=2)
+    assert (b.context[:2] == 9).all()
+    np.testing.assert_array_equal(a.context[2:], b.context[2:])
+    # without a context crop the cache files keep the names they had before it existed
+    old = {"size": 64, "channels": "context", "n_slices": 3, "slice_mm": 2.0, "window": "wide",
+           "margin": 0.5, "min_fov_mm": 0.0}
+    expected = hashlib.sha1(json.dumps(old, sort_keys=True).encode()).hexdigest()[:10]
+    assert PatchConfig().key() == expected
+    assert PatchConfig(context_mm=80.0).key() != expected
+
+
+def test_embedder_context_branch_uses_the_crop_and_round_trips(demo, tmp_path):
+    df = read_manifest(demo["manifest"]).iloc[:16]
+    ps = build_patches(df, PatchConfig(context_mm=80.0))
+    emb = LesionEmbedder(epochs=1, batch_size=4, num_threads=1).fit(ps)
+    assert emb.net_.context_channels == 3
+    e = emb.transform(ps)
+    assert e.shape == (16, 128)
+    other = ps.subset(np.arange(16))
+    other.context = other.context[::-1].copy()
+    assert np.abs(emb.transform(other) - e).max() > 1e-4  # the crop is an input
+    back = LesionEmbedder.load(emb.save(tmp_path / "ctx.pt"))
+    assert back.patch_config_.context_mm == 80.0
+    np.testing.assert_allclose(back.transform(ps), e, atol=1e-5)
+    with pytest.raises(LabError, match="context"):
+        emb.transform(build_patches(df, PatchConfig()))
+    # a checkpoint from before the context crop (no context_mm in its patch config) loads
+    plain = LesionEmbedder(num_threads=1).initialize(build_patches(df, PatchConfig()))
+    path = plain.save(tmp_path / "old.pt")
+    state = torch.load(path, weights_only=True)
+    for k in ("context_mm", "context_size"):
+        state["patch_config"].pop(k)
+    torch.save(state, path)
+    old = LesionEmbedder.load(path)
+    assert old.patch_config_.context_mm == 0.0 and old.net_.context_channels == 0
+
+
+def test_contrastive_loss_trains(small_patches):
+    emb = LesionEmbedder(epochs=1, batch_size=4, num_threads=1, contrastive_weight=1.0)
+    emb.fit(small_patches)
+    assert np.isfinite(emb.history_[0]["triplet_loss"])
+    assert np.isfinite(emb.history_[0]["contrastive_loss"])

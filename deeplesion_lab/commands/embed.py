@@ -32,6 +32,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--channels", choices=("context", "windows"), default="windows",
                    help="patch channels: 3 context slices in one wide window, or the key slice "
                         "in lung/soft-tissue/bone windows (default)")
+    p.add_argument("--context-mm", type=float, default=80.0,
+                   help="side in mm of a second crop of the key slice at a fixed physical size "
+                        "around the lesion (the tissue it sits in), seen by a small second "
+                        "branch of the network (default 80; 0: no context crop, the network "
+                        "before issue 15's context branch)")
     p.add_argument("--batch-size", type=int, default=32, help="sequences (5 patches) per step")
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--seed", type=int, default=0)
@@ -77,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
 
     settings = EmbedSettings(
         epochs=args.epochs, arch=args.arch, embed_dim=args.embed_dim, channels=args.channels,
-        batch_size=args.batch_size, lr=args.lr, seed=args.seed, type_weight=args.type_weight,
+        context_mm=args.context_mm, batch_size=args.batch_size, lr=args.lr, seed=args.seed, type_weight=args.type_weight,
         uniformity_weight=args.uniformity_weight, sampler_types=args.sampler_types,
         use_pseudo_labels=args.use_pseudo_labels, labels_from_store=args.labels_from_store,
         db=args.db, retrain=args.retrain, present_only=args.present_only,

@@ -56,6 +56,12 @@ class PatchConfig:
     min_fov_mm : float, default 0
         Smallest side of the crop in mm, so that small lesions keep some surrounding anatomy
         (0: at least 16 pixels, as :func:`deeplesion_lab.images.crop_patch` does).
+    context_mm : float, default 0
+        Side in mm of a second crop of the key slice at a fixed physical size, centred on the
+        lesion, in the lung, soft-tissue and bone windows (:attr:`PatchSet.context`): the tissue
+        the lesion sits in, whatever its size. 0: no context crop.
+    context_size : int, default 32
+        Side in pixels of the context crop.
     """
 
     size: int = 64
@@ -65,6 +71,8 @@ class PatchConfig:
     window: str = "wide"
     margin: float = 0.5
     min_fov_mm: float = 0.0
+    context_mm: float = 0.0
+    context_size: int = 32
 
     def __post_init__(self):
         if self.channels not in ("context", "windows"):
@@ -75,6 +83,15 @@ class PatchConfig:
             raise LabError(f"patch size must be at least 16 pixels, got {self.size}")
         if self.window.replace("_", " ").lower() not in WINDOW_PRESETS:
             raise LabError(f"unknown window {self.window!r}; known: {', '.join(WINDOW_PRESETS)}")
+        if self.context_mm < 0:
+            raise LabError(f"context_mm must be >= 0 (0: no context crop), got {self.context_mm}")
+        if self.context_mm and self.context_size < 8:
+            raise LabError(f"context_size must be at least 8 pixels, got {self.context_size}")
+
+    @property
+    def context_channels(self) -> int:
+        """Channels of the context crop (0 without one)."""
+        return len(MULTI_WINDOWS) if self.context_mm else 0
 
     @property
     def in_channels(self) -> int:
@@ -82,7 +99,11 @@ class PatchConfig:
 
     def key(self) -> str:
         """A short hash of the settings (names cache files)."""
-        text = json.dumps(self.__dict__, sort_keys=True)
+        d = dict(self.__dict__)
+        if not self.context_mm:  # patches cached before the context crop keep their names
+            d.pop("context_mm")
+            d.pop("context_size")
+        text = json.dumps(d, sort_keys=True)
         return hashlib.sha1(text.encode()).hexdigest()[:10]
 
 
@@ -102,6 +123,8 @@ class PatchSet:
     missing_context : (N,) int16 array or None
         Context slices of each lesion that were missing on disk and stood in for by the nearest
         present slice (-1: not known, a patch cached before this was counted).
+    context : (N, 3, T, T) uint8 array or None
+        The fixed-size context crops (``config.context_mm``), None without them.
     """
 
     lesion_ids: np.ndarray
@@ -113,6 +136,7 @@ class PatchSet:
     patients: np.ndarray
     config: PatchConfig = field(default_factory=PatchConfig)
     missing_context: np.ndarray | None = None
+    context: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.lesion_ids)
@@ -124,6 +148,7 @@ class PatchSet:
             self.lesion_ids[idx], self.patches[idx], self.boxes[idx], self.locations[idx],
             self.sizes_mm[idx], self.types[idx], self.patients[idx], self.config,
             None if self.missing_context is None else self.missing_context[idx],
+            None if self.context is None else self.context[idx],
         )
 
     def with_types(self, types: np.ndarray) -> PatchSet:
@@ -133,7 +158,7 @@ class PatchSet:
             raise LabError(f"types has shape {t.shape}, expected {self.types.shape}")
         return PatchSet(
             self.lesion_ids, self.patches, self.boxes, self.locations, self.sizes_mm, t,
-            self.patients, self.config, self.missing_context,
+            self.patients, self.config, self.missing_context, self.context,
         )
 
 
@@ -179,7 +204,8 @@ class LesionPatchDataset:
     from the slices (:class:`deeplesion_lab.transforms.LoadContext`, then
     :func:`deeplesion_lab.images.crop_patch` in HU and the window(s)).
 
-    Items are ``(uint8 patch (C, S, S), box (4,) float32, missing context slices (int))``:
+    Items are ``(uint8 patch (C, S, S), box (4,) float32, missing context slices (int),
+    uint8 context crop (3, T, T) or None)``:
     a neighbour slice missing on disk is replaced by the nearest present one, as
     :func:`deeplesion_lab.images.load_context` does, and counted instead of warned about.
     """
@@ -199,7 +225,7 @@ class LesionPatchDataset:
     def __len__(self) -> int:
         return len(self.rows)
 
-    def __getitem__(self, i: int) -> tuple[np.ndarray, np.ndarray, int]:
+    def __getitem__(self, i: int) -> tuple[np.ndarray, np.ndarray, int, np.ndarray | None]:
         row = self.rows.iloc[int(i)].to_dict()
         c = self.config
         try:
@@ -216,12 +242,23 @@ class LesionPatchDataset:
             img = apply_window(hu, self.windows[0], dtype=np.float32)
         patch = (img * 255.0 + 0.5).astype(np.uint8)
         n_missing = len(sample.get("substituted_slices", ()))
-        return patch, _patch_box(box, c.margin, c.size, min_side), n_missing
+        ctx = None
+        if c.context_mm:
+            key = sample["image"][sample["image"].shape[0] // 2]
+            side = c.context_mm / max(float(row["spacing_x"]), 1e-6)
+            cx, cy = (box[0] + box[2]) / 2.0, (box[1] + box[3]) / 2.0
+            square = (cx - side / 2, cy - side / 2, cx + side / 2, cy + side / 2)
+            hu = crop_patch(key, square, margin=0.0, min_size=side, out_size=c.context_size,
+                            fill=-1024.0)
+            ctx = (np.stack([apply_window(hu, window_bounds(w), dtype=np.float32)
+                             for w in MULTI_WINDOWS]) * 255.0 + 0.5).astype(np.uint8)
+        return patch, _patch_box(box, c.margin, c.size, min_side), n_missing, ctx
 
 
 def _collate(batch):
     return (np.stack([b[0] for b in batch]), np.stack([b[1] for b in batch]),
-            np.array([b[2] for b in batch], dtype=np.int16))
+            np.array([b[2] for b in batch], dtype=np.int16),
+            None if batch[0][3] is None else np.stack([b[3] for b in batch]))
 
 
 def context_summary(patches: PatchSet) -> str | None:
@@ -300,6 +337,9 @@ def build_patches(
     patches = np.empty((n, config.in_channels, config.size, config.size), dtype=np.uint8)
     boxes = np.empty((n, 4), dtype=np.float32)
     missing = np.full(n, -1, dtype=np.int16)
+    ct = config.context_size
+    context = (np.empty((n, config.context_channels, ct, ct), dtype=np.uint8)
+               if config.context_mm else None)
     cache = Path(cache_dir) if cache_dir is not None else None
     chunks = [(s, min(s + chunk_size, n)) for s in range(0, n, chunk_size)]
     todo = []
@@ -310,6 +350,8 @@ def build_patches(
                 patches[s:e], boxes[s:e] = z["patches"], z["boxes"]
                 if "missing_context" in z.files:
                     missing[s:e] = z["missing_context"]
+                if context is not None:
+                    context[s:e] = z["context"]
         else:
             todo.append((s, e, f))
     if todo:
@@ -321,18 +363,22 @@ def build_patches(
                 ds, batch_size=64, shuffle=False, num_workers=num_workers, collate_fn=_collate
             )
             pos = s
-            for p, b, m in loader:
+            for p, b, m, cx in loader:
                 patches[pos : pos + len(p)], boxes[pos : pos + len(p)] = p, b
                 missing[pos : pos + len(p)] = m
+                if context is not None:
+                    context[pos : pos + len(p)] = cx
                 pos += len(p)
                 bar.update(len(p))
             if f is not None:
                 with atomic_path(f) as tmp:
                     with open(tmp, "wb") as fh:
+                        extra = {} if context is None else {"context": context[s:e]}
                         np.savez(fh, patches=patches[s:e], boxes=boxes[s:e],
-                                 missing_context=missing[s:e])
+                                 missing_context=missing[s:e], **extra)
         bar.close()
-    return PatchSet(patches=patches, boxes=boxes, config=config, missing_context=missing, **meta)
+    return PatchSet(patches=patches, boxes=boxes, config=config, missing_context=missing,
+                    context=context, **meta)
 
 
 def _chunk_file(cache: Path, rows: pd.DataFrame, config: PatchConfig) -> Path:

@@ -84,6 +84,11 @@ class LesionEmbedder(TransformerMixin, BaseEstimator):
         Weight of the uniformity loss of Wang and Isola (ICML 2020), ``log mean exp(-2 |zi -
         zj|^2)`` over the batch's distinct lesions, added to the triplet loss: it spreads the
         embeddings over the sphere against collapse onto a few directions. 0 disables it.
+    contrastive_weight : float, default 0.0
+        Weight of an InfoNCE loss (SimCLR, Chen et al. 2020; temperature 0.1) between each
+        sequence's anchor and a second, independently augmented view of it (flip, intensity,
+        shift of a few pixels, noise), the other anchors of the batch being the negatives: it
+        uses every lesion, labelled or not. 0 disables it.
     propagate_types : int, default 0
         Self-training of the sampler: every ``propagate_types`` epochs the current network
         embeds every lesion, lesions of unknown type get the type of their nearest known-type
@@ -144,6 +149,7 @@ class LesionEmbedder(TransformerMixin, BaseEstimator):
         "aux_weight": [Interval(Real, 0, None, closed="left")],
         "type_weight": [Interval(Real, 0, None, closed="left")],
         "uniformity_weight": [Interval(Real, 0, None, closed="left")],
+        "contrastive_weight": [Interval(Real, 0, None, closed="left")],
         "propagate_types": [Interval(Integral, 0, None, closed="left")],
         "propagate_min_share": [Interval(Real, 0, 1, closed="both")],
         "propagate_neighbors": [Interval(Integral, 1, None, closed="left")],
@@ -172,6 +178,7 @@ class LesionEmbedder(TransformerMixin, BaseEstimator):
         aux_weight: float = 0.0,
         type_weight: float = 1.0,
         uniformity_weight: float = 0.0,
+        contrastive_weight: float = 0.0,
         propagate_types: int = 0,
         propagate_min_share: float = 0.6,
         propagate_neighbors: int = 5,
@@ -197,6 +204,7 @@ class LesionEmbedder(TransformerMixin, BaseEstimator):
         self.aux_weight = aux_weight
         self.type_weight = type_weight
         self.uniformity_weight = uniformity_weight
+        self.contrastive_weight = contrastive_weight
         self.propagate_types = propagate_types
         self.propagate_min_share = propagate_min_share
         self.propagate_neighbors = propagate_neighbors
@@ -219,7 +227,8 @@ class LesionEmbedder(TransformerMixin, BaseEstimator):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed)
             net = EmbeddingNet(config.in_channels, self.embed_dim, self.arch, self.width,
-                               n_meta=N_META if self.use_metadata else 0)
+                               n_meta=N_META if self.use_metadata else 0,
+                               context_channels=config.context_channels)
         if self.pretrained:
             load_pretrained(net, self.pretrained)
         return net
@@ -305,14 +314,14 @@ class LesionEmbedder(TransformerMixin, BaseEstimator):
                     net.train()
                 seqs = sampler.sample(epoch=start + epoch)
                 seqs = seqs[rng.permutation(len(seqs))]
-                losses, type_losses = [], []
+                losses, type_losses, nce_losses = [], [], []
                 for s in range(0, len(seqs), bs):
                     batch = seqs[s : s + bs]
                     if len(batch) < 2:
                         continue
                     opt.zero_grad()
-                    # [triplet, type loss, share with a type loss], weighted by share
-                    vals = np.zeros(3)
+                    # [triplet, type loss, share with a type loss, contrastive], weighted by share
+                    vals = np.zeros(4)
                     for g, part in enumerate(distributed.shards(batch, m)):
                         if g % ctx.world != ctx.rank:
                             continue
@@ -324,11 +333,11 @@ class LesionEmbedder(TransformerMixin, BaseEstimator):
                         pgen = gen if m == 1 else torch.Generator().manual_seed(
                             hash((self.seed, start + epoch, s, g)) & 0x7FFFFFFF)
                         with distributed.keep_buffers(net, g != 0):
-                            trip, t_loss = self._step_loss(
+                            trip, t_loss, nce = self._step_loss(
                                 net, X, part, pgen, aux, type_head, targets, known_t,
                                 use_types, device, scaler, share)
                         vals += share * np.array([trip, t_loss or 0.0,
-                                                  0.0 if t_loss is None else 1.0])
+                                                  0.0 if t_loss is None else 1.0, nce or 0.0])
                     distributed.sum_gradients(params, ctx)
                     vals = ctx.all_sum(vals)
                     scaler.step(opt)
@@ -337,10 +346,13 @@ class LesionEmbedder(TransformerMixin, BaseEstimator):
                     losses.append(float(vals[0]))
                     if vals[2] > 0:
                         type_losses.append(float(vals[1] / vals[2]))
+                    nce_losses.append(float(vals[3]))
                 mean = float(np.mean(losses)) if losses else float("nan")
                 rec = {"epoch": start + epoch + 1, "triplet_loss": mean}
                 if type_losses:
                     rec["type_loss"] = float(np.mean(type_losses))
+                if self.contrastive_weight and nce_losses:
+                    rec["contrastive_loss"] = float(np.mean(nce_losses))
                 if n_prop is not None:
                     rec["propagated_types"] = n_prop
                 if ctx.active:
@@ -354,17 +366,18 @@ class LesionEmbedder(TransformerMixin, BaseEstimator):
 
     def _step_loss(self, net, X: PatchSet, seqs: np.ndarray, gen, aux, type_head, targets,
                    known_t, use_types: bool, device, scaler, weight: float
-                   ) -> tuple[float, float | None]:
+                   ) -> tuple[float, float | None, float | None]:
         """Forward and backward of one micro-batch of sequences (loss scaled by ``weight``);
-        returns its triplet loss and its type loss (``None`` without known types)."""
+        returns its triplet loss, its type loss (``None`` without known types) and its
+        contrastive loss (``None`` without one)."""
         import torch
 
         idx = seqs.ravel()
-        x, boxes, meta = _batch(X, idx, augment=True, gen=gen)
+        x, boxes, meta, cx = _batch(X, idx, augment=True, gen=gen)
         x, boxes, meta = x.to(device), boxes.to(device), meta.to(device)
-        t_val = None
+        t_val = nce_val = None
         with autocast(device, self.amp):
-            e = net(x, boxes, meta if self.use_metadata else None).float()
+            e = net(x, boxes, meta if self.use_metadata else None, _to(cx, device)).float()
         loss = sequential_triplet_loss(e, 5, self.margin)
         trip = loss.item()
         if self.aux_weight:
@@ -375,6 +388,19 @@ class LesionEmbedder(TransformerMixin, BaseEstimator):
             z = e[torch.from_numpy(np.sort(first)).to(device)]
             sq = torch.pdist(z).pow(2)
             loss = loss + self.uniformity_weight * sq.mul(-2.0).exp().mean().log()
+        if self.contrastive_weight:
+            anchors = seqs[:, 0]
+            x2, b2, m2, c2 = _batch(X, anchors, augment=True, gen=gen, strong=True)
+            with autocast(device, self.amp):
+                z2 = net(x2.to(device), b2.to(device), m2.to(device) if self.use_metadata
+                         else None, _to(c2, device)).float()
+            z1 = e[:: seqs.shape[1]]
+            logits = z1 @ z2.T / 0.1
+            lab = torch.arange(len(anchors), device=device)
+            nce = 0.5 * (torch.nn.functional.cross_entropy(logits, lab)
+                         + torch.nn.functional.cross_entropy(logits.T, lab))
+            loss = loss + self.contrastive_weight * nce
+            nce_val = nce.item()
         if use_types:
             kt = known_t[idx]
             has = kt >= 1
@@ -385,7 +411,7 @@ class LesionEmbedder(TransformerMixin, BaseEstimator):
                 loss = loss + self.type_weight * t_loss
                 t_val = t_loss.item()
         scaler.scale(loss * weight).backward()
-        return trip, t_val
+        return trip, t_val, nce_val
 
     def _propagated_types(self, X: PatchSet, types: np.ndarray) -> np.ndarray:
         """``types`` with unknown lesions filled by agreeing known-type neighbours in the
@@ -453,10 +479,11 @@ class LesionEmbedder(TransformerMixin, BaseEstimator):
                     idx = order[s : s + bs]
                     if len(idx) < 2:
                         continue
-                    x, boxes, meta = _batch(X, idx, augment=True, gen=gen)
+                    x, boxes, meta, cx = _batch(X, idx, augment=True, gen=gen)
                     x, boxes, meta = x.to(device), boxes.to(device), meta.to(device)
                     with autocast(device, self.amp):
-                        e = net(x, boxes, meta if self.use_metadata else None).float()
+                        e = net(x, boxes, meta if self.use_metadata else None,
+                                _to(cx, device)).float()
                     logits = head(e) / 0.1  # unit vectors: sharpen
                     loss = nn.functional.cross_entropy(logits, tt[idx], weight=w)
                     opt.zero_grad()
@@ -506,6 +533,14 @@ class LesionEmbedder(TransformerMixin, BaseEstimator):
                 f"patches are {X.config.in_channels}x{X.config.size}px but the embedder was made "
                 f"for {self.patch_config_.in_channels}x{self.patch_config_.size}px"
             )
+        if bool(X.config.context_mm) != bool(self.patch_config_.context_mm) or (
+            X.context is None and self.patch_config_.context_mm
+        ):
+            raise LabError(
+                f"patches have {'a' if X.config.context_mm else 'no'} context crop "
+                f"(context_mm={X.config.context_mm}) but the embedder was made for "
+                f"context_mm={self.patch_config_.context_mm}"
+            )
         out = np.empty((len(X), self.embed_dim), dtype=np.float32)
         rdir = Path(resume_dir) if resume_dir is not None else None
         fp = self.model_hash() if rdir is not None else ""
@@ -520,17 +555,20 @@ class LesionEmbedder(TransformerMixin, BaseEstimator):
                     out[s:e] = np.load(f)
                     bar.update(e - s)
                     continue
+                ctx = X.context[s:e] if X.context is not None else np.zeros((e - s, 0), np.uint8)
                 ds = torch.utils.data.TensorDataset(
                     torch.from_numpy(X.patches[s:e]), torch.from_numpy(X.boxes[s:e]),
                     torch.from_numpy(_meta(X.locations[s:e], X.sizes_mm[s:e])),
+                    torch.from_numpy(ctx),
                 )
                 loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=False,
                                                      pin_memory=device.type == "cuda")
                 pos = s
-                for p, b, m in loader:
+                for p, b, m, c in loader:
                     p, b = p.to(device, non_blocking=True), b.to(device, non_blocking=True)
                     m = m.to(device, non_blocking=True) if self.use_metadata else None
-                    out[pos : pos + len(p)] = net(p.float().div_(255.0), b, m).float().cpu().numpy()
+                    c = c.to(device).float().div_(255.0) if c.ndim == 4 else None
+                    out[pos : pos + len(p)] = net(p.float().div_(255.0), b, m, c).float().cpu().numpy()
                     pos += len(p)
                     bar.update(len(p))
                 if f is not None:
@@ -622,7 +660,8 @@ class LesionEmbedder(TransformerMixin, BaseEstimator):
         valid = set(cls().get_params())
         emb = cls(**{k: v for k, v in params.items() if k in valid})
         try:
-            config = PatchConfig(**obj["patch_config"])
+            # checkpoints from before the context crop had none
+            config = PatchConfig(**{"context_mm": 0.0, **obj["patch_config"]})
         except (TypeError, KeyError) as exc:
             raise CheckpointError(f"{path}: bad patch config in checkpoint ({exc})") from exc
         emb.patch_config_ = config
@@ -670,13 +709,19 @@ def _meta(locations: np.ndarray, sizes_mm: np.ndarray) -> np.ndarray:
     return np.column_stack([loc, size]).astype(np.float32)
 
 
-def _batch(X: PatchSet, idx: np.ndarray, *, augment: bool, gen=None):
-    """Float patches in [0, 1], boxes and location input for ``idx``; random left-right flips
-    (the location's x flips with the image) and intensity jitter, batched, with the geometry
-    and the jitter of :mod:`deeplesion_lab.transforms` (one factor per patch)."""
+def _to(t, device):
+    return None if t is None else t.to(device)
+
+
+def _batch(X: PatchSet, idx: np.ndarray, *, augment: bool, gen=None, strong: bool = False):
+    """Float patches in [0, 1], boxes, location input and context crops (None without them)
+    for ``idx``; random left-right flips (the location's x and the context crop flip with the
+    image) and intensity jitter, batched, with the geometry and the jitter of
+    :mod:`deeplesion_lab.transforms` (one factor per patch)."""
     import torch
 
     x = torch.from_numpy(X.patches[idx]).float().div_(255.0)
+    cx = None if X.context is None else torch.from_numpy(X.context[idx]).float().div_(255.0)
     boxes = torch.from_numpy(X.boxes[idx]).clone()
     meta = torch.from_numpy(_meta(X.locations[idx], X.sizes_mm[idx]))
     if augment:
@@ -689,4 +734,15 @@ def _batch(X: PatchSet, idx: np.ndarray, *, augment: bool, gen=None):
         c = 1.0 + (torch.rand(b, 1, 1, 1, generator=gen) - 0.5) * 0.2
         d = (torch.rand(b, 1, 1, 1, generator=gen) - 0.5) * 0.1
         x = jitter_intensity(x, c, d)
-    return x, boxes, meta
+        if cx is not None:
+            cx[flip] = cx[flip].flip(-1)
+            cx = jitter_intensity(cx, c, d)
+        if strong:  # the second view of a contrastive pair: shift a few pixels, add noise
+            dx, dy = (int(v) for v in torch.randint(-4, 5, (2,), generator=gen))
+            x = torch.roll(x, (dy, dx), (-2, -1))
+            boxes = (boxes + torch.tensor([dx, dy, dx, dy], dtype=boxes.dtype)).clamp_(0, w)
+            x = (x + 0.03 * torch.randn(x.shape, generator=gen)).clamp_(0.0, 1.0)
+            if cx is not None:
+                cx = torch.roll(cx, (dy // 2, dx // 2), (-2, -1))
+                cx = (cx + 0.03 * torch.randn(cx.shape, generator=gen)).clamp_(0.0, 1.0)
+    return x, boxes, meta, cx

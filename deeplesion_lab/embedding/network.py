@@ -106,6 +106,10 @@ class EmbeddingNet(nn.Module):
     n_meta : int, default 0
         Size of an optional per-lesion metadata vector (the normalised location) fed beside the
         image features through a small MLP; 0 for an image-only network.
+    context_channels : int, default 0
+        Channels of an optional context crop (a fixed physical field of view around the
+        lesion, :attr:`~deeplesion_lab.embedding.PatchConfig.context_mm`) seen by a second,
+        small convolution branch whose pooled features join the others; 0: no such branch.
     """
 
     def __init__(
@@ -117,6 +121,7 @@ class EmbeddingNet(nn.Module):
         pool_size: int = 2,
         scale_dim: int = 64,
         n_meta: int = 0,
+        context_channels: int = 0,
     ):
         super().__init__()
         if arch not in ARCHS:
@@ -139,10 +144,23 @@ class EmbeddingNet(nn.Module):
                 nn.Linear(self.n_meta, scale_dim), nn.ReLU(inplace=True),
                 nn.Linear(scale_dim, scale_dim),
             )
-        self.head = nn.Linear(scale_dim * len(chans) + meta_dim, embed_dim)
+        self.context_channels = int(context_channels)
+        ctx_dim = scale_dim if self.context_channels else 0
+        if self.context_channels:
+            w = max(int(width), 4)
+            self.context_net = nn.Sequential(
+                _conv_bn(self.context_channels, w), nn.MaxPool2d(2),
+                _conv_bn(w, 2 * w), nn.MaxPool2d(2),
+                _conv_bn(2 * w, 4 * w), nn.MaxPool2d(2),
+                _conv_bn(4 * w, 4 * w),
+            )
+            # the layout (2 x 2 quadrants around the lesion) and the mean of the field of view
+            self.context_proj = nn.Linear(4 * w * 4 + 4 * w, scale_dim)
+        self.head = nn.Linear(scale_dim * len(chans) + meta_dim + ctx_dim, embed_dim)
 
     def forward(
-        self, x: torch.Tensor, boxes: torch.Tensor | None = None, meta: torch.Tensor | None = None
+        self, x: torch.Tensor, boxes: torch.Tensor | None = None, meta: torch.Tensor | None = None,
+        context: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Embed a batch.
 
@@ -154,6 +172,9 @@ class EmbeddingNet(nn.Module):
             ``(B, 4)`` lesion boxes ``x1, y1, x2, y2`` in patch pixels; default the central half.
         meta : torch.Tensor, optional
             ``(B, n_meta)`` metadata; required when the network was built with ``n_meta``.
+        context : torch.Tensor, optional
+            ``(B, context_channels, T, T)`` float context crops in [0, 1]; required when the
+            network was built with ``context_channels``.
 
         Returns
         -------
@@ -174,12 +195,20 @@ class EmbeddingNet(nn.Module):
                 feat, rois, output_size=self.pool_size, spatial_scale=1.0 / stride,
                 sampling_ratio=2, aligned=True,
             ).flatten(1)
-            context = feat.mean(dim=(2, 3))  # the whole patch: the lesion's surroundings
-            parts.append(F.normalize(proj(torch.cat([pooled, context], 1)), dim=1))
+            whole = feat.mean(dim=(2, 3))  # the whole patch: the lesion's surroundings
+            parts.append(F.normalize(proj(torch.cat([pooled, whole], 1)), dim=1))
         if self.n_meta:
             if meta is None or meta.shape != (b, self.n_meta):
                 raise LabError(f"this network needs a (B, {self.n_meta}) metadata input")
             parts.append(F.normalize(self.meta(meta.to(x)), dim=1))
+        if self.context_channels:
+            if context is None or context.shape[:2] != (b, self.context_channels):
+                raise LabError(f"this network needs a (B, {self.context_channels}, T, T) context "
+                               "crop input")
+            f = self.context_net(context.to(x))
+            centre = F.adaptive_avg_pool2d(f, 2).flatten(1)
+            parts.append(F.normalize(
+                self.context_proj(torch.cat([centre, f.mean(dim=(2, 3))], 1)), dim=1))
         return F.normalize(self.head(torch.cat(parts, 1)), dim=1)
 
 

@@ -36,6 +36,10 @@ class EmbedSettings:
         The :class:`~deeplesion_lab.embedding.LesionEmbedder` parameters of the same names.
     channels : {"windows", "context"}
         Patch channels (:class:`~deeplesion_lab.embedding.PatchConfig`).
+    context_mm : float
+        Side in mm of the fixed-size context crop beside the lesion patch
+        (:attr:`~deeplesion_lab.embedding.PatchConfig.context_mm`; 0: none, the network before
+        issue 15's context branch).
     type_weight, uniformity_weight : float or None
         Loss weights; None keeps the embedder's defaults.
     sampler_types : {"seed+val", "seed", "none"}
@@ -64,6 +68,7 @@ class EmbedSettings:
     arch: str = "small"
     embed_dim: int = 128
     channels: str = "windows"
+    context_mm: float = 80.0
     batch_size: int = 32
     lr: float = 1e-3
     seed: int = 0
@@ -163,7 +168,7 @@ def embed_run(
         raise LabError(f"--epochs must be >= 0, got {s.epochs}")
     if truth is not None and not Path(truth).is_file():
         raise LabError(f"{truth}: truth file not found")
-    config = PatchConfig(channels=s.channels)
+    config = PatchConfig(channels=s.channels, context_mm=float(s.context_mm))
     if run.run_json.is_file() and run.manifest_path() != manifest.resolve():
         run.init(manifest)  # raises the clear "other manifest" error
     patches = build_patches(df, config, cache_dir=run.patch_cache, num_workers=s.workers,
