@@ -67,13 +67,17 @@ def main() -> int:
             params=params, eval_split=EVAL, overwrite=True, out=lambda *a: None)
         secs[name] = time.perf_counter() - t
         evs[name] = evaluate_predictions(read_predictions(fts[name]["after"]["predictions"]),
-                                         m, EVAL)
+                                         m, EVAL, class_aware=True)
     before = evaluate_predictions(read_predictions(fts["control"]["before"]["predictions"]),
                                   m, EVAL)
     d = {k: paired_difference(a.curve, b.curve, n_boot=2000).to_metrics()
          for k, (a, b) in {"corrected - before": (evs["corrected"], before),
                            "control - before": (evs["control"], before),
                            "corrected - control": (evs["corrected"], evs["control"])}.items()}
+    # the class-aware figure (a hit needs the lesion's type): what corrected labels act on
+    d["corrected - control, class-aware"] = paired_difference(
+        evs["corrected"].class_aware.curve, evs["control"].class_aware.curve,
+        n_boot=2000).to_metrics()
     # what the corrections change: the class a detector gives the lesions it finds
     truth = pd.read_parquet(json.loads(run.run_json.read_text())["truth"])
     named = {n: class_hits(read_predictions(fts[n]["after"]["predictions"]), m, truth)
@@ -106,11 +110,15 @@ def main() -> int:
             f"(before {before.to_metrics()['sensitivity']['4']:.3f}) | {cell('corrected - before')} | "
             f"{cell('control - before')} | {cell('corrected - control')} | "
             f"{classes['corrected']} / {classes['control']} ({classes['only_corrected']} vs "
-            f"{classes['only_control']}, p {classes['p_one_sided']:.3f}) |")
+            f"{classes['only_control']}, p {classes['p_one_sided']:.3f}) | "
+            f"{rec['corrected']['class_aware']['sensitivity']['4']:.3f} / "
+            f"{rec['control']['class_aware']['sensitivity']['4']:.3f}; "
+            f"{cell('corrected - control, class-aware')} |")
     head = ("| variant | settings | epochs | before, mean 0.5-4 | corrected | control | 4 FP "
             "corrected / control | corrected - before | control - before | corrected - control | "
-            "type of found lesions right, corrected / control (only one right; sign test) |\n"
-            "|---|---|---|---|---|---|---|---|---|---|---|")
+            "type of found lesions right, corrected / control (only one right; sign test) | "
+            "class-aware 4 FP corrected / control; corrected - control, class-aware mean "
+            "0.5-4 |\n|---|---|---|---|---|---|---|---|---|---|---|---|")
     old = args.results.read_text() if args.results.is_file() else ""
     if head.splitlines()[0] not in old:
         old = old.rstrip() + ("\n\n" if old else "") + (
