@@ -53,8 +53,11 @@ BINARY = ("xy", "codes", "point_visible", "hover_thumb")
 PAGE = """<!doctype html><html><head><meta charset="utf-8"></head><body style="background:#111">
 <div id="host"></div>
 <script type="module">
-const T = {};
+const T = { longTasks: [] };
 globalThis.__T = T;
+// main-thread tasks over 50 ms (what keeps the page from answering)
+new PerformanceObserver((l) => { for (const e of l.getEntries()) T.longTasks.push([e.startTime, e.duration]); })
+  .observe({ type: "longtask", buffered: true });
 const state = {};
 const listeners = {};
 let pending = {};
@@ -67,10 +70,16 @@ const model = {
     const msg = pending; pending = {};
     if (!("selection" in msg)) return;
     const t0 = performance.now();
-    const body = JSON.stringify({ selection: msg.selection });
-    T.selBytes = body.length;
+    T.selStart = t0;
+    const body = msg.selection; // an ArrayBuffer of little-endian uint32 (the map's binary path)
+    T.selBytes = body.byteLength;
     fetch("/update", { method: "POST", body }).then((r) => r.json()).then((j) => {
-      T.selAckMs = performance.now() - t0; T.selKernelMs = j.kernel_ms; T.selN = j.n;
+      const t1 = performance.now();
+      T.selAckMs = t1 - t0; T.selKernelMs = j.kernel_ms; T.selN = j.n;
+      // where the time went (one clock: the page's epoch ms and the server's time.time())
+      T.selToServerMs = j.arrive_ms - (performance.timeOrigin + t0);
+      T.selServerMs = j.done_ms - j.arrive_ms;
+      T.selBackMs = performance.timeOrigin + t1 - j.done_ms;
     });
   },
 };
@@ -113,8 +122,15 @@ T.ready = true;
 
 
 def _front_end(widget, **state) -> None:
+    """A comm ``update`` as the kernel gets it: binary values as buffers of their own."""
+    paths, buffers = [], []
+    for k, v in list(state.items()):
+        if isinstance(v, bytes | memoryview):
+            paths.append([k])
+            buffers.append(memoryview(v))
+            state[k] = None
     widget._handle_msg({"content": {"data": {"method": "update", "state": state,
-                                             "buffer_paths": []}}, "buffers": []})
+                                             "buffer_paths": paths}}, "buffers": buffers})
 
 
 class _Bridge:
@@ -132,16 +148,17 @@ class _Bridge:
     def binary(self, name: str) -> bytes:
         return bytes(getattr(self.widget, name))
 
-    def update(self, body: dict) -> dict:
+    def update(self, body: bytes, arrive_ms: float) -> dict:
         with self.lock:
             t0 = time.perf_counter()
-            _front_end(self.widget, selection=body["selection"])
-            return {"kernel_ms": (time.perf_counter() - t0) * 1000,
+            _front_end(self.widget, selection=body)
+            return {"kernel_ms": (time.perf_counter() - t0) * 1000, "arrive_ms": arrive_ms,
+                    "done_ms": time.time() * 1000,
                     "n": len(self.widget.model.selection)}
 
     def relabel(self, label: str, points: np.ndarray) -> tuple[bytes, dict]:
         with self.lock:
-            _front_end(self.widget, selection=[int(p) for p in points])
+            _front_end(self.widget, selection=np.asarray(points, "<u4").tobytes())
             self.nonce += 1
             t0 = time.perf_counter()
             _front_end(self.panel, request={"op": "relabel", "label": label, "nonce": self.nonce})
@@ -181,10 +198,13 @@ def serve(bridge: _Bridge, esm: str, relabel_points: np.ndarray) -> ThreadingHTT
                 self.send_error(404)
 
         def do_POST(self):
-            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])) or b"{}")
-            if self.path == "/update":
-                self._send(json.dumps(bridge.update(body)).encode(), "application/json")
-            elif self.path == "/relabel":
+            arrive_ms = time.time() * 1000
+            raw = self.rfile.read(int(self.headers["Content-Length"]))
+            if self.path == "/update":  # the selection: the page's uint32 buffer as it is
+                self._send(json.dumps(bridge.update(raw, arrive_ms)).encode(), "application/json")
+                return
+            body = json.loads(raw or b"{}")
+            if self.path == "/relabel":
                 codes, meta = bridge.relabel(body["label"], relabel_points)
                 self._send(codes, "application/octet-stream", {"X-Meta": json.dumps(meta)})
             else:
@@ -274,7 +294,8 @@ def bench_size(browser, n: int, work: Path, renderer: str, size: int = 600) -> d
                  }
                  res(ts); })""")
         out["hover_move_ms"] = _stats(hov)
-        lassos, kernel, acks, counts, sel_bytes = [], [], [], [], []
+        lassos, kernel, acks, counts, sel_bytes, parts = [], [], [], [], [], []
+        busy, frame_draw = [], []
         for k in range(3):
             page.evaluate("() => { delete globalThis.__T.selAckMs; "
                           "delete document.querySelector('.dlm').parentElement.dataset.lastLassoMs;"
@@ -296,8 +317,17 @@ def bench_size(browser, n: int, work: Path, renderer: str, size: int = 600) -> d
             counts.append(int(el.get_attribute("data-selected")))
             kernel.append(T["selKernelMs"])
             acks.append(T["selAckMs"])
+            parts.append((T["selToServerMs"], T["selServerMs"], T["selBackMs"]))
+            t_end = T["selStart"] + T["selAckMs"]
+            busy.append(sum(min(a + d, t_end) - max(a, T["selStart"]) for a, d in T["longTasks"]
+                            if a + d > T["selStart"] and a < t_end))
+            frame_draw.append(float(el.get_attribute("data-last-draw-ms")))
             sel_bytes.append(T["selBytes"])
             assert T["selN"] == counts[-1], (T["selN"], counts[-1])
+        out["lasso_page_busy_ms"] = _stats(busy)  # long tasks while the ack was on its way
+        out["lasso_frame_draw_ms"] = _stats(frame_draw)  # the redraw with the selection
+        out["lasso_ack_parts_ms"] = {k: _stats([p[i] for p in parts]) for i, k in
+                                     enumerate(("to_server", "server", "back"))}
         out.update(lasso_front_ms=_stats(lassos), lasso_kernel_ms=_stats(kernel),
                    lasso_ack_ms=_stats(acks), lasso_points=counts,
                    lasso_message_bytes=int(statistics.median(sel_bytes)))

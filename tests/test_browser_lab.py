@@ -568,4 +568,30 @@ def test_lasso_polygon_selects_the_points_inside(page, tiny):
     n_sel = int(el.get_attribute("data-selected"))
     assert inner.sum() >= 2, "the lasso should surround some points"
     assert int(inner.sum()) <= n_sel <= int(outer.sum()), (inner.sum(), n_sel, outer.sum())
+    # the kernel got the same selection (one uint32 buffer, not a JSON list): its count is in
+    # the correction panel, and relabelling it changes the lesions inside, none outside
+    page.wait_for_function(
+        "n => (document.querySelector('.dlc-sel b') || {}).textContent === String(n)",
+        arg=n_sel, timeout=15_000)
+    from deeplesion_lab.labels import LabelStore
+
+    target = "bone"
+    store = LabelStore.open(Path(tiny.run_dir) / "labels.sqlite")
+    try:
+        before = set(store.current_labels().query("label == @target")["lesion_id"])
+    finally:
+        store.close()
+    page.locator(".dlc select").first.select_option(target)
+    page.locator(".dlc button", has_text="Relabel selection").first.click()
+    page.wait_for_function(
+        "() => (document.querySelector('.dlc-status') || {}).textContent?.startsWith('relabelled')",
+        timeout=15_000)
+    store = LabelStore.open(Path(tiny.run_dir) / "labels.sqlite")
+    try:
+        after = set(store.current_labels().query("label == @target")["lesion_id"])
+    finally:
+        store.close()
+    ids = np.asarray(ids)
+    assert set(ids[inner]) <= after, "a lesion inside the lasso was not relabelled"
+    assert after - before <= set(ids[outer]), "a lesion outside the lasso was relabelled"
     page.locator(".dlm button", has_text="Clear selection").first.click()

@@ -84,7 +84,20 @@ def test_twins_mirror_the_widgets(ctx):
     # a change made in Python reaches the twin
     before = d.map_widget.selection
     d.map_widget.selection = [0, 1]
-    assert list(d.map.selection) == [0, 1] != list(before)
+    assert d.map.selection == np.array([0, 1], "<u4").tobytes() != before
+    assert d.map_widget.selected.tolist() == [0, 1]
+
+
+def test_header_counts_lesions_as_the_map_shows_them(ctx):
+    from widgets.dashboard.app import lesion_count_text
+
+    d = _dash(ctx, "vic")
+    n = len(ctx.data)
+    assert ctx.data.n_points == n and not ctx.present_only
+    assert f"· {n:,} lesions</span>" in d._header_html()
+    assert lesion_count_text(4927, 18, True) == "18 of 4,927 lesions have images"
+    assert lesion_count_text(32, 30, False) == "30 of 32 lesions on the map"
+    assert lesion_count_text(32735, 32735, False) == "32,735 lesions"
 
 
 def test_a_trait_named_like_a_panel_parameter_is_refused():

@@ -14,12 +14,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import traitlets as t
 from widgets_fixtures import make_tiny_run
 
 from deeplesion_lab.images import WINDOW_PRESETS, load_hu, slice_path
 from deeplesion_lab.labels import LabelStore
 from widgets import ESM_FILES, EmbeddingMap, LesionLab, SliceViewer
-from widgets.data import LabData
+from widgets.data import LabData, WidgetDataError
 
 
 @pytest.fixture(scope="module")
@@ -63,10 +64,17 @@ def record(widget) -> Recorder:
 
 
 def from_front_end(widget, **state) -> None:
-    """Deliver a state update as the browser's comm message would."""
+    """Deliver a state update as the browser's comm message would (a binary value, such as the
+    map's selection, travels as a buffer of its own, as ipywidgets sends an ArrayBuffer)."""
+    paths, buffers = [], []
+    for k, v in list(state.items()):
+        if isinstance(v, bytes | bytearray | memoryview):
+            paths.append([k])
+            buffers.append(memoryview(bytes(v)))
+            state[k] = None
     widget._handle_msg(
-        {"content": {"data": {"method": "update", "state": state, "buffer_paths": []}},
-         "buffers": []}
+        {"content": {"data": {"method": "update", "state": state, "buffer_paths": paths}},
+         "buffers": buffers}
     )
 
 
@@ -142,11 +150,46 @@ def test_lasso_selection_reaches_the_panel_and_drops_hidden_points(lab):
     vis = np.frombuffer(lab.map.point_visible, np.uint8).astype(bool)
     split = lab.model.data.lesions["split_name"].to_numpy()[lab.model.data.point_rows]
     assert np.array_equal(vis, split == "train")
-    lasso = list(range(lab.map.n_points))  # a lasso around everything, as the browser sends it
+    # a lasso around everything, as the browser sends it: one buffer of little-endian uint32
+    lasso = np.arange(lab.map.n_points, dtype="<u4").tobytes()
     from_front_end(lab.map, selection=lasso)
-    assert lab.map.selection == [int(i) for i in np.flatnonzero(vis)]
+    assert lab.map.selected.tolist() == [int(i) for i in np.flatnonzero(vis)]
     assert lab.corrections.selection_count == vis.sum()
     assert sum(lab.corrections.selection_labels.values()) == vis.sum()
+    # what the kernel sends back (hidden points dropped) is binary too, and decodes the same
+    assert np.frombuffer(lab.map.selection, "<u4").tolist() == np.flatnonzero(vis).tolist()
+    from_front_end(lab.map, filters={"splits": None})
+
+
+def test_lasso_arrives_as_uint32_bytes_and_selects_exactly_those_points(lab):
+    """The binary selection path: the indices the page sends are the ones selected (not
+    reordered, truncated, read with the wrong width or byte order), and the Python API
+    (``selected``, assigning a list) sees the same selection."""
+    rec = record(lab.map)
+    n = lab.map.n_points
+    pts = np.array([n - 1, 2, 0, 257 % n, 5 % n], dtype="<u4")  # unsorted; 257 needs 2 bytes
+    from_front_end(lab.map, selection=pts.tobytes())
+    want = sorted({int(p) for p in pts})
+    assert lab.model.map.selection.tolist() == want
+    assert lab.map.selected.tolist() == want
+    assert lab.corrections.selection_count == len(want)
+    # sorted and de-duplicated by the model: the kernel answers with the selection as a buffer
+    assert any(["selection"] in d.get("buffer_paths", []) for d, _ in rec.sent)
+    # a big-endian or int64 reading would give other points than these
+    assert np.frombuffer(lab.map.selection, "<u4").tolist() == want
+    # the Python API: a list in, bytes on the wire, the same points out
+    lab.map.selected = [3, 1]
+    assert lab.model.map.selection.tolist() == [1, 3] and lab.map.selection == np.array(
+        [1, 3], "<u4").tobytes()
+    # a selection from the model reaches the front end as bytes
+    lab.model.map.select([4])
+    assert lab.map.selected.tolist() == [4] and isinstance(lab.map.selection, bytes)
+    with pytest.raises(t.TraitError, match="4 bytes each"):
+        lab.map.selection = b"\x01\x00\x00"
+    with pytest.raises(WidgetDataError, match="out of range"):
+        lab.map.selected = [-1]
+    from_front_end(lab.map, selection=b"")
+    assert lab.model.map.selection.tolist() == [] and lab.corrections.selection_count == 0
 
 
 def test_hover_answers_with_text_and_a_thumbnail(lab):

@@ -6,7 +6,8 @@
 //   codes       bytes  uint8 class index of each point (into `classes`)
 //   classes     [{name, color}]
 //   point_visible bytes uint8 1/0 per point (the filters, computed in Python)
-//   selection   [int]  selected point indices (written here after a lasso / box / click-select)
+//   selection   bytes  selected point indices, little-endian uint32 (written here after a
+//                      lasso / box / click-select; one binary buffer, not a JSON list)
 //   current     int    point shown in the viewer (ringed)
 //   click       {point, nonce}   written here on a click
 //   hover_point int    written here (debounced); hover {lesion_id, label, ...} + hover_thumb
@@ -252,7 +253,9 @@ function render({ model, el }) {
   }
   function loadSelection() {
     sel = new Uint8Array(n);
-    for (const i of model.get("selection") || []) if (i >= 0 && i < n) sel[i] = 1;
+    const s = model.get("selection");
+    const idx = Array.isArray(s) ? s : typed(s, Uint32Array); // little-endian, as every browser
+    for (let k = 0; k < idx.length; k++) { const i = idx[k]; if (i >= 0 && i < n) sel[i] = 1; }
     updateFlags();
   }
   function updateFlags() {
@@ -473,9 +476,11 @@ function render({ model, el }) {
     el.dataset.lastLassoMs = (performance.now() - t0).toFixed(2);
   }
   function sendSelection() {
-    const out = [];
-    for (let i = 0; i < n; i++) if (sel[i] && (flags[i] & 1)) out.push(i);
-    model.set("selection", out);
+    let m = 0;
+    for (let i = 0; i < n; i++) if (sel[i] && (flags[i] & 1)) m++;
+    const out = new Uint32Array(m); // one binary buffer (an ArrayBuffer: what Panel's Bytes takes)
+    for (let i = 0, k = 0; i < n; i++) if (sel[i] && (flags[i] & 1)) out[k++] = i;
+    model.set("selection", out.buffer);
     model.save_changes();
   }
 

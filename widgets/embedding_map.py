@@ -8,25 +8,54 @@ from pathlib import Path
 import numpy as np
 import traitlets as t
 
-from .data import LabData
+from .data import LabData, WidgetDataError
 from .lab_widget import LabWidget
 from .models import LabelState, MapModel, open_label_store
 
-__all__ = ["EmbeddingMap"]
+__all__ = ["EmbeddingMap", "point_bytes"]
 
 
-class PointIndices(t.List):
-    """A synced list of point indices, checked in one numpy pass.
+def point_bytes(points) -> bytes:
+    """Point indices as the map's ``selection`` carries them: little-endian uint32 bytes.
 
-    A lasso over a million-point map selects hundreds of thousands of points; ``List(Int())``
-    validates each element as a trait of its own (seconds for one such lasso).
+    Raises
+    ------
+    WidgetDataError
+        When ``points`` is not a flat sequence of non-negative integers below 2**32.
+    """
+    if isinstance(points, bytes | bytearray | memoryview):
+        b = bytes(points)
+        if len(b) % 4:
+            raise WidgetDataError(
+                f"a selection as bytes holds uint32 indices (4 bytes each), got {len(b)} bytes")
+        return b
+    arr = np.asarray(points if not isinstance(points, set | frozenset) else sorted(points))
+    if arr.size == 0:
+        return b""
+    if arr.ndim != 1 or arr.dtype.kind not in "iu":
+        raise WidgetDataError(
+            f"a selection is a list of point indices (integers), got {arr.dtype} of shape "
+            f"{arr.shape}")
+    if arr.min() < 0 or arr.max() >= 2**32:
+        raise WidgetDataError(f"point index {int(arr.min() if arr.min() < 0 else arr.max())} "
+                              "is out of range")
+    return arr.astype("<u4").tobytes()
+
+
+class PointIndices(t.Bytes):
+    """The selected point indices, synced as one binary buffer (little-endian uint32).
+
+    A lasso over a million-point map selects hundreds of thousands of points; as a JSON list
+    they took seconds to reach Python (the kernel decodes and walks every element), as bytes
+    they are one buffer that ``np.frombuffer`` reads as it is. Python may assign bytes, a list
+    or an array of indices; the trait always holds the bytes (see ``EmbeddingMap.selected``).
     """
 
-    def validate_elements(self, obj, value):
-        arr = np.asarray(value)
-        if arr.size and (arr.ndim != 1 or arr.dtype.kind not in "iu"):
-            self.error(obj, value)
-        return value
+    def validate(self, obj, value):
+        try:
+            return point_bytes(value)
+        except WidgetDataError as exc:
+            raise t.TraitError(f"{type(obj).__name__}.selection: {exc}") from None
 
 
 class EmbeddingMap(LabWidget):
@@ -49,6 +78,9 @@ class EmbeddingMap(LabWidget):
     ----------
     clicks : list of str
         Lesion ids clicked, most recent last (handy in a notebook).
+    selected : numpy.ndarray
+        The selected point indices (read and write; ``selection`` is the same as uint32
+        bytes, the form the front end sends and receives).
     """
 
     _esm = Path(__file__).with_name("embedding_map.js")
@@ -122,11 +154,20 @@ class EmbeddingMap(LabWidget):
             self.filters = dict(self.model.filters)
             self._push_visible()
 
+    @property
+    def selected(self) -> np.ndarray:
+        """The selected point indices (int64, ascending), decoded from ``selection``."""
+        return np.frombuffer(self.selection, dtype="<u4").astype(np.int64)
+
+    @selected.setter
+    def selected(self, points) -> None:
+        self.selection = point_bytes(points)
+
     def _on_selection(self, selection: np.ndarray) -> None:
-        sel = [int(i) for i in selection]
-        if sel != list(self.selection):
+        b = point_bytes(np.asarray(selection, dtype=np.int64))
+        if b != self.selection:
             with self._quietly():
-                self.selection = sel
+                self.selection = b
 
     def _on_current(self, point: int) -> None:
         with self._quietly():
@@ -137,10 +178,11 @@ class EmbeddingMap(LabWidget):
     def _selected(self, change) -> None:
         if self._quiet:
             return
-        new = self.model.select(change["new"], "replace")
-        if [int(i) for i in new] != list(change["new"]):
+        sent = np.frombuffer(change["new"], dtype="<u4")
+        new = self.model.select(sent, "replace")
+        if not np.array_equal(new, sent):  # hidden points dropped, duplicates, out of order
             with self._quietly():
-                self.selection = [int(i) for i in new]
+                self.selection = point_bytes(new)
 
     @t.observe("click")
     def _clicked(self, change) -> None:

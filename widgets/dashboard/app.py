@@ -136,6 +136,16 @@ pre.dl-log { background: #0f172a; color: #e2e8f0; padding: 10px; border-radius: 
 """
 
 
+def lesion_count_text(n_lesions: int, n_points: int, present_only: bool) -> str:
+    """The header's lesion count, as the map shows them: ``4,927 lesions``, or on a partial
+    download ``18 of 4,927 lesions have images`` (the run was embedded ``--present-only``),
+    else ``30 of 32 lesions on the map`` (the others have no map coordinates)."""
+    if n_points >= n_lesions:
+        return f"{n_lesions:,} lesions"
+    what = "have images" if present_only else "on the map"
+    return f"{n_points:,} of {n_lesions:,} lesions {what}"
+
+
 def _table(columns: list[str], rows: list[list], empty: str = "nothing yet") -> str:
     """An HTML table; every cell is escaped (cells given as ``("raw", html)`` are not)."""
     if not rows:
@@ -338,8 +348,10 @@ class Dashboard:
 
     def select(self, points) -> list[int]:
         """Select map points (as a lasso in the browser would)."""
-        self.map.selection = [int(p) for p in points]
-        return list(self.map_widget.selection)
+        from ..embedding_map import point_bytes
+
+        self.map.selection = point_bytes(list(points))  # one uint32 buffer, as the page sends
+        return self.map_widget.selected.tolist()
 
     def snapshot(self, name: str) -> object:
         """Freeze the current labels under ``name`` (admins)."""
@@ -430,7 +442,8 @@ class Dashboard:
             if self.ctx.auth is not None
             else ""
         )
-        n = len(self.ctx.data)
+        count = lesion_count_text(len(self.ctx.data), self.ctx.data.n_points,
+                                  self.ctx.present_only)
         running = [r for r in self.ctx.jobs() if r.state in ("starting", "running")]
         jobs = ""
         if running:
@@ -440,7 +453,8 @@ class Dashboard:
         return (
             "<div class='dl-header'>"
             "<span class='brand'>DeepLesion lab</span>"
-            f"<span class='run'>run {esc(self.ctx.run.path.name)} · {n} lesions</span>"
+            f"<span class='run' id='dl-run'>run {esc(self.ctx.run.path.name)} · "
+            f"{esc(count)}</span>"
             "<span class='grow'></span>"
             f"<span class='live' title='{esc(', '.join(online))}'><span class='dot'></span>"
             f"{len(online)} online · labels v{esc(self.seen_version())}</span>{jobs}"

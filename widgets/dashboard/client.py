@@ -259,7 +259,9 @@ class DashboardClient:
 
     async def select(self, points: list[int]) -> None:
         """Select map points, as a lasso in the browser does."""
-        self.data_model("selection").selection = [int(p) for p in points]
+        from ..embedding_map import point_bytes
+
+        self.data_model("selection").selection = point_bytes(list(points))  # uint32 bytes
         await self.flush()
 
     async def request(self, op: str, timeout: float = 30.0, **args) -> dict:

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from deeplesion_lab.availability import run_uses_present_only
 from deeplesion_lab.errors import LabError
 from deeplesion_lab.run import RunDir
 
@@ -70,6 +71,8 @@ class DashboardContext:
         self.local_user = local_user
         self.poll_ms = int(poll_ms)
         self.data = LabData.from_run(self.run)
+        #: The run was embedded on the lesions whose images are present (``--present-only``).
+        self.present_only = run_uses_present_only(self.run.info())
         self.store = open_label_store(self.run) if self.run.pseudo_labels.is_file() else None
         self.job = FinetuneJob(self.run)
         self.sessions: dict[str, str] = {}  # session id -> user name

@@ -165,14 +165,17 @@ class MapModel:
 
         ``mode`` is ``replace``, ``add`` or ``subtract``. Returns the new selection.
         """
-        pts = np.unique(np.asarray(list(points), dtype=np.int64))
+        arr = points if isinstance(points, np.ndarray) else np.asarray(list(points))
+        if arr.size and arr.dtype.kind not in "iu":
+            raise WidgetDataError(f"point indices are integers, got {arr.dtype}")
+        pts = _sorted_unique(arr.astype(np.int64))
         if len(pts) and (pts.min() < 0 or pts.max() >= self.n_points):
             raise WidgetDataError(f"point index out of range 0-{self.n_points - 1}")
         pts = pts[self.visible()[pts]] if len(pts) else pts
         if mode == "add":
-            pts = np.union1d(self.selection, pts)
+            pts = _sorted_unique(np.concatenate([self.selection, pts]))
         elif mode == "subtract":
-            pts = np.setdiff1d(self.selection, pts)
+            pts = self.selection[~np.isin(self.selection, pts)]
         elif mode != "replace":
             raise WidgetDataError(f"selection mode must be replace, add or subtract, got {mode!r}")
         self.selection = pts.astype(np.int64)
@@ -220,6 +223,13 @@ class MapModel:
         """What the tooltip shows for a point."""
         lid = self.lesion_at(point)
         return lesion_summary(self.data, self.labels, lid)
+
+
+def _sorted_unique(a: np.ndarray) -> np.ndarray:
+    """``np.unique`` of an int array by sorting (numpy's hashing unique took 0.4 s for a lasso
+    of 350k points; a sort of the already sorted indices a lasso sends takes milliseconds)."""
+    a = np.sort(a)
+    return a[np.concatenate(([True], a[1:] != a[:-1]))] if len(a) > 1 else a
 
 
 def lesion_summary(data: LabData, labels: LabelState | None, lesion_id: str) -> dict:
