@@ -28,6 +28,7 @@ __all__ = [
     "window_bounds",
     "apply_window",
     "load_context",
+    "missing_context_line",
     "resample_spacing",
     "crop_patch",
     "recist_to_box",
@@ -288,6 +289,38 @@ def load_context(
         else:
             out[k] = (1.0 - frac) * get(f) + frac * get(f + 1)
     return out
+
+
+def missing_context_line(missing: np.ndarray, unit: str = "lesions",
+                         uncounted: str = "not read yet") -> str | None:
+    """One line on the context slices missing on disk, instead of a warning per slice.
+
+    Parameters
+    ----------
+    missing : (N,) int array
+        Neighbour slices that were missing per item (lesion, key slice), as counted through
+        :func:`load_context`'s ``substituted``; ``-1``: not read (not counted).
+    unit : str, default "lesions"
+        What an item is, for the line.
+    uncounted : str, default "not read yet"
+        What the items counted ``-1`` are, for the line.
+
+    Returns
+    -------
+    str or None
+        e.g. ``context slices: 17 of 18 lesions lacked 34 neighbour slices on disk; the nearest
+        present slice of the series stood in``; None when none was missing.
+    """
+    m = np.asarray(missing)
+    short = m > 0
+    if not short.any():
+        return None
+    unknown = int((m < 0).sum())
+    extra = f" ({unknown:,} {uncounted}, not counted)" if unknown else ""
+    n = int(m[short].sum())
+    return (f"context slices: {int(short.sum()):,} of {len(m):,} {unit} lacked {n:,} neighbour "
+            f"slice{'s' if n != 1 else ''} on disk; the nearest present slice of the series "
+            f"stood in{extra}")
 
 
 def resample_spacing(

@@ -136,6 +136,19 @@ def test_embed_present_only_and_mine_on_a_partial_download(partial, tmp_path):
     pl = pd.read_parquet(run / "pseudo_labels.parquet")
     assert set(pl["lesion_id"]) == set(emb["lesion_id"])
     assert len(read_manifest(man)) == len(m)  # the manifest keeps every row
+    # the dashboard's header counts as its map does: the present lesions, of all
+    pytest.importorskip("panel")
+    from widgets.dashboard.app import Dashboard
+    from widgets.dashboard.auth import User
+    from widgets.dashboard.context import DashboardContext
+
+    ctx = DashboardContext(run, local_user=User("local", "admin"))
+    try:
+        d = Dashboard(ctx, User("ann", "annotator"))
+        assert d.map_widget.n_points == n_present < len(m)
+        assert f"{n_present} of {len(m)} lesions have images" in d._header_html()
+    finally:
+        ctx.close()
 
 
 def test_missing_context_slices_fall_back_with_one_summary_line(tiny, tmp_path):
@@ -169,6 +182,63 @@ def test_missing_context_slices_fall_back_with_one_summary_line(tiny, tmp_path):
     k = int(np.flatnonzero(short)[0])
     assert (patches.patches[k, 0] == patches.patches[k, 1]).all()
     assert (patches.patches[k, 2] == patches.patches[k, 1]).all()
+
+
+def test_detector_loader_counts_missing_context_slices_into_one_line(tiny, tmp_path):
+    """The detector's key-slice loader: a missing neighbour slice falls back to the nearest
+    present one with no warning per slice, and training and detection say it in one line
+    (also when the items are read elsewhere, as by DataLoader workers)."""
+    from deeplesion_lab.detection.dataset import KeySliceDataset
+    from deeplesion_lab.detection.train import LesionDetector, select_split
+
+    data = tmp_path / "data"
+    shutil.copytree(tiny, data)
+    m = read_manifest(write_manifest(data / "DL_info.csv", tmp_path / "m.parquet").manifest_path)
+    series = m["file_name"].str.rsplit("_", n=1).str[0]
+    train = select_split(m, "train")
+    tr_series = sorted(series[train.index].unique())
+    te_series = sorted(series[select_split(m, "test").index].unique())
+    gone = tr_series[:3] + te_series[:1]  # neighbours gone, key slice 002 kept
+    for name in gone:
+        (data / "Images_png" / name / "001.png").unlink()
+        (data / "Images_png" / name / "003.png").unlink()
+    kw = dict(arch="centernet", width=8, image_size=96, spacing_mm=1.0, batch_size=4,
+              epochs=1, slice_spacing_mm=5.0, progress=False)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        det = LesionDetector(**kw).fit(m)
+        det.predict(m, "test")
+    assert not [w for w in caught if issubclass(w.category, MissingSliceWarning)]
+    n_train = train["file_name"].nunique()
+    assert det.context_summary_ == (
+        f"context slices: 3 of {n_train} key slices lacked 6 neighbour slices on disk; the "
+        "nearest present slice of the series stood in")
+    n_test = select_split(m, "test")["file_name"].nunique()
+    assert det.predict_context_summary_.startswith(
+        f"context slices: 1 of {n_test} key slices lacked 2 neighbour slices on disk")
+    # per item: 2 for the key slices of the thinned series, 0 for the others
+    ds = KeySliceDataset(train, data / "Images_png", image_size=96, spacing_mm=1.0,
+                         slice_spacing_mm=5.0)
+    assert (ds.missing_context == -1).all() and ds.context_summary() is None  # nothing read
+    metas = [ds[i][2] for i in range(len(ds))]
+    want = np.array([2 if f.rsplit("_", 1)[0] in gone else 0 for f in ds.file_names])
+    assert ds.missing_context.tolist() == want.tolist()
+    # the counts travel in the items' meta (DataLoader workers read in other processes)
+    other = KeySliceDataset(train, data / "Images_png", image_size=96, spacing_mm=1.0,
+                            slice_spacing_mm=5.0)
+    k = int(np.flatnonzero(want == 2)[0])
+    other.record_missing([metas[k]])
+    assert other.missing_context[k] == 2 and (np.delete(other.missing_context, k) == -1).all()
+    assert other.context_summary().endswith(f"({len(ds) - 1} not read yet, not counted)")
+    other.record_missing(metas)
+    assert other.context_summary() == ds.context_summary() == det.context_summary_
+    # all present: no line
+    full = KeySliceDataset(select_split(read_manifest(write_manifest(
+        tiny / "DL_info.csv", tmp_path / "full.parquet").manifest_path), "train"),
+        tiny / "Images_png", image_size=96, spacing_mm=1.0, slice_spacing_mm=5.0)
+    for i in range(len(full)):
+        full[i]
+    assert (full.missing_context == 0).all() and full.context_summary() is None
 
 
 def _kaggle_copy(tiny: Path, dest: Path, extras: dict[str, object]) -> Path:

@@ -44,7 +44,7 @@ import torch.nn.functional as F
 
 from ..dl_info import BOX_COLUMNS
 from ..errors import LabError
-from ..images import ImageError, key_slice_path
+from ..images import ImageError, key_slice_path, missing_context_line
 from ..transforms import IntensityJitter, LoadContext, RandomFlip, Window
 
 __all__ = [
@@ -203,6 +203,16 @@ class KeySliceDataset(torch.utils.data.Dataset):
         Memory for the preprocessed (un-augmented) images.
     check : bool, default True
         Check at once that every key slice exists (a :class:`DatasetError` otherwise).
+
+    Attributes
+    ----------
+    missing_context : (N,) int16 array
+        Neighbour slices missing on disk per item, counted when the item is read (``-1``: not
+        read in this process yet); the nearest present slice of the series stands in, as
+        :func:`~deeplesion_lab.images.load_context` does, with no warning per slice. Each
+        item's ``meta`` carries its count, so that a process reading through DataLoader
+        workers can collect them (:meth:`record_missing`); :meth:`context_summary` says it in
+        one line.
     """
 
     def __init__(
@@ -257,6 +267,7 @@ class KeySliceDataset(torch.utils.data.Dataset):
         groups = {f: g for f, g in lesions.groupby("file_name", sort=True)}
         self.file_names: list[str] = list(groups)
         self.rows: list[dict] = [groups[f].iloc[0].to_dict() for f in self.file_names]
+        self.missing_context = np.full(len(self.file_names), -1, dtype=np.int16)
         neigh = (
             neighbour_ignore_boxes(lesions, context if context is not None else lesions,
                                    neighbour_factor)
@@ -294,6 +305,19 @@ class KeySliceDataset(torch.utils.data.Dataset):
         """Select the augmentation draws of an epoch."""
         self.epoch = int(epoch)
 
+    def record_missing(self, metas) -> None:
+        """Take the missing-context counts of items read elsewhere (their ``meta`` dicts, e.g.
+        from DataLoader workers) into :attr:`missing_context`."""
+        for m in metas:
+            if int(m.get("missing_context", -1)) >= 0:
+                self.missing_context[int(m["index"])] = int(m["missing_context"])
+
+    def context_summary(self) -> str | None:
+        """One line on the context slices missing on disk among the items read (None: none
+        was), e.g. ``context slices: 3 of 40 key slices lacked 6 neighbour slices on disk;
+        the nearest present slice of the series stood in``."""
+        return missing_context_line(self.missing_context, "key slices")
+
     def _base(self, i: int) -> tuple[np.ndarray, float]:
         """Windowed context image at the base scale, and that scale (cached)."""
         if i in self._cache:
@@ -303,6 +327,7 @@ class KeySliceDataset(torch.utils.data.Dataset):
             sample = self._load({"row": row})
         except ImageError as exc:
             raise DatasetError(f"lesion {row['lesion_id']}: {exc}") from exc
+        self.missing_context[i] = len(sample.get("substituted_slices", ()))
         img = sample["image"]
         h, w = img.shape[-2:]
         scale = float(row["spacing_x"]) / self.spacing_mm
@@ -351,7 +376,8 @@ class KeySliceDataset(torch.utils.data.Dataset):
             "boxes": torch.from_numpy(boxes[ok]),
             "labels": torch.from_numpy(labels[ok]),
         }
-        meta = {"file_name": self.file_names[i], "scale": scale, "index": i}
+        meta = {"file_name": self.file_names[i], "scale": scale, "index": i,
+                "missing_context": int(self.missing_context[i])}
         return torch.from_numpy(canvas), target, meta
 
     def _window_item(self, i: int, base: np.ndarray, scale: float, boxes: np.ndarray,
@@ -396,7 +422,8 @@ class KeySliceDataset(torch.utils.data.Dataset):
         boxes[:, [1, 3]] = boxes[:, [1, 3]].clip(0, c)
         ok = (boxes[:, 2] - boxes[:, 0] >= 1) & (boxes[:, 3] - boxes[:, 1] >= 1)
         target = {"boxes": torch.from_numpy(boxes[ok]), "labels": torch.from_numpy(labels[ok])}
-        meta = {"file_name": self.file_names[i], "scale": scale * s, "index": i}
+        meta = {"file_name": self.file_names[i], "scale": scale * s, "index": i,
+                "missing_context": int(self.missing_context[i])}
         return torch.from_numpy(np.ascontiguousarray(img, dtype=np.float32)), target, meta
 
     def _place(self, boxes: np.ndarray, labels: np.ndarray, h: int, w: int, i: int):

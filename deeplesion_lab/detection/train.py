@@ -39,6 +39,7 @@ from .. import distributed
 from ..atomic import atomic_path, write_json
 from ..device import autocast, grad_scaler, loader_options, resolve_device, torch_threads
 from ..errors import LabError
+from ..images import missing_context_line
 from ..lesion_types import SPLIT_CODES
 from ..manifest import data_hash, manifest_images_root
 from .dataset import DatasetError, KeySliceDataset, collate
@@ -121,6 +122,17 @@ class _TrainState:
     global_step: int = 0
     history: list[dict] = field(default_factory=list)
     created: str = ""
+
+
+def _context_summary(dataset: KeySliceDataset, ctx: distributed.DistContext) -> str | None:
+    """The dataset's missing-context line over every training process (each reads only its
+    share of the key slices; a count is the same wherever a slice is read)."""
+    m = dataset.missing_context.astype(np.float64)
+    if ctx.active:
+        seen = ctx.all_sum(m >= 0)
+        total = ctx.all_sum(np.where(m >= 0, m, 0.0))
+        m = np.where(seen > 0, np.round(total / np.maximum(seen, 1)), -1.0)
+    return missing_context_line(m.astype(np.int64), "key slices")
 
 
 def _wrap_ddp(model: torch.nn.Module, ctx: distributed.DistContext,
@@ -261,6 +273,10 @@ class LesionDetector(BaseEstimator):
         Optimiser steps done.
     lineage_ : dict
         Labels, data, parent, parameters and versions of the last fit.
+    context_summary_ : str or None
+        One line on the neighbour (context) slices that were missing on disk among the key
+        slices the last fit read (the nearest present slice stood in, with no warning per
+        slice); None when none was missing.
     """
 
     def __init__(
@@ -472,6 +488,7 @@ class LesionDetector(BaseEstimator):
                     raise
                 if ctx.main:
                     self._save_last(ckdir, model, opt, scaler, state, setup.fingerprint)
+            self.context_summary_ = _context_summary(setup.dataset, ctx)
             model.eval()
             self._finish(setup, model, state, manifest, lineage)
             if ckdir is not None and ctx.main:
@@ -647,7 +664,8 @@ class LesionDetector(BaseEstimator):
                 with _sync(runner, sync), distributed.keep_buffers(model, g != 0):
                     torch.manual_seed(self.seed * 1_000_003 + state.global_step
                                       + 1_000_000_007 * g)
-                    images, targets, _ = next(loaded)
+                    images, targets, metas = next(loaded)
+                    dataset.record_missing(metas)
                     images = [im.to(device, non_blocking=True) for im in images]
                     targets = [{k2: v.to(device, non_blocking=True) for k2, v in t.items()}
                                for t in targets]
@@ -748,7 +766,8 @@ class LesionDetector(BaseEstimator):
     ) -> pd.DataFrame:
         """Detections on every key slice of ``split`` (the predictions CSV's columns).
 
-        Also sets ``predict_ms_per_image_`` (network time per image, loading excluded).
+        Also sets ``predict_ms_per_image_`` (network time per image, loading excluded) and
+        ``predict_context_summary_`` (one line on the context slices missing on disk, or None).
         """
         self._check_fitted()
         device = resolve_device(self.device)
@@ -762,6 +781,7 @@ class LesionDetector(BaseEstimator):
                                      batch_size=batch_size or self.batch_size,
                                      device=str(device), progress=self.progress)
         self.predict_ms_per_image_ = ms
+        self.predict_context_summary_ = ds.context_summary()
         return df
 
     def _check_fitted(self) -> None:
@@ -865,7 +885,7 @@ def _load(path: Path) -> dict:
         raise CheckpointError(f"{path}: checkpoint not found")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - pickle/zip errors vary
+    except Exception as exc:  # pickle/zip errors vary
         raise CheckpointError(f"{path}: unreadable checkpoint ({exc})") from exc
     if not isinstance(obj, dict) or obj.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path}: not a deeplesion-lab detector checkpoint")

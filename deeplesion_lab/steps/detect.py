@@ -65,6 +65,8 @@ def detect_run(
     pred = det.predict(run.load_manifest(), split, batch_size=batch_size)
     write_predictions(pred, out)
     n_img = pred["file_name"].nunique()
+    if det.predict_context_summary_ is not None:
+        say(det.predict_context_summary_)
     say(f"model {name} ({', '.join(det.classes_)}): {len(pred)} detections on {n_img} key "
         f"slices of the {split} split; {det.predict_ms_per_image_:.1f} ms/image")
     say(f"wrote {out}")
