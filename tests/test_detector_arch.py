@@ -272,25 +272,24 @@ def test_cli_train_detect_with_arch(data, tmp_path, capsys) -> None:
 def test_command_defaults_per_architecture() -> None:
     import argparse
 
-    from deeplesion_lab.detection.workflow import (
-        DEFAULT_ARCH,
-        TRAIN_EPOCHS,
+    from deeplesion_lab.commands._detector_options import (
         add_model_arguments,
         add_training_arguments,
-        detector_params,
+        params_from_args,
     )
+    from deeplesion_lab.detection.workflow import DEFAULT_ARCH, TRAIN_EPOCHS
 
     p = argparse.ArgumentParser()
     add_model_arguments(p)
     add_training_arguments(p)
-    d = detector_params(p.parse_args([]), new=True)
+    d = params_from_args(p.parse_args([]), new=True)
     assert d["arch"] == DEFAULT_ARCH and d["epochs"] == TRAIN_EPOCHS[DEFAULT_ARCH]
-    f = detector_params(p.parse_args(["--arch", "fasterrcnn"]), new=True)
+    f = params_from_args(p.parse_args(["--arch", "fasterrcnn"]), new=True)
     assert (f["arch"], f["epochs"]) == ("fasterrcnn", TRAIN_EPOCHS["fasterrcnn"])
-    assert detector_params(p.parse_args(["--epochs", "7"]), new=True)["epochs"] == 7
+    assert params_from_args(p.parse_args(["--epochs", "7"]), new=True)["epochs"] == 7
     with pytest.raises(SystemExit):
         p.parse_args(["--arch", "yolo"])
     # a loaded model keeps its epochs unless --epochs is given
     ft = argparse.ArgumentParser()
     add_training_arguments(ft, finetune=True)
-    assert "epochs" not in detector_params(ft.parse_args([]), new=False)
+    assert "epochs" not in params_from_args(ft.parse_args([]), new=False)

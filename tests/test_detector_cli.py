@@ -89,12 +89,12 @@ def test_help_does_not_import_torch() -> None:
 def test_model_options_and_cpu_defaults() -> None:
     import argparse
 
-    from deeplesion_lab.detection.workflow import (
+    from deeplesion_lab.commands._detector_options import (
         add_model_arguments,
         add_training_arguments,
-        detector_params,
-        parse_window,
+        params_from_args,
     )
+    from deeplesion_lab.detection.workflow import detector_params, parse_window
     from deeplesion_lab.errors import LabError
 
     assert parse_window("Soft Tissue") == "soft tissue" and parse_window("wide") == "wide"
@@ -106,17 +106,22 @@ def test_model_options_and_cpu_defaults() -> None:
     p = argparse.ArgumentParser()
     add_model_arguments(p)
     add_training_arguments(p)
-    cpu = detector_params(p.parse_args([]), new=True)
+    cpu = params_from_args(p.parse_args([]), new=True)
     assert (cpu["optimizer"], cpu["lr"], cpu["window"]) == ("adamw", 0.001, "soft tissue")
     assert (cpu["image_size"], cpu["spacing_mm"], cpu["train_crop"], cpu["box_batch_size"]) \
         == (512, 0.8, 128, 32)
-    gpu = detector_params(p.parse_args(["--device", "cuda", "--optimizer", "sgd"]), new=True)
+    gpu = params_from_args(p.parse_args(["--device", "cuda", "--optimizer", "sgd"]), new=True)
     assert (gpu["train_crop"], gpu["box_batch_size"], gpu["lr"]) == (None, 128, 0.02)
-    small = detector_params(p.parse_args(["--image-size", "96"]), new=True)
+    small = params_from_args(p.parse_args(["--image-size", "96"]), new=True)
     assert small["train_crop"] is None  # the default window is never larger than the canvas
-    assert detector_params(p.parse_args(["--train-crop", "0"]), new=True)["train_crop"] is None
+    assert params_from_args(p.parse_args(["--train-crop", "0"]), new=True)["train_crop"] is None
     assert cpu["norm"] == "batch"
-    assert detector_params(p.parse_args(["--norm", "group"]), new=True)["norm"] == "group"
+    # the library function gives the same without argparse (notebooks, the pipeline)
+    assert detector_params(new=True) == cpu
+    assert detector_params(new=True, device="cuda", optimizer="sgd") == gpu
+    assert detector_params(new=False, epochs=3, threads=2) == {
+        "device": "cpu", "num_threads": 2, "progress": True, "epochs": 3}
+    assert params_from_args(p.parse_args(["--norm", "group"]), new=True)["norm"] == "group"
 
 
 def test_train_detect_evaluate(demo, tmp_path, capsys) -> None:

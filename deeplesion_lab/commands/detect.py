@@ -7,7 +7,7 @@ from pathlib import Path
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from ..detection.workflow import add_runtime_arguments
+    from ._detector_options import add_runtime_arguments
 
     p = sub.add_parser(
         "detect",

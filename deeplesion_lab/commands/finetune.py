@@ -7,7 +7,7 @@ from pathlib import Path
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from ..detection.workflow import add_training_arguments
+    from ._detector_options import add_training_arguments
 
     p = sub.add_parser(
         "finetune",
@@ -51,18 +51,12 @@ def run(args: argparse.Namespace) -> int:
     from ..detection.train import select_split
     from ..detection.workflow import resolve_finetune_labels, run_finetune, store_added_lesions
     from ..run import RunDir
+    from ._detector_options import params_from_args
 
     run_dir = RunDir(args.run)
     run_dir.info()
     class_map = parse_class_map(args.class_map)
-    params = {"device": args.device, "num_threads": args.threads,
-              "progress": not args.no_progress}
-    for key in ("epochs", "lr", "batch_size", "unannotated", "seed", "workers",
-                "micro_batches", "checkpoint_every"):
-        if getattr(args, key, None) is not None:
-            params[key] = getattr(args, key)
-    if getattr(args, "no_amp", False):
-        params["amp"] = False
+    params = params_from_args(args, new=False)
     labels, source = resolve_finetune_labels(run_dir, args.labels, args.snapshot, user=args.user,
                                              store=args.store)
     if source.get("label_snapshot_id") is not None:

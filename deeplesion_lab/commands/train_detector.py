@@ -7,7 +7,7 @@ from pathlib import Path
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from ..detection.workflow import add_model_arguments, add_training_arguments
+    from ._detector_options import add_model_arguments, add_training_arguments
 
     p = sub.add_parser(
         "train-detector",
@@ -39,10 +39,11 @@ def run(args: argparse.Namespace) -> int:
     from ..detection.froc import read_predictions
     from ..detection.labels_table import labels_from_pseudo, read_labels_table
     from ..detection.train import LesionDetector, select_split
-    from ..detection.workflow import detector_params, model_dir, set_latest
+    from ..detection.workflow import model_dir, set_latest
     from ..distributed import is_main
     from ..errors import LabError
     from ..run import RunDir
+    from ._detector_options import params_from_args
 
     run_dir = RunDir(args.run)
     run_dir.info()
@@ -66,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
     if args.ignore_from is not None:
         ignore = mined_ignore_boxes(read_predictions(args.ignore_from),
                                     select_split(manifest, "train"), args.ignore_score)
-    det = LesionDetector(**detector_params(args, new=True))
+    det = LesionDetector(**params_from_args(args, new=True))
     if is_main():
         print(f"training {name} ({classes}) -> {folder}")
     det.fit(manifest, labels, checkpoint_dir=folder, resume=not args.overwrite,

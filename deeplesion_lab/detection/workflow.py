@@ -15,7 +15,6 @@ Models live in ``RUN_DIR/detector/<name>/`` (see :mod:`deeplesion_lab.detection.
 
 from __future__ import annotations
 
-import argparse
 import json
 from collections.abc import Mapping
 from pathlib import Path
@@ -31,7 +30,6 @@ from .bootstrap import MEAN_KEY, bootstrap_sensitivity, paired_difference
 from .froc import FROCResult, evaluate_predictions, names_lesion_types, results_table
 
 __all__ = [
-    "add_training_arguments",
     "detector_params",
     "model_dir",
     "latest_model",
@@ -72,146 +70,104 @@ FINETUNE_HEADS_ONLY: dict[str, bool] = {"centernet": True}
 N_BOOT = 1000
 
 
-def add_training_arguments(p: argparse.ArgumentParser, *, finetune: bool = False) -> None:
-    """Options shared by ``train-detector`` and ``finetune``."""
-    g = p.add_argument_group("training")
-    table = FINETUNE_EPOCHS if finetune else TRAIN_EPOCHS
-    g.add_argument("--epochs", type=int, default=None,
-                   help="epochs (default per architecture: "
-                        + ", ".join(f"{k} {v}" for k, v in table.items()) + ")")
-    g.add_argument("--batch-size", type=int, default=None, help="images per step (default 4)")
-    if finetune:
-        g.add_argument("--lr", type=float, default=None,
-                       help="learning rate (default: a quarter of the base model's)")
-    else:
-        g.add_argument("--lr", type=float, default=None,
-                       help="learning rate (default 0.001 with adamw, 0.02 with sgd)")
-        g.add_argument("--optimizer", choices=["adamw", "sgd"], default="adamw",
-                       help="adamw (default; fast from random weights) or sgd (for a "
-                            "pretrained backbone)")
-    g.add_argument("--unannotated", choices=["neighbours", "none"], default=None,
-                   help="missing-annotation strategy: ignore regions on lesions annotated on "
-                        "nearby slices (default neighbours)")
-    g.add_argument("--ignore-from", type=Path, default=None, metavar="PRED.csv",
-                   help="predictions on the training slices: confident ones that match no "
-                        "annotation become ignore regions (mined unannotated lesions)")
-    g.add_argument("--ignore-score", type=float, default=0.5,
-                   help="minimum score of a mined ignore region (default 0.5)")
-    g.add_argument("--seed", type=int, default=None)
-    g.add_argument("--overwrite", action="store_true",
-                   help="start over when NAME holds a training made with other settings")
-    add_runtime_arguments(p, training=True)
+def detector_params(
+    *,
+    new: bool,
+    device: str = "cpu",
+    threads: int | None = None,
+    progress: bool = True,
+    amp: bool = True,
+    workers: int | None = None,
+    micro_batches: int | None = None,
+    checkpoint_every: int | None = None,
+    epochs: int | None = None,
+    batch_size: int | None = None,
+    lr: float | None = None,
+    unannotated: str | None = None,
+    seed: int | None = None,
+    arch: str | None = None,
+    width: int | None = None,
+    optimizer: str = "adamw",
+    window: str = "soft tissue",
+    train_crop: int | None = None,
+    box_batch: int | None = None,
+    box_head: int | None = None,
+    backbone: str = "mobilenet_v3_large_fpn",
+    norm: str = "batch",
+    backbone_weights: str | Path | None = None,
+    image_size: int = 512,
+    spacing_mm: float = 0.8,
+    slice_spacing_mm: float = 2.0,
+) -> dict[str, Any]:
+    """``LesionDetector`` parameters, with the defaults that follow the device and the
+    architecture (what ``train-detector`` and ``finetune`` use).
 
-
-def add_runtime_arguments(p: argparse.ArgumentParser, *, training: bool = False) -> None:
-    """``--device``, ``--threads`` (and, with ``training``, ``--no-amp``, ``--workers``,
-    ``--micro-batches``)."""
-    g = p.add_argument_group("runtime")
-    g.add_argument("--device", default="cpu",
-                   help="cpu (default), cuda, cuda:N or auto (the GPU when torch sees one, "
-                        "else the CPU)")
-    g.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    g.add_argument("--no-progress", action="store_true", help="no progress bars")
-    if training:
-        g.add_argument("--no-amp", action="store_true",
-                       help="train in float32 on CUDA too (default: mixed precision on CUDA)")
-        g.add_argument("--workers", type=int, default=None,
-                       help="DataLoader workers reading slices on CUDA (default up to 4)")
-        g.add_argument("--checkpoint-every", type=int, default=None, metavar="STEPS",
-                       help="steps between saves of last.pt, from which a rerun resumes "
-                            "(default 50; epoch ends always)")
-        g.add_argument("--micro-batches", type=int, default=None,
-                       help="cut each batch into this many parts with averaged gradients "
-                            "(under torchrun at least one per process; a run on N processes "
-                            "equals one process with --micro-batches N)")
-
-
-def add_model_arguments(p: argparse.ArgumentParser) -> None:
-    """Network and input options of a new detector."""
-    from .config import ARCHS, BACKBONES, NORMS
-
-    g = p.add_argument_group("network and input")
-    g.add_argument("--arch", choices=ARCHS, default=None,
-                   help=f"detector architecture (default {DEFAULT_ARCH}): centernet (a "
-                        "heatmap detector on a small U-Net, fast to train on a CPU), fasterrcnn "
-                        "(torchvision's Faster R-CNN, for a GPU and a local ImageNet file) or "
-                        "fcos (torchvision's FCOS)")
-    g.add_argument("--width", type=int, default=None,
-                   help=f"channels of the centernet's first stage (default {DEFAULT_WIDTH})")
-    g.add_argument("--backbone", choices=BACKBONES, default="mobilenet_v3_large_fpn")
-    g.add_argument("--backbone-weights", type=Path, default=None, metavar="FILE",
-                   help="local classification checkpoint for the backbone (never downloaded)")
-    g.add_argument("--norm", choices=NORMS, default="batch",
-                   help="normalisation layers of the backbone: batch (default; frozen with "
-                        "--backbone-weights) or group (independent of the batch)")
-    g.add_argument("--image-size", type=int, default=512,
-                   help="canvas side in px (default 512)")
-    g.add_argument("--spacing-mm", type=float, default=0.8,
-                   help="in-plane mm per pixel after resampling (default 0.8, as DeepLesion's "
-                        "detectors use)")
-    g.add_argument("--slice-spacing-mm", type=float, default=2.0,
-                   help="distance between the 3 context slices (default 2)")
-    g.add_argument("--box-head", type=int, default=None,
-                   help="box head width (default 1024 on cuda, 256 on cpu)")
-    g.add_argument("--box-batch", type=int, default=None,
-                   help="proposals per image that train the box head (default 128 on cuda, "
-                        "32 on cpu)")
-    g.add_argument("--window", default="soft tissue",
-                   help="HU window of the input: a preset name (e.g. 'soft tissue', 'wide') or "
-                        "LOW,HIGH (default 'soft tissue', -160 to 240 HU)")
-    g.add_argument("--train-crop", type=int, default=None,
-                   help="train on windows of this many pixels, mostly around lesions "
-                        "(default 128 on cpu, whole images on cuda; 0: whole images)")
-
-
-def detector_params(args: argparse.Namespace, *, new: bool) -> dict[str, Any]:
-    """``LesionDetector`` parameters from parsed options (only those given, for a loaded one)."""
+    Parameters
+    ----------
+    new : bool
+        A new detector (every network and input setting, with its defaults) or a loaded one
+        (only what is given here overrides what its checkpoint holds: device, threads,
+        progress, and the training settings that are not None).
+    device : str, default "cpu"
+        ``cpu``, ``cuda``, ``cuda:N`` or ``auto``. On CUDA the defaults are whole images
+        (``train_crop=None``), 128 box samples and a 1024-wide box head; on the CPU 128-px
+        windows, 32 and 256. (That the device exists is checked when training starts.)
+    threads : int, optional
+        Torch CPU threads (``num_threads``).
+    progress, amp : bool, default True
+    epochs : int, optional
+        Default for a new detector: :data:`TRAIN_EPOCHS` of its architecture.
+    lr : float, optional
+        Default for a new detector: 0.001 with ``adamw``, 0.02 with ``sgd``.
+    arch : str, optional
+        Default :data:`DEFAULT_ARCH`.
+    width : int, optional
+        Default :data:`DEFAULT_WIDTH`.
+    window : str
+        A preset name or ``LOW,HIGH`` (:func:`parse_window`).
+    train_crop : int, optional
+        Window side in px; ``0`` for whole images; default as for ``device``, and whole
+        images when the default window would not be smaller than the canvas.
+    box_batch, box_head : int, optional
+        ``box_batch_size`` and ``box_head_size`` (default as for ``device``).
+    workers, micro_batches, checkpoint_every, batch_size, unannotated, seed, optimizer,
+    backbone, norm, backbone_weights, image_size, spacing_mm, slice_spacing_mm
+        Passed on as the estimator's parameters of the same name (None: its default).
+    """
     from ..device import resolve_device
 
-    # the defaults follow the device asked for (the check that it exists comes with training)
-    name = str(getattr(args, "device", None) or "cpu")
+    name = str(device or "cpu")
     cuda = name.startswith("cuda") or (
         name == "auto" and resolve_device("auto", quiet=True).type == "cuda")
-    out: dict[str, Any] = {
-        "device": args.device,
-        "num_threads": args.threads,
-        "progress": not args.no_progress,
-    }
-    if getattr(args, "no_amp", False):
+    out: dict[str, Any] = {"device": device, "num_threads": threads, "progress": progress}
+    if not amp:
         out["amp"] = False
-    for opt in ("workers", "micro_batches", "checkpoint_every"):
-        if getattr(args, opt, None) is not None:
-            out[opt] = getattr(args, opt)
-    if getattr(args, "epochs", None) is not None:
-        out["epochs"] = args.epochs
-    for opt, key in [("batch_size", "batch_size"), ("lr", "lr"), ("unannotated", "unannotated"),
-                     ("seed", "seed")]:
-        v = getattr(args, opt, None)
-        if v is not None:
-            out[key] = v
+    given = {"workers": workers, "micro_batches": micro_batches,
+             "checkpoint_every": checkpoint_every, "epochs": epochs, "batch_size": batch_size,
+             "lr": lr, "unannotated": unannotated, "seed": seed}
+    out.update({k: v for k, v in given.items() if v is not None})
     if new:
-        optimizer = getattr(args, "optimizer", "adamw")
-        if getattr(args, "lr", None) is None:
+        if lr is None:
             out["lr"] = 0.001 if optimizer == "adamw" else 0.02
-        crop = args.train_crop if args.train_crop is not None else (None if cuda else 128)
-        if args.train_crop is None and crop is not None and crop >= args.image_size:
+        crop = train_crop if train_crop is not None else (None if cuda else 128)
+        if train_crop is None and crop is not None and crop >= image_size:
             crop = None  # the default window is no smaller than the canvas: whole images
-        arch = args.arch or DEFAULT_ARCH
+        arch = arch or DEFAULT_ARCH
         out.setdefault("epochs", TRAIN_EPOCHS[arch])
         out.update(
             arch=arch,
-            width=args.width or DEFAULT_WIDTH,
+            width=width or DEFAULT_WIDTH,
             optimizer=optimizer,
-            window=parse_window(args.window),
+            window=parse_window(window),
             train_crop=crop or None,
-            box_batch_size=args.box_batch or (128 if cuda else 32),
-            backbone=args.backbone,
-            norm=args.norm,
-            backbone_weights=str(args.backbone_weights) if args.backbone_weights else None,
-            image_size=args.image_size,
-            spacing_mm=args.spacing_mm,
-            slice_spacing_mm=args.slice_spacing_mm,
-            box_head_size=args.box_head or (1024 if cuda else 256),
+            box_batch_size=box_batch or (128 if cuda else 32),
+            backbone=backbone,
+            norm=norm,
+            backbone_weights=str(backbone_weights) if backbone_weights else None,
+            image_size=image_size,
+            spacing_mm=spacing_mm,
+            slice_spacing_mm=slice_spacing_mm,
+            box_head_size=box_head or (1024 if cuda else 256),
         )
     return out
 
