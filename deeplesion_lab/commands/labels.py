@@ -47,6 +47,12 @@ def register(sub: argparse._SubParsersAction) -> None:
                "tool (recorded in run.json; --local: back to RUN_DIR/labels.sqlite)", run_use)
     a.add_argument("--local", action="store_true",
                    help="forget the recorded server: RUN_DIR/labels.sqlite again")
+    a.add_argument("--copy-local", action="store_true",
+                   help="copy RUN_DIR/labels.sqlite (every event: corrections, history, undo, "
+                        "snapshots, tags, views) into the server's store, which must be empty")
+    a.add_argument("--fresh", action="store_true",
+                   help="start an empty server store from the pseudo-labels even though "
+                        "RUN_DIR/labels.sqlite holds corrections (they stay in that file)")
 
     a = action("init", "load RUN_DIR/pseudo_labels.parquet into the store", run_init)
     a.add_argument("--pseudo", type=Path, default=None,
@@ -212,8 +218,31 @@ def run_use(args: argparse.Namespace) -> int:
             "the URL without it and put the password in ~/.pgpass (or PGPASSFILE / "
             "PGSERVICEFILE) of each account that runs the tools"
         )
+    if args.copy_local and args.fresh:
+        raise LabelStoreError("labels use: give --copy-local or --fresh, not both")
     namespace = args.namespace or DEFAULT_NAMESPACE
+    local_events = _local_corrections(run)
+    if args.copy_local and local_events is None:
+        raise LabelStoreError(f"labels use --copy-local: {run.label_db} not found, nothing to copy")
     # open it once: the server answers, the schema is a label store of this run's manifest
+    with LabelStore.for_run(run, db=args.db, namespace=namespace, init=False) as store:
+        empty = store.run_id is None and store.version() == 0
+        if args.copy_local:
+            from ..labels.copy import copy_store
+
+            with LabelStore.open(run.label_db, dataset=run.load_manifest(),
+                                 create=False) as local:
+                counts = copy_store(local, store)
+            print(f"copied {run.label_db} into {store.location}: {counts.get('batches', 0)} "
+                  f"events, {counts.get('labels_current', 0)} current labels, "
+                  f"{counts.get('snapshots', 0)} snapshots, {counts.get('tags_current', 0)} tags")
+        elif empty and local_events and not args.fresh:
+            raise LabelStoreError(
+                f"labels use: {run.label_db} holds {local_events} correction event(s) and the "
+                f"store at {store.location} is empty; nothing was changed. Give --copy-local to "
+                "copy the file's whole store there (history, undo, snapshots), or --fresh to "
+                "start the server's store from the pseudo-labels without them"
+            )
     with LabelStore.for_run(run, db=args.db, namespace=namespace, init=True) as store:
         where = store.location
         n = len(store.current_labels())
@@ -221,8 +250,21 @@ def run_use(args: argparse.Namespace) -> int:
     print(f"{run.run_json}: label store {where} ({n} lesions); every tool on this run "
           "(dashboard, notebooks, finetune, embed --labels-from-store) now uses it")
     if run.label_db.is_file():
-        print(f"note: {run.label_db} is kept as it was and no longer used by this run")
+        kept = "copied and kept" if args.copy_local else "kept"
+        print(f"note: {run.label_db} is {kept} as it was and no longer used by this run"
+              + (f" ({local_events} correction event(s) in it are not on the server)"
+                 if local_events and not args.copy_local else ""))
     return 0
+
+
+def _local_corrections(run) -> int | None:
+    """Events other than pseudo-label loads in the run's own SQLite store (None: no file)."""
+    from ..labels import LabelStore
+
+    if not run.label_db.is_file():
+        return None
+    with LabelStore.open(run.label_db, create=False) as local:
+        return int(local._db.scalar("SELECT COUNT(*) FROM batches WHERE op <> 'init'"))
 
 
 def run_init(args: argparse.Namespace) -> int:
