@@ -8,6 +8,8 @@ and call these, the pipeline calls them directly, and a notebook can too.
 - :mod:`.mine`: :func:`mine_run` (pseudo-labels and the map);
 - :mod:`.evaluate`: :func:`~.evaluate.evaluate_step` (clustering, retrieval, classification);
 - :mod:`.labels`: :func:`~.labels.init_label_store` (pseudo-labels into the label store);
+- :mod:`.train_detector`: :func:`~.train_detector.train_detector_run` (a new detector; the
+  pipeline runs it as a background job, two side by side);
 - :mod:`.detect`: :func:`~.detect.detect_run`, :func:`~.detect.evaluate_detections` (FROC), and
   the done checks of detector training and fine-tuning (which run as jobs);
 - :mod:`.corrections`: :func:`~.corrections.simulate_corrections` (the demo's stand-in
