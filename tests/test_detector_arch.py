@@ -293,3 +293,22 @@ def test_command_defaults_per_architecture() -> None:
     ft = argparse.ArgumentParser()
     add_training_arguments(ft, finetune=True)
     assert "epochs" not in params_from_args(ft.parse_args([]), new=False)
+
+
+@pytest.mark.parametrize(
+    ("param", "value", "allowed"),
+    [("arch", "yolo", "among"), ("batch_size", 0, r"range \[1, inf\)"),
+     ("micro_batches", 0, r"range \[1, inf\)"), ("crop_lesion_p", 1.5, r"range \[0.0, 1.0\]"),
+     ("unannotated", "all", "among")],
+)
+def test_fit_refuses_bad_parameters(param, value, allowed, tmp_path):
+    """Validated in ``fit`` (scikit-learn's style), the parameter named, nothing written."""
+    import pandas as pd
+
+    from deeplesion_lab.detection.train import LesionDetector
+    from deeplesion_lab.errors import LabError
+
+    det = LesionDetector(**{param: value})
+    with pytest.raises(LabError, match=rf"'{param}' parameter of LesionDetector.*{allowed}.*Got"):
+        det.fit(pd.DataFrame(), checkpoint_dir=tmp_path / "model")
+    assert not (tmp_path / "model").exists() and not hasattr(det, "model_")

@@ -27,6 +27,7 @@ import json
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from numbers import Integral, Real
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +43,8 @@ from ..errors import LabError
 from ..images import missing_context_line
 from ..lesion_types import SPLIT_CODES
 from ..manifest import data_hash, manifest_images_root
+from ..params import Interval, StrOptions, validate_params
+from .config import ARCHS, BACKBONES, NORMS
 from .dataset import DatasetError, KeySliceDataset, collate
 from .labels_table import class_indices, labels_hash
 from .model import ModelError, build_model, reset_class_head
@@ -279,6 +282,49 @@ class LesionDetector(BaseEstimator):
         slice); None when none was missing.
     """
 
+    _parameter_constraints: dict = {
+        "arch": [StrOptions(set(ARCHS))],
+        "width": [Interval(Integral, 1, None, closed="left")],
+        "backbone": [StrOptions(set(BACKBONES))],
+        "backbone_weights": [None, str, Path],
+        "norm": [StrOptions(set(NORMS))],
+        "image_size": [Interval(Integral, 32, None, closed="left")],
+        "spacing_mm": [Interval(Real, 0, None, closed="neither")],
+        "slice_spacing_mm": [Interval(Real, 0, None, closed="left")],
+        "window": [str, tuple, list],
+        "epochs": [Interval(Integral, 0, None, closed="left")],
+        "batch_size": [Interval(Integral, 1, None, closed="left")],
+        "lr": [Interval(Real, 0, None, closed="left")],  # 0: the weights stay as set up
+        "optimizer": [StrOptions({"adamw", "sgd"})],
+        "momentum": [Interval(Real, 0, 1, closed="left")],
+        "weight_decay": [Interval(Real, 0, None, closed="left")],
+        "warmup_steps": [Interval(Integral, 0, None, closed="left")],
+        "augment": ["boolean"],
+        "scale_range": [tuple, list],
+        "train_crop": [None, Interval(Integral, 0, None, closed="left")],
+        "crop_lesion_p": [Interval(Real, 0, 1, closed="both")],
+        "unannotated": [StrOptions({"neighbours", "none"})],
+        "neighbour_factor": [Interval(Real, 0, None, closed="left")],
+        "ignore_iou": [Interval(Real, 0, 1, closed="both")],
+        "rpn_fg_iou": [Interval(Real, 0, 1, closed="both")],
+        "test_proposals": [Interval(Integral, 1, None, closed="left")],
+        "anchor_sizes": [tuple, list],
+        "box_head_size": [Interval(Integral, 1, None, closed="left")],
+        "box_batch_size": [Interval(Integral, 1, None, closed="left")],
+        "detections_per_img": [Interval(Integral, 1, None, closed="left")],
+        "score_threshold": [Interval(Real, 0, 1, closed="both")],
+        "checkpoint_every": [Interval(Integral, 0, None, closed="left")],
+        "seed": [Interval(Integral, 0, None, closed="left")],
+        "device": [str],
+        "amp": ["boolean"],
+        "workers": [None, Interval(Integral, 0, None, closed="left")],
+        "micro_batches": [Interval(Integral, 1, None, closed="left")],
+        "num_threads": [None, Interval(Integral, 1, None, closed="left")],
+        "cache_mb": [Interval(Real, 0, None, closed="left")],
+        "warm_start": ["boolean"],
+        "progress": ["boolean"],
+    }
+
     def __init__(
         self,
         arch: str = "fasterrcnn",
@@ -464,6 +510,7 @@ class LesionDetector(BaseEstimator):
         -------
         self
         """
+        validate_params(self, LabError)
         device = resolve_device(self.device)
         ctx = distributed.context(device)
         with torch_threads(self.num_threads):
@@ -553,7 +600,7 @@ class LesionDetector(BaseEstimator):
 
     def _micro_batches(self, world: int) -> int:
         """Parts each global batch is cut into: ``micro_batches``, at least one per process."""
-        m = max(1, int(self.micro_batches or 1))
+        m = int(self.micro_batches)
         if world > 1:
             if m > 1 and m % world:
                 raise ModelError(

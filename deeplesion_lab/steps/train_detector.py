@@ -107,9 +107,8 @@ def train_detector_run(
         "checkpoint": str(folder / "model.pt"),
     }}})
     last = det.history_[-1] if det.history_ else {}
-    summary = getattr(det, "context_summary_", None)
-    if summary is not None:
-        say(summary)
+    if det.context_summary_ is not None:  # missing context slices, in one line
+        say(det.context_summary_)
     say(f"classes: {', '.join(det.classes_)}")
     say(f"{det.lineage_['n_images']} training key slices, "
         f"{det.lineage_['n_ignore_regions']} ignore regions (unannotated/noisy/unlabelled)")
