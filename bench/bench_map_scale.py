@@ -50,7 +50,7 @@ sys.path.insert(0, str(REPO / "bench"))
 RESULTS = REPO / "bench" / "results" / "map_scale.md"
 BINARY = ("xy", "codes", "point_visible", "hover_thumb")
 
-PAGE = """<!doctype html><html><head><meta charset="utf-8"></head><body style="background:#111">
+PAGE = """<!doctype html><html><head><meta charset="utf-8"><style>%CSS%</style></head><body style="background:#111">
 <div id="host"></div>
 <script type="module">
 const T = { longTasks: [] };
@@ -168,8 +168,10 @@ class _Bridge:
                                               "kernel_ms": ms}
 
 
-def serve(bridge: _Bridge, esm: str, relabel_points: np.ndarray) -> ThreadingHTTPServer:
+def serve(bridge: _Bridge, esm: str, relabel_points: np.ndarray,
+          css: str = "") -> ThreadingHTTPServer:
     page = PAGE.replace("%BINARY%", json.dumps([k for k in BINARY if k != "hover_thumb"]))
+    page = page.replace("%CSS%", css)  # the widget's style sheet, as anywidget puts it in
 
     class H(BaseHTTPRequestHandler):
         def log_message(self, *a):  # quiet
@@ -239,7 +241,7 @@ def bench_size(browser, n: int, work: Path, renderer: str, size: int = 600) -> d
     rng = np.random.default_rng(1)
     pts = rng.choice(n, 5000, replace=False)
     bridge = _Bridge(w, panel)
-    srv = serve(bridge, str(EmbeddingMap._esm), pts)
+    srv = serve(bridge, str(EmbeddingMap._esm), pts, css=EmbeddingMap._css)
     url = f"http://127.0.0.1:{srv.server_address[1]}/"
     page = browser.new_page(viewport={"width": 900, "height": 900})
     try:

@@ -16,40 +16,6 @@
 //   title       text; canvas_size css px; renderer "auto" (WebGL, else 2-D canvas) | "canvas2d"
 // uses widgets/_helpers.js (h, bytesOf, typed: put in front of this file by LabWidget)
 
-const STYLE = `
-.dlm{font:12px/1.35 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;color:#e8eaed;
-  background:#17191d;border:1px solid #2c2f36;border-radius:8px;padding:8px;display:inline-flex;
-  flex-direction:column;gap:6px;user-select:none;box-sizing:border-box;position:relative}
-.dlm *{box-sizing:border-box}
-.dlm-head{display:flex;align-items:center;gap:8px}
-.dlm-title{font-weight:600;font-size:13px}
-.dlm-count{color:#9aa0a6;font-variant-numeric:tabular-nums;margin-left:auto}
-.dlm-bar{display:flex;align-items:center;gap:6px;flex-wrap:wrap}
-.dlm button{background:#23262c;color:#e8eaed;border:1px solid #3a3e46;border-radius:4px;
-  padding:2px 8px;font:inherit;cursor:pointer}
-.dlm button:hover{border-color:#5b616b}
-.dlm button.on{background:#2d4a6b;border-color:#4aa3ff}
-.dlm select,.dlm input[type=text],.dlm input[type=number]{background:#23262c;color:#e8eaed;
-  border:1px solid #3a3e46;border-radius:4px;padding:1px 4px;font:inherit}
-.dlm input[type=number]{width:56px}
-.dlm label{display:inline-flex;align-items:center;gap:3px;cursor:pointer;color:#c9ccd1}
-.dlm-stage{position:relative;background:#0f1013;border-radius:4px;overflow:hidden;cursor:crosshair}
-.dlm-stage canvas{position:absolute;left:0;top:0;display:block}
-.dlm-legend{display:flex;flex-wrap:wrap;gap:4px 10px}
-.dlm-chip{display:inline-flex;align-items:center;gap:4px;cursor:pointer;color:#c9ccd1;
-  padding:0 2px;border-radius:3px}
-.dlm-chip.off{opacity:.35;text-decoration:line-through}
-.dlm-dot{width:10px;height:10px;border-radius:50%;display:inline-block;box-shadow:0 0 0 1px #ffffff30}
-.dlm-tip{position:absolute;pointer-events:none;background:rgba(20,22,26,.95);border:1px solid #3a3e46;
-  border-radius:6px;padding:6px;display:none;gap:8px;z-index:5;box-shadow:0 4px 16px rgba(0,0,0,.5);
-  max-width:330px}
-.dlm-tip canvas{position:static;border-radius:3px;flex:none}
-.dlm-tip .k{color:#9aa0a6}
-.dlm-filters{display:none;gap:10px;flex-wrap:wrap;align-items:center;padding:4px 0;border-top:1px solid #2c2f36}
-.dlm-filters.open{display:flex}
-.dlm-help{color:#6f757d;font-size:11px}
-`;
-
 function hexRgb(c) {
   let s = String(c || "#bbbbbb").trim().replace("#", "");
   if (s.length === 3) s = s.split("").map((x) => x + x).join("");
@@ -114,7 +80,6 @@ function render({ model, el }) {
   const W = Math.max(240, model.get("canvas_size") || 520), H = W;
   const dpr = Math.max(1, window.devicePixelRatio || 1);
   const root = h("div", { class: "dlm", style: `width:${W + 18}px` });
-  root.append(h("style", { text: STYLE }));
   const titleEl = h("span", { class: "dlm-title" });
   const count = h("span", { class: "dlm-count" });
   root.append(h("div", { class: "dlm-head" }, titleEl, count));

@@ -84,6 +84,7 @@ class EmbeddingMap(LabWidget):
     """
 
     _esm = Path(__file__).with_name("embedding_map.js")
+    _css = Path(__file__).with_name("embedding_map.css")
 
     xy = t.Bytes(b"").tag(sync=True)
     codes = t.Bytes(b"").tag(sync=True)
