@@ -19,26 +19,24 @@ from pathlib import Path
 import numpy as np
 import pytest
 from widgets_fixtures import (
-    CHROMIUM,
-    CHROMIUM_ARGS,
+    ARTIFACTS,
+    chromium_page,
     jupyterlab,
     make_tiny_run,
+    need_chromium,
     notebook,
     open_notebook,
 )
 
 pytestmark = pytest.mark.browser
 
-REPO = Path(__file__).resolve().parents[1]
-ARTIFACTS = REPO / "test-artifacts"
 USER = "browser-tester"
 SIZE = 440  # map and viewer side in CSS px (the notebook below asks for it)
 
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    if not Path(CHROMIUM).exists():
-        pytest.skip(f"{CHROMIUM} not installed (apt-get install chromium)")
+    need_chromium()
     return make_tiny_run(tmp_path_factory.mktemp("browser_run"), source="demo")
 
 
@@ -84,11 +82,7 @@ def server(tiny, tmp_path_factory):
 def page(server):
     from playwright.sync_api import sync_playwright
 
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        pg = browser.new_page(viewport={"width": 1360, "height": 1640})
-        errors: list[str] = []
-        pg.on("pageerror", lambda e: errors.append(str(e)))
+    with sync_playwright() as p, chromium_page(p, "lesion_lab", width=1360, height=1640) as pg:
         try:
             open_notebook(pg, server, "lab.ipynb", wait_for=".dlv canvas")
             pg.wait_for_selector(".dlm canvas", timeout=60_000)
@@ -99,14 +93,8 @@ def page(server):
                 timeout=60_000,
             )
         except Exception as exc:
-            ARTIFACTS.mkdir(exist_ok=True)
-            pg.screenshot(path=str(ARTIFACTS / "lesion_lab_failed.png"), full_page=True)
-            raise AssertionError(f"LesionLab did not render ({exc}); page errors {errors}") from None
-        pg.page_errors = errors
+            raise AssertionError(f"LesionLab did not render ({exc})") from None
         yield pg
-        ARTIFACTS.mkdir(exist_ok=True)
-        pg.screenshot(path=str(ARTIFACTS / "lesion_lab.png"), full_page=True)
-        browser.close()
 
 
 def _content_pixels(png: bytes, background=(0, 0, 0), tol: int = 24) -> float:
