@@ -146,7 +146,18 @@ function render({ model, el }) {
   let frame = 0, hoverIdx = -1, hoverTimer = 0, nonce = 0;
   el.dataset.renders = "0";
 
-  function schedule() { if (!frame) frame = requestAnimationFrame(() => { frame = 0; draw(); }); }
+  // A frame redraws the points only when they changed (view, colours, flags); a hover, the
+  // current ring or a lasso being drawn redraw the overlay canvas alone. With a software WebGL
+  // (no GPU) every point redraw per pointer move queued seconds of rasterising at 1M points.
+  let pointsDirty = true;
+  function request() {
+    if (!frame) frame = requestAnimationFrame(() => {
+      frame = 0;
+      if (pointsDirty) { pointsDirty = false; draw(); } else drawOverlay();
+    });
+  }
+  function schedule() { pointsDirty = true; request(); }
+  function scheduleOverlay() { request(); }
 
   function loadPoints() {
     xy = typed(model.get("xy"), Float32Array);
@@ -473,16 +484,19 @@ function render({ model, el }) {
       if (Math.abs(mx - drag.mx) + Math.abs(my - drag.my) > 3) drag.moved = true;
       if (drag.pan) {
         cx = drag.cx - (mx - drag.mx) / scl(); cy = drag.cy + (my - drag.my) / scl();
-      } else if (lasso) {
-        if (lasso.box) lasso.pts = [lasso.pts[0], [mx, my]];
-        else lasso.pts.push([mx, my]);
+        schedule();
+      } else {
+        if (lasso) {
+          if (lasso.box) lasso.pts = [lasso.pts[0], [mx, my]];
+          else lasso.pts.push([mx, my]);
+        }
+        scheduleOverlay();
       }
-      schedule();
       return;
     }
     const i = nearest(mx, my);
     if (i !== hoverIdx) {
-      hoverIdx = i; schedule();
+      hoverIdx = i; scheduleOverlay();
       clearTimeout(hoverTimer);
       if (i < 0) hideTip();
       else hoverTimer = setTimeout(() => { model.set("hover_point", i); model.save_changes(); }, 60);
@@ -513,8 +527,8 @@ function render({ model, el }) {
     if (!d.pan) finishLasso();
   };
   stage.addEventListener("pointerup", up);
-  stage.addEventListener("pointercancel", () => { drag = null; lasso = null; schedule(); });
-  stage.addEventListener("pointerleave", () => { if (!drag) { hoverIdx = -1; hideTip(); schedule(); } });
+  stage.addEventListener("pointercancel", () => { drag = null; lasso = null; scheduleOverlay(); });
+  stage.addEventListener("pointerleave", () => { if (!drag) { hoverIdx = -1; hideTip(); scheduleOverlay(); } });
   stage.addEventListener("wheel", (ev) => {
     ev.preventDefault();
     const r = stage.getBoundingClientRect();
@@ -602,7 +616,7 @@ function render({ model, el }) {
   const handlers = [
     ["change:xy", loadPoints], ["change:codes", loadCodes], ["change:classes", loadCodes],
     ["change:point_visible", () => { loadVisible(); buildLegend(); }], ["change:selection", loadSelection],
-    ["change:current", schedule], ["change:hover", syncHover], ["change:hover_thumb", syncHover],
+    ["change:current", scheduleOverlay], ["change:hover", syncHover], ["change:hover_thumb", syncHover],
     ["change:filter_options", syncFilterOptions], ["change:title", () => { titleEl.textContent = model.get("title") || ""; }],
   ];
   for (const [ev, fn] of handlers) model.on(ev, fn);
