@@ -403,10 +403,10 @@ async def run_load(base_url: str, users: list[tuple[str, str]], duration_s: floa
     out.held = sum(1 for c in clients if not c.closed and c.error is None)
     fresh = DashboardClient(base_url, *users[0])
     await fresh.connect()
-    truth = fresh.codes()
-    names = [x["name"] for x in fresh.classes()]
 
     def agree() -> bool:
+        # the fresh session is read each time too: it is the store's state as a new page sees it
+        truth, names = fresh.codes(), [x["name"] for x in fresh.classes()]
         return all(c.codes() == truth and [x["name"] for x in c.classes()] == names for c in clients)
 
     deadline = time.monotonic() + settle_s
