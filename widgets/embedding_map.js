@@ -158,6 +158,18 @@ function render({ model, el }) {
   }
   function schedule() { pointsDirty = true; request(); }
   function scheduleOverlay() { request(); }
+  // a per-point byte buffer: allocated when its size changes, else overwritten in place (a new
+  // allocation per selection made a software WebGL wait for the draws still using the old one)
+  const sizes = {};
+  function upload(gl, buf, key, bytes) {
+    gl.bindBuffer(gl.ARRAY_BUFFER, buf[key]);
+    if (sizes[key] !== bytes.length) {
+      gl.bufferData(gl.ARRAY_BUFFER, bytes, gl.DYNAMIC_DRAW);
+      sizes[key] = bytes.length;
+    } else {
+      gl.bufferSubData(gl.ARRAY_BUFFER, 0, bytes);
+    }
+  }
 
   function loadPoints() {
     xy = typed(model.get("xy"), Float32Array);
@@ -211,8 +223,7 @@ function render({ model, el }) {
     });
     if (glx) {
       const { gl, buf, tex } = glx;
-      gl.bindBuffer(gl.ARRAY_BUFFER, buf.code);
-      gl.bufferData(gl.ARRAY_BUFFER, new Float32Array(codes), gl.DYNAMIC_DRAW);
+      upload(gl, buf, "code", codes);
       const t = new Uint8Array(256 * 4);
       pal.forEach((c, i) => { if (i < 256) t.set([c[0], c[1], c[2], 255], i * 4); });
       gl.bindTexture(gl.TEXTURE_2D, tex);
@@ -247,8 +258,7 @@ function render({ model, el }) {
     }
     if (glx) {
       const { gl, buf } = glx;
-      gl.bindBuffer(gl.ARRAY_BUFFER, buf.flag);
-      gl.bufferData(gl.ARRAY_BUFFER, new Float32Array(flags), gl.DYNAMIC_DRAW);
+      upload(gl, buf, "flag", flags);
     }
     count.textContent = `${shown.toLocaleString()} of ${n.toLocaleString()} shown · ${nsel.toLocaleString()} selected`;
     el.dataset.selected = String(nsel);
@@ -277,10 +287,12 @@ function render({ model, el }) {
       gl.uniform2f(loc("u_offset"), (-2 * s * cx) / W, (-2 * s * cy) / H);
       gl.uniform1f(loc("u_size"), ptSize() * dpr);
       gl.uniform1i(loc("u_pal"), 0);
-      for (const [name, b, size] of [["a_pos", buf.pos, 2], ["a_code", buf.code, 1], ["a_flag", buf.flag, 1]]) {
+      // positions as floats; class codes and flags as one byte a point (a quarter of the bytes)
+      for (const [name, b, size, type] of [["a_pos", buf.pos, 2, gl.FLOAT],
+        ["a_code", buf.code, 1, gl.UNSIGNED_BYTE], ["a_flag", buf.flag, 1, gl.UNSIGNED_BYTE]]) {
         const a = att(name);
         gl.bindBuffer(gl.ARRAY_BUFFER, b); gl.enableVertexAttribArray(a);
-        gl.vertexAttribPointer(a, size, gl.FLOAT, false, 0, 0);
+        gl.vertexAttribPointer(a, size, type, false, 0, 0);
       }
       gl.uniform1f(loc("u_pass"), 0); gl.drawArrays(gl.POINTS, 0, n);
       gl.uniform1f(loc("u_pass"), 1); gl.drawArrays(gl.POINTS, 0, n);
