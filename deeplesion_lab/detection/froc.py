@@ -569,14 +569,7 @@ def evaluate_predictions(
         gt_classes=gt.classes,
         iou_threshold=iou_threshold,
     )
-    sens = curve.sensitivity_at(fp_rates)
-    sens_d = {fp_key(f): float(s) for f, s in zip(fp_rates, sens, strict=True)}
-    mean_rates = [f for f in fp_rates if f <= 4.0]
-    mean = float(np.mean([sens_d[fp_key(f)] for f in mean_rates])) if mean_rates else float("nan")
-    per_class = {
-        c: {fp_key(f): float(s) for f, s in zip(fp_rates, v, strict=True)}
-        for c, v in sorted(curve.class_sensitivity_at(fp_rates).items())
-    }
+    sens_d, mean, per_class = _summary(curve, fp_rates)
     return FROCResult(
         sensitivity=sens_d,
         mean_sensitivity_0_5_to_4=mean,
