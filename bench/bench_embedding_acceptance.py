@@ -3,13 +3,16 @@
 Usage::
 
     .venv/bin/python bench/bench_embedding_acceptance.py --patients 40 --seeds 101 102 103 \
-        [--embed-args "--type-weight 0"] [--label NAME] [--jobs 2] [--work /tmp/emb_accept] \
-        [--demo-from-head] [--out bench/results/embedding_acceptance.md]
+        [--embed-args "--type-weight 0"] [--mine-args "--lesions-per-cluster 0"] [--label NAME] \
+        [--reuse-embed LABEL] [--jobs 2] [--work /tmp/emb_accept] [--demo-from-head] \
+        [--out bench/results/embedding_acceptance.md]
 
 For each seed (seeds the tests never use): ``demo-data --patients P --seed S`` (with
 ``--demo-from-head``: the demo generator as committed at HEAD, from ``git archive``, so that
 uncommitted edits in the checkout do not change the data), ``manifest``, ``embed --truth``
-(extra ``--embed-args``, e.g. the old defaults), ``mine`` (default deep rounds), ``evaluate``;
+(extra ``--embed-args``, e.g. the old defaults; with ``--reuse-embed LABEL`` the embedding of
+the run ``run_LABEL`` of the same demo is copied instead: the same embeddings, mined anew),
+``mine`` (extra ``--mine-args``), ``evaluate``;
 one torch thread per process, at most ``--jobs`` seeds at once. Reports per seed and mean +- sd:
 ``classification.embedding_accuracy - untrained_accuracy``, ``mining.purity``, ``mining.nmi``,
 ``retrieval.type_precision_at_5``, the baselines, per-round NMI (to the previous round and to the
@@ -63,18 +66,38 @@ def run_seed(args, seed: int, head: Path | None) -> dict:
                        check=True, capture_output=True, env=env, cwd=REPO)
     run = d / f"run_{args.label}"
     secs = {}
-    for name, argv in [
+    steps = [
         ("embed", ["embed", str(manifest), "--run", str(run), "--truth",
                    str(data / "truth.parquet"), "--threads", "1", "--no-progress",
                    *shlex.split(args.embed_args)]),
-        ("mine", ["mine", "--run", str(run), "--threads", "1", "--no-progress"]),
+        ("mine", ["mine", "--run", str(run), "--threads", "1", "--no-progress",
+                  *shlex.split(args.mine_args)]),
         ("evaluate", ["evaluate", "--run", str(run), "--no-progress"]),
-    ]:
+    ]
+    if args.reuse_embed:
+        import shutil
+
+        src = d / f"run_{args.reuse_embed}"
+        if run.exists():
+            shutil.rmtree(run)
+        run.mkdir(parents=True)
+        for name in ("run.json", "embedder.pt", "embedder.json", "embeddings.parquet"):
+            shutil.copy2(src / name, run / name)
+        if (src / "cache").is_dir():
+            shutil.copytree(src / "cache", run / "cache")
+        m0 = json.loads((src / "metrics.json").read_text())
+        (run / "metrics.json").write_text(json.dumps({k: m0[k] for k in ("embedding",)
+                                                      if k in m0}))
+        secs["embed"] = json.loads((src / "bench.json").read_text())["embed"] if (
+            src / "bench.json").is_file() else float("nan")
+        steps = steps[1:]
+    for name, argv in steps:
         t = time.perf_counter()
         out = subprocess.run([*cli, *argv], capture_output=True, text=True, env=env, cwd=REPO)
         if out.returncode != 0:
             raise SystemExit(f"seed {seed}: {name} failed\n{out.stderr[-2000:]}")
         secs[name] = round(time.perf_counter() - t, 1)
+    (run / "bench.json").write_text(json.dumps(secs))
     m = json.loads((run / "metrics.json").read_text())
     m["bench"] = {"seed": seed, "patients": args.patients, "label": args.label, "seconds": secs}
     print(f"seed {seed}: done {secs}", flush=True)
@@ -109,6 +132,8 @@ def markdown(args, rows: list[dict]) -> str:
         f"Command: `.venv/bin/python bench/bench_embedding_acceptance.py --patients "
         f"{args.patients} --seeds {' '.join(map(str, args.seeds))} --label {args.label}"
         + (f" --embed-args \"{args.embed_args}\"" if args.embed_args else "")
+        + (f" --mine-args \"{args.mine_args}\"" if args.mine_args else "")
+        + (f" --reuse-embed {args.reuse_embed}" if args.reuse_embed else "")
         + (" --demo-from-head" if args.demo_from_head else "") + "`",
         "",
         "| seed | lesions | embedding acc | untrained | gain | raw | location | p@5 | NMI | "
@@ -144,6 +169,9 @@ def main() -> None:
     ap.add_argument("--patients", type=int, default=40)
     ap.add_argument("--seeds", type=int, nargs="+", default=[101, 102, 103])
     ap.add_argument("--embed-args", default="", help="extra `embed` arguments")
+    ap.add_argument("--mine-args", default="", help="extra `mine` arguments")
+    ap.add_argument("--reuse-embed", default=None, metavar="LABEL",
+                    help="copy the embedding of run_LABEL (same demo) instead of embedding")
     ap.add_argument("--label", default="defaults")
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "emb_accept")

@@ -81,6 +81,10 @@ def test_mine_writes_pseudo_labels_and_map(made):
     # the run records a truth file: each round's NMI to it (before the rounds, then each)
     assert len(mining["round_nmi_truth"]) == mining["n_rounds"] + 1
     assert all(0 <= v <= 1 for v in mining["round_nmi_truth"])
+    # fine clusters merged by the manifest's known types; figures on the lesions of unknown type
+    assert mining["merged_by_known_type"] and mining["k_fine"] >= mining["k"]
+    assert 0 <= mining["nmi_truth_unseen"] <= 1 and 0 <= mining["purity_truth_unseen"] <= 1
+    assert mining["n_truth_unseen"] == int((df["coarse_type"] < 1).sum())
 
 
 def test_evaluate_metrics_json(made):

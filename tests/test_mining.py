@@ -163,3 +163,71 @@ def test_map_is_aligned_to_the_previous_one():
     # too few shared lesions: unchanged
     same, none = align_to_previous(moved[:2], np.array(["X", "L1"]), prev)
     assert none is None and (same == moved[:2]).all()
+
+
+def test_merge_by_known_type_numbering():
+    from deeplesion_lab.mining import merge_by_known_type
+
+    clusters = np.array([0, 0, 1, 1, 2, 2, 3, 3, 4])
+    types = np.array([4, -1, 4, 4, 1, 5, -1, -1, 0])  # 2: a tie of bone and kidney
+    groups, cluster_group = merge_by_known_type(clusters, types)
+    # 0 and 1 vote liver (4), 2 bone (1, the lower code of the tie), 3 and 4 know no type
+    assert cluster_group.tolist() == [1, 1, 0, 2, 3]
+    assert groups.tolist() == [1, 1, 1, 1, 0, 0, 2, 2, 3]
+
+
+def _blobs_with_known(blobs, every=3):
+    X, y = blobs
+    return X, y, np.where(np.arange(len(y)) % every == 0, y + 1, -1)
+
+
+def test_over_clustering_merged_by_known_type(blobs):
+    X, y, known = _blobs_with_known(blobs)
+    m = DeepClusterMiner(k_range=(2, 8), lesions_per_cluster=15).fit(X, known)
+    assert m.merged_ and m.n_fine_clusters_ == 10 and m.fine_labels_.max() == 9
+    # the fine clusters of one blob come together again, one cluster per known type
+    assert m.n_clusters_ == 5 and nmi(y, m.labels_) == pytest.approx(1.0)
+    # every known lesion is in the cluster of its own type
+    for t in np.unique(known[known > 0]):
+        assert len(np.unique(m.labels_[known == t])) == 1
+    assert m.cluster_centers_.shape == (5, 16)
+    assert ((m.confidence_ > 0) & (m.confidence_ <= 1 + 1e-9)).all()
+    np.testing.assert_array_equal(m.predict(X), m.labels_)
+    pl = m.pseudo_labels([f"L{i}" for i in range(len(y))], known)
+    assert (pl["label"].to_numpy() == pd.Series(y + 1).map(COARSE_TYPES).to_numpy()).all()
+    # deterministic
+    again = DeepClusterMiner(k_range=(2, 8), lesions_per_cluster=15).fit(X, known)
+    np.testing.assert_array_equal(again.labels_, m.labels_)
+    np.testing.assert_allclose(again.confidence_, m.confidence_)
+
+
+def test_clusters_without_known_members_stay_apart(blobs):
+    X, y, known = _blobs_with_known(blobs)
+    known = np.where(y == 4, -1, known)  # nobody knows blob 4's type
+    m = DeepClusterMiner(k_range=(5, 5), lesions_per_cluster=30).fit(X, known)
+    assert m.merged_ and m.n_fine_clusters_ == 5 and m.n_clusters_ == 5
+    assert nmi(y, m.labels_) == pytest.approx(1.0)
+    assert m.labels_[y == 4].min() == 4  # numbered after the clusters of known type
+
+
+def test_without_known_types_or_merging_nothing_changes(blobs):
+    X, y, known = _blobs_with_known(blobs)
+    plain = DeepClusterMiner(k_range=(2, 8)).fit(X)
+    assert not plain.merged_ and plain.n_fine_clusters_ == plain.n_clusters_ == 5
+    np.testing.assert_array_equal(plain.fine_labels_, plain.labels_)
+    off = DeepClusterMiner(k_range=(2, 8), lesions_per_cluster=None).fit(X, known)
+    np.testing.assert_array_equal(off.labels_, plain.labels_)
+    np.testing.assert_allclose(off.confidence_, plain.confidence_)
+    unknown = DeepClusterMiner(k_range=(2, 8)).fit(X, np.full(len(y), -1))
+    np.testing.assert_array_equal(unknown.labels_, plain.labels_)
+    # a K the user gives is the number of clusters: no over-clustering, no merging
+    user = DeepClusterMiner(n_clusters=3, lesions_per_cluster=6).fit(X, known)
+    assert not user.merged_ and user.n_clusters_ == user.n_fine_clusters_ == 3
+
+
+def test_known_types_are_checked(blobs):
+    X, _, known = _blobs_with_known(blobs)
+    with pytest.raises(MiningError, match="149 known types for 150 lesions"):
+        DeepClusterMiner(n_clusters=3).fit(X, known[:-1])
+    with pytest.raises(MiningError, match="'lesions_per_cluster' parameter"):
+        DeepClusterMiner(lesions_per_cluster=0.5).fit(X, known)
