@@ -311,13 +311,13 @@ def knn_vote(F, known, nn=5):
     return out
 
 
-def miner(d, known, lpc, rounds=0):
+def miner(d, known, lpc, rounds=0, seed=0):
     """The library's :class:`DeepClusterMiner` as ``mine`` runs it (K by silhouette over 8-16),
     given the known types; ``rounds`` deep rounds through the run's network."""
     from deeplesion_lab.mining import DeepClusterMiner
 
     if rounds == 0:
-        return DeepClusterMiner(lesions_per_cluster=lpc, seed=0).fit(d["X"], known).labels_
+        return DeepClusterMiner(lesions_per_cluster=lpc, seed=seed).fit(d["X"], known).labels_
     from deeplesion_lab.embedding import LesionEmbedder, build_patches
     from deeplesion_lab.run import RunDir
 
@@ -325,13 +325,16 @@ def miner(d, known, lpc, rounds=0):
     emb = LesionEmbedder.load(run.embedder)
     emb.num_threads = 1
     patches = build_patches(run.load_manifest(), emb.patch_config_, cache_dir=run.patch_cache)
-    m = DeepClusterMiner(embedder=emb, lesions_per_cluster=lpc, max_rounds=rounds, seed=0)
+    m = DeepClusterMiner(embedder=emb, lesions_per_cluster=lpc, max_rounds=rounds, seed=seed)
     return m.fit(patches, known).labels_
 
 
 def candidates() -> dict:
     """Name -> function(d) -> cluster ids."""
     C: dict = {}
+    for seed in range(5):  # the miner's own seed: its spread on one embedding
+        C[f"old_seed{seed}"] = lambda d, seed=seed: miner(d, d["known_all"], None, 1, seed)
+        C[f"miner_lpc8_all_seed{seed}"] = lambda d, seed=seed: miner(d, d["known_all"], 8, 0, seed)
     for who in ("sv", "all"):
         for lpc in (5, 6, 8, 10, 12):
             C[f"miner_lpc{lpc}_{who}"] = lambda d, lpc=lpc, who=who: miner(

@@ -248,11 +248,15 @@ class DeepClusterMiner(ClusterMixin, BaseEstimator):
         fewer clusters cannot give every type one, and several clusters may share a type name.
     criterion : {"silhouette", "stability"}, default "silhouette"
     lesions_per_cluster : float or None, default 8.0
-        Only when :meth:`fit` is given known types and K is chosen: the lesions are clustered into
-        ``max(K, round(N / lesions_per_cluster))`` fine clusters, which are then merged by the
-        majority known type of their members (:func:`merge_by_known_type`). None: K clusters,
-        no merging. On the demo's 40-patient runs (about 300 lesions, 30 % of known type)
-        6-10 lesions a cluster gave the same NMI on the unknown lesions (0.62-0.63).
+        Only when :meth:`fit` is given known types and K is chosen: the lesions are clustered
+        into ``max(K, min(round(N / lesions_per_cluster), max_fine_clusters))`` fine clusters,
+        which are then merged by the majority known type of their members
+        (:func:`merge_by_known_type`). None: K clusters, no merging. On the demo (24 and 40
+        patients, 150-330 lesions, 30 % of known type) 8 gave the best NMI to the true types
+        of the lesions of unknown type among 5-12 (``bench/results/embedding.md``).
+    max_fine_clusters : int, default 256
+        Cap of the fine clusters (k-means time grows with them: at DeepLesion's 32,735 lesions
+        8 lesions a cluster would be 4,092 clusters).
     embedder : LesionEmbedder, optional
         With an embedder, :meth:`fit` takes a :class:`~deeplesion_lab.embedding.PatchSet` and
         runs deep rounds (fine-tune on cluster ids, re-extract, re-cluster) on a copy of it;
@@ -311,6 +315,7 @@ class DeepClusterMiner(ClusterMixin, BaseEstimator):
         "k_range": [tuple, list],
         "criterion": [StrOptions({"silhouette", "stability"})],
         "lesions_per_cluster": [None, Interval(Real, 1, None, closed="left")],
+        "max_fine_clusters": [Interval(Integral, 2, None, closed="left")],
         "embedder": "no_validation",
         "max_rounds": [Interval(Integral, 0, None, closed="left")],
         "finetune_epochs": [Interval(Integral, 0, None, closed="left")],
@@ -325,6 +330,7 @@ class DeepClusterMiner(ClusterMixin, BaseEstimator):
         k_range: tuple[int, int] = (8, 16),
         criterion: str = "silhouette",
         lesions_per_cluster: float | None = 8.0,
+        max_fine_clusters: int = 256,
         embedder=None,
         max_rounds: int = 1,
         finetune_epochs: int = 1,
@@ -336,6 +342,7 @@ class DeepClusterMiner(ClusterMixin, BaseEstimator):
         self.k_range = k_range
         self.criterion = criterion
         self.lesions_per_cluster = lesions_per_cluster
+        self.max_fine_clusters = max_fine_clusters
         self.embedder = embedder
         self.max_rounds = max_rounds
         self.finetune_epochs = finetune_epochs
@@ -364,7 +371,8 @@ class DeepClusterMiner(ClusterMixin, BaseEstimator):
         self.merged_ = merge
         k_fine = k
         if merge:
-            k_fine = min(max(k, int(round(n / float(self.lesions_per_cluster)))), n)
+            per = int(round(n / float(self.lesions_per_cluster)))
+            k_fine = min(max(k, min(per, int(self.max_fine_clusters))), n)
         km = _kmeans(feats, k_fine, seed)
         fine = np.asarray(km.labels_, dtype=np.int64)
         if not merge:
