@@ -57,6 +57,16 @@ CANDIDATES: dict[str, dict] = {
                                 train_crop=64),
     "centernet-w32-1.2mm": dict(arch="centernet", width=32, image_size=352, spacing_mm=1.2,
                                 train_crop=96),
+    # session 7: ranking / learning speed at the same budget
+    "centernet-w32-ema": dict(arch="centernet", width=32, ema_decay=0.998),
+    "centernet-w32-ohem": dict(arch="centernet", width=32, hard_negatives=8),
+    "centernet-w32-lr2-warm": dict(arch="centernet", width=32, lr=0.002, warmup_steps=300),
+    "centernet-w32-ema-ohem": dict(arch="centernet", width=32, ema_decay=0.998,
+                                   hard_negatives=8),
+    "centernet-w32-zjitter": dict(arch="centernet", width=32, slice_jitter_mm=4.0),
+    "centernet-w32-wd": dict(arch="centernet", width=32, weight_decay=0.05),
+    "centernet-w32-zjitter-ohem": dict(arch="centernet", width=32, slice_jitter_mm=4.0,
+                                       hard_negatives=8),
 }
 
 
@@ -110,9 +120,11 @@ def _job(job: dict) -> dict:
     ms = det.predict_ms_per_image_
     ev = evaluate_predictions(pred, m, EVAL)
     test = evaluate_predictions(pred, m, "test")
+    # localisation: the same detections scored at IoU >= 0.3 (misses found but boxed too loosely)
+    loose = evaluate_predictions(pred, m, EVAL, iou_threshold=0.3)
     pred.to_csv(Path(job["out"]) / "predictions_eval.csv", index=False)
     flip = None
-    if hasattr(det.model_, "flip_test"):  # the same model with the flip test at inference
+    if job.get("flip", True) and hasattr(det.model_, "flip_test"):  # + the flip test
         det.model_.flip_test = True
         fpred = det.predict(m, EVAL)
         fev = evaluate_predictions(fpred, m, EVAL)
@@ -127,7 +139,7 @@ def _job(job: dict) -> dict:
         "windows_per_cpu_s": windows / cpu_fit,
         "infer_ms_per_slice": ms,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        "eval": ev.to_metrics(), "test": test.to_metrics(),
+        "eval": ev.to_metrics(), "test": test.to_metrics(), "eval_iou03": loose.to_metrics(),
         "interval95": bootstrap_sensitivity(ev.curve, n_boot=2000).to_metrics(),
         "final_loss": det.history_[-1]["loss"] if det.history_ else None,
     }
@@ -143,6 +155,8 @@ def main() -> int:
     ap.add_argument("--candidates", default="fasterrcnn,centernet,fcos")
     ap.add_argument("--seeds", default="0", help="training seeds, comma separated")
     ap.add_argument("--jobs", type=int, default=2, help="processes at once (1 thread each)")
+    ap.add_argument("--no-flip", action="store_true",
+                    help="skip the second evaluation of each CenterNet with the flip test")
     ap.add_argument("--out", type=Path, default=Path("/tmp/bench_detector_arch"))
     ap.add_argument("--results", type=Path, default=HERE / "results" / "detector_arch.md")
     args = ap.parse_args()
@@ -156,7 +170,7 @@ def main() -> int:
         raise SystemExit(f"unknown candidates {unknown}; known: {', '.join(CANDIDATES)}")
     seeds = [int(s) for s in args.seeds.split(",")]
     jobs = [{"name": c, "seed": s, "params": CANDIDATES[c], "budget": args.budget,
-             "manifest": str(args.data / "manifest.parquet"),
+             "manifest": str(args.data / "manifest.parquet"), "flip": not args.no_flip,
              "out": str(args.out / f"{c}-s{s}")} for c in names for s in seeds]
     args.out.mkdir(parents=True, exist_ok=True)
     results = []
@@ -184,14 +198,15 @@ def _load() -> str:
 def write_markdown(path: Path, rec: dict, args: argparse.Namespace) -> None:
     """One table row per candidate and seed; appended to ``path`` under a dated heading."""
     head = ("| candidate | seed | epochs | train CPU-s | windows/CPU-s | 0.5 FP | 1 FP | 2 FP | "
-            "4 FP [95 %] | 8 FP | mean 0.5-4 [95 %] | test 4 FP | infer ms/slice | peak MB |")
+            "4 FP [95 %] | 8 FP | mean 0.5-4 [95 %] | test 4 FP | 4 FP at IoU 0.3 | infer ms/slice | "
+            "peak MB |")
     lines = [
         f"## {rec['date']}: budget {args.budget:.0f} CPU-s per model, data "
         f"`{args.data.name}`",
         "",
         f"Command: `.venv/bin/python bench/bench_detector_arch.py --data {args.data} "
         f"--budget {args.budget:.0f} --candidates {args.candidates} --seeds {args.seeds} "
-        f"--jobs {args.jobs}` (1 torch thread per process; load average at the end "
+        f"--jobs {args.jobs}{' --no-flip' if args.no_flip else ''}` (1 torch thread per process; load average at the end "
         f"{rec['load_end']}). Evaluated on the {EVAL} key slices.",
         "",
         head,
@@ -201,16 +216,17 @@ def write_markdown(path: Path, rec: dict, args: argparse.Namespace) -> None:
     for r in rec["results"]:
         rows.append(r)
         if r.get("flip"):
-            rows.append({**r, **r["flip"], "name": r["name"] + " + flip test"})
+            rows.append({**r, **r["flip"], "eval_iou03": None, "name": r["name"] + " + flip test"})
     for r in rows:
         s, iv = r["eval"]["sensitivity"], r["interval95"]["interval"]
+        loose = f"{r['eval_iou03']['sensitivity']['4']:.3f}" if r.get("eval_iou03") else ""
         lines.append(
             f"| {r['name']} | {r['seed']} | {r['epochs']} | {r['train_cpu_s']:.0f} | "
             f"{r['windows_per_cpu_s']:.1f} | {s['0.5']:.3f} | {s['1']:.3f} | {s['2']:.3f} | "
             f"{s['4']:.3f} [{iv['4'][0]:.2f}-{iv['4'][1]:.2f}] | {s['8']:.3f} | "
             f"{r['eval']['mean_sensitivity_0_5_to_4']:.3f} "
             f"[{iv['mean_0.5-4'][0]:.2f}-{iv['mean_0.5-4'][1]:.2f}] | "
-            f"{r['test']['sensitivity']['4']:.3f} | {r['infer_ms_per_slice']:.0f} | "
+            f"{r['test']['sensitivity']['4']:.3f} | {loose} | {r['infer_ms_per_slice']:.0f} | "
             f"{r['peak_rss_mb']:.0f} |")
     ev = rec["results"][0]["eval"] if rec["results"] else {}
     lines += ["", f"Evaluated lesions / key slices: {ev.get('n_lesions', '?')} / "

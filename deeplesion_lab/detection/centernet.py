@@ -49,7 +49,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.ops import batched_nms, generalized_box_iou_loss
 
-__all__ = ["CenterNetLesion", "build_centernet", "centernet_targets"]
+__all__ = ["CenterNetLesion", "build_centernet", "centernet_targets", "hard_negative_loss"]
 
 #: Output stride of the heads.
 STRIDE = 4
@@ -95,6 +95,12 @@ class CenterNetLesion(nn.Module):
     flip_test : bool, default False
         At inference, also run the horizontally mirrored image and average the two outputs
         (CenterNet's flip test; measured neutral on the demo, ``bench/results/detector_arch.md``).
+    hard_negatives : int, default 0
+        Online hard-negative mining on the heatmap: in training, the ``hard_negatives``
+        highest-scoring background *peaks* of each image (3 x 3 local maxima of the logits
+        outside every lesion's Gaussian (< 0.05) and outside ignore regions: what would become
+        false positives at inference) add a plain, not penalty-reduced, ``-log(1 - p)`` term
+        to the heatmap loss (normalised by the number of lesions like the rest). 0: off.
     """
 
     arch = "centernet"
@@ -102,7 +108,7 @@ class CenterNetLesion(nn.Module):
     def __init__(self, num_classes: int, *, width: int = 16, fpn_channels: int = 64,
                  score_thresh: float = 0.01, nms_thresh: float = 0.5,
                  detections_per_img: int = 50, ignore_iou: float = 0.3,
-                 flip_test: bool = False):
+                 flip_test: bool = False, hard_negatives: int = 0):
         super().__init__()
         w = int(width)
         chans = [w, 2 * w, 4 * w, 6 * w, 8 * w]
@@ -127,6 +133,7 @@ class CenterNetLesion(nn.Module):
         self.detections_per_img = int(detections_per_img)
         self.ignore_iou = float(ignore_iou)
         self.flip_test = bool(flip_test)
+        self.hard_negatives = int(hard_negatives)
         self.freeze_features = False
         # channels-last convolutions: about a fifth less CPU time per training step (oneDNN)
         self.to(memory_format=torch.channels_last)
@@ -240,6 +247,9 @@ class CenterNetLesion(nn.Module):
         neg_w = (1 - gt) ** 4 * (~pos) * (~ign)
         neg_loss = -(torch.log(1 - p) * p**2 * neg_w).sum()
         losses = {"loss_heatmap": (pos_loss + neg_loss) / n_pos}
+        if self.hard_negatives > 0:
+            losses["loss_hard_negatives"] = hard_negative_loss(
+                hm_logit, (gt < 0.05) & ~ign, self.hard_negatives) / n_pos
 
         # box and class losses at the cells near each lesion's centre
         ys, xs = torch.meshgrid(torch.arange(h, device=gt.device),
@@ -306,6 +316,29 @@ class CenterNetLesion(nn.Module):
         return results
 
 
+def hard_negative_loss(logits: torch.Tensor, background: torch.Tensor, k: int) -> torch.Tensor:
+    """Sum over images of ``-log(1 - sigmoid(logit))`` at the ``k`` highest background peaks.
+
+    Parameters
+    ----------
+    logits : (B, h, w) tensor
+        Heatmap logits.
+    background : (B, h, w) bool tensor
+        Cells that may be mined (no lesion nearby, not ignored).
+    k : int
+        Peaks per image (fewer where an image has fewer background peaks).
+    """
+    masked = logits.masked_fill(~background, float("-inf"))
+    with torch.no_grad():
+        peak = (masked == F.max_pool2d(masked[:, None], 3, 1, 1)[:, 0]) & background
+        score = masked.detach().masked_fill(~peak, float("-inf")).flatten(1)
+        top, idx = score.topk(min(int(k), score.shape[1]), dim=1)
+        ok = torch.isfinite(top)
+    picked = logits.flatten(1).gather(1, idx)[ok]
+    # -log(1 - sigmoid(x)) = softplus(x)
+    return F.softplus(picked).sum()
+
+
 def centernet_targets(boxes: torch.Tensor, labels: torch.Tensor, h: int, w: int):
     """Heatmap targets of one image on an ``h`` x ``w`` stride-4 grid.
 
@@ -356,7 +389,8 @@ def centernet_targets(boxes: torch.Tensor, labels: torch.Tensor, h: int, w: int)
 
 def build_centernet(num_classes: int, *, image_size: int = 512, width: int = 16,
                     box_score_thresh: float = 0.01, box_nms_thresh: float = 0.5,
-                    detections_per_img: int = 50, ignore_iou: float = 0.3) -> CenterNetLesion:
+                    detections_per_img: int = 50, ignore_iou: float = 0.3,
+                    hard_negatives: int = 0) -> CenterNetLesion:
     """A :class:`CenterNetLesion` with random weights (``image_size`` is unused: any size)."""
     from .model import ModelError
 
@@ -364,4 +398,4 @@ def build_centernet(num_classes: int, *, image_size: int = 512, width: int = 16,
         raise ModelError("a detector needs at least one lesion class")
     return CenterNetLesion(num_classes, width=width, score_thresh=box_score_thresh,
                            nms_thresh=box_nms_thresh, detections_per_img=detections_per_img,
-                           ignore_iou=ignore_iou)
+                           ignore_iou=ignore_iou, hard_negatives=hard_negatives)

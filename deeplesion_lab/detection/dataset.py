@@ -198,6 +198,15 @@ class KeySliceDataset(torch.utils.data.Dataset):
         probability ``crop_lesion_p`` (uniformly placed otherwise); a lesion the window cuts
         so that less than 60 % of its box remains becomes an ignore region.
     crop_lesion_p : float, default 0.75
+    slice_jitter_mm : float, default 0
+        Training augmentation along the body axis (with ``augment``): each time an item is
+        drawn, its 3-slice context is centred on a slice up to this many mm above or below the
+        key slice (a whole number of the series' slices, drawn uniformly), with the key
+        slice's boxes. The shift is limited to 0.4 x the radius (half the box's shorter side)
+        of the smallest annotated lesion of the slice, so that each lesion still crosses the
+        shifted slice with at least about 90 % of its key-slice diameter; items where no whole
+        slice fits are not shifted. The other slices of the volumes give new backgrounds and
+        lesion cross-sections from the same annotations. 0: off.
     seed : int, default 0
     cache_mb : float, default 1024
         Memory for the preprocessed (un-augmented) images.
@@ -234,6 +243,7 @@ class KeySliceDataset(torch.utils.data.Dataset):
         scale_range: tuple[float, float] = (0.85, 1.15),
         crop: int | None = None,
         crop_lesion_p: float = 0.75,
+        slice_jitter_mm: float = 0.0,
         seed: int = 0,
         cache_mb: float = 1024.0,
         check: bool = True,
@@ -258,7 +268,7 @@ class KeySliceDataset(torch.utils.data.Dataset):
         self.seed = int(seed)
         self.epoch = 0
         self.cache_mb = cache_mb
-        self._cache: dict[int, tuple[np.ndarray, float]] = {}
+        self._cache: dict[tuple[int, int], tuple[np.ndarray, float]] = {}
         self._cache_bytes = 0
         self._load = LoadContext(self.images_root, n_slices=n_slices,
                                  target_spacing_mm=slice_spacing_mm)
@@ -297,6 +307,19 @@ class KeySliceDataset(torch.utils.data.Dataset):
             self.n_ignore += int((lab < 0).sum())
             self.boxes.append(b)
             self.labels.append(lab)
+        # largest slice shift of each item (slice_jitter_mm): 0.4 x the smallest lesion radius
+        self.slice_jitter_mm = float(slice_jitter_mm)
+        self.max_shift = np.zeros(len(self.file_names), dtype=np.int64)
+        if self.slice_jitter_mm > 0:
+            for k, (row, b, lab) in enumerate(zip(self.rows, self.boxes, self.labels,
+                                                  strict=True)):
+                real = b[lab > 0]
+                dz = float(row.get("spacing_z") or 0)
+                if not len(real) or dz <= 0:
+                    continue
+                r_mm = float(np.min(np.minimum(real[:, 2] - real[:, 0], real[:, 3] - real[:, 1])
+                                    ) / 2 * float(row["spacing_x"]))
+                self.max_shift[k] = int(np.floor(min(self.slice_jitter_mm, 0.4 * r_mm) / dz))
 
     def __len__(self) -> int:
         return len(self.file_names)
@@ -318,16 +341,33 @@ class KeySliceDataset(torch.utils.data.Dataset):
         the nearest present slice of the series stood in``."""
         return missing_context_line(self.missing_context, "key slices")
 
-    def _base(self, i: int) -> tuple[np.ndarray, float]:
-        """Windowed context image at the base scale, and that scale (cached)."""
-        if i in self._cache:
-            return self._cache[i]
+    def _shift(self, i: int) -> int:
+        """Slices the context of item ``i`` is moved by in this epoch (``slice_jitter_mm``)."""
+        k = int(self.max_shift[i])
+        if not (self.augment and k > 0):
+            return 0
         row = self.rows[i]
+        key = int(row["key_slice_index"])
+        lo = max(-k, int(row["slice_start"]) - key)
+        hi = min(k, int(row["slice_end"]) - key)
+        if hi < lo:
+            return 0
+        return int(np.random.default_rng([self.seed, self.epoch, i, 2]).integers(lo, hi + 1))
+
+    def _base(self, i: int, shift: int = 0) -> tuple[np.ndarray, float]:
+        """Windowed context image at the base scale, and that scale (cached); ``shift``: the
+        context centred that many slices away from the key slice."""
+        if (i, shift) in self._cache:
+            return self._cache[(i, shift)]
+        row = self.rows[i]
+        if shift:
+            row = {**row, "key_slice_index": int(row["key_slice_index"]) + int(shift)}
         try:
             sample = self._load({"row": row})
         except ImageError as exc:
             raise DatasetError(f"lesion {row['lesion_id']}: {exc}") from exc
-        self.missing_context[i] = len(sample.get("substituted_slices", ()))
+        if not shift:
+            self.missing_context[i] = len(sample.get("substituted_slices", ()))
         img = sample["image"]
         h, w = img.shape[-2:]
         scale = float(row["spacing_x"]) / self.spacing_mm
@@ -339,12 +379,12 @@ class KeySliceDataset(torch.utils.data.Dataset):
         out = self._window({"image": t[0].numpy(), "row": row})["image"].astype(np.float16)
         nbytes = out.nbytes
         if self._cache_bytes + nbytes <= self.cache_mb * 2**20:
-            self._cache[i] = (out, scale)
+            self._cache[(i, shift)] = (out, scale)
             self._cache_bytes += nbytes
         return out, scale
 
     def __getitem__(self, i: int):
-        base, scale = self._base(i)
+        base, scale = self._base(i, self._shift(i))
         boxes = self.boxes[i] * scale
         labels = self.labels[i].copy()
         if self.crop is not None:

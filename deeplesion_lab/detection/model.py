@@ -409,7 +409,8 @@ def build_model(arch: str, num_classes: int, **kw) -> nn.Module:
     from .config import ARCHS
 
     if arch == "fasterrcnn":
-        return build_detector(num_classes, **{k: v for k, v in kw.items() if k != "width"})
+        return build_detector(num_classes, **{k: v for k, v in kw.items()
+                                              if k not in ("width", "hard_negatives")})
     if arch == "fcos":
         keep = ("backbone", "image_size", "norm", "anchor_sizes", "box_score_thresh",
                 "box_nms_thresh", "detections_per_img")
@@ -418,6 +419,6 @@ def build_model(arch: str, num_classes: int, **kw) -> nn.Module:
         from .centernet import build_centernet
 
         keep = ("image_size", "box_score_thresh", "box_nms_thresh", "detections_per_img",
-                "ignore_iou", "width")
+                "ignore_iou", "width", "hard_negatives")
         return build_centernet(num_classes, **{k: v for k, v in kw.items() if k in keep})
     raise ModelError(f"unknown detector architecture {arch!r}; choose one of {', '.join(ARCHS)}")

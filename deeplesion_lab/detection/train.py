@@ -125,6 +125,7 @@ class _TrainState:
     global_step: int = 0
     history: list[dict] = field(default_factory=list)
     created: str = ""
+    ema: dict[str, torch.Tensor] | None = None
 
 
 def _context_summary(dataset: KeySliceDataset, ctx: distributed.DistContext) -> str | None:
@@ -183,6 +184,10 @@ class LesionDetector(BaseEstimator):
         checkpoint loads only as its own architecture.
     width : int, default 16
         Channels of the CenterNet's first stage (``arch="centernet"`` only).
+    hard_negatives : int, default 0
+        CenterNet only: online hard-negative mining, the number of highest-scoring background
+        peaks per training window given an extra loss term
+        (:func:`~deeplesion_lab.detection.centernet.hard_negative_loss`); 0: off.
     backbone : str, default "mobilenet_v3_large_fpn"
         See :data:`deeplesion_lab.detection.model.BACKBONES` (Faster R-CNN and FCOS).
     backbone_weights : str, optional
@@ -207,6 +212,11 @@ class LesionDetector(BaseEstimator):
     momentum, weight_decay : float
     warmup_steps : int, default 50
         Linear warm-up steps (at most a fifth of the run).
+    ema_decay : float, optional
+        Keep an exponential moving average of the weights (and batch-norm statistics) during
+        training, with this decay per step (ramped up as ``min(decay, (1 + t) / (10 + t))``),
+        and finish with the averaged weights. ``last.pt`` keeps the average, so a resumed run
+        retraces an uninterrupted one. None or 0: off (the weights of the last step).
     augment : bool, default True
         Random scale, flips and intensity jitter in training.
     scale_range : (float, float), default (0.85, 1.15)
@@ -218,6 +228,11 @@ class LesionDetector(BaseEstimator):
     crop_lesion_p : float, default 0.75
         Share of training windows centred near a lesion (the others are placed uniformly: the
         background and hard negatives the network sees).
+    slice_jitter_mm : float, default 0
+        Training augmentation along the body axis: the context of a training key slice is
+        centred up to this many mm (whole slices) above or below it, with its boxes, limited
+        to 0.4 x the radius of its smallest lesion (see
+        :class:`~deeplesion_lab.detection.dataset.KeySliceDataset`). 0: off.
     optimizer : {"adamw", "sgd"}, default "adamw"
         AdamW converges much faster from random weights (the usual case here: no weights are
         downloaded); SGD suits a pretrained backbone.
@@ -285,6 +300,7 @@ class LesionDetector(BaseEstimator):
     _parameter_constraints: dict = {
         "arch": [StrOptions(set(ARCHS))],
         "width": [Interval(Integral, 1, None, closed="left")],
+        "hard_negatives": [Interval(Integral, 0, None, closed="left")],
         "backbone": [StrOptions(set(BACKBONES))],
         "backbone_weights": [None, str, Path],
         "norm": [StrOptions(set(NORMS))],
@@ -299,10 +315,12 @@ class LesionDetector(BaseEstimator):
         "momentum": [Interval(Real, 0, 1, closed="left")],
         "weight_decay": [Interval(Real, 0, None, closed="left")],
         "warmup_steps": [Interval(Integral, 0, None, closed="left")],
+        "ema_decay": [None, Interval(Real, 0, 1, closed="left")],
         "augment": ["boolean"],
         "scale_range": [tuple, list],
         "train_crop": [None, Interval(Integral, 0, None, closed="left")],
         "crop_lesion_p": [Interval(Real, 0, 1, closed="both")],
+        "slice_jitter_mm": [Interval(Real, 0, None, closed="left")],
         "unannotated": [StrOptions({"neighbours", "none"})],
         "neighbour_factor": [Interval(Real, 0, None, closed="left")],
         "ignore_iou": [Interval(Real, 0, 1, closed="both")],
@@ -329,6 +347,7 @@ class LesionDetector(BaseEstimator):
         self,
         arch: str = "fasterrcnn",
         width: int = 16,
+        hard_negatives: int = 0,
         backbone: str = "mobilenet_v3_large_fpn",
         backbone_weights: str | None = None,
         norm: str = "batch",
@@ -343,10 +362,12 @@ class LesionDetector(BaseEstimator):
         momentum: float = 0.9,
         weight_decay: float = 1e-4,
         warmup_steps: int = 50,
+        ema_decay: float | None = None,
         augment: bool = True,
         scale_range: tuple[float, float] = (0.85, 1.15),
         train_crop: int | None = None,
         crop_lesion_p: float = 0.75,
+        slice_jitter_mm: float = 0.0,
         unannotated: str = "neighbours",
         neighbour_factor: float = 1.0,
         ignore_iou: float = 0.3,
@@ -370,6 +391,7 @@ class LesionDetector(BaseEstimator):
     ):
         self.arch = arch
         self.width = width
+        self.hard_negatives = hard_negatives
         self.backbone = backbone
         self.backbone_weights = backbone_weights
         self.norm = norm
@@ -384,10 +406,12 @@ class LesionDetector(BaseEstimator):
         self.momentum = momentum
         self.weight_decay = weight_decay
         self.warmup_steps = warmup_steps
+        self.ema_decay = ema_decay
         self.augment = augment
         self.scale_range = scale_range
         self.train_crop = train_crop
         self.crop_lesion_p = crop_lesion_p
+        self.slice_jitter_mm = slice_jitter_mm
         self.unannotated = unannotated
         self.neighbour_factor = neighbour_factor
         self.ignore_iou = ignore_iou
@@ -415,6 +439,7 @@ class LesionDetector(BaseEstimator):
             self.arch,
             n_classes,
             width=self.width,
+            hard_negatives=self.hard_negatives,
             backbone=self.backbone,
             image_size=self.image_size,
             backbone_weights=self.backbone_weights,
@@ -448,6 +473,7 @@ class LesionDetector(BaseEstimator):
             scale_range=tuple(self.scale_range),
             crop=self.train_crop if train else None,
             crop_lesion_p=self.crop_lesion_p,
+            slice_jitter_mm=self.slice_jitter_mm if train else 0.0,
             seed=self.seed,
             cache_mb=self.cache_mb,
         )
@@ -524,6 +550,8 @@ class LesionDetector(BaseEstimator):
             state = _TrainState(created=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
             if ckdir is not None and resume and (ckdir / "last.pt").is_file():
                 state = self._resume(ckdir / "last.pt", setup.fingerprint, model, opt, scaler)
+            if self.ema_decay and state.ema is None:
+                state.ema = _ema_init(model)
             runner = _wrap_ddp(model, ctx, device)
             for epoch in range(state.epoch, int(self.epochs)):
                 try:
@@ -536,6 +564,8 @@ class LesionDetector(BaseEstimator):
                 if ctx.main:
                     self._save_last(ckdir, model, opt, scaler, state, setup.fingerprint)
             self.context_summary_ = _context_summary(setup.dataset, ctx)
+            if state.ema is not None:  # finish with the averaged weights
+                model.load_state_dict({**model.state_dict(), **state.ema})
             model.eval()
             self._finish(setup, model, state, manifest, lineage)
             if ckdir is not None and ctx.main:
@@ -643,7 +673,8 @@ class LesionDetector(BaseEstimator):
         return _TrainState(epoch=int(state["epoch"]), step_in_epoch=int(state["step_in_epoch"]),
                            global_step=int(state["global_step"]),
                            history=list(state["history"]),
-                           created=str(state.get("created") or ""))
+                           created=str(state.get("created") or ""),
+                           ema=state.get("ema"))
 
     @staticmethod
     def _save_last(ckdir: Path | None, model: torch.nn.Module, opt: torch.optim.Optimizer,
@@ -664,6 +695,8 @@ class LesionDetector(BaseEstimator):
         }
         if scaler.is_enabled():
             obj["scaler"] = scaler.state_dict()
+        if state.ema is not None:
+            obj["ema"] = state.ema
         with atomic_path(ckdir / "last.pt") as tmp:
             torch.save(obj, tmp)
 
@@ -738,6 +771,8 @@ class LesionDetector(BaseEstimator):
             scaler.step(opt)
             scaler.update()
             state.global_step += 1
+            if state.ema is not None:
+                _ema_update(state.ema, model, float(self.ema_decay), state.global_step)
             dt = time.perf_counter() - t0
             t_epoch += dt
             n_img += len(idx)
@@ -925,6 +960,24 @@ class LesionDetector(BaseEstimator):
         det.history_ = list(ck.get("history") or [])
         det.n_iter_ = int(ck.get("n_iter", 0))
         return det
+
+
+def _ema_init(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """A copy of the floating-point entries of ``model``'s state (weights, batch-norm
+    statistics): the start of the moving average."""
+    return {k: v.detach().clone() for k, v in model.state_dict().items()
+            if v.is_floating_point()}
+
+
+@torch.no_grad()
+def _ema_update(ema: dict[str, torch.Tensor], model: torch.nn.Module, decay: float,
+                step: int) -> None:
+    """``ema = d * ema + (1 - d) * weights`` after optimiser step ``step`` (1, 2, ...), with
+    ``d = min(decay, (1 + step) / (10 + step))`` (a short average at the start)."""
+    d = min(float(decay), (1.0 + step) / (10.0 + step))
+    for k, v in model.state_dict().items():
+        if k in ema:
+            ema[k].mul_(d).add_(v.detach(), alpha=1.0 - d)
 
 
 def _load(path: Path) -> dict:
