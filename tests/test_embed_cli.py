@@ -232,3 +232,17 @@ def test_embed_samples_by_corrected_labels_outside_test(made, tmp_path):
     rec = json.loads((run / "embedder.json").read_text())["training"]
     assert rec["store_labels_used"] == 1
     assert json.loads((run / "metrics.json").read_text())["embedding"]["store_labels_used"] == 1
+
+
+def test_pseudo_labels_never_give_a_test_lesion_its_type(made, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(made["run"], run)
+    df = read_manifest(made["manifest"])
+    code, out, err = cli("embed", made["manifest"], "--run", run, "--epochs", "1",
+                         "--use-pseudo-labels", "--no-progress")
+    assert code == 0, err
+    roles = protocol_split(df["patient_index"].to_numpy())
+    known = np.isin(roles, ["seed", "val"]) & (df["coarse_type"].to_numpy() >= 1)
+    used = json.loads((run / "metrics.json").read_text())["embedding"]["pseudo_labels_used"]
+    # every lesion has a pseudo-label; only those outside the test role, without a type, count
+    assert used == int(((roles != "test") & ~known).sum()) > 0

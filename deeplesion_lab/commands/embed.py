@@ -51,7 +51,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "and val lesions (default), seeds only, or none (location and size "
                         "only); test lesions' types are never used")
     p.add_argument("--use-pseudo-labels", action="store_true",
-                   help="also sample by the run's pseudo-labels (from an earlier `mine`)")
+                   help="also sample by the run's pseudo-labels (from an earlier `mine`), for "
+                        "lesions outside the protocol's test role")
     p.add_argument("--labels-from-store", action="store_true",
                    help="also sample by the label store's corrected labels (people's corrections "
                         "and added lesions; RUN/labels.sqlite or --db), for lesions outside the "

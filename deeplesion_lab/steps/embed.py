@@ -45,7 +45,8 @@ class EmbedSettings:
     sampler_types : {"seed+val", "seed", "none"}
         Whose coarse types the sampler may use (test lesions' never).
     use_pseudo_labels : bool
-        Also sample by the run's pseudo-labels (from an earlier ``mine``).
+        Also sample by the run's pseudo-labels (from an earlier ``mine``), for lesions outside
+        the protocol's test role.
     labels_from_store : bool
         Also sample by the label store's corrected labels (non-test lesions).
     db : str or None
@@ -185,7 +186,9 @@ def embed_run(
         pl = run.load_pseudo_labels()
         m = dict(zip(pl["lesion_id"].astype(str), pl["label"].astype(str), strict=True))
         fill = np.array([TYPE_CODES.get(m.get(i, ""), -1) for i in patches.lesion_ids])
-        use = (types < 1) & (fill >= 1)
+        # never a test lesion's: mined clusters are named by the manifest's types (test
+        # lesions' too), so its pseudo-label would carry its own type into the training
+        use = (types < 1) & (fill >= 1) & (roles != "test")
         types[use] = fill[use]
         n_pseudo = int(use.sum())
     n_store = 0
