@@ -36,9 +36,20 @@ sys.path.insert(0, str(HERE.parent))
 EVAL = "val+test"
 
 #: Shared settings (the CLI's CPU defaults: 0.8 mm/px, 512 px canvas, 128 px windows).
-BASE = dict(image_size=512, spacing_mm=0.8, train_crop=128, batch_size=4, optimizer="adamw",
-            lr=0.001, window="soft tissue", box_head_size=256, box_batch_size=32,
-            checkpoint_every=0, progress=False, num_threads=1)
+BASE = dict(
+    image_size=512,
+    spacing_mm=0.8,
+    train_crop=128,
+    batch_size=4,
+    optimizer="adamw",
+    lr=0.001,
+    window="soft tissue",
+    box_head_size=256,
+    box_batch_size=32,
+    checkpoint_every=0,
+    progress=False,
+    num_threads=1,
+)
 
 #: The candidates: name -> LesionDetector parameters on top of BASE.
 CANDIDATES: dict[str, dict] = {
@@ -46,27 +57,32 @@ CANDIDATES: dict[str, dict] = {
     "centernet": dict(arch="centernet", width=16),
     "fcos": dict(arch="fcos"),
     "centernet-w32": dict(arch="centernet", width=32),
-    "centernet-1.6mm": dict(arch="centernet", width=16, image_size=256, spacing_mm=1.6,
-                            train_crop=64),
+    "centernet-1.6mm": dict(
+        arch="centernet", width=16, image_size=256, spacing_mm=1.6, train_crop=64
+    ),
     "centernet-whole": dict(arch="centernet", width=16, train_crop=None, batch_size=2),
     "centernet-negatives": dict(arch="centernet", width=16, crop_lesion_p=0.4),
     "centernet-lr3": dict(arch="centernet", width=16, lr=0.003),
-    "centernet-w32-1.6mm": dict(arch="centernet", width=32, image_size=256, spacing_mm=1.6,
-                                train_crop=64),
-    "centernet-w48-1.6mm": dict(arch="centernet", width=48, image_size=256, spacing_mm=1.6,
-                                train_crop=64),
-    "centernet-w32-1.2mm": dict(arch="centernet", width=32, image_size=352, spacing_mm=1.2,
-                                train_crop=96),
+    "centernet-w32-1.6mm": dict(
+        arch="centernet", width=32, image_size=256, spacing_mm=1.6, train_crop=64
+    ),
+    "centernet-w48-1.6mm": dict(
+        arch="centernet", width=48, image_size=256, spacing_mm=1.6, train_crop=64
+    ),
+    "centernet-w32-1.2mm": dict(
+        arch="centernet", width=32, image_size=352, spacing_mm=1.2, train_crop=96
+    ),
     # session 7: ranking / learning speed at the same budget
     "centernet-w32-ema": dict(arch="centernet", width=32, ema_decay=0.998),
     "centernet-w32-ohem": dict(arch="centernet", width=32, hard_negatives=8),
     "centernet-w32-lr2-warm": dict(arch="centernet", width=32, lr=0.002, warmup_steps=300),
-    "centernet-w32-ema-ohem": dict(arch="centernet", width=32, ema_decay=0.998,
-                                   hard_negatives=8),
+    "centernet-w32-ema-ohem": dict(arch="centernet", width=32, ema_decay=0.998, hard_negatives=8),
     "centernet-w32-zjitter": dict(arch="centernet", width=32, slice_jitter_mm=4.0),
     "centernet-w32-wd": dict(arch="centernet", width=32, weight_decay=0.05),
-    "centernet-w32-zjitter-ohem": dict(arch="centernet", width=32, slice_jitter_mm=4.0,
-                                       hard_negatives=8),
+    "centernet-w32-zjitter-ohem": dict(
+        arch="centernet", width=32, slice_jitter_mm=4.0, hard_negatives=8
+    ),
+    "centernet-w32-scale": dict(arch="centernet", width=32, scale_range=(0.7, 1.6)),
 }
 
 
@@ -128,18 +144,29 @@ def _job(job: dict) -> dict:
         det.model_.flip_test = True
         fpred = det.predict(m, EVAL)
         fev = evaluate_predictions(fpred, m, EVAL)
-        flip = {"eval": fev.to_metrics(), "test": evaluate_predictions(fpred, m, "test").to_metrics(),
-                "interval95": bootstrap_sensitivity(fev.curve, n_boot=2000).to_metrics(),
-                "infer_ms_per_slice": det.predict_ms_per_image_}
+        flip = {
+            "eval": fev.to_metrics(),
+            "test": evaluate_predictions(fpred, m, "test").to_metrics(),
+            "interval95": bootstrap_sensitivity(fev.curve, n_boot=2000).to_metrics(),
+            "infer_ms_per_slice": det.predict_ms_per_image_,
+        }
         det.model_.flip_test = False
     result = {
-        "name": job["name"], "seed": job["seed"], "flip": flip, "params": {k: str(v) for k, v in params.items()},
-        "epochs": epochs, "calibrated_cpu_s_per_step": sec_step,
-        "train_cpu_s": cpu_fit, "train_wall_s": wall_fit, "windows": windows,
+        "name": job["name"],
+        "seed": job["seed"],
+        "flip": flip,
+        "params": {k: str(v) for k, v in params.items()},
+        "epochs": epochs,
+        "calibrated_cpu_s_per_step": sec_step,
+        "train_cpu_s": cpu_fit,
+        "train_wall_s": wall_fit,
+        "windows": windows,
         "windows_per_cpu_s": windows / cpu_fit,
         "infer_ms_per_slice": ms,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        "eval": ev.to_metrics(), "test": test.to_metrics(), "eval_iou03": loose.to_metrics(),
+        "eval": ev.to_metrics(),
+        "test": test.to_metrics(),
+        "eval_iou03": loose.to_metrics(),
         "interval95": bootstrap_sensitivity(ev.curve, n_boot=2000).to_metrics(),
         "final_loss": det.history_[-1]["loss"] if det.history_ else None,
     }
@@ -149,14 +176,21 @@ def _job(job: dict) -> dict:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--data", type=Path, required=True,
-                    help="demo folder with manifest.parquet (generate_demo + write_manifest)")
+    ap.add_argument(
+        "--data",
+        type=Path,
+        required=True,
+        help="demo folder with manifest.parquet (generate_demo + write_manifest)",
+    )
     ap.add_argument("--budget", type=float, default=240.0, help="CPU-seconds of training each")
     ap.add_argument("--candidates", default="fasterrcnn,centernet,fcos")
     ap.add_argument("--seeds", default="0", help="training seeds, comma separated")
     ap.add_argument("--jobs", type=int, default=2, help="processes at once (1 thread each)")
-    ap.add_argument("--no-flip", action="store_true",
-                    help="skip the second evaluation of each CenterNet with the flip test")
+    ap.add_argument(
+        "--no-flip",
+        action="store_true",
+        help="skip the second evaluation of each CenterNet with the flip test",
+    )
     ap.add_argument("--out", type=Path, default=Path("/tmp/bench_detector_arch"))
     ap.add_argument("--results", type=Path, default=HERE / "results" / "detector_arch.md")
     args = ap.parse_args()
@@ -169,19 +203,35 @@ def main() -> int:
     if unknown:
         raise SystemExit(f"unknown candidates {unknown}; known: {', '.join(CANDIDATES)}")
     seeds = [int(s) for s in args.seeds.split(",")]
-    jobs = [{"name": c, "seed": s, "params": CANDIDATES[c], "budget": args.budget,
-             "manifest": str(args.data / "manifest.parquet"), "flip": not args.no_flip,
-             "out": str(args.out / f"{c}-s{s}")} for c in names for s in seeds]
+    jobs = [
+        {
+            "name": c,
+            "seed": s,
+            "params": CANDIDATES[c],
+            "budget": args.budget,
+            "manifest": str(args.data / "manifest.parquet"),
+            "flip": not args.no_flip,
+            "out": str(args.out / f"{c}-s{s}"),
+        }
+        for c in names
+        for s in seeds
+    ]
     args.out.mkdir(parents=True, exist_ok=True)
     results = []
     with ProcessPoolExecutor(args.jobs, mp_context=mp.get_context("spawn")) as pool:
         for r in pool.map(_job, jobs):
             results.append(r)
-            print(f"{r['name']} seed {r['seed']}: 4 FP {r['eval']['sensitivity']['4']:.3f}, "
-                  f"{r['train_cpu_s']:.0f} CPU-s, {r['windows_per_cpu_s']:.1f} windows/CPU-s",
-                  flush=True)
-    record = {"args": {k: str(v) for k, v in vars(args).items()}, "results": results,
-              "date": time.strftime("%Y-%m-%d"), "load_end": _load()}
+            print(
+                f"{r['name']} seed {r['seed']}: 4 FP {r['eval']['sensitivity']['4']:.3f}, "
+                f"{r['train_cpu_s']:.0f} CPU-s, {r['windows_per_cpu_s']:.1f} windows/CPU-s",
+                flush=True,
+            )
+    record = {
+        "args": {k: str(v) for k, v in vars(args).items()},
+        "results": results,
+        "date": time.strftime("%Y-%m-%d"),
+        "load_end": _load(),
+    }
     (args.out / "results.json").write_text(json.dumps(record, indent=2, default=str))
     write_markdown(args.results, record, args)
     print(args.results.read_text())
@@ -197,12 +247,13 @@ def _load() -> str:
 
 def write_markdown(path: Path, rec: dict, args: argparse.Namespace) -> None:
     """One table row per candidate and seed; appended to ``path`` under a dated heading."""
-    head = ("| candidate | seed | epochs | train CPU-s | windows/CPU-s | 0.5 FP | 1 FP | 2 FP | "
-            "4 FP [95 %] | 8 FP | mean 0.5-4 [95 %] | test 4 FP | 4 FP at IoU 0.3 | infer ms/slice | "
-            "peak MB |")
+    head = (
+        "| candidate | seed | epochs | train CPU-s | windows/CPU-s | 0.5 FP | 1 FP | 2 FP | "
+        "4 FP [95 %] | 8 FP | mean 0.5-4 [95 %] | test 4 FP | 4 FP at IoU 0.3 | infer ms/slice | "
+        "peak MB |"
+    )
     lines = [
-        f"## {rec['date']}: budget {args.budget:.0f} CPU-s per model, data "
-        f"`{args.data.name}`",
+        f"## {rec['date']}: budget {args.budget:.0f} CPU-s per model, data `{args.data.name}`",
         "",
         f"Command: `.venv/bin/python bench/bench_detector_arch.py --data {args.data} "
         f"--budget {args.budget:.0f} --candidates {args.candidates} --seeds {args.seeds} "
@@ -227,13 +278,22 @@ def write_markdown(path: Path, rec: dict, args: argparse.Namespace) -> None:
             f"{r['eval']['mean_sensitivity_0_5_to_4']:.3f} "
             f"[{iv['mean_0.5-4'][0]:.2f}-{iv['mean_0.5-4'][1]:.2f}] | "
             f"{r['test']['sensitivity']['4']:.3f} | {loose} | {r['infer_ms_per_slice']:.0f} | "
-            f"{r['peak_rss_mb']:.0f} |")
+            f"{r['peak_rss_mb']:.0f} |"
+        )
     ev = rec["results"][0]["eval"] if rec["results"] else {}
-    lines += ["", f"Evaluated lesions / key slices: {ev.get('n_lesions', '?')} / "
-              f"{ev.get('n_images', '?')}.", ""]
-    old = path.read_text() if path.is_file() else (
-        "# Detector candidates at the same CPU budget\n\n"
-        "Written by `bench/bench_detector_arch.py` (see its docstring for the protocol).\n")
+    lines += [
+        "",
+        f"Evaluated lesions / key slices: {ev.get('n_lesions', '?')} / {ev.get('n_images', '?')}.",
+        "",
+    ]
+    old = (
+        path.read_text()
+        if path.is_file()
+        else (
+            "# Detector candidates at the same CPU budget\n\n"
+            "Written by `bench/bench_detector_arch.py` (see its docstring for the protocol).\n"
+        )
+    )
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(old.rstrip() + "\n\n" + "\n".join(lines))
 

@@ -56,8 +56,9 @@ STRIDE = 4
 
 
 def _conv(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout),
-                         nn.ReLU(inplace=True))
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)
+    )
 
 
 class _Block(nn.Module):
@@ -67,9 +68,11 @@ class _Block(nn.Module):
         super().__init__()
         self.a = _conv(cin, cout, stride)
         self.b = nn.Sequential(nn.Conv2d(cout, cout, 3, 1, 1, bias=False), nn.BatchNorm2d(cout))
-        self.skip = (nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False),
-                                   nn.BatchNorm2d(cout))
-                     if stride != 1 or cin != cout else nn.Identity())
+        self.skip = (
+            nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+            if stride != 1 or cin != cout
+            else nn.Identity()
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.relu(self.b(self.a(x)) + self.skip(x), inplace=True)
@@ -105,20 +108,31 @@ class CenterNetLesion(nn.Module):
 
     arch = "centernet"
 
-    def __init__(self, num_classes: int, *, width: int = 16, fpn_channels: int = 64,
-                 score_thresh: float = 0.01, nms_thresh: float = 0.5,
-                 detections_per_img: int = 50, ignore_iou: float = 0.3,
-                 flip_test: bool = False, hard_negatives: int = 0):
+    def __init__(
+        self,
+        num_classes: int,
+        *,
+        width: int = 16,
+        fpn_channels: int = 64,
+        score_thresh: float = 0.01,
+        nms_thresh: float = 0.5,
+        detections_per_img: int = 50,
+        ignore_iou: float = 0.3,
+        flip_test: bool = False,
+        hard_negatives: int = 0,
+    ):
         super().__init__()
         w = int(width)
         chans = [w, 2 * w, 4 * w, 6 * w, 8 * w]
-        self.stem = nn.Sequential(_conv(3, w, 2), _conv(w, w))            # stride 2
-        self.stages = nn.ModuleList([
-            _Block(chans[0], chans[1], 2),                                  # 4
-            _Block(chans[1], chans[2], 2),                                  # 8
-            _Block(chans[2], chans[3], 2),                                  # 16
-            _Block(chans[3], chans[4], 2),                                  # 32
-        ])
+        self.stem = nn.Sequential(_conv(3, w, 2), _conv(w, w))  # stride 2
+        self.stages = nn.ModuleList(
+            [
+                _Block(chans[0], chans[1], 2),  # 4
+                _Block(chans[1], chans[2], 2),  # 8
+                _Block(chans[2], chans[3], 2),  # 16
+                _Block(chans[3], chans[4], 2),  # 32
+            ]
+        )
         d = int(fpn_channels)
         self.lateral = nn.ModuleList([nn.Conv2d(c, d, 1) for c in chans[1:]])
         self.smooth = _conv(d, d)
@@ -138,8 +152,12 @@ class CenterNetLesion(nn.Module):
         # channels-last convolutions: about a fifth less CPU time per training step (oneDNN)
         self.to(memory_format=torch.channels_last)
 
-    def reset_class_head(self, num_classes: int, old_classes: list[str] | None = None,
-                         new_classes: list[str] | None = None) -> None:
+    def reset_class_head(
+        self,
+        num_classes: int,
+        old_classes: list[str] | None = None,
+        new_classes: list[str] | None = None,
+    ) -> None:
         """A class head for ``num_classes`` classes (fine-tuning on new classes).
 
         With the class names (``old_classes`` of the model, ``new_classes`` wanted), a class the
@@ -199,8 +217,10 @@ class CenterNetLesion(nn.Module):
                 f = self.features(x)
         else:
             f = self.features(x)
-        out = {"heatmap": self.heatmap(f)[:, 0],
-               "box": torch.exp(self.box(f).clamp(max=6.0)) * STRIDE}
+        out = {
+            "heatmap": self.heatmap(f)[:, 0],
+            "box": torch.exp(self.box(f).clamp(max=6.0)) * STRIDE,
+        }
         if self.classes is not None:
             out["classes"] = self.classes(f)
         return out
@@ -227,8 +247,10 @@ class CenterNetLesion(nn.Module):
             # the mirrored image's heatmap logits, box sides (left and right swapped) and class
             # logits mirrored back and averaged with the plain ones
             fl = self.heads(x.flip(-1))
-            out = {k: (v + (fl[k].flip(-1)[:, [2, 1, 0, 3]] if k == "box" else fl[k].flip(-1)))
-                   / 2 for k, v in out.items()}
+            out = {
+                k: (v + (fl[k].flip(-1)[:, [2, 1, 0, 3]] if k == "box" else fl[k].flip(-1))) / 2
+                for k, v in out.items()
+            }
         sizes = [tuple(im.shape[-2:]) for im in images]
         return self.decode(out, sizes)
 
@@ -248,12 +270,14 @@ class CenterNetLesion(nn.Module):
         neg_loss = -(torch.log(1 - p) * p**2 * neg_w).sum()
         losses = {"loss_heatmap": (pos_loss + neg_loss) / n_pos}
         if self.hard_negatives > 0:
-            losses["loss_hard_negatives"] = hard_negative_loss(
-                hm_logit, (gt < 0.05) & ~ign, self.hard_negatives) / n_pos
+            losses["loss_hard_negatives"] = (
+                hard_negative_loss(hm_logit, (gt < 0.05) & ~ign, self.hard_negatives) / n_pos
+            )
 
         # box and class losses at the cells near each lesion's centre
-        ys, xs = torch.meshgrid(torch.arange(h, device=gt.device),
-                                torch.arange(w, device=gt.device), indexing="ij")
+        ys, xs = torch.meshgrid(
+            torch.arange(h, device=gt.device), torch.arange(w, device=gt.device), indexing="ij"
+        )
         cx = (xs.float() + 0.5) * STRIDE
         cy = (ys.float() + 0.5) * STRIDE
         pred_b, tgt_b, wts, cls_logit, cls_t = [], [], [], [], []
@@ -263,7 +287,7 @@ class CenterNetLesion(nn.Module):
                 continue
             boxes = targets[i]["boxes"][targets[i]["labels"] > 0]
             labels = targets[i]["labels"][targets[i]["labels"] > 0]
-            d = out["box"][i][:, sel]                                   # (4, n)
+            d = out["box"][i][:, sel]  # (4, n)
             px, py = cx[sel], cy[sel]
             pred_b.append(torch.stack([px - d[0], py - d[1], px + d[2], py + d[3]], 1))
             tgt_b.append(boxes[owner[sel]])
@@ -311,8 +335,9 @@ class CenterNetLesion(nn.Module):
             boxes, score, labels = boxes[ok], score[ok], labels[ok]
             keep = batched_nms(boxes, score, torch.zeros_like(labels), self.nms_thresh)
             keep = keep[: self.detections_per_img]
-            results.append({"boxes": boxes[keep], "scores": score[keep],
-                            "labels": labels[keep].long()})
+            results.append(
+                {"boxes": boxes[keep], "scores": score[keep], "labels": labels[keep].long()}
+            )
         return results
 
 
@@ -372,8 +397,10 @@ def centernet_targets(boxes: torch.Tensor, labels: torch.Tensor, h: int, w: int)
         cx, cy = (real[:, 0] + real[:, 2]) / 2, (real[:, 1] + real[:, 3]) / 2
         sx = ((real[:, 2] - real[:, 0]) / 6).clamp(min=0.5)
         sy = ((real[:, 3] - real[:, 1]) / 6).clamp(min=0.5)
-        g = torch.exp(-((xs[None] - cx[:, None, None]) ** 2) / (2 * sx[:, None, None] ** 2)
-                      - ((ys[None] - cy[:, None, None]) ** 2) / (2 * sy[:, None, None] ** 2))
+        g = torch.exp(
+            -((xs[None] - cx[:, None, None]) ** 2) / (2 * sx[:, None, None] ** 2)
+            - ((ys[None] - cy[:, None, None]) ** 2) / (2 * sy[:, None, None] ** 2)
+        )
         ix = cx.floor().long().clamp(0, w - 1)
         iy = cy.floor().long().clamp(0, h - 1)
         g[torch.arange(len(real), device=dev), iy, ix] = 1.0
@@ -387,15 +414,28 @@ def centernet_targets(boxes: torch.Tensor, labels: torch.Tensor, h: int, w: int)
     return heat, ignore, heat, owner
 
 
-def build_centernet(num_classes: int, *, image_size: int = 512, width: int = 16,
-                    box_score_thresh: float = 0.01, box_nms_thresh: float = 0.5,
-                    detections_per_img: int = 50, ignore_iou: float = 0.3,
-                    hard_negatives: int = 0) -> CenterNetLesion:
+def build_centernet(
+    num_classes: int,
+    *,
+    image_size: int = 512,
+    width: int = 16,
+    box_score_thresh: float = 0.01,
+    box_nms_thresh: float = 0.5,
+    detections_per_img: int = 50,
+    ignore_iou: float = 0.3,
+    hard_negatives: int = 0,
+) -> CenterNetLesion:
     """A :class:`CenterNetLesion` with random weights (``image_size`` is unused: any size)."""
     from .model import ModelError
 
     if num_classes < 1:
         raise ModelError("a detector needs at least one lesion class")
-    return CenterNetLesion(num_classes, width=width, score_thresh=box_score_thresh,
-                           nms_thresh=box_nms_thresh, detections_per_img=detections_per_img,
-                           ignore_iou=ignore_iou, hard_negatives=hard_negatives)
+    return CenterNetLesion(
+        num_classes,
+        width=width,
+        score_thresh=box_score_thresh,
+        nms_thresh=box_nms_thresh,
+        detections_per_img=detections_per_img,
+        ignore_iou=ignore_iou,
+        hard_negatives=hard_negatives,
+    )

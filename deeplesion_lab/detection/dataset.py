@@ -84,7 +84,10 @@ def check_images(lesions: pd.DataFrame, images_root: str | Path) -> None:
 
 def _series_key(df: pd.DataFrame) -> pd.Series:
     return (
-        df["patient_index"].astype(str) + "_" + df["study_index"].astype(str) + "_"
+        df["patient_index"].astype(str)
+        + "_"
+        + df["study_index"].astype(str)
+        + "_"
         + df["series_id"].astype(str)
     )
 
@@ -112,12 +115,12 @@ def neighbour_ignore_boxes(
     if factor <= 0 or context.empty:
         return {}
     ctx = context.assign(_series=_series_key(context))
-    files = lesions.drop_duplicates("file_name").assign(_series=_series_key(
-        lesions.drop_duplicates("file_name")))
+    files = lesions.drop_duplicates("file_name").assign(
+        _series=_series_key(lesions.drop_duplicates("file_name"))
+    )
     by_series = {s: g for s, g in ctx.groupby("_series", sort=False)}
     out: dict[str, np.ndarray] = {}
-    for f, s, k in zip(files["file_name"], files["_series"], files["key_slice_index"],
-                       strict=True):
+    for f, s, k in zip(files["file_name"], files["_series"], files["key_slice_index"], strict=True):
         g = by_series.get(s)
         if g is None:
             continue
@@ -261,8 +264,9 @@ class KeySliceDataset(torch.utils.data.Dataset):
         self.augment = augment
         self.scale_range = scale_range
         if crop is not None and not 32 <= int(crop) <= self.image_size:
-            raise DatasetError(f"crop must be between 32 and image_size ({self.image_size}), "
-                               f"not {crop}")
+            raise DatasetError(
+                f"crop must be between 32 and image_size ({self.image_size}), not {crop}"
+            )
         self.crop = int(crop) if crop is not None else None
         self.crop_lesion_p = float(crop_lesion_p)
         self.seed = int(seed)
@@ -270,8 +274,9 @@ class KeySliceDataset(torch.utils.data.Dataset):
         self.cache_mb = cache_mb
         self._cache: dict[tuple[int, int], tuple[np.ndarray, float]] = {}
         self._cache_bytes = 0
-        self._load = LoadContext(self.images_root, n_slices=n_slices,
-                                 target_spacing_mm=slice_spacing_mm)
+        self._load = LoadContext(
+            self.images_root, n_slices=n_slices, target_spacing_mm=slice_spacing_mm
+        )
         self._window = Window(window)
 
         groups = {f: g for f, g in lesions.groupby("file_name", sort=True)}
@@ -279,8 +284,9 @@ class KeySliceDataset(torch.utils.data.Dataset):
         self.rows: list[dict] = [groups[f].iloc[0].to_dict() for f in self.file_names]
         self.missing_context = np.full(len(self.file_names), -1, dtype=np.int16)
         neigh = (
-            neighbour_ignore_boxes(lesions, context if context is not None else lesions,
-                                   neighbour_factor)
+            neighbour_ignore_boxes(
+                lesions, context if context is not None else lesions, neighbour_factor
+            )
             if unannotated == "neighbours"
             else {}
         )
@@ -311,14 +317,16 @@ class KeySliceDataset(torch.utils.data.Dataset):
         self.slice_jitter_mm = float(slice_jitter_mm)
         self.max_shift = np.zeros(len(self.file_names), dtype=np.int64)
         if self.slice_jitter_mm > 0:
-            for k, (row, b, lab) in enumerate(zip(self.rows, self.boxes, self.labels,
-                                                  strict=True)):
+            for k, (row, b, lab) in enumerate(zip(self.rows, self.boxes, self.labels, strict=True)):
                 real = b[lab > 0]
                 dz = float(row.get("spacing_z") or 0)
                 if not len(real) or dz <= 0:
                     continue
-                r_mm = float(np.min(np.minimum(real[:, 2] - real[:, 0], real[:, 3] - real[:, 1])
-                                    ) / 2 * float(row["spacing_x"]))
+                r_mm = float(
+                    np.min(np.minimum(real[:, 2] - real[:, 0], real[:, 3] - real[:, 1]))
+                    / 2
+                    * float(row["spacing_x"])
+                )
                 self.max_shift[k] = int(np.floor(min(self.slice_jitter_mm, 0.4 * r_mm) / dz))
 
     def __len__(self) -> int:
@@ -374,8 +382,13 @@ class KeySliceDataset(torch.utils.data.Dataset):
         scale = min(scale, self.image_size / max(h, w))
         t = torch.from_numpy(np.ascontiguousarray(img))[None]
         if abs(scale - 1.0) > 1e-6:
-            t = F.interpolate(t, scale_factor=scale, mode="bilinear", align_corners=False,
-                              recompute_scale_factor=False)
+            t = F.interpolate(
+                t,
+                scale_factor=scale,
+                mode="bilinear",
+                align_corners=False,
+                recompute_scale_factor=False,
+            )
         out = self._window({"image": t[0].numpy(), "row": row})["image"].astype(np.float16)
         nbytes = out.nbytes
         if self._cache_bytes + nbytes <= self.cache_mb * 2**20:
@@ -395,8 +408,13 @@ class KeySliceDataset(torch.utils.data.Dataset):
             s = float(rng.uniform(*self.scale_range))
             s = min(s, self.image_size / max(img.shape[-2:]))
             if abs(s - 1.0) > 1e-6:
-                t = F.interpolate(torch.from_numpy(img)[None], scale_factor=s, mode="bilinear",
-                                  align_corners=False, recompute_scale_factor=False)
+                t = F.interpolate(
+                    torch.from_numpy(img)[None],
+                    scale_factor=s,
+                    mode="bilinear",
+                    align_corners=False,
+                    recompute_scale_factor=False,
+                )
                 img = t[0].numpy()
                 boxes = boxes * s
                 scale *= s
@@ -416,12 +434,17 @@ class KeySliceDataset(torch.utils.data.Dataset):
             "boxes": torch.from_numpy(boxes[ok]),
             "labels": torch.from_numpy(labels[ok]),
         }
-        meta = {"file_name": self.file_names[i], "scale": scale, "index": i,
-                "missing_context": int(self.missing_context[i])}
+        meta = {
+            "file_name": self.file_names[i],
+            "scale": scale,
+            "index": i,
+            "missing_context": int(self.missing_context[i]),
+        }
         return torch.from_numpy(canvas), target, meta
 
-    def _window_item(self, i: int, base: np.ndarray, scale: float, boxes: np.ndarray,
-                     labels: np.ndarray):
+    def _window_item(
+        self, i: int, base: np.ndarray, scale: float, boxes: np.ndarray, labels: np.ndarray
+    ):
         """A training window, resampled from the cached image at the window only.
 
         The same draws as rescaling, flipping and jittering the whole image and then cutting
@@ -462,8 +485,12 @@ class KeySliceDataset(torch.utils.data.Dataset):
         boxes[:, [1, 3]] = boxes[:, [1, 3]].clip(0, c)
         ok = (boxes[:, 2] - boxes[:, 0] >= 1) & (boxes[:, 3] - boxes[:, 1] >= 1)
         target = {"boxes": torch.from_numpy(boxes[ok]), "labels": torch.from_numpy(labels[ok])}
-        meta = {"file_name": self.file_names[i], "scale": scale * s, "index": i,
-                "missing_context": int(self.missing_context[i])}
+        meta = {
+            "file_name": self.file_names[i],
+            "scale": scale * s,
+            "index": i,
+            "missing_context": int(self.missing_context[i]),
+        }
         return torch.from_numpy(np.ascontiguousarray(img, dtype=np.float32)), target, meta
 
     def _place(self, boxes: np.ndarray, labels: np.ndarray, h: int, w: int, i: int):
@@ -508,8 +535,13 @@ def resample_window(base: np.ndarray, s: float, x0: int, y0: int, c: int) -> np.
     xs = (np.arange(x0, x0 + c, dtype=np.float32) + 0.5) / s / w0 * 2 - 1
     ys = (np.arange(y0, y0 + c, dtype=np.float32) + 0.5) / s / h0 * 2 - 1
     grid = torch.from_numpy(np.stack(np.meshgrid(xs, ys), -1))[None]
-    return F.grid_sample(torch.from_numpy(base.astype(np.float32))[None], grid,
-                         mode="bilinear", padding_mode="border", align_corners=False)[0].numpy()
+    return F.grid_sample(
+        torch.from_numpy(base.astype(np.float32))[None],
+        grid,
+        mode="bilinear",
+        padding_mode="border",
+        align_corners=False,
+    )[0].numpy()
 
 
 def collate(batch):

@@ -53,7 +53,6 @@ __all__ = [
 ]
 
 
-
 class ModelError(LabError, ValueError):
     """A detector configuration or weights file that cannot be used."""
 
@@ -94,8 +93,9 @@ class LesionRoIHeads(RoIHeads):
         matched_idxs, labels = [], []
         for props, boxes, labs in zip(proposals, gt_boxes, gt_labels, strict=True):
             keep = torch.where(labs > 0)[0]
-            sub_idx, sub_lab = super().assign_targets_to_proposals([props], [boxes[keep]],
-                                                                   [labs[keep]])
+            sub_idx, sub_lab = super().assign_targets_to_proposals(
+                [props], [boxes[keep]], [labs[keep]]
+            )
             idx, lab = sub_idx[0], sub_lab[0]
             # map matches back to indices of the full target list (for regression targets)
             idx = keep[idx] if keep.numel() else torch.zeros_like(idx)
@@ -111,8 +111,12 @@ class LesionRoIHeads(RoIHeads):
         pred_boxes = self.box_coder.decode(box_regression, proposals)
         probs = F.softmax(class_logits, -1)
         all_boxes, all_scores, all_labels = [], [], []
-        for boxes, p, shape in zip(pred_boxes.split(boxes_per_image, 0),
-                                   probs.split(boxes_per_image, 0), image_shapes, strict=True):
+        for boxes, p, shape in zip(
+            pred_boxes.split(boxes_per_image, 0),
+            probs.split(boxes_per_image, 0),
+            image_shapes,
+            strict=True,
+        ):
             boxes = box_ops.clip_boxes_to_image(boxes, shape)
             fg = p[:, 1:]
             score = fg.sum(dim=1)
@@ -148,8 +152,9 @@ def group_norm(channels: int) -> nn.GroupNorm:
     return nn.GroupNorm(groups, channels)
 
 
-def _backbone(name: str, pretrained_file: bool, trainable_layers: int | None,
-              norm_name: str = "batch") -> nn.Module:
+def _backbone(
+    name: str, pretrained_file: bool, trainable_layers: int | None, norm_name: str = "batch"
+) -> nn.Module:
     from torchvision.models.detection.backbone_utils import mobilenet_backbone, resnet_fpn_backbone
 
     if norm_name not in NORMS:
@@ -164,8 +169,12 @@ def _backbone(name: str, pretrained_file: bool, trainable_layers: int | None,
         # torchvision's default returns two stride-32 maps only, far too coarse for lesions of
         # 10-30 px; stages 2, 3, 4 give strides 8, 16 and 32 (plus the pooled stride 64)
         return mobilenet_backbone(
-            backbone_name=name[: -len("_fpn")], weights=None, fpn=True, norm_layer=norm,
-            trainable_layers=layers, returned_layers=[2, 3, 4],
+            backbone_name=name[: -len("_fpn")],
+            weights=None,
+            fpn=True,
+            norm_layer=norm,
+            trainable_layers=layers,
+            returned_layers=[2, 3, 4],
         )
     layers = 5 if trainable_layers is None else trainable_layers
     return resnet_fpn_backbone(
@@ -211,7 +220,7 @@ def load_backbone_weights(model: FasterRCNN, path: str | Path) -> dict[str, int]
         name = str(k)
         for prefix in ("module.", "backbone.body.", "features."):
             if name.startswith(prefix):
-                name = name[len(prefix):]
+                name = name[len(prefix) :]
         if name in target and tuple(target[name].shape) == tuple(v.shape):
             mapped[name] = v
         else:
@@ -319,19 +328,29 @@ def build_detector(
     model.transform = CanvasTransform(image_size, image_size, t.image_mean, t.image_std)
     rpn, heads = model.rpn, model.roi_heads
     new_rpn = LesionRPN(
-        rpn.anchor_generator, rpn.head,
-        fg_iou_thresh=rpn_fg_iou, bg_iou_thresh=min(0.3, rpn_fg_iou), batch_size_per_image=256,
+        rpn.anchor_generator,
+        rpn.head,
+        fg_iou_thresh=rpn_fg_iou,
+        bg_iou_thresh=min(0.3, rpn_fg_iou),
+        batch_size_per_image=256,
         positive_fraction=0.5,
-        pre_nms_top_n=dict(rpn._pre_nms_top_n), post_nms_top_n=dict(rpn._post_nms_top_n),
-        nms_thresh=rpn.nms_thresh, score_thresh=rpn.score_thresh,
+        pre_nms_top_n=dict(rpn._pre_nms_top_n),
+        post_nms_top_n=dict(rpn._post_nms_top_n),
+        nms_thresh=rpn.nms_thresh,
+        score_thresh=rpn.score_thresh,
     )
     new_rpn.ignore_iou = float(ignore_iou)
     new_heads = LesionRoIHeads(
-        heads.box_roi_pool, heads.box_head, heads.box_predictor,
-        fg_iou_thresh=0.5, bg_iou_thresh=0.5,
-        batch_size_per_image=box_batch_size_per_image, positive_fraction=0.25,
+        heads.box_roi_pool,
+        heads.box_head,
+        heads.box_predictor,
+        fg_iou_thresh=0.5,
+        bg_iou_thresh=0.5,
+        batch_size_per_image=box_batch_size_per_image,
+        positive_fraction=0.25,
         bbox_reg_weights=None,
-        score_thresh=box_score_thresh, nms_thresh=box_nms_thresh,
+        score_thresh=box_score_thresh,
+        nms_thresh=box_nms_thresh,
         detections_per_img=detections_per_img,
     )
     new_heads.ignore_iou = float(ignore_iou)
@@ -370,17 +389,29 @@ class LesionFCOS(nn.Module):
 
     def forward(self, images, targets=None):  # torchvision's interface
         if targets is not None:
-            targets = [{"boxes": t["boxes"][t["labels"] > 0],
-                        "labels": torch.ones(int((t["labels"] > 0).sum()), dtype=torch.int64,
-                                             device=t["boxes"].device)} for t in targets]
+            targets = [
+                {
+                    "boxes": t["boxes"][t["labels"] > 0],
+                    "labels": torch.ones(
+                        int((t["labels"] > 0).sum()), dtype=torch.int64, device=t["boxes"].device
+                    ),
+                }
+                for t in targets
+            ]
         return self.fcos(images, targets)
 
 
-def build_fcos(num_classes: int, *, backbone: str = "mobilenet_v3_large_fpn",
-               image_size: int = 512, norm: str = "batch",
-               anchor_sizes: Sequence[int] = (16, 32, 64, 128, 256),
-               box_score_thresh: float = 0.01, box_nms_thresh: float = 0.5,
-               detections_per_img: int = 50) -> nn.Module:
+def build_fcos(
+    num_classes: int,
+    *,
+    backbone: str = "mobilenet_v3_large_fpn",
+    image_size: int = 512,
+    norm: str = "batch",
+    anchor_sizes: Sequence[int] = (16, 32, 64, 128, 256),
+    box_score_thresh: float = 0.01,
+    box_nms_thresh: float = 0.5,
+    detections_per_img: int = 50,
+) -> nn.Module:
     """torchvision FCOS on a MobileNetV3/ResNet FPN, random weights, class-agnostic score."""
     from torchvision.models.detection import FCOS
 
@@ -392,10 +423,17 @@ def build_fcos(num_classes: int, *, backbone: str = "mobilenet_v3_large_fpn",
     n_levels = 4 if backbone.startswith("mobilenet") else 5
     sizes = tuple(int(s) for s in anchor_sizes)[:n_levels]
     anchors = AnchorGenerator(tuple((s,) for s in sizes), ((1.0,),) * n_levels)
-    fcos = FCOS(body, num_classes=2, min_size=image_size, max_size=image_size,
-                anchor_generator=anchors, score_thresh=box_score_thresh,
-                nms_thresh=box_nms_thresh, detections_per_img=detections_per_img,
-                topk_candidates=200)
+    fcos = FCOS(
+        body,
+        num_classes=2,
+        min_size=image_size,
+        max_size=image_size,
+        anchor_generator=anchors,
+        score_thresh=box_score_thresh,
+        nms_thresh=box_nms_thresh,
+        detections_per_img=detections_per_img,
+        topk_candidates=200,
+    )
     t = fcos.transform
     fcos.transform = CanvasTransform(image_size, image_size, t.image_mean, t.image_std)
     return LesionFCOS(fcos, num_classes)
@@ -409,16 +447,31 @@ def build_model(arch: str, num_classes: int, **kw) -> nn.Module:
     from .config import ARCHS
 
     if arch == "fasterrcnn":
-        return build_detector(num_classes, **{k: v for k, v in kw.items()
-                                              if k not in ("width", "hard_negatives")})
+        return build_detector(
+            num_classes, **{k: v for k, v in kw.items() if k not in ("width", "hard_negatives")}
+        )
     if arch == "fcos":
-        keep = ("backbone", "image_size", "norm", "anchor_sizes", "box_score_thresh",
-                "box_nms_thresh", "detections_per_img")
+        keep = (
+            "backbone",
+            "image_size",
+            "norm",
+            "anchor_sizes",
+            "box_score_thresh",
+            "box_nms_thresh",
+            "detections_per_img",
+        )
         return build_fcos(num_classes, **{k: v for k, v in kw.items() if k in keep})
     if arch == "centernet":
         from .centernet import build_centernet
 
-        keep = ("image_size", "box_score_thresh", "box_nms_thresh", "detections_per_img",
-                "ignore_iou", "width", "hard_negatives")
+        keep = (
+            "image_size",
+            "box_score_thresh",
+            "box_nms_thresh",
+            "detections_per_img",
+            "ignore_iou",
+            "width",
+            "hard_negatives",
+        )
         return build_centernet(num_classes, **{k: v for k, v in kw.items() if k in keep})
     raise ModelError(f"unknown detector architecture {arch!r}; choose one of {', '.join(ARCHS)}")

@@ -56,9 +56,19 @@ CHECKPOINT_FORMAT = "deeplesion-lab-detector"
 CHECKPOINT_VERSION = 1
 
 #: Parameters that may change between an interrupted run and its resumption.
-_RUNTIME_PARAMS = {"epochs", "progress", "device", "num_threads", "checkpoint_every", "cache_mb",
-                   "test_proposals",
-                   "warm_start", "amp", "workers", "micro_batches"}
+_RUNTIME_PARAMS = {
+    "epochs",
+    "progress",
+    "device",
+    "num_threads",
+    "checkpoint_every",
+    "cache_mb",
+    "test_proposals",
+    "warm_start",
+    "amp",
+    "workers",
+    "micro_batches",
+}
 
 
 class CheckpointError(LabError, ValueError):
@@ -139,16 +149,18 @@ def _context_summary(dataset: KeySliceDataset, ctx: distributed.DistContext) -> 
     return missing_context_line(m.astype(np.int64), "key slices")
 
 
-def _wrap_ddp(model: torch.nn.Module, ctx: distributed.DistContext,
-              device: torch.device) -> torch.nn.Module:
+def _wrap_ddp(
+    model: torch.nn.Module, ctx: distributed.DistContext, device: torch.device
+) -> torch.nn.Module:
     """``model`` in DistributedDataParallel under torchrun, else itself."""
     if not ctx.active:
         return model
     from torch.nn.parallel import DistributedDataParallel
 
     ids = [device.index] if device.type == "cuda" else None
-    return DistributedDataParallel(model, device_ids=ids,
-                                   find_unused_parameters=getattr(model, "arch", "") != "centernet")
+    return DistributedDataParallel(
+        model, device_ids=ids, find_unused_parameters=getattr(model, "arch", "") != "centernet"
+    )
 
 
 def _sync(runner: torch.nn.Module, sync: bool) -> contextlib.AbstractContextManager:
@@ -158,13 +170,16 @@ def _sync(runner: torch.nn.Module, sync: bool) -> contextlib.AbstractContextMana
     return runner.no_sync()
 
 
-def _worker_lost(exc: BaseException, ctx: distributed.DistContext, state: _TrainState,
-                 ckdir: Path | None) -> distributed.WorkerLostError:
+def _worker_lost(
+    exc: BaseException, ctx: distributed.DistContext, state: _TrainState, ckdir: Path | None
+) -> distributed.WorkerLostError:
     first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
-    where = (f"the last checkpoint {ckdir / 'last.pt'} (epoch {state.epoch + 1}, step "
-             f"{state.step_in_epoch}) is intact; run the same command again to resume"
-             if ckdir is not None and (ckdir / "last.pt").is_file()
-             else "no checkpoint was written yet; run the same command again to start over")
+    where = (
+        f"the last checkpoint {ckdir / 'last.pt'} (epoch {state.epoch + 1}, step "
+        f"{state.step_in_epoch}) is intact; run the same command again to resume"
+        if ckdir is not None and (ckdir / "last.pt").is_file()
+        else "no checkpoint was written yet; run the same command again to start over"
+    )
     return distributed.WorkerLostError(
         f"rank {ctx.rank} of {ctx.world}: another training process stopped during epoch "
         f"{state.epoch + 1} ({first}); {where}"
@@ -455,8 +470,16 @@ class LesionDetector(BaseEstimator):
             detections_per_img=self.detections_per_img,
         )
 
-    def _dataset(self, lesions: pd.DataFrame, root: Path, *, train: bool, context=None,
-                 class_index=None, ignore_boxes=None) -> KeySliceDataset:
+    def _dataset(
+        self,
+        lesions: pd.DataFrame,
+        root: Path,
+        *,
+        train: bool,
+        context=None,
+        class_index=None,
+        ignore_boxes=None,
+    ) -> KeySliceDataset:
         return KeySliceDataset(
             lesions,
             root,
@@ -479,8 +502,7 @@ class LesionDetector(BaseEstimator):
         )
 
     def _fingerprint(self, extra: Mapping[str, Any]) -> dict:
-        params = {k: _jsonable(v) for k, v in self.get_params().items()
-                  if k not in _RUNTIME_PARAMS}
+        params = {k: _jsonable(v) for k, v in self.get_params().items() if k not in _RUNTIME_PARAMS}
         return {"params": params, **_jsonable(dict(extra))}
 
     def _lr_at(self, step: int, total: int) -> float:
@@ -540,9 +562,16 @@ class LesionDetector(BaseEstimator):
         device = resolve_device(self.device)
         ctx = distributed.context(device)
         with torch_threads(self.num_threads):
-            setup = self._setup(manifest, labels, images_root=images_root, split=split,
-                                reset_head=reset_head, ignore_boxes=ignore_boxes, world=ctx.world,
-                                source=str((lineage or {}).get("labels_source", "labels")))
+            setup = self._setup(
+                manifest,
+                labels,
+                images_root=images_root,
+                split=split,
+                reset_head=reset_head,
+                ignore_boxes=ignore_boxes,
+                world=ctx.world,
+                source=str((lineage or {}).get("labels_source", "labels")),
+            )
             model = setup.model.to(device)
             opt = self._optimizer(model)
             scaler = grad_scaler(device, self.amp)
@@ -555,8 +584,19 @@ class LesionDetector(BaseEstimator):
             runner = _wrap_ddp(model, ctx, device)
             for epoch in range(state.epoch, int(self.epochs)):
                 try:
-                    self._train_epoch(epoch, state, setup, model, runner, opt, scaler, ctx,
-                                      device, ckdir, callback)
+                    self._train_epoch(
+                        epoch,
+                        state,
+                        setup,
+                        model,
+                        runner,
+                        opt,
+                        scaler,
+                        ctx,
+                        device,
+                        ckdir,
+                        callback,
+                    )
                 except RuntimeError as exc:
                     if ctx.active and not isinstance(exc, LabError):
                         raise _worker_lost(exc, ctx, state, ckdir) from exc
@@ -574,10 +614,18 @@ class LesionDetector(BaseEstimator):
         return self
 
     # the steps of fit ---------------------------------------------------------------------------
-    def _setup(self, manifest: pd.DataFrame, labels: pd.DataFrame | None, *,
-               images_root: str | Path | None, split: str, reset_head: bool,
-               ignore_boxes: Mapping[str, np.ndarray] | None, world: int = 1,
-               source: str = "labels") -> _Setup:
+    def _setup(
+        self,
+        manifest: pd.DataFrame,
+        labels: pd.DataFrame | None,
+        *,
+        images_root: str | Path | None,
+        split: str,
+        reset_head: bool,
+        ignore_boxes: Mapping[str, np.ndarray] | None,
+        world: int = 1,
+        source: str = "labels",
+    ) -> _Setup:
         """The training lesions, classes, dataset, network and run fingerprint of a fit."""
         root = Path(images_root) if images_root is not None else manifest_images_root(manifest)
         train = select_split(manifest, split)
@@ -586,11 +634,14 @@ class LesionDetector(BaseEstimator):
         warm = self.warm_start and hasattr(self, "model_")
         imposed = self.classes_ if warm and not reset_head else None
         classes, index = class_indices(
-            train["lesion_id"].astype(str).tolist(), labels, imposed,
+            train["lesion_id"].astype(str).tolist(),
+            labels,
+            imposed,
             source=source,
         )
-        dataset = self._dataset(train, root, train=True, context=manifest, class_index=index,
-                                ignore_boxes=ignore_boxes)
+        dataset = self._dataset(
+            train, root, train=True, context=manifest, class_index=index, ignore_boxes=ignore_boxes
+        )
         if warm and getattr(self.model_, "arch", "fasterrcnn") != self.arch:
             raise ModelError(
                 f"cannot continue training a {getattr(self.model_, 'arch', 'fasterrcnn')} "
@@ -608,8 +659,10 @@ class LesionDetector(BaseEstimator):
             model = self._build(len(classes))
             parent, parent_hash = None, "scratch"
         ign_hash = hashlib.sha1(
-            b"".join(k.encode() + np.asarray(v, np.float32).tobytes()
-                     for k, v in sorted((ignore_boxes or {}).items()))
+            b"".join(
+                k.encode() + np.asarray(v, np.float32).tobytes()
+                for k, v in sorted((ignore_boxes or {}).items())
+            )
         ).hexdigest()[:12]
         micro = self._micro_batches(world)
         extra: dict[str, Any] = {
@@ -624,9 +677,17 @@ class LesionDetector(BaseEstimator):
             extra["micro_batches"] = micro
         n = len(dataset)
         steps_per_epoch = int(np.ceil(n / self.batch_size))
-        return _Setup(train=train, classes=list(classes), dataset=dataset, model=model,
-                      parent=parent, parent_hash=parent_hash, fingerprint=self._fingerprint(extra),
-                      micro_batches=micro, total_steps=steps_per_epoch * int(self.epochs))
+        return _Setup(
+            train=train,
+            classes=list(classes),
+            dataset=dataset,
+            model=model,
+            parent=parent,
+            parent_hash=parent_hash,
+            fingerprint=self._fingerprint(extra),
+            micro_batches=micro,
+            total_steps=steps_per_epoch * int(self.epochs),
+        )
 
     def _micro_batches(self, world: int) -> int:
         """Parts each global batch is cut into: ``micro_batches``, at least one per process."""
@@ -648,15 +709,21 @@ class LesionDetector(BaseEstimator):
     def _optimizer(self, model: torch.nn.Module) -> torch.optim.Optimizer:
         params = [p for p in model.parameters() if p.requires_grad]
         if self.optimizer == "sgd":
-            return torch.optim.SGD(params, lr=self.lr, momentum=self.momentum,
-                                   weight_decay=self.weight_decay)
+            return torch.optim.SGD(
+                params, lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay
+            )
         if self.optimizer == "adamw":
             return torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay)
         raise ModelError(f"unknown optimizer {self.optimizer!r}; use 'sgd' or 'adamw'")
 
     @staticmethod
-    def _resume(path: Path, fingerprint: dict, model: torch.nn.Module,
-                opt: torch.optim.Optimizer, scaler: Any) -> _TrainState:
+    def _resume(
+        path: Path,
+        fingerprint: dict,
+        model: torch.nn.Module,
+        opt: torch.optim.Optimizer,
+        scaler: Any,
+    ) -> _TrainState:
         """Load ``last.pt`` into ``model`` and ``opt``; refuse one made with other settings."""
         state = _load(path)
         if state.get("fingerprint") != fingerprint:
@@ -670,15 +737,24 @@ class LesionDetector(BaseEstimator):
         opt.load_state_dict(state["optimizer"])
         if state.get("scaler") and scaler.is_enabled():
             scaler.load_state_dict(state["scaler"])
-        return _TrainState(epoch=int(state["epoch"]), step_in_epoch=int(state["step_in_epoch"]),
-                           global_step=int(state["global_step"]),
-                           history=list(state["history"]),
-                           created=str(state.get("created") or ""),
-                           ema=state.get("ema"))
+        return _TrainState(
+            epoch=int(state["epoch"]),
+            step_in_epoch=int(state["step_in_epoch"]),
+            global_step=int(state["global_step"]),
+            history=list(state["history"]),
+            created=str(state.get("created") or ""),
+            ema=state.get("ema"),
+        )
 
     @staticmethod
-    def _save_last(ckdir: Path | None, model: torch.nn.Module, opt: torch.optim.Optimizer,
-                   scaler: Any, state: _TrainState, fingerprint: dict) -> None:
+    def _save_last(
+        ckdir: Path | None,
+        model: torch.nn.Module,
+        opt: torch.optim.Optimizer,
+        scaler: Any,
+        state: _TrainState,
+        fingerprint: dict,
+    ) -> None:
         """Write the training state to ``ckdir/last.pt`` (atomically)."""
         if ckdir is None:
             return
@@ -700,11 +776,20 @@ class LesionDetector(BaseEstimator):
         with atomic_path(ckdir / "last.pt") as tmp:
             torch.save(obj, tmp)
 
-    def _train_epoch(self, epoch: int, state: _TrainState, setup: _Setup,
-                     model: torch.nn.Module, runner: torch.nn.Module,
-                     opt: torch.optim.Optimizer, scaler: Any, ctx: distributed.DistContext,
-                     device: torch.device, ckdir: Path | None,
-                     callback: Callable[[dict], None] | None) -> None:
+    def _train_epoch(
+        self,
+        epoch: int,
+        state: _TrainState,
+        setup: _Setup,
+        model: torch.nn.Module,
+        runner: torch.nn.Module,
+        opt: torch.optim.Optimizer,
+        scaler: Any,
+        ctx: distributed.DistContext,
+        device: torch.device,
+        ckdir: Path | None,
+        callback: Callable[[dict], None] | None,
+    ) -> None:
         """One epoch from ``state`` (mid-epoch after a resume); appends its history entry and
         leaves ``state`` at the start of the next epoch."""
         from tqdm.auto import tqdm
@@ -720,16 +805,24 @@ class LesionDetector(BaseEstimator):
         # (g, lesions to load, share of the batch). An empty part (a short last batch) is
         # skipped by one process; under DDP its process still joins the gradient exchange,
         # on the batch's first image with weight 0.
-        mine = [[(g, part if len(part) else idx[:1], len(part) / len(idx))
-                 for g, part in enumerate(distributed.shards(idx, m))
-                 if g % ctx.world == ctx.rank and (len(part) or ctx.active)]
-                for idx in batches[first:]]
+        mine = [
+            [
+                (g, part if len(part) else idx[:1], len(part) / len(idx))
+                for g, part in enumerate(distributed.shards(idx, m))
+                if g % ctx.world == ctx.rank and (len(part) or ctx.active)
+            ]
+            for idx in batches[first:]
+        ]
         loaded = self._loader(dataset, [p for step in mine for _, p, _ in step], device)
         sums: dict[str, float] = {}
         names: list[str] | None = None
         n_img, t_epoch = 0, 0.0
-        bar = tqdm(range(first, len(batches)), desc=f"epoch {epoch + 1}/{self.epochs}",
-                   unit="batch", disable=not (self.progress and ctx.main))
+        bar = tqdm(
+            range(first, len(batches)),
+            desc=f"epoch {epoch + 1}/{self.epochs}",
+            unit="batch",
+            disable=not (self.progress and ctx.main),
+        )
         for b in bar:
             t0 = time.perf_counter()
             idx = batches[b]
@@ -742,13 +835,14 @@ class LesionDetector(BaseEstimator):
             for k, (g, _, share) in enumerate(parts):
                 sync = k == len(parts) - 1
                 with _sync(runner, sync), distributed.keep_buffers(model, g != 0):
-                    torch.manual_seed(self.seed * 1_000_003 + state.global_step
-                                      + 1_000_000_007 * g)
+                    torch.manual_seed(self.seed * 1_000_003 + state.global_step + 1_000_000_007 * g)
                     images, targets, metas = next(loaded)
                     dataset.record_missing(metas)
                     images = [im.to(device, non_blocking=True) for im in images]
-                    targets = [{k2: v.to(device, non_blocking=True) for k2, v in t.items()}
-                               for t in targets]
+                    targets = [
+                        {k2: v.to(device, non_blocking=True) for k2, v in t.items()}
+                        for t in targets
+                    ]
                     with autocast(device, self.amp):
                         losses = runner(images, targets)
                     loss = sum(losses.values())
@@ -758,8 +852,9 @@ class LesionDetector(BaseEstimator):
                     names = sorted(losses)
                 if values is None:
                     values = np.zeros(len(names) + 1)
-                values += share * np.array([losses[k2].item() for k2 in names]
-                                           + [float(loss.item())])
+                values += share * np.array(
+                    [losses[k2].item() for k2 in names] + [float(loss.item())]
+                )
             # every process's weighted loss parts, summed: the loss of the global batch
             values = ctx.all_sum(values if values is not None else np.zeros(len(names) + 1))
             loss_v = float(values[-1])
@@ -781,36 +876,61 @@ class LesionDetector(BaseEstimator):
             sums["loss"] = sums.get("loss", 0.0) + loss_v * len(idx)
             bar.set_postfix(loss=f"{loss_v:.3f}")
             if callback is not None and ctx.main:
-                callback({"epoch": epoch, "step": b + 1, "global_step": state.global_step,
-                          "loss": loss_v, "lr": lr, "images_per_s": len(idx) / dt})
-            if self.checkpoint_every and state.global_step % self.checkpoint_every == 0 \
-                    and b + 1 < len(batches) and ctx.main:
+                callback(
+                    {
+                        "epoch": epoch,
+                        "step": b + 1,
+                        "global_step": state.global_step,
+                        "loss": loss_v,
+                        "lr": lr,
+                        "images_per_s": len(idx) / dt,
+                    }
+                )
+            if (
+                self.checkpoint_every
+                and state.global_step % self.checkpoint_every == 0
+                and b + 1 < len(batches)
+                and ctx.main
+            ):
                 state.epoch, state.step_in_epoch = epoch, b + 1
                 self._save_last(ckdir, model, opt, scaler, state, setup.fingerprint)
         entry = {k: v / max(n_img, 1) for k, v in sums.items()}
-        entry.update({"epoch": epoch + 1, "images": n_img, "seconds": t_epoch,
-                      "images_per_s": n_img / t_epoch if t_epoch else float("nan"),
-                      "lr": self._lr_at(max(state.global_step - 1, 0), setup.total_steps)})
+        entry.update(
+            {
+                "epoch": epoch + 1,
+                "images": n_img,
+                "seconds": t_epoch,
+                "images_per_s": n_img / t_epoch if t_epoch else float("nan"),
+                "lr": self._lr_at(max(state.global_step - 1, 0), setup.total_steps),
+            }
+        )
         if ctx.active:
             entry["processes"] = ctx.world
         state.history.append(entry)
         state.epoch, state.step_in_epoch = epoch + 1, 0
 
-    def _loader(self, dataset: KeySliceDataset, parts: list[np.ndarray],
-                device: torch.device):
+    def _loader(self, dataset: KeySliceDataset, parts: list[np.ndarray], device: torch.device):
         """The collated micro-batches ``parts`` in order: read in this process on a CPU, by
         DataLoader workers into pinned memory on CUDA."""
         if device.type != "cuda":
             return (collate([dataset[int(i)] for i in p]) for p in parts)
         opts = loader_options(device, self.workers)
         loader = torch.utils.data.DataLoader(
-            dataset, batch_sampler=[[int(i) for i in p] for p in parts], collate_fn=collate,
+            dataset,
+            batch_sampler=[[int(i) for i in p] for p in parts],
+            collate_fn=collate,
             **opts,
         )
         return iter(loader)
 
-    def _finish(self, setup: _Setup, model: torch.nn.Module, state: _TrainState,
-                manifest: pd.DataFrame, lineage: Mapping[str, Any] | None) -> None:
+    def _finish(
+        self,
+        setup: _Setup,
+        model: torch.nn.Module,
+        state: _TrainState,
+        manifest: pd.DataFrame,
+        lineage: Mapping[str, Any] | None,
+    ) -> None:
         """The fitted attributes and the lineage record."""
         fp = setup.fingerprint
         train = setup.train
@@ -859,9 +979,14 @@ class LesionDetector(BaseEstimator):
             raise DatasetError(f"no key slice in split {split!r} of the manifest")
         ds = self._dataset(rows, root, train=False)
         with torch_threads(self.num_threads):
-            df, ms = predict_dataset(self.model_, ds, self.classes_,
-                                     batch_size=batch_size or self.batch_size,
-                                     device=str(device), progress=self.progress)
+            df, ms = predict_dataset(
+                self.model_,
+                ds,
+                self.classes_,
+                batch_size=batch_size or self.batch_size,
+                device=str(device),
+                progress=self.progress,
+            )
         self.predict_ms_per_image_ = ms
         self.predict_context_summary_ = ds.context_summary()
         return df
@@ -893,9 +1018,14 @@ class LesionDetector(BaseEstimator):
                 tmp,
             )
         write_json(
-            {"arch": self.arch, "classes": self.classes_, "params": params,
-             "lineage": self.lineage_,
-             "history": self.history_, "n_iter": self.n_iter_},
+            {
+                "arch": self.arch,
+                "classes": self.classes_,
+                "params": params,
+                "lineage": self.lineage_,
+                "history": self.history_,
+                "n_iter": self.n_iter_,
+            },
             folder / "config.json",
         )
         return folder / "model.pt"
@@ -941,16 +1071,18 @@ class LesionDetector(BaseEstimator):
             det.model_.load_state_dict(ck["state_dict"])
         except RuntimeError as exc:
             # another network layout: a checkpoint of an older deeplesion-lab, or edited params
-            missing, unexpected, shapes = _state_mismatch(det.model_.state_dict(),
-                                                          ck["state_dict"])
+            missing, unexpected, shapes = _state_mismatch(det.model_.state_dict(), ck["state_dict"])
             made = (ck.get("lineage") or {}).get("versions", {}).get("deeplesion_lab", "?")
             raise CheckpointError(
                 f"{path}: the saved weights do not fit the network its settings build "
                 f"(arch {det.arch}, backbone {det.backbone}; checkpoint format {version or 'unversioned'}, made "
                 f"by deeplesion-lab {made}): {len(missing)} tensors missing, {len(unexpected)} "
                 f"unexpected, {len(shapes)} of another shape"
-                + (f" (e.g. {(missing + unexpected + shapes)[0]})"
-                   if missing or unexpected or shapes else "")
+                + (
+                    f" (e.g. {(missing + unexpected + shapes)[0]})"
+                    if missing or unexpected or shapes
+                    else ""
+                )
                 + "; retrain it (`train-detector --overwrite`) or load it with the "
                 "deeplesion-lab version that made it"
             ) from exc
@@ -965,13 +1097,13 @@ class LesionDetector(BaseEstimator):
 def _ema_init(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """A copy of the floating-point entries of ``model``'s state (weights, batch-norm
     statistics): the start of the moving average."""
-    return {k: v.detach().clone() for k, v in model.state_dict().items()
-            if v.is_floating_point()}
+    return {k: v.detach().clone() for k, v in model.state_dict().items() if v.is_floating_point()}
 
 
 @torch.no_grad()
-def _ema_update(ema: dict[str, torch.Tensor], model: torch.nn.Module, decay: float,
-                step: int) -> None:
+def _ema_update(
+    ema: dict[str, torch.Tensor], model: torch.nn.Module, decay: float, step: int
+) -> None:
     """``ema = d * ema + (1 - d) * weights`` after optimiser step ``step`` (1, 2, ...), with
     ``d = min(decay, (1 + step) / (10 + step))`` (a short average at the start)."""
     d = min(float(decay), (1.0 + step) / (10.0 + step))
@@ -992,13 +1124,17 @@ def _load(path: Path) -> dict:
     return obj
 
 
-def _state_mismatch(want: Mapping[str, torch.Tensor], got: Mapping[str, Any]
-                    ) -> tuple[list[str], list[str], list[str]]:
+def _state_mismatch(
+    want: Mapping[str, torch.Tensor], got: Mapping[str, Any]
+) -> tuple[list[str], list[str], list[str]]:
     """Keys missing from ``got``, keys ``want`` lacks, and keys whose shapes differ."""
     missing = [k for k in want if k not in got]
     unexpected = [k for k in got if k not in want]
-    shapes = [k for k in want if k in got and hasattr(got[k], "shape")
-              and tuple(got[k].shape) != tuple(want[k].shape)]
+    shapes = [
+        k
+        for k in want
+        if k in got and hasattr(got[k], "shape") and tuple(got[k].shape) != tuple(want[k].shape)
+    ]
     return missing, unexpected, shapes
 
 
@@ -1008,8 +1144,9 @@ def _diff(a: Mapping, b: Mapping, prefix: str = "") -> list[str]:
         va, vb = a.get(k), b.get(k)
         if isinstance(va, Mapping) and isinstance(vb, Mapping):
             out += _diff(va, vb, f"{prefix}{k}.")
-        elif json.dumps(va, sort_keys=True, default=str) != json.dumps(vb, sort_keys=True,
-                                                                        default=str):
+        elif json.dumps(va, sort_keys=True, default=str) != json.dumps(
+            vb, sort_keys=True, default=str
+        ):
             out.append(f"{prefix}{k}")
     return out
 
