@@ -83,6 +83,9 @@ CANDIDATES: dict[str, dict] = {
         arch="centernet", width=32, slice_jitter_mm=4.0, hard_negatives=8
     ),
     "centernet-w32-scale": dict(arch="centernet", width=32, scale_range=(0.7, 1.6)),
+    "centernet-w32-scale-ohem": dict(
+        arch="centernet", width=32, scale_range=(0.7, 1.6), hard_negatives=8
+    ),
 }
 
 
