@@ -11,7 +11,12 @@ the front end writes (selection, relabel) applied to the widget as a kernel woul
 - **transfer**: bytes of the state and buffers, and the time to fetch them into the page;
 - **first frame**: from the module's ``render`` to its first drawn frame;
 - **frame time** while zooming (wheel) and panning (drag): the draw of one frame
-  (``data-last-draw-ms``, WebGL ``finish`` included) and the interval between animation frames;
+  (``data-last-draw-ms``: the JavaScript of the draw; with WebGL the GPU's work comes later)
+  and the interval between animation frames;
+- **zoom step to screen**: one wheel step until the animation frame after its redraw, so
+  until the page has put the frame on screen (with WebGL and a software compositor, the
+  compositor reads the canvas back in its commit, on the main thread: the rasterisation is
+  in this figure, not in the draw's);
 - **lasso** of about a fifth of the points: the front end's part (point-in-polygon, flags,
   selection message) and the kernel's (the selection applied to the map model);
 - **relabel-to-recolour**: a 5,000-lesion relabel from the correction panel (store commit,
@@ -21,6 +26,7 @@ the front end writes (selection, relabel) applied to the widget as a kernel woul
 Usage::
 
     .venv/bin/python bench/bench_map_scale.py [--sizes 32735,250000,1000000] [--renderer auto]
+        [--esm FILE]   # another version of widgets/embedding_map.js (a before/after run)
 
 Writes ``bench/results/map_scale.md``. Chromium runs headless with ``--disable-gpu`` (WebGL
 through SwiftShader, on the CPU), so frame times are those of a machine without a GPU.
@@ -72,7 +78,7 @@ const model = {
     const t0 = performance.now();
     T.selStart = t0;
     const body = msg.selection; // an ArrayBuffer of little-endian uint32 (the map's binary path)
-    T.selBytes = body.byteLength;
+    T.selBytes = body.byteLength; T.sel = body;
     fetch("/update", { method: "POST", body }).then((r) => r.json()).then((j) => {
       const t1 = performance.now();
       T.selAckMs = t1 - t0; T.selKernelMs = j.kernel_ms; T.selN = j.n;
@@ -84,6 +90,8 @@ const model = {
   },
 };
 function fire(k) { for (const fn of listeners["change:" + k] || []) fn(); }
+// a kernel message: every value set first, then a change event per key (as Backbone does)
+globalThis.__fire = (kv) => { Object.assign(state, kv); for (const k of Object.keys(kv)) fire(k); };
 globalThis.__recolour = async (label) => {
   const t0 = performance.now();
   const r = await fetch("/relabel", { method: "POST", body: JSON.stringify({ label }) });
@@ -95,6 +103,7 @@ globalThis.__recolour = async (label) => {
   await new Promise((res) => { const f = () => {
     if (Number(document.querySelector(".dlm").parentElement.dataset.renders) > n0) res();
     else requestAnimationFrame(f); }; requestAnimationFrame(f); });
+  await new Promise((res) => requestAnimationFrame(res)); // the recoloured frame on screen
   return { ms: performance.now() - t0, kernel_ms: meta.kernel_ms, bytes: buf.byteLength };
 };
 globalThis.__frames = [];
@@ -119,6 +128,19 @@ T.firstFrameMs = performance.now() - t1;
 T.ready = true;
 </script></body></html>
 """
+
+
+ZOOM_TO_SCREEN = """async (dy) => {
+  const el = document.querySelector('.dlm').parentElement;
+  const st = document.querySelector('.dlm-stage');
+  const r = st.getBoundingClientRect();
+  const r0 = Number(el.dataset.renders); const t0 = performance.now();
+  st.dispatchEvent(new WheelEvent('wheel', {deltaY: dy, clientX: r.left + r.width / 2,
+    clientY: r.top + r.height / 2, bubbles: true, cancelable: true}));
+  await new Promise((res) => { const f = () => Number(el.dataset.renders) > r0 ? res()
+    : requestAnimationFrame(f); requestAnimationFrame(f); });
+  await new Promise((res) => requestAnimationFrame(res));
+  return performance.now() - t0; }"""
 
 
 def _front_end(widget, **state) -> None:
@@ -225,7 +247,8 @@ def _stats(xs) -> dict:
     return {"median": statistics.median(xs), "p90": p90, "max": xs[-1], "n": len(xs)}
 
 
-def bench_size(browser, n: int, work: Path, renderer: str, size: int = 600) -> dict:
+def bench_size(browser, n: int, work: Path, renderer: str, size: int = 600,
+               esm: str | None = None) -> dict:
     from bench_widgets import build_big
 
     from widgets import CorrectionPanel, EmbeddingMap
@@ -241,7 +264,8 @@ def bench_size(browser, n: int, work: Path, renderer: str, size: int = 600) -> d
     rng = np.random.default_rng(1)
     pts = rng.choice(n, 5000, replace=False)
     bridge = _Bridge(w, panel)
-    srv = serve(bridge, str(EmbeddingMap._esm), pts, css=EmbeddingMap._css)
+    srv = serve(bridge, str(EmbeddingMap._esm) if esm is None else esm, pts,
+                css=EmbeddingMap._css)
     url = f"http://127.0.0.1:{srv.server_address[1]}/"
     page = browser.new_page(viewport={"width": 900, "height": 900})
     try:
@@ -281,6 +305,11 @@ def bench_size(browser, n: int, work: Path, renderer: str, size: int = 600) -> d
         gaps = np.diff(np.asarray(frames[1:], dtype=float))
         out["zoom_draw_ms"], out["pan_draw_ms"] = _stats(zoom), _stats(pan)
         out["frame_interval_ms"] = _stats(gaps) if len(gaps) else {}
+        # a wheel step until the frame after its redraw (the frame on screen)
+        page.mouse.move(cx, cy)
+        shown = [page.evaluate(ZOOM_TO_SCREEN, -80 if i < 3 else 80) for i in range(6)]
+        out["zoom_to_screen_ms"] = _stats(shown)
+        out["gl_renderer"] = el.get_attribute("data-gl-renderer")
         page.locator(".dlm button", has_text="Reset view").first.click()
         page.locator(".dlm button", has_text="Lasso").first.click()
         # hover: the nearest-point search of a pointer move (no kernel round trip counted)
@@ -359,24 +388,26 @@ def write(rows: list[dict], args, path: Path) -> None:
         "# The embedding map at 32,735 to 1,000,000 points (issue 17)",
         "",
         f"Date {time.strftime('%Y-%m-%d')}. Command: `.venv/bin/python bench/bench_map_scale.py "
-        f"--sizes {args.sizes} --renderer {args.renderer}`. {platform.machine()}, "
+        f"--sizes {args.sizes} --renderer {args.renderer}"
+        f"{' --esm ' + str(args.esm) if args.esm else ''}`. {platform.machine()}, "
         f"{os.cpu_count()} cores shared with other jobs (load average "
         f"{load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f}); chromium headless with "
         "`--disable-gpu` (WebGL in software, SwiftShader). One run per size; medians over the "
         "repeated gestures (n in brackets).",
         "",
         "| Points | Transfer (state + buffers) | Fetch into the page | First frame | Frame while "
-        "zooming, draw (p90) | Frame while panning, draw (p90) | Lasso: points, front end / "
-        "kernel / until acknowledged | Lasso message | Relabel 5,000 to recoloured (kernel "
-        "part) | Recolour message | Hover search |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "zooming, draw (p90) | Frame while panning, draw (p90) | Zoom step to screen (p90) | "
+        "Lasso: points, front end / kernel / until acknowledged | Lasso message | Relabel "
+        "5,000 to recoloured on screen (kernel part) | Recolour message | Hover search |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
             f"| {r['n']:,} | {r['transfer_bytes'] / 2**20:.2f} MiB | {r['transfer_ms']:.0f} ms | "
             f"{r['first_frame_ms']:.0f} ms | {_m(r['zoom_draw_ms'])} ms "
             f"({_m(r['zoom_draw_ms'], 'p90')}) | {_m(r['pan_draw_ms'])} ms "
-            f"({_m(r['pan_draw_ms'], 'p90')}) | {min(r['lasso_points']):,}-"
+            f"({_m(r['pan_draw_ms'], 'p90')}) | {_m(r.get('zoom_to_screen_ms', {}))} ms "
+            f"({_m(r.get('zoom_to_screen_ms', {}), 'p90')}) | {min(r['lasso_points']):,}-"
             f"{max(r['lasso_points']):,}: {_m(r['lasso_front_ms'])} / "
             f"{_m(r['lasso_kernel_ms'])} / {_m(r['lasso_ack_ms'])} ms (n={len(r['lasso_points'])}) | "
             f"{r['lasso_message_bytes'] / 2**20:.2f} MiB | {_m(r['recolour_ms'])} ms "
@@ -386,6 +417,7 @@ def write(rows: list[dict], args, path: Path) -> None:
               "the widget: " + "; ".join(f"{r['n']:,}: {r['build_s']:.1f} s / "
                                          f"{r['widget_s'] * 1000:.0f} ms" for r in rows) + ".",
               "", "Renderer: " + ", ".join(f"{r['n']:,} {r['renderer']}" for r in rows)
+              + f" (asked: {args.renderer}; WebGL here: {rows[0].get('gl_renderer') or '-'})"
               + ". Frame intervals while zooming and panning (animation frame to frame, "
               "waits for the test driver included): "
               + "; ".join(f"{r['n']:,}: median {_m(r['frame_interval_ms'])} ms"
@@ -400,15 +432,20 @@ def main() -> None:
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", default="32735,250000,1000000")
-    ap.add_argument("--renderer", choices=["auto", "canvas2d"], default="auto")
+    ap.add_argument("--renderer", choices=["auto", "webgl", "canvas2d"], default="auto")
+    ap.add_argument("--esm", type=Path, default=None,
+                    help="another version of widgets/embedding_map.js (a before/after run)")
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args()
+    from widgets.lab_widget import esm_source
+
+    esm = esm_source(args.esm) if args.esm else None
     rows = []
     with tempfile.TemporaryDirectory() as tmp, sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         for n in [int(s) for s in args.sizes.split(",")]:
             print(f"{n:,} points ...", flush=True)
-            rows.append(bench_size(browser, n, Path(tmp), args.renderer))
+            rows.append(bench_size(browser, n, Path(tmp), args.renderer, esm=esm))
             print(json.dumps(rows[-1], default=float), flush=True)
             write(rows, args, args.out)
         browser.close()

@@ -583,3 +583,102 @@ def test_lasso_polygon_selects_the_points_inside(page, tiny):
     assert set(ids[inner]) <= after, "a lesion inside the lasso was not relabelled"
     assert after - before <= set(ids[outer]), "a lesion outside the lasso was relabelled"
     page.locator(".dlm button", has_text="Clear selection").first.click()
+
+
+SOFTWARE_GL = r"/swiftshader|llvmpipe|softpipe|software|basic render driver/i"
+
+
+@pytest.fixture(scope="module")
+def bench_page(page):
+    """The map's module on its own page of the same browser, fed by the map bench's loopback
+    bridge (``bench/bench_map_scale.py``): 20,000 synthetic points, a real label store and
+    models; ``globalThis.__fire`` delivers a kernel message, ``__T.sel`` is the last selection
+    the page sent."""
+    import sys
+    import tempfile
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+    from bench_map_scale import _Bridge, serve
+    from bench_widgets import build_big
+
+    from widgets import CorrectionPanel, EmbeddingMap
+
+    def open_map(renderer: str):
+        tmp = tempfile.mkdtemp()
+        _, store, _, mm, cm = build_big(Path(tmp) / "s.sqlite", n=20_000)
+        w = EmbeddingMap(mm, canvas_size=400, renderer=renderer)
+        srv = serve(_Bridge(w, CorrectionPanel(cm)), str(EmbeddingMap._esm), np.arange(10),
+                    css=EmbeddingMap._css)
+        pg = page.context.browser.new_page()
+        pg.page_errors = []
+        pg.on("pageerror", lambda e: pg.page_errors.append(str(e)))
+        pg.goto(f"http://127.0.0.1:{srv.server_address[1]}/")
+        pg.wait_for_function("() => globalThis.__T && globalThis.__T.ready", timeout=60_000)
+        opened.append((pg, srv, store))
+        return pg
+
+    opened: list = []
+    yield open_map
+    for pg, srv, store in opened:
+        pg.close()
+        srv.shutdown()
+        store.close()
+
+
+def _counts(pg) -> tuple[int, int]:
+    """(full redraws of the points, flag rebuilds) after the next two animation frames."""
+    return tuple(pg.evaluate(
+        """() => new Promise((res) => requestAnimationFrame(() => requestAnimationFrame(() => {
+             const d = document.querySelector('.dlm').parentElement.dataset;
+             res([Number(d.renders), Number(d.flagBuilds)]); })))"""))
+
+
+def test_map_draws_on_the_2d_canvas_when_webgl_is_in_software(bench_page):
+    # issue 17: SwiftShader took about 2 s a frame at 1,000,000 points and the page's main
+    # thread waited for it (the compositor reads the canvas back); "auto" draws on the 2-D
+    # canvas there instead, and on a GPU with WebGL
+    pg = bench_page("auto")
+    name = pg.evaluate("""() => { const gl = document.createElement('canvas').getContext('webgl');
+        if (!gl) return '';
+        const e = gl.getExtension('WEBGL_debug_renderer_info');
+        return String(gl.getParameter(e ? e.UNMASKED_RENDERER_WEBGL : gl.RENDERER)); }""")
+    software = pg.evaluate(f"n => {SOFTWARE_GL}.test(n)", name)
+    el = pg.locator(".dlm").first.locator("xpath=..")
+    assert el.get_attribute("data-renderer") == ("canvas2d" if software or not name else "webgl"), name
+    if software:
+        assert el.get_attribute("data-renderer-why") == "software WebGL"
+    assert not pg.page_errors, pg.page_errors
+
+
+@pytest.mark.parametrize("renderer", ["auto", "webgl"])
+def test_a_lasso_redraws_the_points_once_and_its_echo_not_at_all(bench_page, renderer):
+    pg = bench_page(renderer)
+    el = pg.locator(".dlm").first.locator("xpath=..")
+    if renderer == "webgl":
+        assert el.get_attribute("data-renderer") == "webgl"
+    box = pg.locator(".dlm-stage").first.bounding_box()
+    cx, cy = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+    r0, f0 = _counts(pg)
+    pg.mouse.move(cx + 120, cy)
+    pg.mouse.down()
+    for t in np.linspace(0, 2 * np.pi, 30):
+        pg.mouse.move(cx + 120 * np.cos(t), cy + 120 * np.sin(t))
+    pg.mouse.up()
+    pg.wait_for_function("() => globalThis.__T.selAckMs !== undefined", timeout=60_000)
+    n_sel = int(el.get_attribute("data-selected"))
+    assert n_sel > 1000
+    r1, f1 = _counts(pg)
+    assert (r1 - r0, f1 - f0) == (1, 1), "a lasso: one flags rebuild and one redraw of the points"
+    # the kernel sends the same selection back (an echo): nothing to rebuild or redraw
+    pg.evaluate("() => __fire({selection: new DataView(globalThis.__T.sel.slice(0))})")
+    assert _counts(pg) == (r1, f1), "the echoed selection redrew the points"
+    # another selection from the kernel is drawn, once
+    pg.evaluate("() => __fire({selection: new Uint32Array([1, 5, 9]).buffer})")
+    assert _counts(pg) == (r1 + 1, f1 + 1)
+    assert el.get_attribute("data-selected") == "3"
+    # a recolour: classes and codes in one message, one rebuild
+    pg.evaluate("""() => __fire({classes: [{name: 'a', color: '#ff0000'},
+        {name: 'b', color: '#00ff00'}], codes: new Uint8Array(20000).fill(1).buffer})""")
+    assert _counts(pg) == (r1 + 2, f1 + 2)
+    assert pg.locator(".dlm-chip").all_inner_texts() == ["b 20,000"]
+    assert not pg.page_errors, pg.page_errors

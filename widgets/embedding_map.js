@@ -13,7 +13,9 @@
 //   hover_point int    written here (debounced); hover {lesion_id, label, ...} + hover_thumb
 //               bytes (uint8 gray, thumb_size^2) + hover_box [x1,y1,x2,y2] answer it
 //   filters     {splits, labels, patients, size_mm, noisy}   written here; filter_options read
-//   title       text; canvas_size css px; renderer "auto" (WebGL, else 2-D canvas) | "canvas2d"
+//   title       text; canvas_size css px; renderer "auto" | "webgl" | "canvas2d": auto draws
+//               with WebGL on a GPU, and on the 2-D canvas when WebGL is there but in software
+//               (SwiftShader, llvmpipe: a machine without a GPU) or missing; see pickRenderer
 // uses widgets/_helpers.js (h, bytesOf, typed: put in front of this file by LabWidget)
 
 function hexRgb(c) {
@@ -43,8 +45,42 @@ void main(){
   else { gl_FragColor = vec4(v_col.rgb, 0.82 * (1.0 - smoothstep(0.7, 1.0, r))); }
 }`;
 
+// The WebGL renderer's name ("" without WebGL), probed once per page on a throwaway canvas
+// (a canvas that had a WebGL context can no longer give a 2-D one).
+let glRendererName = null;
+function probeGL() {
+  if (glRendererName !== null) return glRendererName;
+  glRendererName = "";
+  try {
+    const gl = document.createElement("canvas").getContext("webgl");
+    if (gl) {
+      const ext = gl.getExtension("WEBGL_debug_renderer_info");
+      glRendererName = String(gl.getParameter(ext ? ext.UNMASKED_RENDERER_WEBGL : gl.RENDERER) || "webgl");
+      const lose = gl.getExtension("WEBGL_lose_context");
+      if (lose) lose.loseContext();
+    }
+  } catch (e) { glRendererName = ""; }
+  return glRendererName;
+}
+const SOFTWARE_GL = /swiftshader|llvmpipe|softpipe|software|basic render driver/i;
+// "auto": WebGL on a GPU; the 2-D canvas when WebGL runs in software. Measured in headless
+// chromium without a GPU (bench/bench_map_scale.py): SwiftShader rasterises one full frame of
+// 1,000,000 points in about 2 s, and the page's compositor reads the WebGL canvas back
+// (ReadPixels in its commit) on the main thread, so every redraw (a zoom step, a lasso)
+// froze the page that long; the 2-D canvas path (below) draws the same frame in JavaScript
+// several times faster.
+function pickRenderer(asked) {
+  if (asked === "canvas2d") return { use: "canvas2d", why: "asked" };
+  const name = probeGL();
+  if (!name) return { use: "canvas2d", why: "no WebGL", name };
+  if (asked !== "webgl" && SOFTWARE_GL.test(name)) return { use: "canvas2d", why: "software WebGL", name };
+  return { use: "webgl", why: asked === "webgl" ? "asked" : "GPU", name };
+}
+
 function makeGL(canvas) {
-  const gl = canvas.getContext("webgl", { antialias: true, premultipliedAlpha: false, preserveDrawingBuffer: true });
+  // no multisampling: the discs are antialiased in the fragment shader, so MSAA only added
+  // work (in SwiftShader it doubled the time of a frame)
+  const gl = canvas.getContext("webgl", { antialias: false, premultipliedAlpha: false, preserveDrawingBuffer: true });
   if (!gl) return null;
   const sh = (type, src) => {
     const s = gl.createShader(type); gl.shaderSource(s, src); gl.compileShader(s);
@@ -60,7 +96,9 @@ function makeGL(canvas) {
     gl.useProgram(prog);
     const loc = (n) => gl.getUniformLocation(prog, n);
     const att = (n) => gl.getAttribLocation(prog, n);
-    const buf = { pos: gl.createBuffer(), code: gl.createBuffer(), flag: gl.createBuffer() };
+    const buf = { pos: gl.createBuffer(), code: gl.createBuffer(), flag: gl.createBuffer(), sel: gl.createBuffer() };
+    // the selected points drawn from their indices: the second pass goes over them alone
+    const uint = gl.getExtension("OES_element_index_uint");
     const tex = gl.createTexture();
     gl.bindTexture(gl.TEXTURE_2D, tex);
     gl.texParameteri(gl.TEXTURE_2D, gl.TEXTURE_MIN_FILTER, gl.NEAREST);
@@ -69,7 +107,7 @@ function makeGL(canvas) {
     gl.texParameteri(gl.TEXTURE_2D, gl.TEXTURE_WRAP_T, gl.CLAMP_TO_EDGE);
     gl.enable(gl.BLEND);
     gl.blendFunc(gl.SRC_ALPHA, gl.ONE_MINUS_SRC_ALPHA);
-    return { gl, prog, loc, att, buf, tex };
+    return { gl, prog, loc, att, buf, tex, uint };
   } catch (e) {
     console.warn("deeplesion-lab map: WebGL unavailable, using 2-D canvas", e);
     return null;
@@ -131,20 +169,27 @@ function render({ model, el }) {
   root.append(tip);
   el.append(root);
 
-  const glx = model.get("renderer") === "canvas2d" ? null : makeGL(glCanvas);
+  const pick = pickRenderer(model.get("renderer"));
+  const glx = pick.use === "webgl" ? makeGL(glCanvas) : null;
   let ctx2 = null;
   if (!glx) ctx2 = glCanvas.getContext("2d");
   const octx = ov.getContext("2d");
   el.dataset.renderer = glx ? "webgl" : "canvas2d";
+  el.dataset.rendererWhy = glx || pick.use === "canvas2d" ? pick.why : "WebGL failed";
+  el.dataset.glRenderer = pick.name || "";
 
   // ---- data ----------------------------------------------------------------------------------
   let n = 0, xy = new Float32Array(0), codes = new Uint8Array(0), vis = new Uint8Array(0);
   let sel = new Uint8Array(0), flags = new Uint8Array(0), pal = [];
+  let selIdx = new Uint32Array(0), selAll = 0; // the selected shown points, ascending (what
+  // is sent), and how many are selected, hidden ones included
+  let batch = false; // loading several arrays: one flags rebuild at the end
   let bx0 = 0, bx1 = 1, by0 = 0, by1 = 1; // data bounds
   let zoom = 1, cx = 0.5, cy = 0.5; // view centre in data units
   let hidden = new Set();
   let frame = 0, hoverIdx = -1, hoverTimer = 0, nonce = 0;
-  el.dataset.renders = "0";
+  el.dataset.renders = "0"; // full redraws of the points (overlay-only frames not counted)
+  el.dataset.flagBuilds = "0";
 
   // A frame redraws the points only when they changed (view, colours, flags); a hover, the
   // current ring or a lasso being drawn redraw the overlay canvas alone. With a software WebGL
@@ -191,7 +236,9 @@ function render({ model, el }) {
       gl.bindBuffer(gl.ARRAY_BUFFER, buf.pos); gl.bufferData(gl.ARRAY_BUFFER, xy, gl.STATIC_DRAW);
     }
     buildGrid();
-    loadCodes(); loadVisible(); loadSelection();
+    batch = true;
+    try { loadCodes(); loadVisible(); loadSelection(true); } finally { batch = false; }
+    updateFlags();
   }
   // a uniform grid over the data bounds (points sorted by cell): hover and click look at the
   // few cells under the pointer instead of every point (a million points: a full scan per
@@ -238,27 +285,50 @@ function render({ model, el }) {
     if (v.length === n) vis.set(v); else vis.fill(1);
     updateFlags();
   }
-  function loadSelection() {
-    sel = new Uint8Array(n);
+  function loadSelection(force) {
     const s = model.get("selection");
     const idx = Array.isArray(s) ? s : typed(s, Uint32Array); // little-endian, as every browser
+    // the kernel's answer to our own selection (an echo, or a model that sends it back): the
+    // points already drawn, so no flags rebuild and no redraw of a million points
+    if (force !== true && idx.length === selIdx.length && selAll === selIdx.length) {
+      let same = true;
+      for (let k = 0; k < idx.length; k++) if (idx[k] !== selIdx[k]) { same = false; break; }
+      if (same) return;
+    }
+    sel = new Uint8Array(n);
     for (let k = 0; k < idx.length; k++) { const i = idx[k]; if (i >= 0 && i < n) sel[i] = 1; }
     updateFlags();
   }
+  // codes and classes of one kernel message arrive as two change events: one rebuild for both
+  let codesQueued = false;
+  function queueCodes() {
+    if (codesQueued) return;
+    codesQueued = true;
+    queueMicrotask(() => { codesQueued = false; loadCodes(); });
+  }
   function updateFlags() {
+    if (batch) return;
+    el.dataset.flagBuilds = String(Number(el.dataset.flagBuilds) + 1);
     flags = new Uint8Array(n);
     const names = (model.get("classes") || []).map((c) => c.name);
     const hid = new Uint8Array(256);
     names.forEach((nm, k) => { if (k < 256 && hidden.has(nm)) hid[k] = 1; });
-    let shown = 0, nsel = 0;
+    let shown = 0, nsel = 0, all = 0;
     for (let i = 0; i < n; i++) {
       const v = vis[i] && !hid[codes[i]] ? 1 : 0;
       flags[i] = v | (sel[i] && v ? 2 : 0);
-      shown += v; nsel += sel[i] && v ? 1 : 0;
+      shown += v; nsel += sel[i] && v ? 1 : 0; all += sel[i];
     }
+    selAll = all;
+    selIdx = new Uint32Array(nsel);
+    for (let i = 0, k = 0; k < nsel; i++) if (flags[i] === 3) selIdx[k++] = i;
     if (glx) {
       const { gl, buf } = glx;
       upload(gl, buf, "flag", flags);
+      if (glx.uint) {
+        gl.bindBuffer(gl.ELEMENT_ARRAY_BUFFER, buf.sel);
+        gl.bufferData(gl.ELEMENT_ARRAY_BUFFER, selIdx, gl.DYNAMIC_DRAW);
+      }
     }
     count.textContent = `${shown.toLocaleString()} of ${n.toLocaleString()} shown · ${nsel.toLocaleString()} selected`;
     el.dataset.selected = String(nsel);
@@ -295,12 +365,17 @@ function render({ model, el }) {
         gl.vertexAttribPointer(a, size, type, false, 0, 0);
       }
       gl.uniform1f(loc("u_pass"), 0); gl.drawArrays(gl.POINTS, 0, n);
-      gl.uniform1f(loc("u_pass"), 1); gl.drawArrays(gl.POINTS, 0, n);
+      gl.uniform1f(loc("u_pass"), 1);
+      if (glx.uint) {
+        gl.bindBuffer(gl.ELEMENT_ARRAY_BUFFER, buf.sel);
+        if (selIdx.length) gl.drawElements(gl.POINTS, selIdx.length, gl.UNSIGNED_INT, 0);
+      } else {
+        gl.drawArrays(gl.POINTS, 0, n);
+      }
     } else {
       draw2d();
     }
     drawOverlay();
-    if (glx) glx.gl.finish();
     el.dataset.lastDrawMs = (performance.now() - t0).toFixed(2);
     el.dataset.renders = String(Number(el.dataset.renders) + 1);
   }
@@ -464,11 +539,9 @@ function render({ model, el }) {
     el.dataset.lastLassoMs = (performance.now() - t0).toFixed(2);
   }
   function sendSelection() {
-    let m = 0;
-    for (let i = 0; i < n; i++) if (sel[i] && (flags[i] & 1)) m++;
-    const out = new Uint32Array(m); // one binary buffer (an ArrayBuffer: what Panel's Bytes takes)
-    for (let i = 0, k = 0; i < n; i++) if (sel[i] && (flags[i] & 1)) out[k++] = i;
-    model.set("selection", out.buffer);
+    // the selected shown points (updateFlags made them): one binary buffer (an ArrayBuffer:
+    // what Panel's Bytes takes); never written to afterwards, a new one comes per selection
+    model.set("selection", selIdx.buffer);
     model.save_changes();
   }
 
@@ -626,7 +699,7 @@ function render({ model, el }) {
   }
 
   const handlers = [
-    ["change:xy", loadPoints], ["change:codes", loadCodes], ["change:classes", loadCodes],
+    ["change:xy", loadPoints], ["change:codes", queueCodes], ["change:classes", queueCodes],
     ["change:point_visible", () => { loadVisible(); buildLegend(); }], ["change:selection", loadSelection],
     ["change:current", scheduleOverlay], ["change:hover", syncHover], ["change:hover_thumb", syncHover],
     ["change:filter_options", syncFilterOptions], ["change:title", () => { titleEl.textContent = model.get("title") || ""; }],

@@ -70,9 +70,15 @@ class EmbeddingMap(LabWidget):
         The headless state (see :class:`widgets.models.MapModel`).
     canvas_size : int, default 520
         Side of the plot in CSS pixels.
-    renderer : {"auto", "canvas2d"}
-        ``auto`` draws with WebGL when the browser has it, else on a 2-D canvas (which
-        rasterizes the points itself); ``canvas2d`` forces the latter.
+    renderer : {"auto", "webgl", "canvas2d"}
+        ``auto`` draws with WebGL when the browser has it on a GPU, else on a 2-D canvas
+        (which rasterizes the points itself, in JavaScript). A WebGL in software
+        (SwiftShader, llvmpipe: a machine without a GPU) counts as no WebGL: it took about
+        2 s per frame of 1,000,000 points, during which the page's main thread waited
+        (``bench/bench_map_scale.py``), where the 2-D canvas draws the frame in about a
+        tenth of that. ``webgl`` uses WebGL even in software; ``canvas2d`` never does. The
+        front end writes what it chose in its element's ``data-renderer`` (and why, in
+        ``data-renderer-why``).
 
     Attributes
     ----------
@@ -103,7 +109,7 @@ class EmbeddingMap(LabWidget):
     n_points = t.Int(0).tag(sync=True)
     title = t.Unicode("Lesion embedding map").tag(sync=True)
     canvas_size = t.Int(520).tag(sync=True)
-    renderer = t.Enum(("auto", "canvas2d"), "auto").tag(sync=True)
+    renderer = t.Enum(("auto", "webgl", "canvas2d"), "auto").tag(sync=True)
 
     def __init__(self, model: MapModel, **kwargs):
         super().__init__(**kwargs)
