@@ -75,8 +75,8 @@ class EmbeddingMap(LabWidget):
         (which rasterizes the points itself, in JavaScript). A WebGL in software
         (SwiftShader, llvmpipe: a machine without a GPU) counts as no WebGL: it took about
         2 s per frame of 1,000,000 points, during which the page's main thread waited
-        (``bench/bench_map_scale.py``), where the 2-D canvas draws the frame in about a
-        tenth of that. ``webgl`` uses WebGL even in software; ``canvas2d`` never does. The
+        (``bench/bench_map_scale.py``), where the 2-D canvas drew it in about 70 ms (a
+        frame on screen). ``webgl`` uses WebGL even in software; ``canvas2d`` never does. The
         front end writes what it chose in its element's ``data-renderer`` (and why, in
         ``data-renderer-why``).
 
