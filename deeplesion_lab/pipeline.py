@@ -141,13 +141,21 @@ def _train_detectors(cfg: PipelineConfig, run: RunDir) -> None:
 
 
 def _new_classes(run: RunDir) -> bool:
-    """Whether the corrected labels hold classes the pseudo-label detector was not trained on."""
+    """Whether the corrected labels of the training lesions name other classes than those the
+    pseudo-label detector was trained on: a new one, or one no training lesion keeps. Its
+    classes are the pseudo-labels of the training split; a type the miner gave only to val or
+    test lesions is not one of them."""
+    from .detection.labels_table import BACKGROUND_LABELS, IGNORE_LABELS
+    from .detection.train import select_split
     from .labels import LabelStore
 
-    mined = set(run.load_pseudo_labels()["label"].astype(str))
+    train = set(select_split(run.load_manifest(), "train")["lesion_id"].astype(str))
+    pseudo = run.load_pseudo_labels()
+    mined = set(pseudo.loc[pseudo["lesion_id"].astype(str).isin(train), "label"].astype(str))
     with LabelStore.open(run.label_db) as store:
-        current = set(store.current_labels()["label"].astype(str))
-    return bool(current - mined)
+        cur = store.current_labels()
+    current = set(cur.loc[cur["lesion_id"].astype(str).isin(train), "label"].astype(str))
+    return current - BACKGROUND_LABELS - IGNORE_LABELS != mined - BACKGROUND_LABELS - IGNORE_LABELS
 
 
 def pipeline_steps(cfg: PipelineConfig) -> list[Step]:
