@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pytest
 from factory import write_dl_info
 
 from deeplesion_lab.images import box_to_recist, write_png16
@@ -117,3 +118,20 @@ def true_types(manifest: pd.DataFrame) -> pd.DataFrame:
                                                        / r.image_width - cx) < 1:
                 out.append({"lesion_id": r.lesion_id, "label": TYPE_NAMES[ctype]})
     return pd.DataFrame(out)
+
+
+def interrupt_fit(params: dict, manifest: pd.DataFrame, folder: Path, at_step: int = 5) -> None:
+    """Start ``LesionDetector(**params).fit`` into ``folder`` and stop it when it reaches
+    global step ``at_step`` (its callback raises, as a kill would stop it); what it saved
+    stays in ``folder`` for a resume."""
+    from deeplesion_lab.detection.train import LesionDetector
+
+    class Stop(Exception):
+        pass
+
+    def stop(info: dict) -> None:
+        if info["global_step"] == at_step:
+            raise Stop
+
+    with pytest.raises(Stop):
+        LesionDetector(**params).fit(manifest, checkpoint_dir=folder, callback=stop)

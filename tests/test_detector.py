@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from detector_fixtures import make_detection_data, true_types
+from detector_fixtures import interrupt_fit, make_detection_data, true_types
 
 from deeplesion_lab.detection.dataset import (
     DatasetError,
@@ -415,15 +415,7 @@ def test_resume_after_interruption_retraces_an_uninterrupted_run(data, tmp_path)
     kw = dict(TINY, epochs=2, checkpoint_every=2, augment=True)
     straight = LesionDetector(**kw).fit(data.manifest, checkpoint_dir=tmp_path / "a")
 
-    class Stop(Exception):
-        pass
-
-    def stop_at_5(info):
-        if info["global_step"] == 5:
-            raise Stop
-
-    with pytest.raises(Stop):
-        LesionDetector(**kw).fit(data.manifest, checkpoint_dir=tmp_path / "b", callback=stop_at_5)
+    interrupt_fit(kw, data.manifest, tmp_path / "b", at_step=5)
     assert not (tmp_path / "b" / "model.pt").exists()
     state = torch.load(tmp_path / "b" / "last.pt", weights_only=True)
     assert (state["epoch"], state["step_in_epoch"], state["global_step"]) == (1, 1, 4)

@@ -10,7 +10,7 @@ import json
 
 import pytest
 import torch
-from detector_fixtures import make_detection_data, true_types
+from detector_fixtures import interrupt_fit, make_detection_data, true_types
 
 from deeplesion_lab.detection.centernet import STRIDE, CenterNetLesion, centernet_targets
 from deeplesion_lab.detection.froc import PREDICTION_COLUMNS
@@ -204,15 +204,7 @@ def test_resume_retraces_and_refuses_another_architecture(data, tmp_path) -> Non
     kw = dict(TINY, epochs=2, checkpoint_every=2)
     straight = LesionDetector(**kw).fit(data.manifest, checkpoint_dir=tmp_path / "a")
 
-    class Stop(Exception):
-        pass
-
-    def stop(info):
-        if info["global_step"] == 5:
-            raise Stop
-
-    with pytest.raises(Stop):
-        LesionDetector(**kw).fit(data.manifest, checkpoint_dir=tmp_path / "b", callback=stop)
+    interrupt_fit(kw, data.manifest, tmp_path / "b", at_step=5)
     resumed = LesionDetector(**kw).fit(data.manifest, checkpoint_dir=tmp_path / "b")
     assert resumed.n_iter_ == straight.n_iter_ == 6
     sa, sb = straight.model_.state_dict(), resumed.model_.state_dict()

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from detector_fixtures import make_detection_data
+from detector_fixtures import interrupt_fit, make_detection_data
 
 from deeplesion_lab.detection.centernet import CenterNetLesion, hard_negative_loss
 from deeplesion_lab.detection.dataset import KeySliceDataset
@@ -99,15 +99,7 @@ def test_ema_fit_ends_with_the_average_and_resumes_identically(data, tmp_path) -
     assert not torch.equal(last["model"][key], last["ema"][key])
     assert "loss_hard_negatives" in straight.history_[-1]
 
-    class Stop(Exception):
-        pass
-
-    def stop(info):
-        if info["global_step"] == 5:
-            raise Stop
-
-    with pytest.raises(Stop):
-        LesionDetector(**kw).fit(data.manifest, checkpoint_dir=tmp_path / "b", callback=stop)
+    interrupt_fit(kw, data.manifest, tmp_path / "b", at_step=5)
     resumed = LesionDetector(**kw).fit(data.manifest, checkpoint_dir=tmp_path / "b")
     assert resumed.n_iter_ == straight.n_iter_ == 6
     rb = resumed.model_.state_dict()
