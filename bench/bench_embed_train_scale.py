@@ -18,7 +18,7 @@ step rate at that size.
 Usage::
 
     OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python bench/bench_embed_train_scale.py \\
-        --sizes 4927 32735 [--epochs 1] [--log /tmp/h17_train.log]
+        --sizes 4927 32735 [--epochs 1] [--context-mm 80] [--log /tmp/h17_train.log]
 
 Appends one JSON line per size to ``bench/results/embed_train_scale.jsonl``.
 """
@@ -64,8 +64,13 @@ def lesions(n: int, csv: Path = REAL):
     return pd.concat(parts, ignore_index=True).iloc[:n]
 
 
-def synthetic_patches(manifest, size: int = 64, seed: int = 0):
-    """A :class:`PatchSet` of the lesions with synthetic pixels (a blob on noise)."""
+def synthetic_patches(manifest, size: int = 64, seed: int = 0, context_mm: float = 80.0,
+                      context_size: int = 32):
+    """A :class:`PatchSet` of the lesions with synthetic pixels (a blob on noise).
+
+    With ``context_mm`` (``embed``'s default 80) each lesion also gets a synthetic context crop
+    of ``context_size`` pixels in 3 windows, so the network is ``embed``'s two-branch one.
+    """
     from deeplesion_lab.embedding import PatchConfig
     from deeplesion_lab.embedding.dataset import PatchSet, lesion_meta
 
@@ -85,11 +90,17 @@ def synthetic_patches(manifest, size: int = 64, seed: int = 0):
     half = radius[:, None]
     boxes = np.concatenate([size / 2 - half, size / 2 - half, size / 2 + half, size / 2 + half],
                            axis=1).astype(np.float32)
-    return PatchSet(patches=patches, boxes=boxes, config=PatchConfig(channels="context"),
-                    missing_context=np.zeros(n, np.int16), **meta)
+    context = None
+    if context_mm:
+        context = rng.normal(90, 30, (n, 3, context_size, context_size)).clip(0, 255)
+        context = context.astype(np.uint8)
+    config = PatchConfig(channels="context", context_mm=float(context_mm),
+                         context_size=context_size)
+    return PatchSet(patches=patches, boxes=boxes, config=config,
+                    missing_context=np.zeros(n, np.int16), context=context, **meta)
 
 
-def measure(n: int, epochs: int, log: Path | None) -> dict:
+def measure(n: int, epochs: int, log: Path | None, context_mm: float = 80.0) -> dict:
     import torch
 
     from deeplesion_lab.embedding import LesionEmbedder
@@ -98,11 +109,11 @@ def measure(n: int, epochs: int, log: Path | None) -> dict:
     from deeplesion_lab.steps.embed import SAMPLER_ROLES
 
     torch.set_num_threads(1)
-    out: dict = {"n": n, "epochs": epochs, "date": time.strftime("%Y-%m-%d %H:%M"),
+    out: dict = {"n": n, "epochs": epochs, "context_mm": context_mm, "date": time.strftime("%Y-%m-%d %H:%M"),
                  "load_before": round(os.getloadavg()[0], 2)}
     c0, w0 = time.process_time(), time.perf_counter()
     m = lesions(n)
-    P = synthetic_patches(m)
+    P = synthetic_patches(m, context_mm=context_mm)
     roles = protocol_split(m["patient_index"].to_numpy())
     types = np.where(np.isin(roles, list(SAMPLER_ROLES["seed+val"])), P.types, -1)
     out["data_cpu_s"] = round(time.process_time() - c0, 1)
@@ -153,9 +164,11 @@ def main() -> None:
     ap.add_argument("--sizes", type=int, nargs="+", default=[4927, 32735])
     ap.add_argument("--epochs", type=int, default=1)
     ap.add_argument("--log", type=Path, default=None)
+    ap.add_argument("--context-mm", type=float, default=80.0,
+                    help="context crop of embed's default network (0: the one-branch network)")
     args = ap.parse_args()
     for n in args.sizes:
-        r = measure(n, args.epochs, args.log)
+        r = measure(n, args.epochs, args.log, args.context_mm)
         print(json.dumps(r), flush=True)
         with open(RESULTS, "a") as fh:
             fh.write(json.dumps(r) + "\n")
