@@ -210,6 +210,18 @@ class KeySliceDataset(torch.utils.data.Dataset):
         shifted slice with at least about 90 % of its key-slice diameter; items where no whole
         slice fits are not shifted. The other slices of the volumes give new backgrounds and
         lesion cross-sections from the same annotations. 0: off.
+    copy_paste : int, default 0
+        Copy-paste augmentation (Ghiasi et al. 2021, "Simple Copy-Paste"; training with
+        ``augment`` only): each time an item is drawn, up to this many lesions (a number drawn
+        uniformly from 0 to ``copy_paste``) of *other* training key slices are pasted into its
+        image, with their boxes and classes (:meth:`_paste`). A pasted lesion is an elliptical
+        patch around its box (its 3 context slices), with edges blended softly into the new
+        background, rescaled like the image and by its own draw from ``scale_range``, flipped
+        left-right at random, and placed where it covers body, not air (the windowed middle
+        slice under the patch is above 0.1 on average and at 0 on less than 5 % of it: with
+        the soft-tissue window, denser than about -120 HU) and overlaps no box (lesion or ignore
+        region) of the image. Up to 20 positions are tried per lesion; one that fits nowhere is
+        not pasted. 0: off.
     seed : int, default 0
     cache_mb : float, default 1024
         Memory for the preprocessed (un-augmented) images.
@@ -247,6 +259,7 @@ class KeySliceDataset(torch.utils.data.Dataset):
         crop: int | None = None,
         crop_lesion_p: float = 0.75,
         slice_jitter_mm: float = 0.0,
+        copy_paste: int = 0,
         seed: int = 0,
         cache_mb: float = 1024.0,
         check: bool = True,
@@ -268,6 +281,11 @@ class KeySliceDataset(torch.utils.data.Dataset):
                 f"crop must be between 32 and image_size ({self.image_size}), not {crop}"
             )
         self.crop = int(crop) if crop is not None else None
+        if int(copy_paste) < 0:
+            raise DatasetError(
+                f"copy_paste must be 0 (off) or a positive number of lesions, not {copy_paste}"
+            )
+        self.copy_paste = int(copy_paste)
         self.crop_lesion_p = float(crop_lesion_p)
         self.seed = int(seed)
         self.epoch = 0
@@ -328,6 +346,12 @@ class KeySliceDataset(torch.utils.data.Dataset):
                     * float(row["spacing_x"])
                 )
                 self.max_shift[k] = int(np.floor(min(self.slice_jitter_mm, 0.4 * r_mm) / dz))
+        # the lesions copy-paste can take: (item, box index) of every real lesion
+        self.paste_sources = [
+            (k, j)
+            for k, lab in enumerate(self.labels)
+            for j in np.flatnonzero(lab > 0).tolist()
+        ]
 
     def __len__(self) -> int:
         return len(self.file_names)
@@ -418,6 +442,9 @@ class KeySliceDataset(torch.utils.data.Dataset):
                 img = t[0].numpy()
                 boxes = boxes * s
                 scale *= s
+            if self.copy_paste:
+                h, w = img.shape[-2:]
+                img, boxes, labels = self._paste(i, img, boxes, labels, s, h, w)
             sample = {"image": img, "boxes": boxes}
             sample = RandomFlip(p=0.5, seed=int(rng.integers(2**31)))(sample)
             sample = IntensityJitter(seed=int(rng.integers(2**31)))(sample)
@@ -469,6 +496,8 @@ class KeySliceDataset(torch.utils.data.Dataset):
         img = resample_window(base, s, x0, y0, c)
         vh, vw = max(0, min(c, h - y0)), max(0, min(c, w - x0))  # the window's image part
         if rng is not None:
+            if self.copy_paste:
+                img, boxes, labels = self._paste(i, img, boxes, labels, s, vh, vw)
             sample = {"image": img, "boxes": boxes}
             flip_seed, jitter_seed = int(rng.integers(2**31)), int(rng.integers(2**31))
             sample = IntensityJitter(seed=jitter_seed)(sample)
@@ -493,6 +522,111 @@ class KeySliceDataset(torch.utils.data.Dataset):
         }
         return torch.from_numpy(np.ascontiguousarray(img, dtype=np.float32)), target, meta
 
+    def _paste(
+        self,
+        i: int,
+        img: np.ndarray,
+        boxes: np.ndarray,
+        labels: np.ndarray,
+        s: float,
+        vh: int,
+        vw: int,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Copy-paste augmentation of item ``i`` (see ``copy_paste`` in the class docstring).
+
+        Parameters
+        ----------
+        i : int
+            The item whose (rescaled, possibly windowed) image ``img`` is.
+        img : (C, H, W) float array
+            The image, changed in place and returned.
+        boxes, labels : arrays
+            Its boxes (in ``img``'s pixels) and labels; pasted lesions are appended.
+        s : float
+            The item's augmentation scale (the pasted lesions are rescaled by it too).
+        vh, vw : int
+            Height and width of the part of ``img`` that is image (not padding).
+
+        Returns
+        -------
+        img, boxes, labels
+        """
+        rng = np.random.default_rng([self.seed, self.epoch, i, 3])
+        n = int(rng.integers(0, self.copy_paste + 1))
+        sources = [src for src in self.paste_sources if src[0] != i]
+        if n == 0 or not sources or vh < 8 or vw < 8:
+            return img, boxes, labels
+        boxes = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
+        taken = [b for b in boxes]
+        new_b, new_l = [], []
+        for pick in rng.choice(len(sources), size=min(n, len(sources)), replace=False):
+            k, j = sources[int(pick)]
+            patch, alpha, box = self._paste_patch(k, j, s * float(rng.uniform(*self.scale_range)))
+            flip = bool(rng.random() < 0.5)
+            ph, pw = alpha.shape
+            if ph >= vh or pw >= vw:
+                continue
+            if flip:
+                patch, alpha = patch[:, :, ::-1], alpha[:, ::-1]
+                box = np.array([pw - box[2], box[1], pw - box[0], box[3]], dtype=np.float32)
+            for _ in range(20):
+                x0 = int(rng.integers(0, vw - pw + 1))
+                y0 = int(rng.integers(0, vh - ph + 1))
+                region = np.array([x0, y0, x0 + pw, y0 + ph], dtype=np.float32)
+                if any(_overlaps(region, b) for b in taken):
+                    continue
+                under = img[img.shape[0] // 2, y0 : y0 + ph, x0 : x0 + pw]
+                inside = alpha > 0.5
+                if under[inside].mean() <= 0.1 or (under[inside] <= 0).mean() >= 0.05:
+                    continue
+                dst = img[:, y0 : y0 + ph, x0 : x0 + pw]
+                dst[...] = alpha * patch + (1 - alpha) * dst
+                nb = box + np.array([x0, y0, x0, y0], dtype=np.float32)
+                taken.append(region)
+                new_b.append(nb)
+                new_l.append(int(self.labels[k][j]))
+                break
+        if new_b:
+            boxes = np.concatenate([boxes, np.asarray(new_b, dtype=np.float32)])
+            labels = np.concatenate([labels, np.asarray(new_l, dtype=labels.dtype)])
+        return img, boxes, labels
+
+    def _paste_patch(self, k: int, j: int, s: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Lesion ``j`` of item ``k`` as a patch for :meth:`_paste`, rescaled by ``s``.
+
+        Returns the ``(C, h, w)`` patch, its ``(h, w)`` blending weights (1 within 1.1 x the
+        lesion's half-axes from its centre, falling linearly to 0 at 1.6 x) and the lesion's box
+        in the patch's pixels.
+        """
+        base, scale = self._base(k)
+        b = self.boxes[k][j] * scale
+        cx, cy = (b[0] + b[2]) / 2, (b[1] + b[3]) / 2
+        ax, ay = max((b[2] - b[0]) / 2, 1.0), max((b[3] - b[1]) / 2, 1.0)
+        # the patch spans 1.6 x the half-axes around the centre, in the rescaled image's pixels
+        hw, hh = max(int(np.ceil(1.6 * ax * s)), 2), max(int(np.ceil(1.6 * ay * s)), 2)
+        pw, ph = 2 * hw, 2 * hh
+        xs = (np.arange(pw, dtype=np.float32) + 0.5 - hw) / s + cx
+        ys = (np.arange(ph, dtype=np.float32) + 0.5 - hh) / s + cy
+        h0, w0 = base.shape[-2:]
+        grid = torch.from_numpy(
+            np.stack(np.meshgrid(xs / w0 * 2 - 1, ys / h0 * 2 - 1), -1).astype(np.float32)
+        )[None]
+        patch = F.grid_sample(
+            torch.from_numpy(base.astype(np.float32))[None],
+            grid,
+            mode="bilinear",
+            padding_mode="border",
+            align_corners=False,
+        )[0].numpy()
+        rx = (xs - cx) / ax
+        ry = (ys - cy) / ay
+        r = np.sqrt(rx[None, :] ** 2 + ry[:, None] ** 2)
+        alpha = np.clip((1.6 - r) / 0.5, 0.0, 1.0).astype(np.float32)
+        box = np.array(
+            [hw - ax * s, hh - ay * s, hw + ax * s, hh + ay * s], dtype=np.float32
+        )
+        return patch, alpha, box
+
     def _place(self, boxes: np.ndarray, labels: np.ndarray, h: int, w: int, i: int):
         """Window corner on an ``h`` x ``w`` image, the boxes in it, cut lesions ignored."""
         c = self.crop
@@ -516,6 +650,11 @@ class KeySliceDataset(torch.utils.data.Dataset):
         labels = labels.copy()
         labels[(labels > 0) & (kept < 0.6 * np.maximum(area, 1e-6))] = -1
         return x0, y0, boxes, labels
+
+
+def _overlaps(a: np.ndarray, b: np.ndarray) -> bool:
+    """Whether two ``x1, y1, x2, y2`` boxes share any area."""
+    return bool(min(a[2], b[2]) > max(a[0], b[0]) and min(a[3], b[3]) > max(a[1], b[1]))
 
 
 def resample_window(base: np.ndarray, s: float, x0: int, y0: int, c: int) -> np.ndarray:

@@ -71,6 +71,11 @@ _RUNTIME_PARAMS = {
 }
 
 
+#: Options added later, left out of the fingerprint while off, so that a ``last.pt`` written
+#: before they existed still resumes.
+_OFF_PARAMS: dict[str, Any] = {"copy_paste": 0, "pretrain_steps": 0}
+
+
 class CheckpointError(LabError, ValueError):
     """A checkpoint that is missing, unreadable, or made with other settings."""
 
@@ -136,6 +141,7 @@ class _TrainState:
     history: list[dict] = field(default_factory=list)
     created: str = ""
     ema: dict[str, torch.Tensor] | None = None
+    pretrain: dict | None = None
 
 
 def _context_summary(dataset: KeySliceDataset, ctx: distributed.DistContext) -> str | None:
@@ -248,6 +254,18 @@ class LesionDetector(BaseEstimator):
         centred up to this many mm (whole slices) above or below it, with its boxes, limited
         to 0.4 x the radius of its smallest lesion (see
         :class:`~deeplesion_lab.detection.dataset.KeySliceDataset`). 0: off.
+    copy_paste : int, default 0
+        Copy-paste augmentation (Ghiasi et al. 2021): up to this many lesions of other training
+        key slices pasted into each training image, with soft edges, on body and away from its
+        boxes, and added to its targets (see
+        :class:`~deeplesion_lab.detection.dataset.KeySliceDataset`). 0: off.
+    pretrain_steps : int, default 0
+        CenterNet only: before training from scratch, pretrain the network's features for this
+        many steps by masked-patch reconstruction on the unlabeled slices of every lesion's
+        series in the manifest given to ``fit`` (all splits: no box or label is read; see
+        :mod:`~deeplesion_lab.detection.pretrain`), on ``train_crop`` windows (128 px when
+        unset). Skipped when resuming (``last.pt`` holds the weights) and with ``warm_start``.
+        ``pretrain_`` records what it did. 0: off.
     optimizer : {"adamw", "sgd"}, default "adamw"
         AdamW converges much faster from random weights (the usual case here: no weights are
         downloaded); SGD suits a pretrained backbone.
@@ -336,6 +354,8 @@ class LesionDetector(BaseEstimator):
         "train_crop": [None, Interval(Integral, 0, None, closed="left")],
         "crop_lesion_p": [Interval(Real, 0, 1, closed="both")],
         "slice_jitter_mm": [Interval(Real, 0, None, closed="left")],
+        "copy_paste": [Interval(Integral, 0, None, closed="left")],
+        "pretrain_steps": [Interval(Integral, 0, None, closed="left")],
         "unannotated": [StrOptions({"neighbours", "none"})],
         "neighbour_factor": [Interval(Real, 0, None, closed="left")],
         "ignore_iou": [Interval(Real, 0, 1, closed="both")],
@@ -383,6 +403,8 @@ class LesionDetector(BaseEstimator):
         train_crop: int | None = None,
         crop_lesion_p: float = 0.75,
         slice_jitter_mm: float = 0.0,
+        copy_paste: int = 0,
+        pretrain_steps: int = 0,
         unannotated: str = "neighbours",
         neighbour_factor: float = 1.0,
         ignore_iou: float = 0.3,
@@ -427,6 +449,8 @@ class LesionDetector(BaseEstimator):
         self.train_crop = train_crop
         self.crop_lesion_p = crop_lesion_p
         self.slice_jitter_mm = slice_jitter_mm
+        self.copy_paste = copy_paste
+        self.pretrain_steps = pretrain_steps
         self.unannotated = unannotated
         self.neighbour_factor = neighbour_factor
         self.ignore_iou = ignore_iou
@@ -497,12 +521,17 @@ class LesionDetector(BaseEstimator):
             crop=self.train_crop if train else None,
             crop_lesion_p=self.crop_lesion_p,
             slice_jitter_mm=self.slice_jitter_mm if train else 0.0,
+            copy_paste=self.copy_paste if train else 0,
             seed=self.seed,
             cache_mb=self.cache_mb,
         )
 
     def _fingerprint(self, extra: Mapping[str, Any]) -> dict:
-        params = {k: _jsonable(v) for k, v in self.get_params().items() if k not in _RUNTIME_PARAMS}
+        params = {
+            k: _jsonable(v)
+            for k, v in self.get_params().items()
+            if k not in _RUNTIME_PARAMS and not (k in _OFF_PARAMS and v == _OFF_PARAMS[k])
+        }
         return {"params": params, **_jsonable(dict(extra))}
 
     def _lr_at(self, step: int, total: int) -> float:
@@ -573,11 +602,17 @@ class LesionDetector(BaseEstimator):
                 source=str((lineage or {}).get("labels_source", "labels")),
             )
             model = setup.model.to(device)
+            ckdir = Path(checkpoint_dir) if checkpoint_dir is not None else None
+            resuming = ckdir is not None and resume and (ckdir / "last.pt").is_file()
+            pretrained = None
+            if self.pretrain_steps and setup.parent is None and not resuming:
+                pretrained = self._pretrain(model, manifest, images_root)
             opt = self._optimizer(model)
             scaler = grad_scaler(device, self.amp)
-            ckdir = Path(checkpoint_dir) if checkpoint_dir is not None else None
-            state = _TrainState(created=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
-            if ckdir is not None and resume and (ckdir / "last.pt").is_file():
+            state = _TrainState(
+                created=time.strftime("%Y-%m-%dT%H:%M:%S%z"), pretrain=pretrained
+            )
+            if resuming:
                 state = self._resume(ckdir / "last.pt", setup.fingerprint, model, opt, scaler)
             if self.ema_decay and state.ema is None:
                 state.ema = _ema_init(model)
@@ -614,6 +649,32 @@ class LesionDetector(BaseEstimator):
         return self
 
     # the steps of fit ---------------------------------------------------------------------------
+    def _pretrain(
+        self, model: torch.nn.Module, manifest: pd.DataFrame, images_root: str | Path | None
+    ) -> dict:
+        """Masked-patch pretraining of a new network's features (``pretrain_steps``)."""
+        from .pretrain import masked_pretrain
+
+        root = Path(images_root) if images_root is not None else manifest_images_root(manifest)
+        return masked_pretrain(
+            model,
+            manifest,
+            root,
+            steps=int(self.pretrain_steps),
+            batch_size=int(self.batch_size),
+            crop=int(self.train_crop or 128),
+            seed=int(self.seed),
+            lr=float(self.lr),
+            scale_range=tuple(self.scale_range),
+            dataset_kwargs=dict(
+                image_size=self.image_size,
+                spacing_mm=self.spacing_mm,
+                slice_spacing_mm=self.slice_spacing_mm,
+                window=tuple(self.window) if isinstance(self.window, list) else self.window,
+                cache_mb=self.cache_mb,
+            ),
+        )
+
     def _setup(
         self,
         manifest: pd.DataFrame,
@@ -631,6 +692,11 @@ class LesionDetector(BaseEstimator):
         train = select_split(manifest, split)
         if train.empty:
             raise DatasetError(f"no lesion in split {split!r} of the manifest to train on")
+        if self.pretrain_steps and self.arch != "centernet":
+            raise ModelError(
+                f"pretrain_steps={self.pretrain_steps} needs arch 'centernet' (the masked-patch "
+                f"pretraining reads the CenterNet's features), not {self.arch!r}; set it to 0"
+            )
         warm = self.warm_start and hasattr(self, "model_")
         imposed = self.classes_ if warm and not reset_head else None
         classes, index = class_indices(
@@ -744,6 +810,7 @@ class LesionDetector(BaseEstimator):
             history=list(state["history"]),
             created=str(state.get("created") or ""),
             ema=state.get("ema"),
+            pretrain=state.get("pretrain"),
         )
 
     @staticmethod
@@ -773,6 +840,8 @@ class LesionDetector(BaseEstimator):
             obj["scaler"] = scaler.state_dict()
         if state.ema is not None:
             obj["ema"] = state.ema
+        if state.pretrain is not None:
+            obj["pretrain"] = state.pretrain
         with atomic_path(ckdir / "last.pt") as tmp:
             torch.save(obj, tmp)
 
@@ -956,6 +1025,9 @@ class LesionDetector(BaseEstimator):
         }
         if setup.micro_batches > 1:
             self.lineage_["micro_batches"] = setup.micro_batches
+        self.pretrain_ = state.pretrain
+        if state.pretrain is not None:
+            self.lineage_["pretrain"] = dict(state.pretrain)
 
     # ------------------------------------------------------------------------------------------
     def predict(
