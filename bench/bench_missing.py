@@ -17,6 +17,13 @@ and on their neighbouring slices only; the rest is the graph step's own code
 --detector-model MODEL [--neighbour-slices 0|1]`` (the pipeline of ``make lab`` runs the
 ``pseudo`` model with no neighbour slices).
 
+``--arch-runs SEED:DATA_DIR:OUT[:OUT...]`` (session 8) scores instead the candidate folders of
+``bench/bench_detector_arch.py`` (their ``predictions_eval.csv``, on the val+test key slices):
+the test key slices' detections go through the same ``propose_missing`` (no neighbour slices,
+the pipeline's setting) and are ranked by the detector's score alone (there are no embeddings
+in those folders; session 6 found the embedding similarity within +-0.04 of it), giving
+``recall_at_2`` per candidate on the demo's ``truth.parquet``.
+
 Also, per unannotated test lesion: whether some detection of its key slice reaches IoU >= 0.5
 (the detector finds it), whether it survives the proposal filter and ranking cut (top
 ``round(2 x images)`` proposals over all images).
@@ -91,15 +98,62 @@ def seed_rows(out: Path, models: list[str]) -> list[dict]:
     return rows
 
 
+def arch_rows(spec: str) -> list[dict]:
+    """``SEED:DATA_DIR:OUT[:OUT...]``: recall of each bench_detector_arch candidate folder."""
+    from deeplesion_lab.graph.missing import evaluate_proposals, propose_missing
+    from deeplesion_lab.graph.truth import read_truth
+    from deeplesion_lab.manifest import read_manifest
+
+    seed, data, *outs = spec.split(":")
+    manifest = read_manifest(Path(data) / "manifest.parquet")
+    truth = read_truth(Path(data) / "truth.parquet")
+    test = manifest[manifest["split"] == 3]
+    images = sorted(test["file_name"].astype(str).unique())
+    rows = []
+    for out in outs:
+        pred = pd.read_csv(Path(out) / "predictions_eval.csv", dtype={"file_name": str},
+                           keep_default_na=False)
+        on_key = pred[pred["file_name"].astype(str).isin(images)]
+        props = propose_missing(test, on_key, neighbour_slices=1)
+        ev = evaluate_proposals(props, truth, images, score="score")
+        rows.append({"data_seed": seed, "model": Path(out).name, "neighbour_slices": 0,
+                     "ranked_by": "score", "n_images": ev["n_images"],
+                     "n_missing": ev["n_missing"], "found_by_detector": -1,
+                     **{k: ev[k] for k in ("recall_at_0_5", "recall_at_1", "recall_at_2",
+                                           "recall_all", "precision_at_2")}})
+    return rows
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--out", type=Path, nargs="+", required=True)
+    ap.add_argument("--out", type=Path, nargs="+")
+    ap.add_argument("--arch-runs", nargs="+", help="SEED:DATA_DIR:OUT[:OUT...] (see above)")
     ap.add_argument("--models", default="pseudo,single")
     ap.add_argument("--results", type=Path, default=HERE / "results" / "missing_annotations.md")
     args = ap.parse_args()
     import torch
 
     torch.set_num_threads(1)
+    if not args.out and not args.arch_runs:
+        ap.error("give --out or --arch-runs")
+    if args.arch_runs:
+        rows = [r for spec in args.arch_runs for r in arch_rows(spec)]
+        df = pd.DataFrame(rows)
+        lines = [
+            "| seed | candidate | images | unannotated | recall@0.5 | recall@1 | recall@2 | "
+            "recall, all proposals | precision@2 |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
+        for r in rows:
+            lines.append(
+                f"| {r['data_seed']} | {r['model']} | {r['n_images']} | {r['n_missing']} | "
+                f"{r['recall_at_0_5']:.3f} | {r['recall_at_1']:.3f} | {r['recall_at_2']:.3f} | "
+                f"{r['recall_all']:.3f} | {r['precision_at_2']:.3f} |")
+        for mo, g in df.groupby("model"):
+            lines.append(f"\nmean recall@2 of {mo}: {g['recall_at_2'].mean():.3f} "
+                         f"over {len(g)} seeds")
+        print("\n".join(lines))
+        return 0
     rows = [r for o in args.out for r in seed_rows(o, args.models.split(","))]
     df = pd.DataFrame(rows)
     (args.results.with_suffix(".json")).write_text(df.to_json(orient="records", indent=1))
