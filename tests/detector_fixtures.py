@@ -135,3 +135,13 @@ def interrupt_fit(params: dict, manifest: pd.DataFrame, folder: Path, at_step: i
 
     with pytest.raises(Stop):
         LesionDetector(**params).fit(manifest, checkpoint_dir=folder, callback=stop)
+
+
+def train_dataset(data, **kwargs):
+    """The training split of :func:`make_detection_data`'s series as a ``KeySliceDataset`` at
+    96 px and 1 mm/px with augmentation on; ``kwargs`` set or override its parameters."""
+    from deeplesion_lab.detection.dataset import KeySliceDataset
+    from deeplesion_lab.detection.train import select_split
+
+    params = {"image_size": 96, "spacing_mm": 1.0, "augment": True, **kwargs}
+    return KeySliceDataset(select_split(data.manifest, "train"), data.images_root, **params)

@@ -10,13 +10,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from detector_fixtures import interrupt_fit, make_detection_data
+from detector_fixtures import interrupt_fit, make_detection_data, train_dataset
 
 from deeplesion_lab.detection.centernet import CenterNetLesion
-from deeplesion_lab.detection.dataset import DatasetError, KeySliceDataset
+from deeplesion_lab.detection.dataset import DatasetError
 from deeplesion_lab.detection.model import ModelError
 from deeplesion_lab.detection.pretrain import PATCH, mask_patches, masked_pretrain
-from deeplesion_lab.detection.train import LesionDetector, select_split
+from deeplesion_lab.detection.train import LesionDetector
 from deeplesion_lab.errors import LabError
 
 torch.set_num_threads(1)
@@ -30,17 +30,18 @@ def data(tmp_path_factory):
 
 
 def _ds(data, copy_paste: int, augment: bool = True, crop: int | None = None, seed: int = 0):
-    return KeySliceDataset(
-        select_split(data.manifest, "train"),
-        data.images_root,
-        image_size=96,
-        spacing_mm=1.0,
-        window="soft tissue",
-        augment=augment,
-        crop=crop,
-        copy_paste=copy_paste,
-        seed=seed,
+    return train_dataset(
+        data, window="soft tissue", augment=augment, crop=crop, copy_paste=copy_paste, seed=seed
     )
+
+
+def _pairs(ds, ref, epochs: int):
+    """``(ds[i], ref[i])`` for every item at each of the first ``epochs`` epochs."""
+    for epoch in range(epochs):
+        ds.set_epoch(epoch)
+        ref.set_epoch(epoch)
+        for i in range(len(ds)):
+            yield ds[i], ref[i]
 
 
 def _real(target) -> np.ndarray:
@@ -52,30 +53,25 @@ def test_copy_paste_adds_lesions_from_other_slices_on_body(data) -> None:
     ds, ref = _ds(data, 3), _ds(data, 0)
     assert len(ds.paste_sources) == sum(int((lab > 0).sum()) for lab in ds.labels)
     added = 0
-    for epoch in range(4):
-        ds.set_epoch(epoch)
-        ref.set_epoch(epoch)
-        for i in range(len(ds)):
-            img, t, meta = ds[i]
-            img0, t0, _ = ref[i]
-            assert img.shape == img0.shape == (3, 96, 96)
-            real, real0 = _real(t), _real(t0)
-            # the item's own lesions first, unchanged; pasted ones after them
-            assert len(real) >= len(real0) and np.allclose(real[: len(real0)], real0)
-            extra = real[len(real0) :]
-            added += len(extra)
-            changed = (img - img0).abs().sum(0) > 1e-6
-            for b in extra:
-                x1, y1, x2, y2 = (int(round(v)) for v in b)
-                assert 0 <= x1 < x2 <= 96 and 0 <= y1 < y2 <= 96
-                # on body (soft-tissue window: air is 0) and away from the item's boxes
-                assert img0[1, y1:y2, x1:x2].mean() > 0.1
-                for o in t0["boxes"].numpy():
-                    assert min(b[2], o[2]) <= max(b[0], o[0]) or min(b[3], o[3]) <= max(b[1], o[1])
-                # the pixels under a pasted box changed (the lesion is really there)
-                assert changed[y1:y2, x1:x2].float().mean() > 0.5
-            if not len(extra):
-                assert torch.equal(img, img0)  # nothing pasted: the very same image
+    for (img, t, _), (img0, t0, _) in _pairs(ds, ref, 4):
+        assert img.shape == img0.shape == (3, 96, 96)
+        real, real0 = _real(t), _real(t0)
+        # the item's own lesions first, unchanged; pasted ones after them
+        assert len(real) >= len(real0) and np.allclose(real[: len(real0)], real0)
+        extra = real[len(real0) :]
+        added += len(extra)
+        changed = (img - img0).abs().sum(0) > 1e-6
+        for b in extra:
+            x1, y1, x2, y2 = (int(round(v)) for v in b)
+            assert 0 <= x1 < x2 <= 96 and 0 <= y1 < y2 <= 96
+            # on body (soft-tissue window: air is 0) and away from the item's boxes
+            assert img0[1, y1:y2, x1:x2].mean() > 0.1
+            for o in t0["boxes"].numpy():
+                assert min(b[2], o[2]) <= max(b[0], o[0]) or min(b[3], o[3]) <= max(b[1], o[1])
+            # the pixels under a pasted box changed (the lesion is really there)
+            assert changed[y1:y2, x1:x2].float().mean() > 0.5
+        if not len(extra):
+            assert torch.equal(img, img0)  # nothing pasted: the very same image
     assert added > 0
 
 
@@ -95,14 +91,10 @@ def test_copy_paste_is_drawn_from_seed_epoch_and_item(data) -> None:
 def test_copy_paste_in_training_windows_and_never_in_evaluation(data) -> None:
     ds, ref = _ds(data, 3, crop=64), _ds(data, 0, crop=64)
     more = 0
-    for epoch in range(6):
-        ds.set_epoch(epoch)
-        ref.set_epoch(epoch)
-        for i in range(len(ds)):
-            img, t, _ = ds[i]
-            assert img.shape == (3, 64, 64)
-            assert (t["boxes"][:, 2:] <= 64).all() and (t["boxes"] >= 0).all()
-            more += len(_real(t)) - len(_real(ref[i][1]))
+    for (img, t, _), (_, t0, _) in _pairs(ds, ref, 6):
+        assert img.shape == (3, 64, 64)
+        assert (t["boxes"][:, 2:] <= 64).all() and (t["boxes"] >= 0).all()
+        more += len(_real(t)) - len(_real(t0))
     assert more > 0
     # no augmentation (evaluation): copy_paste changes nothing
     plain, plain0 = _ds(data, 3, augment=False), _ds(data, 0, augment=False)

@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from detector_fixtures import interrupt_fit, make_detection_data
+from detector_fixtures import interrupt_fit, make_detection_data, train_dataset
 
 from deeplesion_lab.detection.centernet import CenterNetLesion, hard_negative_loss
-from deeplesion_lab.detection.dataset import KeySliceDataset
-from deeplesion_lab.detection.train import LesionDetector, _ema_init, _ema_update, select_split
+from deeplesion_lab.detection.train import LesionDetector, _ema_init, _ema_update
 from deeplesion_lab.errors import LabError
 
 torch.set_num_threads(1)
@@ -118,17 +117,8 @@ def test_without_ema_no_average_is_kept(data, tmp_path) -> None:
 
 
 def _jitter_ds(data, jitter: float, augment: bool = True, crop: int | None = 64):
-    train = select_split(data.manifest, "train")
-    return KeySliceDataset(
-        train,
-        data.images_root,
-        image_size=96,
-        spacing_mm=1.0,
-        window="wide",
-        augment=augment,
-        crop=crop,
-        slice_jitter_mm=jitter,
-        seed=3,
+    return train_dataset(
+        data, window="wide", augment=augment, crop=crop, slice_jitter_mm=jitter, seed=3
     )
 
 

@@ -608,16 +608,7 @@ class KeySliceDataset(torch.utils.data.Dataset):
         xs = (np.arange(pw, dtype=np.float32) + 0.5 - hw) / s + cx
         ys = (np.arange(ph, dtype=np.float32) + 0.5 - hh) / s + cy
         h0, w0 = base.shape[-2:]
-        grid = torch.from_numpy(
-            np.stack(np.meshgrid(xs / w0 * 2 - 1, ys / h0 * 2 - 1), -1).astype(np.float32)
-        )[None]
-        patch = F.grid_sample(
-            torch.from_numpy(base.astype(np.float32))[None],
-            grid,
-            mode="bilinear",
-            padding_mode="border",
-            align_corners=False,
-        )[0].numpy()
+        patch = _sample(base, xs / w0 * 2 - 1, ys / h0 * 2 - 1)
         rx = (xs - cx) / ax
         ry = (ys - cy) / ay
         r = np.sqrt(rx[None, :] ** 2 + ry[:, None] ** 2)
@@ -673,7 +664,14 @@ def resample_window(base: np.ndarray, s: float, x0: int, y0: int, c: int) -> np.
     # output pixel X of the rescaled image samples base at (X + 0.5) / s - 0.5
     xs = (np.arange(x0, x0 + c, dtype=np.float32) + 0.5) / s / w0 * 2 - 1
     ys = (np.arange(y0, y0 + c, dtype=np.float32) + 0.5) / s / h0 * 2 - 1
-    grid = torch.from_numpy(np.stack(np.meshgrid(xs, ys), -1))[None]
+    return _sample(base, xs, ys)
+
+
+def _sample(base: np.ndarray, gx: np.ndarray, gy: np.ndarray) -> np.ndarray:
+    """``base`` (C, H, W) sampled bilinearly at the grid of columns ``gx`` x rows ``gy``
+    (normalised coordinates, -1 to 1 across the image, no corner alignment, border padding):
+    a ``(C, len(gy), len(gx))`` float32 array."""
+    grid = torch.from_numpy(np.stack(np.meshgrid(gx, gy), -1).astype(np.float32))[None]
     return F.grid_sample(
         torch.from_numpy(base.astype(np.float32))[None],
         grid,
