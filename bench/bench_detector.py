@@ -74,6 +74,9 @@ def main() -> int:
     ap.add_argument("--arch", default="fasterrcnn", help="detector architecture (--arch)")
     ap.add_argument("--width", type=int, default=16, help="centernet width")
     ap.add_argument("--lr", type=float, default=0.001)
+    ap.add_argument("--copy-paste", type=int, default=2,
+                    help="copy-paste augmentation (--copy-paste of train-detector; default 2, "
+                         "the CLI's for a new centernet; 0: off)")
     ap.add_argument("--epochs", type=int, default=12)
     ap.add_argument("--finetune-epochs", type=int, default=4)
     ap.add_argument("--embed-epochs", type=int, default=6)
@@ -140,7 +143,8 @@ def main() -> int:
                   image_size=args.canvas, spacing_mm=args.spacing, train_crop=args.crop or None,
                   box_head_size=256, box_batch_size=32,
                   batch_size=4, optimizer="adamw", lr=args.lr, window="soft tissue",
-                  epochs=args.epochs, seed=args.seed, num_threads=args.threads, progress=False)
+                  epochs=args.epochs, seed=args.seed, num_threads=args.threads, progress=False,
+                  copy_paste=args.copy_paste)
     results: dict[str, dict] = {}
     test_only: dict[str, dict] = {}
     evals = {}
@@ -332,7 +336,7 @@ def write_markdown(path: Path, r: dict) -> None:
         "",
         f"Produced by `.venv/bin/python bench/bench_detector.py --patients {a['patients']} "
         f"--size {a['size']} --data-seed {a.get('data_seed')} --arch {a.get('arch')} "
-        f"--width {a.get('width')} --lr {a.get('lr')} "
+        f"--width {a.get('width')} --lr {a.get('lr')} --copy-paste {a.get('copy_paste', 0)} "
         f"--epochs {a['epochs']} --finetune-epochs {a['finetune_epochs']} --share {a['share']} "
         f"--canvas {a['canvas']} --spacing {a['spacing']} --crop {a['crop']} "
         f"--threads {a['threads']}` (CPU only; {r['machine']['cpu_count']} cores shared with "
@@ -358,7 +362,10 @@ def write_markdown(path: Path, r: dict) -> None:
            if str(a.get("crop", "0")) != "0" else "whole canvases")
         + (", box head 256 trained on 32 proposals per image" if a.get("arch", "fasterrcnn")
            == "fasterrcnn" else "")
-        + f", batch 4, AdamW lr {a.get('lr', 0.001)} (cosine), {a['epochs']} epochs, same seed for every model; missing "
+        + f", batch 4, AdamW lr {a.get('lr', 0.001)} (cosine), {a['epochs']} epochs, "
+        + (f"copy-paste of up to {a['copy_paste']} lesions per window, "
+           if str(a.get("copy_paste", "0")) != "0" else "")
+        + "same seed for every model; missing "
         "annotations handled by ignore regions on lesions annotated on nearby slices.",
         "",
         "## Sensitivity (DeepLesion protocol: IoU >= 0.5, noisy excluded)",

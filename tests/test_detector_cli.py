@@ -122,6 +122,12 @@ def test_model_options_and_cpu_defaults() -> None:
     assert detector_params(new=False, epochs=3, threads=2) == {
         "device": "cpu", "num_threads": 2, "progress": True, "epochs": 3}
     assert params_from_args(p.parse_args(["--norm", "group"]), new=True)["norm"] == "group"
+    # copy-paste is on by default for a new centernet only; a loaded model keeps its own
+    assert cpu["copy_paste"] == 2
+    assert params_from_args(p.parse_args(["--arch", "fasterrcnn"]), new=True)["copy_paste"] == 0
+    assert params_from_args(p.parse_args(["--copy-paste", "0"]), new=True)["copy_paste"] == 0
+    assert "copy_paste" not in params_from_args(p.parse_args([]), new=False)
+    assert params_from_args(p.parse_args(["--copy-paste", "1"]), new=False)["copy_paste"] == 1
 
 
 def test_train_detect_evaluate(demo, tmp_path, capsys) -> None:

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ..detection.workflow import (
+    COPY_PASTE,
     DEFAULT_ARCH,
     DEFAULT_WIDTH,
     FINETUNE_EPOCHS,
@@ -25,7 +26,7 @@ __all__ = ["add_training_arguments", "add_runtime_arguments", "add_model_argumen
 #: Options of :func:`~deeplesion_lab.detection.workflow.detector_params` that the parsers
 #: define under the same name (``--no-progress`` and ``--no-amp`` are turned round below).
 _SAME_NAME = ("device", "threads", "workers", "micro_batches", "checkpoint_every", "epochs",
-              "batch_size", "lr", "unannotated", "seed", "arch", "width", "optimizer", "window",
+              "batch_size", "lr", "unannotated", "seed", "copy_paste", "arch", "width", "optimizer", "window",
               "train_crop", "box_batch", "box_head", "backbone", "norm", "backbone_weights",
               "image_size", "spacing_mm", "slice_spacing_mm")
 
@@ -62,6 +63,11 @@ def add_training_arguments(p: argparse.ArgumentParser, *, finetune: bool = False
                         "annotation become ignore regions (mined unannotated lesions)")
     g.add_argument("--ignore-score", type=float, default=0.5,
                    help="minimum score of a mined ignore region (default 0.5)")
+    g.add_argument("--copy-paste", type=int, default=None, metavar="N",
+                   help="copy-paste augmentation: up to N lesions of other training slices "
+                        "pasted into each training window; 0: off (default per architecture: "
+                        + ", ".join(f"{k} {v}" for k, v in COPY_PASTE.items())
+                        + ("; fine-tuning keeps its base model's)" if finetune else ")"))
     g.add_argument("--seed", type=int, default=None)
     g.add_argument("--overwrite", action="store_true",
                    help="start over when NAME holds a training made with other settings")
