@@ -52,26 +52,7 @@ def load(run_dir: Path) -> dict:
     roles = protocol_split(df["patient_index"].to_numpy())
     mtypes = df["coarse_type"].to_numpy(dtype=np.int64)
     mtypes = np.where(mtypes >= 1, mtypes, -1)
-    ctx_path = run_dir / "context_features.npy"
-    if ctx_path.is_file():
-        C = np.load(ctx_path)
-    else:
-        from bench_context_features import context_features
-
-        C = context_features(df)
-        np.save(ctx_path, C)
-    deep_path = run_dir / "deep_features.npy"
-    if not deep_path.is_file():  # the current miner's features after its deep round
-        from deeplesion_lab.embedding import LesionEmbedder, build_patches
-        from deeplesion_lab.mining import DeepClusterMiner
-
-        emb = LesionEmbedder.load(run.embedder)
-        emb.num_threads = 1
-        patches = build_patches(df, emb.patch_config_, cache_dir=run.patch_cache)
-        m = DeepClusterMiner(embedder=emb, seed=0).fit(patches)
-        np.save(deep_path, m.features_)
-    d = {
-        "deep": np.load(deep_path),
+    d = LazyRun({
         "run": run_dir,
         "ids": ids,
         "X": X,
@@ -81,13 +62,44 @@ def load(run_dir: Path) -> dict:
         "known_all": mtypes,
         "loc": location_features(df),
         "logsize": np.log((df["long_diameter_px"] * df["spacing_x"]).to_numpy(float)),
-        "ctx": C,
-    }
+        "df": df,
+        "run_obj": run,
+    })
     if run.pseudo_labels.is_file():
         pl = run.load_pseudo_labels()
         pl = pl.set_index(pl["lesion_id"].astype(str)).loc[ids]
         d["current"] = pl["cluster"].to_numpy()
     return d
+
+
+class LazyRun(dict):
+    """The loaded run; ``ctx`` (hand-made context features) and ``deep`` (the features after the
+    old miner's deep round) computed on first use and cached next to the run."""
+
+    def __missing__(self, key):
+        run_dir, df, run = self["run"], self["df"], self["run_obj"]
+        if key == "ctx":
+            ctx_path = run_dir / "context_features.npy"
+            if not ctx_path.is_file():
+                from bench_context_features import context_features
+
+                np.save(ctx_path, context_features(df))
+            self[key] = np.load(ctx_path)
+        elif key == "deep":
+            deep_path = run_dir / "deep_features.npy"
+            if not deep_path.is_file():  # the current miner's features after its deep round
+                from deeplesion_lab.embedding import LesionEmbedder, build_patches
+                from deeplesion_lab.mining import DeepClusterMiner
+
+                emb = LesionEmbedder.load(run.embedder)
+                emb.num_threads = 1
+                patches = build_patches(df, emb.patch_config_, cache_dir=run.patch_cache)
+                m = DeepClusterMiner(embedder=emb, seed=0).fit(patches)
+                np.save(deep_path, m.features_)
+            self[key] = np.load(deep_path)
+        else:
+            raise KeyError(key)
+        return self[key]
 
 
 def _z(B: np.ndarray) -> np.ndarray:
@@ -329,6 +341,76 @@ def miner(d, known, lpc, rounds=0, seed=0):
     return m.fit(patches, known).labels_
 
 
+def s9_default(d, seed=0):
+    """The ``mine`` default (8 lesions a fine cluster, merged by the manifest's types): (groups,
+    the fitted miner)."""
+    from deeplesion_lab.mining import DeepClusterMiner
+
+    m = DeepClusterMiner(seed=seed).fit(d["X"], d["known_all"])
+    return m.labels_, m
+
+
+def s9_assign(d, by, seed=0):
+    """The default, then every fine cluster without a known member moved into a named group."""
+    from deeplesion_lab.mining import assign_unnamed
+
+    _, m = s9_default(d, seed)
+    cg = assign_unnamed(m.fine_to_cluster_, m.fine_labels_, d["known_all"], m.fine_centers_,
+                        d["X"], by=by)
+    return cg[m.fine_labels_]
+
+
+def s9_spread(d, nn, alpha, cmn=False):
+    """Zhou et al. (2004) label spreading on the embedding's kNN graph from the manifest's
+    types (``cmn``: class mass normalisation): (types, scores)."""
+    from deeplesion_lab.mining import spread_labels
+
+    return spread_labels(d["X"], d["known_all"], nn, alpha, class_mass=cmn)
+
+
+def s9_spread_fine(d, nn, alpha, seed=0, cmn=False, tau=0.0):
+    """Spread scores summed within each fine cluster of the default; the cluster takes the
+    type of the largest sum (known lesions count with their spread scores) when its share of
+    the sum is at least ``tau``, else it stays a group of its own."""
+    _, m = s9_default(d, seed)
+    _, F = s9_spread(d, nn, alpha, cmn)
+    k = m.n_fine_clusters_
+    tot = np.zeros((k, F.shape[1]))
+    np.add.at(tot, m.fine_labels_, F)
+    share = tot.max(1) / np.maximum(tot.sum(1), 1e-12)
+    g = np.where(share >= tau, tot.argmax(1) + 1, 100 + np.arange(k))
+    return g[m.fine_labels_]
+
+
+def s9_merge_then_spread(d, seed=0, nn=10, alpha=0.99, cmn=False, tau=0.0):
+    """The default; a fine cluster without a known member takes the type its lesions' spread
+    scores sum highest for (named clusters as merged), when that type's share of the sum is at
+    least ``tau`` (else it stays apart)."""
+    from deeplesion_lab.lesion_types import COARSE_TYPES
+
+    _, m = s9_default(d, seed)
+    _, F = s9_spread(d, nn, alpha, cmn)
+    known = np.isin(d["known_all"], list(COARSE_TYPES))
+    fine = m.fine_labels_
+    named = set(np.unique(fine[known]).tolist())
+    # named groups are numbered by type code in merge_by_known_type: group -> type code
+    g2t = {}
+    for c in named:
+        kt = d["known_all"][(fine == c) & known]
+        v, n = np.unique(kt, return_counts=True)
+        g2t[int(m.fine_to_cluster_[c])] = int(v[int(np.argmax(n))])
+    t2g = {t: g for g, t in g2t.items()}
+    out = m.fine_to_cluster_.copy()
+    for c in range(m.n_fine_clusters_):
+        if c in named:
+            continue
+        s = F[fine == c].sum(0)
+        t = int(np.argmax(s)) + 1
+        if s.max() >= tau * max(s.sum(), 1e-12):
+            out[c] = t2g.get(t, 100 + t)
+    return out[fine]
+
+
 def candidates() -> dict:
     """Name -> function(d) -> cluster ids."""
     C: dict = {}
@@ -345,6 +427,34 @@ def candidates() -> dict:
                 d, d[f"known_{who}"], lpc, 1
             )
     C["current"] = lambda d: d["current"]
+    # ---- session 9: the unseen lesions (default, honest cluster count, label spreading) ----
+    for seed in range(5):
+        sfx = f"_seed{seed}" if seed else ""
+        C[f"s9_default{sfx}"] = lambda d, seed=seed: s9_default(d, seed)[0]
+        for by in ("centroid", "knn"):
+            C[f"s9_assign_{by}{sfx}"] = lambda d, by=by, seed=seed: s9_assign(d, by, seed)
+        for cmn in (False, True):
+            c = "cmn" if cmn else ""
+            C[f"s9_mergespread{c}{sfx}"] = lambda d, seed=seed, cmn=cmn: s9_merge_then_spread(
+                d, seed, cmn=cmn)
+            for nn in (10,):
+                for a in (0.5, 0.9, 0.99):
+                    C[f"s9_spreadfine{c}{nn}a{a}{sfx}"] = lambda d, nn=nn, a=a, seed=seed, cmn=cmn: (
+                        s9_spread_fine(d, nn, a, seed, cmn))
+        for tau in (0.5, 0.6, 0.7, 0.8):
+            for nn, a in ((5, 0.5), (10, 0.5), (5, 0.9)):
+                C[f"s9_mergespread{nn}a{a}t{tau}{sfx}"] = (
+                    lambda d, seed=seed, nn=nn, a=a, tau=tau: s9_merge_then_spread(
+                        d, seed, nn, a, tau=tau))
+                C[f"s9_spreadfine{nn}a{a}t{tau}{sfx}"] = (
+                    lambda d, seed=seed, nn=nn, a=a, tau=tau: s9_spread_fine(
+                        d, nn, a, seed, tau=tau))
+    for nn in (5, 10, 15, 25):
+        for a in (0.5, 0.9, 0.99):
+            for cmn in (False, True):
+                c = "cmn" if cmn else ""
+                C[f"s9_spread{c}{nn}a{a}"] = lambda d, nn=nn, a=a, cmn=cmn: s9_spread(
+                    d, nn, a, cmn)[0]
     for fs in ("e", "e+l", "e+l+s", "e+l+s+c", "e+l*0.5+s*0.5", "e+l*0.5+s*0.5+c*0.5", "c+l+s"):
         C[f"km_sil[{fs}]"] = lambda d, fs=fs: alg_kmeans_sil(features(d, fs))
         C[f"km8[{fs}]"] = lambda d, fs=fs: alg_kmeans(features(d, fs), 8)
@@ -424,7 +534,10 @@ def score(d: dict, clusters: np.ndarray) -> dict:
     names, _ = name_clusters(cl, d["known_all"], centers)
     code = {v: k for k, v in COARSE_TYPES.items()}
     pred = np.array([code[names[int(c)]] for c in cl])
+    from sklearn.metrics import adjusted_mutual_info_score
+
     return {
+        "ami_u": float(adjusted_mutual_info_score(t[unseen], clusters[unseen])),
         "nmi": nmi(t[lab], clusters[lab]),
         "purity": purity(t[lab], clusters[lab]),
         "nmi_u": nmi(t[unseen], clusters[unseen]),

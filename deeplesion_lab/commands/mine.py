@@ -34,6 +34,14 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "lesions a fine cluster (default 8; 0: K clusters, no merging). On the "
                         "demo it raised the NMI to the true types of the lesions of unknown type "
                         "(bench/results/embedding.md)")
+    p.add_argument("--merge", choices=("vote", "vote-assign", "spread"), default="vote",
+                   help="how the fine clusters are merged by the known types: vote (default: "
+                        "majority known type; a cluster without a known member stays apart), "
+                        "vote-assign (those join the nearest named cluster: as many clusters as "
+                        "known types), spread (label spreading from the known types over a kNN "
+                        "graph, Zhou et al. 2004; a cluster without a clear spread type stays "
+                        "apart). On the demo vote was best at 40 patients, spread at 24 "
+                        "(bench/results/embedding.md)")
     p.add_argument("--rounds", type=int, default=0,
                    help="deep rounds at most (default 0: cluster the embeddings only). With the "
                         "clusters merged by known type a round lowered the NMI to the true types "
@@ -51,7 +59,8 @@ def run(args: argparse.Namespace) -> int:
 
     settings = MineSettings(
         clusters=args.clusters, k_min=args.k_min, k_max=args.k_max, criterion=args.criterion,
-        lesions_per_cluster=args.lesions_per_cluster or None, rounds=args.rounds,
+        lesions_per_cluster=args.lesions_per_cluster or None, merge=args.merge,
+        rounds=args.rounds,
         finetune_epochs=args.finetune_epochs, stop_nmi=args.stop_nmi,
         seed=args.seed, threads=args.threads, progress=not args.no_progress,
     )

@@ -35,6 +35,11 @@ class MineSettings:
     lesions_per_cluster : float or None
         Over-clustering: about this many lesions a fine cluster, merged by the majority known
         type of their members (the manifest's types); None or 0: K clusters, no merging.
+    merge : {"vote", "vote-assign", "spread"}
+        How the fine clusters are merged (:class:`~deeplesion_lab.mining.DeepClusterMiner`'s
+        ``merge``): by majority known type, clusters without a known member apart ("vote", the
+        default); the same with those joining the nearest named cluster ("vote-assign"); by
+        label spreading from the known types over a kNN graph ("spread").
     rounds : int
         Deep rounds at most (0, the default: cluster the embeddings only; with the clusters
         merged by known type, a deep round lowered the NMI to the true types on the demo).
@@ -51,6 +56,7 @@ class MineSettings:
     k_max: int = 16
     criterion: str = "silhouette"
     lesions_per_cluster: float | None = 8.0
+    merge: str = "vote"
     rounds: int = 0
     finetune_epochs: int = 1
     stop_nmi: float = 0.95
@@ -125,7 +131,7 @@ def mine_run(
     deep = s.rounds > 0 and ckpt.is_file() and has_images
     miner_args = dict(
         n_clusters=s.clusters, k_range=(s.k_min, s.k_max), criterion=s.criterion,
-        lesions_per_cluster=s.lesions_per_cluster or None, max_rounds=s.rounds,
+        lesions_per_cluster=s.lesions_per_cluster or None, merge=s.merge, max_rounds=s.rounds,
         finetune_epochs=s.finetune_epochs, stop_nmi=s.stop_nmi,
         seed=s.seed, progress=s.progress,
     )
@@ -163,6 +169,7 @@ def mine_run(
         "k_chosen_by": "user" if s.clusters else s.criterion,
         "k_fine": miner.n_fine_clusters_,
         "merged_by_known_type": bool(miner.merged_),
+        "merge": s.merge if miner.merged_ else None,
         "round_nmi": miner.round_nmi_,
         "n_rounds": miner.n_rounds_,
         "deep": deep,
