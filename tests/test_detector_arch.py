@@ -65,6 +65,35 @@ def test_centernet_shapes_losses_and_detections() -> None:
     assert "loss_classes" not in single([torch.rand(3, 64, 64)], _targets(1))
 
 
+def test_class_loss_weight_scales_the_class_loss_only() -> None:
+    images = [torch.rand(3, 64, 64), torch.rand(3, 64, 64)]
+    losses = {}
+    for w in (1.0, 0.25):
+        torch.manual_seed(0)
+        m = CenterNetLesion(3, width=8, class_loss_weight=w)
+        m.train()
+        losses[w] = m(images, _targets())
+    assert losses[1.0]["loss_classes"] > 0
+    torch.testing.assert_close(losses[0.25]["loss_classes"], 0.25 * losses[1.0]["loss_classes"])
+    for k in ("loss_heatmap", "loss_box"):
+        torch.testing.assert_close(losses[0.25][k], losses[1.0][k])
+
+
+def test_class_loss_weight_is_saved_and_centernet_only(data, tmp_path) -> None:
+    from deeplesion_lab.detection.train import _OFF_PARAMS
+
+    det = LesionDetector(epochs=1, class_loss_weight=0.3, **TINY).fit(
+        data.manifest, true_types(data.manifest), checkpoint_dir=tmp_path / "w")
+    back = LesionDetector.load(tmp_path / "w" / "model.pt")
+    assert back.get_params()["class_loss_weight"] == 0.3 and back.model_.class_loss_weight == 0.3
+    assert det.model_.class_loss_weight == 0.3
+    assert _OFF_PARAMS["class_loss_weight"] == 1.0  # old checkpoints (no such key) still resume
+    with pytest.raises(ModelError, match="class_loss_weight=0.5 is a CenterNet option"):
+        LesionDetector(arch="fasterrcnn", class_loss_weight=0.5, epochs=1, image_size=96,
+                       progress=False).fit(data.manifest, checkpoint_dir=tmp_path / "frcnn")
+    assert not (tmp_path / "frcnn" / "model.pt").exists()
+
+
 def test_centernet_targets_peaks_and_ignore_regions() -> None:
     boxes = torch.tensor([[8.0, 8.0, 24.0, 24.0], [40.0, 40.0, 60.0, 60.0]])
     heat, ignore, weight, owner = centernet_targets(boxes, torch.tensor([1, -1]), 16, 16)
@@ -291,7 +320,7 @@ def test_command_defaults_per_architecture() -> None:
     ("param", "value", "allowed"),
     [("arch", "yolo", "among"), ("batch_size", 0, r"range \[1, inf\)"),
      ("micro_batches", 0, r"range \[1, inf\)"), ("crop_lesion_p", 1.5, r"range \[0.0, 1.0\]"),
-     ("unannotated", "all", "among")],
+     ("unannotated", "all", "among"), ("class_loss_weight", 0.0, r"range \(0.0, inf\)")],
 )
 def test_fit_refuses_bad_parameters(param, value, allowed, tmp_path):
     """Validated in ``fit`` (scikit-learn's style), the parameter named, nothing written."""

@@ -104,6 +104,9 @@ class CenterNetLesion(nn.Module):
         outside every lesion's Gaussian (< 0.05) and outside ignore regions: what would become
         false positives at inference) add a plain, not penalty-reduced, ``-log(1 - p)`` term
         to the heatmap loss (normalised by the number of lesions like the rest). 0: off.
+    class_loss_weight : float, default 1.0
+        Weight of the class loss (multi-class training) in the total loss: how strongly the
+        lesion classes shape the features that the class-agnostic heatmap shares.
     """
 
     arch = "centernet"
@@ -120,6 +123,7 @@ class CenterNetLesion(nn.Module):
         ignore_iou: float = 0.3,
         flip_test: bool = False,
         hard_negatives: int = 0,
+        class_loss_weight: float = 1.0,
     ):
         super().__init__()
         w = int(width)
@@ -148,6 +152,7 @@ class CenterNetLesion(nn.Module):
         self.ignore_iou = float(ignore_iou)
         self.flip_test = bool(flip_test)
         self.hard_negatives = int(hard_negatives)
+        self.class_loss_weight = float(class_loss_weight)
         self.freeze_features = False
         # channels-last convolutions: about a fifth less CPU time per training step (oneDNN)
         self.to(memory_format=torch.channels_last)
@@ -301,7 +306,8 @@ class CenterNetLesion(nn.Module):
             losses["loss_box"] = 2.0 * (giou * wt).sum() / wt.sum().clamp(min=1e-6)
             if cls_logit:
                 ce = F.cross_entropy(torch.cat(cls_logit), torch.cat(cls_t), reduction="none")
-                losses["loss_classes"] = (ce * wt).sum() / wt.sum().clamp(min=1e-6)
+                losses["loss_classes"] = (
+                    self.class_loss_weight * (ce * wt).sum() / wt.sum().clamp(min=1e-6))
         else:
             losses["loss_box"] = out["box"].sum() * 0.0
         if "classes" in out and "loss_classes" not in losses:
@@ -424,6 +430,7 @@ def build_centernet(
     detections_per_img: int = 50,
     ignore_iou: float = 0.3,
     hard_negatives: int = 0,
+    class_loss_weight: float = 1.0,
 ) -> CenterNetLesion:
     """A :class:`CenterNetLesion` with random weights (``image_size`` is unused: any size)."""
     from .model import ModelError
@@ -438,4 +445,5 @@ def build_centernet(
         detections_per_img=detections_per_img,
         ignore_iou=ignore_iou,
         hard_negatives=hard_negatives,
+        class_loss_weight=class_loss_weight,
     )

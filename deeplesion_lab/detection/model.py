@@ -448,7 +448,7 @@ def build_model(arch: str, num_classes: int, **kw) -> nn.Module:
 
     if arch == "fasterrcnn":
         return build_detector(
-            num_classes, **{k: v for k, v in kw.items() if k not in ("width", "hard_negatives")}
+            num_classes, **{k: v for k, v in kw.items() if k not in ("width", "hard_negatives", "class_loss_weight")}
         )
     if arch == "fcos":
         keep = (
@@ -472,6 +472,7 @@ def build_model(arch: str, num_classes: int, **kw) -> nn.Module:
             "ignore_iou",
             "width",
             "hard_negatives",
+            "class_loss_weight",
         )
         return build_centernet(num_classes, **{k: v for k, v in kw.items() if k in keep})
     raise ModelError(f"unknown detector architecture {arch!r}; choose one of {', '.join(ARCHS)}")

@@ -73,7 +73,7 @@ _RUNTIME_PARAMS = {
 
 #: Options added later, left out of the fingerprint while off, so that a ``last.pt`` written
 #: before they existed still resumes.
-_OFF_PARAMS: dict[str, Any] = {"copy_paste": 0, "pretrain_steps": 0}
+_OFF_PARAMS: dict[str, Any] = {"copy_paste": 0, "pretrain_steps": 0, "class_loss_weight": 1.0}
 
 
 class CheckpointError(LabError, ValueError):
@@ -209,6 +209,9 @@ class LesionDetector(BaseEstimator):
         CenterNet only: online hard-negative mining, the number of highest-scoring background
         peaks per training window given an extra loss term
         (:func:`~deeplesion_lab.detection.centernet.hard_negative_loss`); 0: off.
+    class_loss_weight : float, default 1.0
+        CenterNet only: weight of the class loss of a multi-class detector (how much the
+        lesion classes shape the features the class-agnostic lesion score shares).
     backbone : str, default "mobilenet_v3_large_fpn"
         See :data:`deeplesion_lab.detection.model.BACKBONES` (Faster R-CNN and FCOS).
     backbone_weights : str, optional
@@ -334,6 +337,7 @@ class LesionDetector(BaseEstimator):
         "arch": [StrOptions(set(ARCHS))],
         "width": [Interval(Integral, 1, None, closed="left")],
         "hard_negatives": [Interval(Integral, 0, None, closed="left")],
+        "class_loss_weight": [Interval(Real, 0, None, closed="neither")],
         "backbone": [StrOptions(set(BACKBONES))],
         "backbone_weights": [None, str, Path],
         "norm": [StrOptions(set(NORMS))],
@@ -383,6 +387,7 @@ class LesionDetector(BaseEstimator):
         arch: str = "fasterrcnn",
         width: int = 16,
         hard_negatives: int = 0,
+        class_loss_weight: float = 1.0,
         backbone: str = "mobilenet_v3_large_fpn",
         backbone_weights: str | None = None,
         norm: str = "batch",
@@ -429,6 +434,7 @@ class LesionDetector(BaseEstimator):
         self.arch = arch
         self.width = width
         self.hard_negatives = hard_negatives
+        self.class_loss_weight = class_loss_weight
         self.backbone = backbone
         self.backbone_weights = backbone_weights
         self.norm = norm
@@ -479,6 +485,7 @@ class LesionDetector(BaseEstimator):
             n_classes,
             width=self.width,
             hard_negatives=self.hard_negatives,
+            class_loss_weight=self.class_loss_weight,
             backbone=self.backbone,
             image_size=self.image_size,
             backbone_weights=self.backbone_weights,
@@ -696,6 +703,11 @@ class LesionDetector(BaseEstimator):
             raise ModelError(
                 f"pretrain_steps={self.pretrain_steps} needs arch 'centernet' (the masked-patch "
                 f"pretraining reads the CenterNet's features), not {self.arch!r}; set it to 0"
+            )
+        if float(self.class_loss_weight) != 1.0 and self.arch != "centernet":
+            raise ModelError(
+                f"class_loss_weight={self.class_loss_weight} is a CenterNet option; "
+                f"{self.arch!r} weighs its class loss itself: leave it at 1.0"
             )
         warm = self.warm_start and hasattr(self, "model_")
         imposed = self.classes_ if warm and not reset_head else None
