@@ -432,9 +432,10 @@ class DeepClusterMiner(ClusterMixin, BaseEstimator):
         so there are only as many groups as known types. ``"spread"``: the known types are
         spread over the lesions' kNN graph (:func:`spread_labels`, Zhou et al. 2004) and each
         fine cluster joins the type its lesions' scores favour when that type has at least half
-        of them, else it stays apart (:func:`merge_by_spread`). On the demo "vote" gave the best
-        NMI to the true types of the lesions of unknown type at 40 patients, "spread" at 24
-        (``bench/results/embedding.md``, 2026-12-07 session 9).
+        of them, else it stays apart (:func:`merge_by_spread`). On the demo (eight 40-patient and
+        seven 24-patient seeds) "spread" was level with "vote" in NMI to the true types of the
+        lesions of unknown type, better on some seeds and worse on others, with a lower purity;
+        "vote-assign" was lower in both (``bench/results/embedding.md``, 2026-12-07 session 9).
     spread_neighbors : int, default 10
         Neighbours of the kNN graph of ``merge="spread"``.
     spread_alpha : float, default 0.5

@@ -40,7 +40,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "vote-assign (those join the nearest named cluster: as many clusters as "
                         "known types), spread (label spreading from the known types over a kNN "
                         "graph, Zhou et al. 2004; a cluster without a clear spread type stays "
-                        "apart). On the demo vote was best at 40 patients, spread at 24 "
+                        "apart). On the demo spread was level with vote and vote-assign lower "
                         "(bench/results/embedding.md)")
     p.add_argument("--rounds", type=int, default=0,
                    help="deep rounds at most (default 0: cluster the embeddings only). With the "
