@@ -128,6 +128,15 @@ def test_model_options_and_cpu_defaults() -> None:
     assert params_from_args(p.parse_args(["--copy-paste", "0"]), new=True)["copy_paste"] == 0
     assert "copy_paste" not in params_from_args(p.parse_args([]), new=False)
     assert params_from_args(p.parse_args(["--copy-paste", "1"]), new=False)["copy_paste"] == 1
+    # the class-loss weight likewise (listed architectures only; the others keep 1.0)
+    from deeplesion_lab.detection.workflow import CLASS_LOSS_WEIGHT
+
+    assert cpu["class_loss_weight"] == CLASS_LOSS_WEIGHT["centernet"]
+    assert "class_loss_weight" not in params_from_args(p.parse_args(["--arch", "fasterrcnn"]),
+                                                       new=True)
+    assert params_from_args(p.parse_args(["--class-loss-weight", "0.5"]),
+                            new=True)["class_loss_weight"] == 0.5
+    assert "class_loss_weight" not in params_from_args(p.parse_args([]), new=False)
 
 
 def test_train_detect_evaluate(demo, tmp_path, capsys) -> None:

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ..detection.workflow import (
+    CLASS_LOSS_WEIGHT,
     COPY_PASTE,
     DEFAULT_ARCH,
     DEFAULT_WIDTH,
@@ -26,9 +27,10 @@ __all__ = ["add_training_arguments", "add_runtime_arguments", "add_model_argumen
 #: Options of :func:`~deeplesion_lab.detection.workflow.detector_params` that the parsers
 #: define under the same name (``--no-progress`` and ``--no-amp`` are turned round below).
 _SAME_NAME = ("device", "threads", "workers", "micro_batches", "checkpoint_every", "epochs",
-              "batch_size", "lr", "unannotated", "seed", "copy_paste", "arch", "width", "optimizer", "window",
-              "train_crop", "box_batch", "box_head", "backbone", "norm", "backbone_weights",
-              "image_size", "spacing_mm", "slice_spacing_mm")
+              "batch_size", "lr", "unannotated", "seed", "copy_paste", "class_loss_weight",
+              "arch", "width", "optimizer", "window", "train_crop", "box_batch", "box_head",
+              "backbone", "norm", "backbone_weights", "image_size", "spacing_mm",
+              "slice_spacing_mm")
 
 
 def params_from_args(args: argparse.Namespace, *, new: bool) -> dict[str, Any]:
@@ -67,6 +69,12 @@ def add_training_arguments(p: argparse.ArgumentParser, *, finetune: bool = False
                    help="copy-paste augmentation: up to N lesions of other training slices "
                         "pasted into each training window; 0: off (default per architecture: "
                         + ", ".join(f"{k} {v}" for k, v in COPY_PASTE.items())
+                        + ("; fine-tuning keeps its base model's)" if finetune else ")"))
+    g.add_argument("--class-loss-weight", type=float, default=None, metavar="W",
+                   help="weight of the class loss of a multi-class detector (default per "
+                        "architecture: "
+                        + ", ".join(f"{k} {v:g}" for k, v in CLASS_LOSS_WEIGHT.items())
+                        + ", others 1"
                         + ("; fine-tuning keeps its base model's)" if finetune else ")"))
     g.add_argument("--seed", type=int, default=None)
     g.add_argument("--overwrite", action="store_true",

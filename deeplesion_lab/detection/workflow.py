@@ -63,6 +63,14 @@ DEFAULT_WIDTH = 32
 #: (``bench/results/detector_arch.md``, session 8); the other architectures were not measured.
 COPY_PASTE = {"centernet": 2, "fasterrcnn": 0, "fcos": 0}
 
+#: Default weight of the class loss of a new multi-class detector per architecture
+#: (``--class-loss-weight``; ``class_loss_weight`` of :class:`~.train.LesionDetector`). With the
+#: pseudo-labels' classes at full weight (1.0) the CenterNet found fewer lesions than the
+#: single-class one (-0.059 [-0.110, -0.010] at 4 FP, 4 demo seeds); at 0.3 it found more than
+#: at 1.0 (+0.054 [+0.003, +0.102]) and as many as the single-class one (-0.005 [-0.051,
+#: +0.034]) (``bench/results/detector_class_weight.md``, session 9). Others keep 1.0.
+CLASS_LOSS_WEIGHT = {"centernet": 0.3}
+
 #: Fine-tuning's default learning rate, relative to the base model's.
 FINETUNE_LR_FACTOR = 0.25
 
@@ -93,6 +101,7 @@ def detector_params(
     unannotated: str | None = None,
     seed: int | None = None,
     copy_paste: int | None = None,
+    class_loss_weight: float | None = None,
     arch: str | None = None,
     width: int | None = None,
     optimizer: str = "adamw",
@@ -130,6 +139,10 @@ def detector_params(
     copy_paste : int, optional
         Lesions pasted per training window (0: off). Default for a new detector:
         :data:`COPY_PASTE` of its architecture; a loaded one keeps its checkpoint's.
+    class_loss_weight : float, optional
+        Weight of the class loss of a multi-class model (a single-class one has none).
+        Default for a new detector: :data:`CLASS_LOSS_WEIGHT` of its architecture (1.0 where
+        not listed); a loaded one keeps its checkpoint's.
     arch : str, optional
         Default :data:`DEFAULT_ARCH`.
     width : int, optional
@@ -155,7 +168,8 @@ def detector_params(
         out["amp"] = False
     given = {"workers": workers, "micro_batches": micro_batches,
              "checkpoint_every": checkpoint_every, "epochs": epochs, "batch_size": batch_size,
-             "lr": lr, "unannotated": unannotated, "seed": seed, "copy_paste": copy_paste}
+             "lr": lr, "unannotated": unannotated, "seed": seed, "copy_paste": copy_paste,
+             "class_loss_weight": class_loss_weight}
     out.update({k: v for k, v in given.items() if v is not None})
     if new:
         if lr is None:
@@ -166,6 +180,8 @@ def detector_params(
         arch = arch or DEFAULT_ARCH
         out.setdefault("epochs", TRAIN_EPOCHS[arch])
         out.setdefault("copy_paste", COPY_PASTE.get(arch, 0))
+        if arch in CLASS_LOSS_WEIGHT:
+            out.setdefault("class_loss_weight", CLASS_LOSS_WEIGHT[arch])
         out.update(
             arch=arch,
             width=width or DEFAULT_WIDTH,
