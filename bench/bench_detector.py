@@ -74,9 +74,12 @@ def main() -> int:
     ap.add_argument("--arch", default="fasterrcnn", help="detector architecture (--arch)")
     ap.add_argument("--width", type=int, default=16, help="centernet width")
     ap.add_argument("--lr", type=float, default=0.001)
-    ap.add_argument("--copy-paste", type=int, default=2,
-                    help="copy-paste augmentation (--copy-paste of train-detector; default 2, "
-                         "the CLI's for a new centernet; 0: off)")
+    ap.add_argument("--copy-paste", type=int, default=None,
+                    help="copy-paste augmentation (--copy-paste of train-detector; default: "
+                         "the CLI's for --arch, detection.workflow.COPY_PASTE; 0: off)")
+    ap.add_argument("--class-loss-weight", type=float, default=None,
+                    help="class-loss weight of the multi-class model (default: the CLI's "
+                         "for --arch, detection.workflow.CLASS_LOSS_WEIGHT, else 1.0)")
     ap.add_argument("--epochs", type=int, default=12)
     ap.add_argument("--finetune-epochs", type=int, default=4)
     ap.add_argument("--embed-epochs", type=int, default=6)
@@ -143,8 +146,16 @@ def main() -> int:
                   image_size=args.canvas, spacing_mm=args.spacing, train_crop=args.crop or None,
                   box_head_size=256, box_batch_size=32,
                   batch_size=4, optimizer="adamw", lr=args.lr, window="soft tissue",
-                  epochs=args.epochs, seed=args.seed, num_threads=args.threads, progress=False,
-                  copy_paste=args.copy_paste)
+                  epochs=args.epochs, seed=args.seed, num_threads=args.threads, progress=False)
+    from deeplesion_lab.detection.workflow import CLASS_LOSS_WEIGHT, COPY_PASTE
+
+    if args.copy_paste is None:
+        args.copy_paste = COPY_PASTE.get(args.arch, 0)
+    if args.class_loss_weight is None:
+        args.class_loss_weight = CLASS_LOSS_WEIGHT.get(args.arch, 1.0)
+    params["copy_paste"] = args.copy_paste
+    if args.arch == "centernet":
+        params["class_loss_weight"] = args.class_loss_weight
     results: dict[str, dict] = {}
     test_only: dict[str, dict] = {}
     evals = {}
@@ -337,6 +348,7 @@ def write_markdown(path: Path, r: dict) -> None:
         f"Produced by `.venv/bin/python bench/bench_detector.py --patients {a['patients']} "
         f"--size {a['size']} --data-seed {a.get('data_seed')} --arch {a.get('arch')} "
         f"--width {a.get('width')} --lr {a.get('lr')} --copy-paste {a.get('copy_paste', 0)} "
+        f"--class-loss-weight {a.get('class_loss_weight', 1.0)} "
         f"--epochs {a['epochs']} --finetune-epochs {a['finetune_epochs']} --share {a['share']} "
         f"--canvas {a['canvas']} --spacing {a['spacing']} --crop {a['crop']} "
         f"--threads {a['threads']}` (CPU only; {r['machine']['cpu_count']} cores shared with "

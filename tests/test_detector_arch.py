@@ -80,14 +80,16 @@ def test_class_loss_weight_scales_the_class_loss_only() -> None:
 
 
 def test_class_loss_weight_is_saved_and_centernet_only(data, tmp_path) -> None:
-    from deeplesion_lab.detection.train import _OFF_PARAMS
-
     det = LesionDetector(epochs=1, class_loss_weight=0.3, **TINY).fit(
         data.manifest, true_types(data.manifest), checkpoint_dir=tmp_path / "w")
     back = LesionDetector.load(tmp_path / "w" / "model.pt")
     assert back.get_params()["class_loss_weight"] == 0.3 and back.model_.class_loss_weight == 0.3
     assert det.model_.class_loss_weight == 0.3
-    assert _OFF_PARAMS["class_loss_weight"] == 1.0  # old checkpoints (no such key) still resume
+    # continuing the training follows the estimator's weight, not the one the network was built with
+    det.set_params(class_loss_weight=0.6, warm_start=True).fit(
+        data.manifest, true_types(data.manifest), checkpoint_dir=tmp_path / "w2")
+    assert det.model_.class_loss_weight == 0.6
+    assert det.lineage_["params"]["class_loss_weight"] == 0.6
     with pytest.raises(ModelError, match="class_loss_weight=0.5 is a CenterNet option"):
         LesionDetector(arch="fasterrcnn", class_loss_weight=0.5, epochs=1, image_size=96,
                        progress=False).fit(data.manifest, checkpoint_dir=tmp_path / "frcnn")
@@ -242,6 +244,14 @@ def test_resume_retraces_and_refuses_another_architecture(data, tmp_path) -> Non
     with pytest.raises(CheckpointError, match=r"differs in: params\.arch\)"):
         LesionDetector(**dict(kw, arch="fasterrcnn")).fit(data.manifest,
                                                           checkpoint_dir=tmp_path / "b")
+    # options added later are left out of the fingerprint at their old behaviour, so a last.pt
+    # written before they existed resumes; set otherwise, they are a difference
+    saved = torch.load(tmp_path / "b" / "last.pt", weights_only=False)
+    assert "class_loss_weight" not in json.dumps(saved, default=str)
+    interrupt_fit(kw, data.manifest, tmp_path / "c", at_step=5)
+    with pytest.raises(CheckpointError, match=r"params\.class_loss_weight"):
+        LesionDetector(**dict(kw, class_loss_weight=0.5)).fit(data.manifest,
+                                                              checkpoint_dir=tmp_path / "c")
 
 
 @pytest.mark.parametrize("s", [1.0, 0.87, 1.13])

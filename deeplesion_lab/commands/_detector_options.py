@@ -67,15 +67,14 @@ def add_training_arguments(p: argparse.ArgumentParser, *, finetune: bool = False
                    help="minimum score of a mined ignore region (default 0.5)")
     g.add_argument("--copy-paste", type=int, default=None, metavar="N",
                    help="copy-paste augmentation: up to N lesions of other training slices "
-                        "pasted into each training window; 0: off (default per architecture: "
-                        + ", ".join(f"{k} {v}" for k, v in COPY_PASTE.items())
-                        + ("; fine-tuning keeps its base model's)" if finetune else ")"))
+                        "pasted into each training window; 0: off (default: "
+                        + ("the base model's)" if finetune else "per architecture, "
+                           + ", ".join(f"{k} {v}" for k, v in COPY_PASTE.items()) + ")"))
     g.add_argument("--class-loss-weight", type=float, default=None, metavar="W",
-                   help="weight of the class loss of a multi-class detector (default per "
-                        "architecture: "
-                        + ", ".join(f"{k} {v:g}" for k, v in CLASS_LOSS_WEIGHT.items())
-                        + ", others 1"
-                        + ("; fine-tuning keeps its base model's)" if finetune else ")"))
+                   help="weight of the class loss of a multi-class centernet (default: "
+                        + ("the base model's)" if finetune else
+                           f"{CLASS_LOSS_WEIGHT['centernet']:g}; the other architectures "
+                           "weigh their class loss themselves)"))
     g.add_argument("--seed", type=int, default=None)
     g.add_argument("--overwrite", action="store_true",
                    help="start over when NAME holds a training made with other settings")

@@ -447,9 +447,8 @@ def build_model(arch: str, num_classes: int, **kw) -> nn.Module:
     from .config import ARCHS
 
     if arch == "fasterrcnn":
-        return build_detector(
-            num_classes, **{k: v for k, v in kw.items() if k not in ("width", "hard_negatives", "class_loss_weight")}
-        )
+        skip = ("width", "hard_negatives", "class_loss_weight")
+        return build_detector(num_classes, **{k: v for k, v in kw.items() if k not in skip})
     if arch == "fcos":
         keep = (
             "backbone",

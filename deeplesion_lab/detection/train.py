@@ -729,6 +729,10 @@ class LesionDetector(BaseEstimator):
             model = copy.deepcopy(self.model_)
             parent = dict(self.lineage_)
             parent_hash = _state_hash(model.state_dict())
+            # loss settings the network holds follow the estimator's current parameters
+            for name in ("hard_negatives", "class_loss_weight"):
+                if hasattr(model, name):
+                    setattr(model, name, type(getattr(model, name))(getattr(self, name)))
             if classes != self.classes_:
                 torch.manual_seed(self.seed)
                 reset_class_head(model, len(classes))
