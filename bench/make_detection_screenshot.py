@@ -10,7 +10,9 @@ slice viewers, each on one test key slice, showing ``--model``'s predicted boxes
 least ``--threshold`` (default 0.5, the viewer's own default) or, with ``--fp``, at its ``--fp``
 false positives per image operating point on the test split (the score of the last detection
 kept there, as the lesion grid's FROC mode uses it), and the annotated boxes. The slices are
-not picked by outcome: they are spread evenly over the test key slices in file-name order.
+not picked by outcome: they are spread evenly over the test key slices in file-name order; each
+viewer is zoomed ``--zoom`` times about its annotated lesion (ctrl+wheel at the lesion, as a
+user zooms), since demo lesions span a few screen pixels at full view.
 Prints, over every test key slice and for that threshold and the 0.5, 1, 2 and 4 FP operating
 points, how many boxes sit on an annotated lesion, on an unannotated truth lesion (the demo's
 ``truth.parquet``, when the run records one) or on neither (IoU >= 0.5, the FROC's rule).
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -85,6 +88,8 @@ def main() -> None:
     ap.add_argument("--fp", type=float, default=None,
                     help="show the boxes of this operating point (FPs per image) instead")
     ap.add_argument("--n", type=int, default=6, help="viewers (test key slices)")
+    ap.add_argument("--zoom", type=float, default=3.0,
+                    help="zoom of each viewer about its lesion (ctrl+wheel, as a user zooms)")
     ap.add_argument("--out", type=Path, default=REPO / "docs" / "img" / "detections_test.png")
     ap.add_argument("--work", type=Path, default=None)
     args = ap.parse_args()
@@ -112,6 +117,13 @@ def main() -> None:
     test = select_split(lesions, "test").drop_duplicates("file_name").sort_values("file_name")
     picks = test.iloc[np.linspace(0, len(test) - 1, min(args.n, len(test))).round().astype(int)]
     ids = [str(i) for i in picks["lesion_id"]]
+    from deeplesion_lab.images import key_slice_path, read_png16
+
+    root = RunDir(run).load_manifest().attrs.get("images_root")
+    shapes = [read_png16(key_slice_path(root, f)).shape if root else (512, 512)
+              for f in picks["file_name"]]
+    centres = [((r.bbox_x1 + r.bbox_x2) / 2, (r.bbox_y1 + r.bbox_y2) / 2)
+               for r in picks.itertuples()]
     src = (
         "import ipywidgets as ipw\n"
         "from widgets import SliceViewer\n"
@@ -144,6 +156,20 @@ def main() -> None:
         page.wait_for_function(
             f"() => document.querySelectorAll('.dl-detshot .dlv canvas').length >= {len(ids)}")
         page.wait_for_timeout(3000)  # the slices' images
+        canvases = page.locator(".dl-detshot .dlv canvas")
+        for i, ((cx, cy), (ih, iw)) in enumerate(zip(centres, shapes, strict=True)):
+            if args.zoom == 1:
+                break
+            b = canvases.nth(i).bounding_box()
+            base = min(b["width"] / iw, b["height"] / ih)
+            page.mouse.move(b["x"] + b["width"] / 2 + (cx - iw / 2) * base,
+                            b["y"] + b["height"] / 2 + (cy - ih / 2) * base)
+            page.keyboard.down("Control")
+            page.mouse.wheel(0, -math.log(args.zoom) / 0.0015)
+            page.keyboard.up("Control")
+            page.wait_for_timeout(300)
+        page.mouse.move(0, 0)
+        page.wait_for_timeout(1000)
         grid = page.locator(".dl-detshot").first
         grid.evaluate("e => e.scrollIntoView()")
         box = grid.bounding_box()
