@@ -29,7 +29,6 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-import numpy as np  # noqa: E402
 
 EVAL = "val+test"
 N_BOOT = 2000
@@ -90,27 +89,12 @@ def seed_record(out: Path) -> dict:
 def pooled(records: list[dict]) -> dict:
     """Mean over seeds of the paired differences, stratified bootstrap (each seed resampled
     on its own key slices), one-sided p."""
-    from deeplesion_lab.detection.bootstrap import _draws, _with_mean
-    from deeplesion_lab.detection.froc import FP_RATES
+    from deeplesion_lab.detection.bootstrap import pooled_difference
 
     out = {}
     for k, (a, b, aware) in PAIRS.items():
-        point, draws = [], []
-        for i, r in enumerate(records):
-            curves = r["_curves"]["aware" if aware else "agnostic"]
-            ca, cb = curves[a], curves[b]
-            point.append(_with_mean(ca.sensitivity_at(FP_RATES), FP_RATES)
-                         - _with_mean(cb.sensitivity_at(FP_RATES), FP_RATES))
-            da, db = _draws([ca, cb], FP_RATES, N_BOOT, seed=1000 + i)
-            draws.append(_with_mean(da, FP_RATES) - _with_mean(db, FP_RATES))
-        pt = np.mean(point, axis=0)
-        dr = np.mean(draws, axis=0)
-        keys = [f"{f:g}" for f in FP_RATES] + ["mean_0.5-4"]
-        out[k] = {"difference": dict(zip(keys, pt.tolist(), strict=True)),
-                  "interval": {kk: [float(np.quantile(dr[:, j], 0.025)),
-                                    float(np.quantile(dr[:, j], 0.975))]
-                               for j, kk in enumerate(keys)},
-                  "p_le_zero": dict(zip(keys, (dr <= 0).mean(axis=0).tolist(), strict=True))}
+        curves = [r["_curves"]["aware" if aware else "agnostic"] for r in records]
+        out[k] = pooled_difference([(c[a], c[b]) for c in curves], n_boot=N_BOOT).to_metrics()
     return out
 
 

@@ -30,7 +30,6 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 EVAL = "val+test"
@@ -80,8 +79,8 @@ def main() -> int:
     ap.add_argument("--results", type=Path,
                     default=HERE / "results" / "detector_class_weight.md")
     args = ap.parse_args()
-    from deeplesion_lab.detection.bootstrap import _draws, _with_mean, paired_difference
-    from deeplesion_lab.detection.froc import FP_RATES, evaluate_predictions, read_predictions
+    from deeplesion_lab.detection.bootstrap import paired_difference, pooled_difference
+    from deeplesion_lab.detection.froc import evaluate_predictions, read_predictions
     from deeplesion_lab.manifest import read_manifest
 
     names = ["single", "pseudo"] + [f"w{w:g}" for w in args.weights]
@@ -102,7 +101,6 @@ def main() -> int:
         seeds.append({"out": out, "seed": rec["args"].get("data_seed"), "res": res, "cpu": cpu,
                       "n": (res["single"].n_lesions, res["single"].n_images)})
     pairs = [(f"w{w:g}", b) for w in args.weights for b in ("single", "pseudo")]
-    keys = [f"{f:g}" for f in FP_RATES] + ["mean_0.5-4"]
     lines = ["# Class-loss weight of the multi-class detector (issue 14, session 9)", "",
              f"Produced by `.venv/bin/python bench/bench_class_weight.py --out "
              f"{' '.join(str(o) for o in args.out)} --weights "
@@ -128,20 +126,11 @@ def main() -> int:
               "| comparison | seed | 4 FP [95 %], p | mean 0.5-4 [95 %], p |", "|---|---|---|---|"]
     record = {"seeds": [], "pooled": {}}
     for a, b in pairs:
-        point, draws = [], []
-        for i, s in enumerate(seeds):
-            ca_, cb = s["res"][a].curve, s["res"][b].curve
-            d = paired_difference(ca_, cb, n_boot=N_BOOT).to_metrics()
+        for s in seeds:
+            d = paired_difference(s["res"][a].curve, s["res"][b].curve, n_boot=N_BOOT).to_metrics()
             lines.append(f"| {a} - {b} | {s['seed']} | {_fmt(d, '4')} | {_fmt(d, 'mean_0.5-4')} |")
-            point.append(_with_mean(ca_.sensitivity_at(FP_RATES), FP_RATES)
-                         - _with_mean(cb.sensitivity_at(FP_RATES), FP_RATES))
-            da, db = _draws([ca_, cb], FP_RATES, N_BOOT, seed=1000 + i)
-            draws.append(_with_mean(da, FP_RATES) - _with_mean(db, FP_RATES))
-        pt, dr = np.mean(point, axis=0), np.mean(draws, axis=0)
-        pool = {"difference": dict(zip(keys, pt.tolist(), strict=True)),
-                "interval": {k: [float(np.quantile(dr[:, j], 0.025)),
-                                 float(np.quantile(dr[:, j], 0.975))] for j, k in enumerate(keys)},
-                "p_le_zero": dict(zip(keys, (dr <= 0).mean(axis=0).tolist(), strict=True))}
+        pool = pooled_difference([(s["res"][a].curve, s["res"][b].curve) for s in seeds],
+                                 n_boot=N_BOOT).to_metrics()
         record["pooled"][f"{a} - {b}"] = pool
         lines.append(f"| **{a} - {b}** | pooled | **{_fmt(pool, '4')}** | "
                      f"**{_fmt(pool, 'mean_0.5-4')}** |")

@@ -27,20 +27,18 @@ N_BOOT = 2000
 
 
 def main() -> int:
-    import numpy as np
     import pandas as pd
 
-    from deeplesion_lab.detection.bootstrap import _draws, _with_mean, paired_difference
-    from deeplesion_lab.detection.froc import FP_RATES, evaluate_predictions
+    from deeplesion_lab.detection.bootstrap import paired_difference, pooled_difference
+    from deeplesion_lab.detection.froc import evaluate_predictions
     from deeplesion_lab.manifest import read_manifest
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--name", default="candidate")
     ap.add_argument("runs", nargs="+", help="SEED:DATA_DIR:BASELINE_OUT:CANDIDATE_OUT")
     args = ap.parse_args()
-    keys = [f"{f:g}" for f in FP_RATES] + ["mean_0.5-4"]
-    points, draws = [], []
-    for i, spec in enumerate(args.runs):
+    pairs = []
+    for spec in args.runs:
         seed, data, base, cand = spec.split(":")
         m = read_manifest(Path(data) / "manifest.parquet")
         cb = evaluate_predictions(pd.read_csv(Path(base) / "predictions_eval.csv"), m, EVAL).curve
@@ -53,22 +51,16 @@ def main() -> int:
                 f"{k}: {d['difference'][k]:+.3f} [{lo:+.3f}, {hi:+.3f}], p {d['p_le_zero'][k]:.3f}"
             )
         print(f"seed {seed}: {args.name} - baseline, " + "; ".join(parts))
-        points.append(
-            _with_mean(ca.sensitivity_at(FP_RATES), FP_RATES)
-            - _with_mean(cb.sensitivity_at(FP_RATES), FP_RATES)
-        )
-        da, db = _draws([ca, cb], FP_RATES, N_BOOT, seed=1000 + i)
-        draws.append(_with_mean(da, FP_RATES) - _with_mean(db, FP_RATES))
-    if len(points) > 1:
-        p, dr = np.mean(points, axis=0), np.mean(draws, axis=0)
+        pairs.append((ca, cb))
+    if len(pairs) > 1:
+        d = pooled_difference(pairs, n_boot=N_BOOT).to_metrics()
         parts = []
         for k in ("4", "mean_0.5-4"):
-            j = keys.index(k)
+            lo, hi = d["interval"][k]
             parts.append(
-                f"{k}: {p[j]:+.3f} [{np.quantile(dr[:, j], 0.025):+.3f}, "
-                f"{np.quantile(dr[:, j], 0.975):+.3f}], p {(dr[:, j] <= 0).mean():.3f}"
+                f"{k}: {d['difference'][k]:+.3f} [{lo:+.3f}, {hi:+.3f}], p {d['p_le_zero'][k]:.3f}"
             )
-        print(f"pooled over {len(points)} seeds: " + "; ".join(parts))
+        print(f"pooled over {len(pairs)} seeds: " + "; ".join(parts))
     return 0
 
 

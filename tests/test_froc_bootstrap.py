@@ -9,6 +9,7 @@ from deeplesion_lab.detection.bootstrap import (
     _resampled_sensitivity,
     bootstrap_sensitivity,
     paired_difference,
+    pooled_difference,
 )
 from deeplesion_lab.detection.froc import FP_RATES, FROCError, froc
 
@@ -71,10 +72,30 @@ def test_paired_difference() -> None:
     assert diff.format("0.5").startswith(f"{diff.estimate['0.5']:.3f} [")
 
 
+def test_pooled_difference_is_the_mean_of_the_per_set_differences() -> None:
+    sets = []
+    for seed, n in ((5, 40), (6, 55)):
+        dets, gts = _case(n, 0.4, seed=seed)
+        better = [np.vstack([d, [[100.0, 100.0, 130.0, 130.0, 0.8]]]) for d in dets]
+        sets.append((froc(better, gts), froc(dets, gts)))
+    one = pooled_difference(sets[:1], n_boot=400, seed=7)
+    alone = paired_difference(*sets[0], n_boot=400, seed=7)  # one set: the paired difference
+    assert one.estimate == alone.estimate and one.low == alone.low and one.high == alone.high
+    both = pooled_difference(sets, n_boot=400, seed=7)
+    parts = [paired_difference(a, b, n_boot=400, seed=7 + i) for i, (a, b) in enumerate(sets)]
+    for k in both.estimate:
+        assert both.estimate[k] == pytest.approx(np.mean([d.estimate[k] for d in parts]))
+    assert both.low["0.5"] > 0 and both.p_le_zero["0.5"] == 0.0
+    with pytest.raises(FROCError, match="at least one pair"):
+        pooled_difference([])
+
+
 def test_errors() -> None:
     dets, gts = _case(10, 0.5, seed=4)
     other_d, other_g = _case(12, 0.5, seed=4)
     with pytest.raises(FROCError, match="same images"):
         paired_difference(froc(dets, gts), froc(other_d, other_g))
+    with pytest.raises(FROCError, match="same images"):
+        pooled_difference([(froc(dets, gts), froc(other_d, other_g))])
     with pytest.raises(FROCError, match="no ground-truth"):
         bootstrap_sensitivity(froc([np.zeros((0, 5))], [np.zeros((0, 4))]))

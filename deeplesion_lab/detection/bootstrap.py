@@ -26,7 +26,8 @@ from .froc import FP_RATES, FROCCurve, FROCError, fp_key
 #: Key of the mean sensitivity over 0.5-4 FPs per image in a :class:`SensitivityInterval`.
 MEAN_KEY = "mean_0.5-4"
 
-__all__ = ["MEAN_KEY", "SensitivityInterval", "bootstrap_sensitivity", "paired_difference"]
+__all__ = ["MEAN_KEY", "SensitivityInterval", "bootstrap_sensitivity", "paired_difference",
+           "pooled_difference"]
 
 
 @dataclass
@@ -189,6 +190,41 @@ def paired_difference(
     FROCError
         The curves were not evaluated on the same images.
     """
+    point, diff = _paired_draws(curve_a, curve_b, fp_rates, n_boot, seed)
+    return _interval(point, diff, fp_rates, level, n_boot, paired=True)
+
+
+def pooled_difference(
+    pairs: Sequence[tuple[FROCCurve, FROCCurve]],
+    fp_rates: Sequence[float] = FP_RATES,
+    *,
+    n_boot: int = 2000,
+    level: float = 0.95,
+    seed: int = 1000,
+) -> SensitivityInterval:
+    """The mean over several data sets (e.g. demo seeds) of the paired differences ``a - b``.
+
+    Each pair ``(curve_a, curve_b)`` is two detectors on one data set's images, as for
+    :func:`paired_difference`; pair ``i`` is resampled on its own images with seed ``seed + i``
+    (a stratified bootstrap), and the interval and ``p_le_zero`` are those of the mean of the
+    per-pair resampled differences.
+
+    Raises
+    ------
+    FROCError
+        No pair, or a pair not evaluated on the same images.
+    """
+    if not pairs:
+        raise FROCError("a pooled difference needs at least one pair of curves")
+    drawn = [_paired_draws(a, b, fp_rates, n_boot, seed + i) for i, (a, b) in enumerate(pairs)]
+    point = np.mean([p for p, _ in drawn], axis=0)
+    diff = np.mean([d for _, d in drawn], axis=0)
+    return _interval(point, diff, fp_rates, level, n_boot, paired=True)
+
+
+def _paired_draws(curve_a: FROCCurve, curve_b: FROCCurve, fp_rates: Sequence[float],
+                  n_boot: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """The difference ``a - b`` on the evaluated images and on ``n_boot`` shared resamples."""
     _check(curve_a)
     _check(curve_b)
     if curve_a.n_images != curve_b.n_images or not np.array_equal(curve_a.gt_per_image,
@@ -198,5 +234,4 @@ def paired_difference(
     point = (_with_mean(curve_a.sensitivity_at(fp_rates), fp_rates)
              - _with_mean(curve_b.sensitivity_at(fp_rates), fp_rates))
     da, db = _draws([curve_a, curve_b], fp_rates, n_boot, seed)
-    diff = _with_mean(da, fp_rates) - _with_mean(db, fp_rates)
-    return _interval(point, diff, fp_rates, level, n_boot, paired=True)
+    return point, _with_mean(da, fp_rates) - _with_mean(db, fp_rates)
