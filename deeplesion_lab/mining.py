@@ -176,12 +176,18 @@ def merge_by_known_type(
         if m.any():
             codes, counts = np.unique(t[m], return_counts=True)
             vote[c] = int(codes[int(np.argmax(counts))])
-    types = np.unique(vote[vote >= 1])
-    cluster_group = np.empty(k, dtype=np.int64)
-    for c in range(k):
-        cluster_group[c] = (int(np.searchsorted(types, vote[c])) if vote[c] >= 1
-                            else len(types) + int((vote[:c] < 1).sum()))
+    cluster_group = _groups_of_votes(vote)
     return cluster_group[clusters], cluster_group
+
+
+def _groups_of_votes(vote: np.ndarray) -> np.ndarray:
+    """Group of each fine cluster from its voted type code (``< 1``: no type): the clusters of
+    one type share a group, numbered by type code; the others are groups of their own,
+    numbered after them in cluster order."""
+    types = np.unique(vote[vote >= 1])
+    return np.where(
+        vote >= 1, np.searchsorted(types, vote), len(types) + np.cumsum(vote < 1) - 1
+    ).astype(np.int64)
 
 
 def knn_graph(X: np.ndarray, n_neighbors: int = 10) -> sparse.csr_matrix:
@@ -337,11 +343,7 @@ def merge_by_spread(
     s = tot.sum(1)
     best = tot.argmax(1)
     ok = (s > 1e-300) & (tot.max(1) >= float(min_share) * s)
-    vote = np.where(ok, best + 1, -1)
-    types = np.unique(vote[vote >= 1])
-    cluster_group = np.where(
-        vote >= 1, np.searchsorted(types, vote), len(types) + np.cumsum(vote < 1) - 1
-    ).astype(np.int64)
+    cluster_group = _groups_of_votes(np.where(ok, best + 1, -1))
     return cluster_group[clusters], cluster_group
 
 
