@@ -34,16 +34,14 @@ def features(run_dir: Path) -> dict:
     import torch
 
     from deeplesion_lab.embedding import LesionEmbedder, build_patches
-    from deeplesion_lab.evaluation import true_types
+    from deeplesion_lab.evaluation import aligned_embeddings, true_types
     from deeplesion_lab.run import RunDir
 
     torch.set_num_threads(1)
     run = RunDir(run_dir)
     df = run.load_manifest()
     ids = df["lesion_id"].astype(str).to_numpy()
-    eids, vecs = run.load_embeddings()
-    pos = {str(i): k for k, i in enumerate(eids)}
-    X = np.asarray(vecs, dtype=np.float64)[[pos[i] for i in ids]]
+    X = np.asarray(aligned_embeddings(run, ids), dtype=np.float64)
     emb = LesionEmbedder.load(run.embedder)
     emb.num_threads = 1
     patches = build_patches(df, emb.patch_config_, cache_dir=run.patch_cache)

@@ -65,7 +65,12 @@ def main() -> None:
     import torch
 
     from deeplesion_lab.embedding import LesionEmbedder, build_patches
-    from deeplesion_lab.evaluation import location_features, protocol_split, true_types
+    from deeplesion_lab.evaluation import (
+        aligned_embeddings,
+        location_features,
+        protocol_split,
+        true_types,
+    )
     from deeplesion_lab.lesion_types import COARSE_TYPES
     from deeplesion_lab.mining import DeepClusterMiner, name_clusters
     from deeplesion_lab.run import RunDir
@@ -79,9 +84,7 @@ def main() -> None:
         emb0 = LesionEmbedder.load(run.embedder)
         patches = build_patches(df, emb0.patch_config_, cache_dir=run.patch_cache)
         assert list(patches.lesion_ids) == list(ids)
-        eids, vecs = run.load_embeddings()
-        pos = {str(i): k for k, i in enumerate(eids)}
-        X = np.asarray(vecs, float)[[pos[i] for i in ids]]
+        X = np.asarray(aligned_embeddings(run, ids), dtype=np.float64)
         mt = df["coarse_type"].to_numpy(dtype=np.int64)
         mt = np.where(mt >= 1, mt, -1)
         roles = protocol_split(df["patient_index"].to_numpy())

@@ -39,15 +39,18 @@ sys.path.insert(0, str(HERE.parent))
 
 
 def load(run_dir: Path) -> dict:
-    from deeplesion_lab.evaluation import location_features, protocol_split, true_types
+    from deeplesion_lab.evaluation import (
+        aligned_embeddings,
+        location_features,
+        protocol_split,
+        true_types,
+    )
     from deeplesion_lab.run import RunDir
 
     run = RunDir(run_dir)
     df = run.load_manifest()
     ids = df["lesion_id"].astype(str).to_numpy()
-    eids, vecs = run.load_embeddings()
-    pos = {str(i): k for k, i in enumerate(eids)}
-    X = np.asarray(vecs, dtype=np.float64)[[pos[i] for i in ids]]
+    X = np.asarray(aligned_embeddings(run, ids), dtype=np.float64)
     truth, _ = true_types(df, run.info().get("truth"))
     roles = protocol_split(df["patient_index"].to_numpy())
     mtypes = df["coarse_type"].to_numpy(dtype=np.int64)

@@ -41,6 +41,7 @@ __all__ = [
     "location_features",
     "raw_intensity_features",
     "true_types",
+    "aligned_embeddings",
     "suggest_scores",
     "evaluate_run",
     "format_table",
@@ -388,7 +389,15 @@ class EvaluationResult:
         return format_table(self.metrics, self.skipped)
 
 
-def _aligned_embeddings(run, ids: np.ndarray) -> np.ndarray | None:
+def aligned_embeddings(run, ids: np.ndarray) -> np.ndarray | None:
+    """The run's embeddings in the order of ``ids`` (None when the run has none yet).
+
+    Raises
+    ------
+    LabError
+        A lesion of ``ids`` has no embedding, or an embedding is not finite (file and lesion
+        named).
+    """
     if not run.embeddings.is_file():
         return None
     eids, vecs = run.load_embeddings()
@@ -474,7 +483,7 @@ def evaluate_run(
     cls["paper_location_only_accuracy"] = PAPER_LOCATION_ONLY_ACCURACY
 
     # embeddings (no images needed)
-    vecs = _aligned_embeddings(run, ids)
+    vecs = aligned_embeddings(run, ids)
     if vecs is None:
         skipped.append("classification.embedding_accuracy, retrieval.*: no embeddings.parquet "
                        "(run `deeplesion-lab embed`)")
