@@ -35,21 +35,25 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 
-def operating_threshold(run: Path, model: str, fp: float) -> tuple[float, pd.DataFrame, pd.DataFrame]:
-    """The model's score threshold at ``fp`` FPs per image on the test split, its test
-    predictions and the run's lesions."""
+def model_predictions(run: Path, model: str) -> tuple[pd.DataFrame, pd.DataFrame, str]:
+    """The model's predictions, the run's lesions (as the widgets read them) and its
+    images folder."""
     from deeplesion_lab.run import RunDir
     from widgets.data import LabData
-    from widgets.models.grid import froc_cases
 
     data = LabData.from_run(RunDir(run))
     preds = data.prediction_sets.get(model)
     if preds is None:
         raise SystemExit(f"{run}: no predictions of model {model!r} (models: "
                          f"{', '.join(data.prediction_sets) or 'none'})")
-    lesions = data.lesions
-    _, threshold = froc_cases(preds, lesions, "test", fp)
-    return threshold, preds, lesions
+    return preds, data.lesions, str(data.images_root or "")
+
+
+def operating_threshold(preds: pd.DataFrame, lesions: pd.DataFrame, fp: float) -> float:
+    """The score of the last detection kept at ``fp`` FPs per image on the test split."""
+    from widgets.models.grid import froc_cases
+
+    return froc_cases(preds, lesions, "test", fp)[1]
 
 
 def where_boxes_sit(preds: pd.DataFrame, lesions: pd.DataFrame, threshold: float,
@@ -84,8 +88,9 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--run", type=Path, required=True, help="a run made by the pipeline")
     ap.add_argument("--model", default="single")
-    ap.add_argument("--threshold", type=float, default=0.5, help="lowest score shown")
-    ap.add_argument("--fp", type=float, default=None,
+    which = ap.add_mutually_exclusive_group()
+    which.add_argument("--threshold", type=float, default=0.5, help="lowest score shown")
+    which.add_argument("--fp", type=float, default=None,
                     help="show the boxes of this operating point (FPs per image) instead")
     ap.add_argument("--n", type=int, default=6, help="viewers (test key slices)")
     ap.add_argument("--zoom", type=float, default=3.0,
@@ -103,13 +108,14 @@ def main() -> None:
     print(f"model {args.model}, test key slices: where the boxes sit (IoU >= 0.5)")
     print("| boxes scoring at least | boxes | on annotated lesion | on unannotated truth "
           "lesion | elsewhere |\n|---|---|---|---|---|")
+    preds, lesions, root = model_predictions(run, args.model)
     for fp in (0.5, 1, 2, 4):
-        thr, preds, lesions = operating_threshold(run, args.model, fp)
+        thr = operating_threshold(preds, lesions, fp)
         c = where_boxes_sit(preds, lesions, thr, truth)
         print(f"| {thr:.3f} ({fp:g} FP per image) | " + " | ".join(str(v) for v in c.values())
               + " |")
     threshold = (args.threshold if args.fp is None
-                 else operating_threshold(run, args.model, args.fp)[0])
+                 else operating_threshold(preds, lesions, args.fp))
     c = where_boxes_sit(preds, lesions, threshold, truth)
     print(f"| {threshold:.3f} (shown) | " + " | ".join(str(v) for v in c.values()) + " |")
     from deeplesion_lab.detection.train import select_split
@@ -119,7 +125,6 @@ def main() -> None:
     ids = [str(i) for i in picks["lesion_id"]]
     from deeplesion_lab.images import key_slice_path, read_png16
 
-    root = RunDir(run).load_manifest().attrs.get("images_root")
     shapes = [read_png16(key_slice_path(root, f)).shape if root else (512, 512)
               for f in picks["file_name"]]
     centres = [((r.bbox_x1 + r.bbox_x2) / 2, (r.bbox_y1 + r.bbox_y2) / 2)
