@@ -35,14 +35,19 @@ def main() -> int:
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--name", default="candidate")
+    ap.add_argument("--split", default=EVAL,
+                    help="key slices compared (default val+test; 'test' for a candidate that "
+                         "trained on the validation patients)")
     ap.add_argument("runs", nargs="+", help="SEED:DATA_DIR:BASELINE_OUT:CANDIDATE_OUT")
     args = ap.parse_args()
     pairs = []
     for spec in args.runs:
         seed, data, base, cand = spec.split(":")
         m = read_manifest(Path(data) / "manifest.parquet")
-        cb = evaluate_predictions(pd.read_csv(Path(base) / "predictions_eval.csv"), m, EVAL).curve
-        ca = evaluate_predictions(pd.read_csv(Path(cand) / "predictions_eval.csv"), m, EVAL).curve
+        cb = evaluate_predictions(
+            pd.read_csv(Path(base) / "predictions_eval.csv"), m, args.split).curve
+        ca = evaluate_predictions(
+            pd.read_csv(Path(cand) / "predictions_eval.csv"), m, args.split).curve
         d = paired_difference(ca, cb, n_boot=N_BOOT).to_metrics()
         parts = []
         for k in ("4", "mean_0.5-4"):
@@ -50,7 +55,7 @@ def main() -> int:
             parts.append(
                 f"{k}: {d['difference'][k]:+.3f} [{lo:+.3f}, {hi:+.3f}], p {d['p_le_zero'][k]:.3f}"
             )
-        print(f"seed {seed}: {args.name} - baseline, " + "; ".join(parts))
+        print(f"seed {seed} ({args.split}): {args.name} - baseline, " + "; ".join(parts))
         pairs.append((ca, cb))
     if len(pairs) > 1:
         d = pooled_difference(pairs, n_boot=N_BOOT).to_metrics()

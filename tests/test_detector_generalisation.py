@@ -222,3 +222,42 @@ def test_options_off_keep_the_fingerprint_of_older_checkpoints() -> None:
     assert "copy_paste" not in params and "pretrain_steps" not in params
     on = LesionDetector(**dict(TINY, copy_paste=1, pretrain_steps=4))._fingerprint({})["params"]
     assert on["copy_paste"] == 1 and on["pretrain_steps"] == 4
+
+
+# -- pasted lesions' own scale (session 10) ------------------------------------------------------
+def _pasted_sizes(ds, ref, epochs: int = 6) -> np.ndarray:
+    sides = []
+    for (_, t, _), (_, t0, _) in _pairs(ds, ref, epochs):
+        extra = _real(t)[len(_real(t0)) :]
+        sides += list(np.sqrt((extra[:, 2] - extra[:, 0]) * (extra[:, 3] - extra[:, 1])))
+    return np.asarray(sides)
+
+
+def test_paste_scale_range_rescales_the_pasted_lesions_only(data) -> None:
+    ref = _ds(data, 0)
+    narrow = train_dataset(data, window="soft tissue", augment=True, copy_paste=3,
+                           paste_scale_range=(1.0, 1.0))
+    small = train_dataset(data, window="soft tissue", augment=True, copy_paste=3,
+                          paste_scale_range=(0.5, 0.5))
+    a, b = _pasted_sizes(narrow, ref), _pasted_sizes(small, ref)
+    assert len(a) and len(b)
+    # half the scale: pasted boxes about half the side (the lesions' own sizes vary)
+    assert 0.35 < np.median(b) / np.median(a) < 0.65
+    # the item's own lesions keep their boxes
+    for (_, t, _), (_, t0, _) in _pairs(small, ref, 2):
+        assert np.allclose(_real(t)[: len(_real(t0))], _real(t0))
+
+
+def test_paste_scale_range_bad_value_and_fingerprint(data) -> None:
+    with pytest.raises(DatasetError, match="paste_scale_range"):
+        train_dataset(data, window="soft tissue", augment=True, copy_paste=1,
+                      paste_scale_range=(2.0, 1.0))
+    assert "paste_scale_range" not in LesionDetector(**TINY)._fingerprint({})["params"]
+    on = LesionDetector(**dict(TINY, paste_scale_range=(0.5, 2.0)))._fingerprint({})["params"]
+    assert on["paste_scale_range"] == [0.5, 2.0]
+
+
+def test_fit_with_paste_scale_range_saves_it(data, tmp_path) -> None:
+    det = LesionDetector(**dict(TINY, epochs=1, copy_paste=2, paste_scale_range=(0.5, 2.0)))
+    det.fit(data.manifest, checkpoint_dir=tmp_path / "p")
+    assert LesionDetector.load(tmp_path / "p").paste_scale_range == (0.5, 2.0)

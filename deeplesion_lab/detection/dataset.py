@@ -222,6 +222,10 @@ class KeySliceDataset(torch.utils.data.Dataset):
         the soft-tissue window, denser than about -120 HU) and overlaps no box (lesion or ignore
         region) of the image. Up to 20 positions are tried per lesion; one that fits nowhere is
         not pasted. 0: off.
+    paste_scale_range : (float, float), optional
+        The range of a pasted lesion's own rescaling (drawn log-uniformly), instead of
+        ``scale_range``: a wide range gives the detector lesion sizes its training slices
+        lack. None: ``scale_range`` (drawn uniformly).
     seed : int, default 0
     cache_mb : float, default 1024
         Memory for the preprocessed (un-augmented) images.
@@ -260,6 +264,7 @@ class KeySliceDataset(torch.utils.data.Dataset):
         crop_lesion_p: float = 0.75,
         slice_jitter_mm: float = 0.0,
         copy_paste: int = 0,
+        paste_scale_range: tuple[float, float] | None = None,
         seed: int = 0,
         cache_mb: float = 1024.0,
         check: bool = True,
@@ -286,6 +291,16 @@ class KeySliceDataset(torch.utils.data.Dataset):
                 f"copy_paste must be 0 (off) or a positive number of lesions, not {copy_paste}"
             )
         self.copy_paste = int(copy_paste)
+        if paste_scale_range is not None and not (
+            len(paste_scale_range) == 2 and 0 < paste_scale_range[0] <= paste_scale_range[1]
+        ):
+            raise DatasetError(
+                "paste_scale_range must be (smallest, largest) with 0 < smallest <= largest, "
+                f"not {paste_scale_range!r}"
+            )
+        self.paste_scale_range = (
+            tuple(float(v) for v in paste_scale_range) if paste_scale_range is not None else None
+        )
         self.crop_lesion_p = float(crop_lesion_p)
         self.seed = int(seed)
         self.epoch = 0
@@ -561,7 +576,12 @@ class KeySliceDataset(torch.utils.data.Dataset):
         new_b, new_l = [], []
         for pick in rng.choice(len(sources), size=min(n, len(sources)), replace=False):
             k, j = sources[int(pick)]
-            patch, alpha, box = self._paste_patch(k, j, s * float(rng.uniform(*self.scale_range)))
+            if self.paste_scale_range is None:
+                own = float(rng.uniform(*self.scale_range))
+            else:
+                lo, hi = self.paste_scale_range
+                own = float(np.exp(rng.uniform(np.log(lo), np.log(hi))))
+            patch, alpha, box = self._paste_patch(k, j, s * own)
             flip = bool(rng.random() < 0.5)
             ph, pw = alpha.shape
             if ph >= vh or pw >= vw:

@@ -447,7 +447,7 @@ def build_model(arch: str, num_classes: int, **kw) -> nn.Module:
     from .config import ARCHS
 
     if arch == "fasterrcnn":
-        skip = ("width", "hard_negatives", "class_loss_weight")
+        skip = ("width", "hard_negatives", "class_loss_weight", "self_ignore", "self_ignore_start")
         return build_detector(num_classes, **{k: v for k, v in kw.items() if k not in skip})
     if arch == "fcos":
         keep = (
@@ -472,6 +472,8 @@ def build_model(arch: str, num_classes: int, **kw) -> nn.Module:
             "width",
             "hard_negatives",
             "class_loss_weight",
+            "self_ignore",
+            "self_ignore_start",
         )
         return build_centernet(num_classes, **{k: v for k, v in kw.items() if k in keep})
     raise ModelError(f"unknown detector architecture {arch!r}; choose one of {', '.join(ARCHS)}")

@@ -73,7 +73,14 @@ _RUNTIME_PARAMS = {
 
 #: Options added later, left out of the fingerprint while off, so that a ``last.pt`` written
 #: before they existed still resumes.
-_OFF_PARAMS: dict[str, Any] = {"copy_paste": 0, "pretrain_steps": 0, "class_loss_weight": 1.0}
+_OFF_PARAMS: dict[str, Any] = {
+    "copy_paste": 0,
+    "pretrain_steps": 0,
+    "class_loss_weight": 1.0,
+    "self_ignore": 0.0,
+    "self_ignore_start": 0.5,
+    "paste_scale_range": None,
+}
 
 
 class CheckpointError(LabError, ValueError):
@@ -212,6 +219,13 @@ class LesionDetector(BaseEstimator):
     class_loss_weight : float, default 1.0
         CenterNet only: weight of the class loss of a multi-class detector (how much the
         lesion classes shape the features the class-agnostic lesion score shares).
+    self_ignore : float, default 0
+        CenterNet only: online mining of unannotated lesions. After ``self_ignore_start`` of
+        the training steps, background peaks the network scores at least this high become
+        ignore regions of that step
+        (:func:`~deeplesion_lab.detection.centernet.self_ignore_mask`); 0: off.
+    self_ignore_start : float, default 0.5
+        CenterNet only: fraction of the training steps before ``self_ignore`` acts.
     backbone : str, default "mobilenet_v3_large_fpn"
         See :data:`deeplesion_lab.detection.model.BACKBONES` (Faster R-CNN and FCOS).
     backbone_weights : str, optional
@@ -262,6 +276,9 @@ class LesionDetector(BaseEstimator):
         key slices pasted into each training image, with soft edges, on body and away from its
         boxes, and added to its targets (see
         :class:`~deeplesion_lab.detection.dataset.KeySliceDataset`). 0: off.
+    paste_scale_range : (float, float), optional
+        The range of a pasted lesion's own rescaling (log-uniform) instead of ``scale_range``
+        (copy-paste only). None: ``scale_range``.
     pretrain_steps : int, default 0
         CenterNet only: before training from scratch, pretrain the network's features for this
         many steps by masked-patch reconstruction on the unlabeled slices of every lesion's
@@ -338,6 +355,8 @@ class LesionDetector(BaseEstimator):
         "width": [Interval(Integral, 1, None, closed="left")],
         "hard_negatives": [Interval(Integral, 0, None, closed="left")],
         "class_loss_weight": [Interval(Real, 0, None, closed="neither")],
+        "self_ignore": [Interval(Real, 0, 1, closed="both")],
+        "self_ignore_start": [Interval(Real, 0, 1, closed="both")],
         "backbone": [StrOptions(set(BACKBONES))],
         "backbone_weights": [None, str, Path],
         "norm": [StrOptions(set(NORMS))],
@@ -359,6 +378,7 @@ class LesionDetector(BaseEstimator):
         "crop_lesion_p": [Interval(Real, 0, 1, closed="both")],
         "slice_jitter_mm": [Interval(Real, 0, None, closed="left")],
         "copy_paste": [Interval(Integral, 0, None, closed="left")],
+        "paste_scale_range": [None, tuple, list],
         "pretrain_steps": [Interval(Integral, 0, None, closed="left")],
         "unannotated": [StrOptions({"neighbours", "none"})],
         "neighbour_factor": [Interval(Real, 0, None, closed="left")],
@@ -388,6 +408,8 @@ class LesionDetector(BaseEstimator):
         width: int = 16,
         hard_negatives: int = 0,
         class_loss_weight: float = 1.0,
+        self_ignore: float = 0.0,
+        self_ignore_start: float = 0.5,
         backbone: str = "mobilenet_v3_large_fpn",
         backbone_weights: str | None = None,
         norm: str = "batch",
@@ -409,6 +431,7 @@ class LesionDetector(BaseEstimator):
         crop_lesion_p: float = 0.75,
         slice_jitter_mm: float = 0.0,
         copy_paste: int = 0,
+        paste_scale_range: tuple[float, float] | None = None,
         pretrain_steps: int = 0,
         unannotated: str = "neighbours",
         neighbour_factor: float = 1.0,
@@ -435,6 +458,8 @@ class LesionDetector(BaseEstimator):
         self.width = width
         self.hard_negatives = hard_negatives
         self.class_loss_weight = class_loss_weight
+        self.self_ignore = self_ignore
+        self.self_ignore_start = self_ignore_start
         self.backbone = backbone
         self.backbone_weights = backbone_weights
         self.norm = norm
@@ -456,6 +481,7 @@ class LesionDetector(BaseEstimator):
         self.crop_lesion_p = crop_lesion_p
         self.slice_jitter_mm = slice_jitter_mm
         self.copy_paste = copy_paste
+        self.paste_scale_range = paste_scale_range
         self.pretrain_steps = pretrain_steps
         self.unannotated = unannotated
         self.neighbour_factor = neighbour_factor
@@ -486,6 +512,8 @@ class LesionDetector(BaseEstimator):
             width=self.width,
             hard_negatives=self.hard_negatives,
             class_loss_weight=self.class_loss_weight,
+            self_ignore=self.self_ignore,
+            self_ignore_start=self.self_ignore_start,
             backbone=self.backbone,
             image_size=self.image_size,
             backbone_weights=self.backbone_weights,
@@ -529,6 +557,9 @@ class LesionDetector(BaseEstimator):
             crop_lesion_p=self.crop_lesion_p,
             slice_jitter_mm=self.slice_jitter_mm if train else 0.0,
             copy_paste=self.copy_paste if train else 0,
+            paste_scale_range=(
+                tuple(self.paste_scale_range) if self.paste_scale_range is not None else None
+            ),
             seed=self.seed,
             cache_mb=self.cache_mb,
         )
@@ -704,6 +735,11 @@ class LesionDetector(BaseEstimator):
                 f"pretrain_steps={self.pretrain_steps} needs arch 'centernet' (the masked-patch "
                 f"pretraining reads the CenterNet's features), not {self.arch!r}; set it to 0"
             )
+        if float(self.self_ignore) > 0 and self.arch != "centernet":
+            raise ModelError(
+                f"self_ignore={self.self_ignore} is a CenterNet option (it reads the heatmap's "
+                f"peaks); {self.arch!r} has none: leave it at 0"
+            )
         if float(self.class_loss_weight) != 1.0 and self.arch != "centernet":
             raise ModelError(
                 f"class_loss_weight={self.class_loss_weight} is a CenterNet option; "
@@ -730,7 +766,7 @@ class LesionDetector(BaseEstimator):
             parent = dict(self.lineage_)
             parent_hash = _state_hash(model.state_dict())
             # loss settings the network holds follow the estimator's current parameters
-            for name in ("hard_negatives", "class_loss_weight"):
+            for name in ("hard_negatives", "class_loss_weight", "self_ignore", "self_ignore_start"):
                 if hasattr(model, name):
                     setattr(model, name, type(getattr(model, name))(getattr(self, name)))
             if classes != self.classes_:
@@ -928,6 +964,8 @@ class LesionDetector(BaseEstimator):
                         {k2: v.to(device, non_blocking=True) for k2, v in t.items()}
                         for t in targets
                     ]
+                    if hasattr(model, "train_progress"):  # read by the CenterNet's self_ignore
+                        model.train_progress = state.global_step / max(setup.total_steps, 1)
                     with autocast(device, self.amp):
                         losses = runner(images, targets)
                     loss = sum(losses.values())
@@ -1141,7 +1179,7 @@ class LesionDetector(BaseEstimator):
                 f"{path}: this checkpoint is a {saved_arch} detector, not {want}; load it "
                 f"without --arch (or with --arch {saved_arch}), or train a {want} model"
             )
-        for k in ("scale_range", "anchor_sizes"):
+        for k in ("scale_range", "anchor_sizes", "paste_scale_range"):
             if isinstance(params.get(k), list):
                 params[k] = tuple(params[k])
         params.update(overrides)
