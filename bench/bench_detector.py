@@ -80,6 +80,10 @@ def main() -> int:
     ap.add_argument("--class-loss-weight", type=float, default=None,
                     help="class-loss weight of the multi-class model (default: the CLI's "
                          "for --arch, detection.workflow.CLASS_LOSS_WEIGHT, else 1.0)")
+    ap.add_argument("--paste-scale", default=None, metavar="LO,HI",
+                    help="pasted lesions' own scale range (--paste-scale of train-detector; "
+                         "default: the CLI's for --arch, detection.workflow.PASTE_SCALE_RANGE; "
+                         "'none': the image's scale range)")
     ap.add_argument("--epochs", type=int, default=12)
     ap.add_argument("--finetune-epochs", type=int, default=4)
     ap.add_argument("--embed-epochs", type=int, default=6)
@@ -147,13 +151,18 @@ def main() -> int:
                   box_head_size=256, box_batch_size=32,
                   batch_size=4, optimizer="adamw", lr=args.lr, window="soft tissue",
                   epochs=args.epochs, seed=args.seed, num_threads=args.threads, progress=False)
-    from deeplesion_lab.detection.workflow import CLASS_LOSS_WEIGHT, COPY_PASTE
+    from deeplesion_lab.detection.workflow import CLASS_LOSS_WEIGHT, COPY_PASTE, PASTE_SCALE_RANGE
 
     if args.copy_paste is None:
         args.copy_paste = COPY_PASTE.get(args.arch, 0)
     if args.class_loss_weight is None:
         args.class_loss_weight = CLASS_LOSS_WEIGHT.get(args.arch, 1.0)
     params["copy_paste"] = args.copy_paste
+    if args.paste_scale is None:
+        ps = PASTE_SCALE_RANGE.get(args.arch)
+        args.paste_scale = "none" if ps is None else f"{ps[0]:g},{ps[1]:g}"
+    if args.copy_paste and args.paste_scale != "none":
+        params["paste_scale_range"] = tuple(float(v) for v in args.paste_scale.split(","))
     if args.arch == "centernet":
         params["class_loss_weight"] = args.class_loss_weight
     results: dict[str, dict] = {}
@@ -349,6 +358,7 @@ def write_markdown(path: Path, r: dict) -> None:
         f"--size {a['size']} --data-seed {a.get('data_seed')} --arch {a.get('arch')} "
         f"--width {a.get('width')} --lr {a.get('lr')} --copy-paste {a.get('copy_paste', 0)} "
         f"--class-loss-weight {a.get('class_loss_weight', 1.0)} "
+        f"--paste-scale {a.get('paste_scale', 'none')} "
         f"--epochs {a['epochs']} --finetune-epochs {a['finetune_epochs']} --share {a['share']} "
         f"--canvas {a['canvas']} --spacing {a['spacing']} --crop {a['crop']} "
         f"--threads {a['threads']}` (CPU only; {r['machine']['cpu_count']} cores shared with "
@@ -375,8 +385,10 @@ def write_markdown(path: Path, r: dict) -> None:
         + (", box head 256 trained on 32 proposals per image" if a.get("arch", "fasterrcnn")
            == "fasterrcnn" else "")
         + f", batch 4, AdamW lr {a.get('lr', 0.001)} (cosine), {a['epochs']} epochs, "
-        + (f"copy-paste of up to {a['copy_paste']} lesions per window, "
-           if str(a.get("copy_paste", "0")) != "0" else "")
+        + (f"copy-paste of up to {a['copy_paste']} lesions per window"
+           + (f" (own scale {a['paste_scale']})"
+              if a.get("paste_scale", "none") not in ("none", "None") else "")
+           + ", " if str(a.get("copy_paste", "0")) != "0" else "")
         + "same seed for every model; missing "
         "annotations handled by ignore regions on lesions annotated on nearby slices.",
         "",

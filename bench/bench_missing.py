@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -152,6 +153,19 @@ def main() -> int:
         for mo, g in df.groupby("model"):
             lines.append(f"\nmean recall@2 of {mo}: {g['recall_at_2'].mean():.3f} "
                          f"over {len(g)} seeds")
+        head = [
+            "# Missing-annotation mining of bench_detector_arch candidates (issue 14)",
+            "",
+            f"Produced by `.venv/bin/python bench/bench_missing.py --arch-runs "
+            f"{' '.join(args.arch_runs)}` on {time.strftime('%Y-%m-%d')} (CPU only): the test "
+            "key slices' detections of each candidate through `propose_missing` (no neighbour "
+            "slices), ranked by the detector's score; hits at IoU >= 0.5 with an unannotated "
+            "truth lesion, recall at round(r x images) proposals over all images.",
+            "",
+        ]
+        args.results.parent.mkdir(parents=True, exist_ok=True)
+        args.results.write_text("\n".join(head + lines) + "\n")
+        args.results.with_suffix(".json").write_text(df.to_json(orient="records", indent=1))
         print("\n".join(lines))
         return 0
     rows = [r for o in args.out for r in seed_rows(o, args.models.split(","))]

@@ -137,6 +137,18 @@ def test_model_options_and_cpu_defaults() -> None:
     assert params_from_args(p.parse_args(["--class-loss-weight", "0.5"]),
                             new=True)["class_loss_weight"] == 0.5
     assert "class_loss_weight" not in params_from_args(p.parse_args([]), new=False)
+    # the pasted lesions' own scale range: default for a new centernet that pastes
+    from deeplesion_lab.detection.workflow import PASTE_SCALE_RANGE
+
+    assert cpu.get("paste_scale_range") == PASTE_SCALE_RANGE.get("centernet")
+    for argv in (["--copy-paste", "0"], ["--arch", "fasterrcnn"]):
+        assert "paste_scale_range" not in params_from_args(p.parse_args(argv), new=True)
+    assert params_from_args(p.parse_args(["--paste-scale", "0.8,1.2"]),
+                            new=True)["paste_scale_range"] == (0.8, 1.2)
+    assert "paste_scale_range" not in params_from_args(p.parse_args([]), new=False)
+    for bad in ("2,1", "0,1", "1", "a,b"):
+        with pytest.raises(SystemExit):
+            p.parse_args(["--paste-scale", bad])
 
 
 def test_train_detect_evaluate(demo, tmp_path, capsys) -> None:

@@ -17,6 +17,7 @@ from ..detection.workflow import (
     DEFAULT_ARCH,
     DEFAULT_WIDTH,
     FINETUNE_EPOCHS,
+    PASTE_SCALE_RANGE,
     TRAIN_EPOCHS,
     detector_params,
 )
@@ -28,7 +29,7 @@ __all__ = ["add_training_arguments", "add_runtime_arguments", "add_model_argumen
 #: define under the same name (``--no-progress`` and ``--no-amp`` are turned round below).
 _SAME_NAME = ("device", "threads", "workers", "micro_batches", "checkpoint_every", "epochs",
               "batch_size", "lr", "unannotated", "seed", "copy_paste", "class_loss_weight",
-              "arch", "width", "optimizer", "window", "train_crop", "box_batch", "box_head",
+              "paste_scale", "arch", "width", "optimizer", "window", "train_crop", "box_batch", "box_head",
               "backbone", "norm", "backbone_weights", "image_size", "spacing_mm",
               "slice_spacing_mm")
 
@@ -75,10 +76,25 @@ def add_training_arguments(p: argparse.ArgumentParser, *, finetune: bool = False
                         + ("the base model's)" if finetune else
                            f"{CLASS_LOSS_WEIGHT['centernet']:g}; the other architectures "
                            "weigh their class loss themselves)"))
+    g.add_argument("--paste-scale", type=_scale_range, default=None, metavar="LO,HI",
+                   help="range of a pasted lesion's own rescaling (copy-paste; default: "
+                        + ("the base model's)" if finetune else
+                           "{:g},{:g} for the centernet)".format(*PASTE_SCALE_RANGE["centernet"])))
     g.add_argument("--seed", type=int, default=None)
     g.add_argument("--overwrite", action="store_true",
                    help="start over when NAME holds a training made with other settings")
     add_runtime_arguments(p, training=True)
+
+
+def _scale_range(text: str) -> tuple[float, float]:
+    """``LO,HI`` with 0 < LO <= HI (``--paste-scale``)."""
+    try:
+        lo, hi = (float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected LO,HI (two numbers), got {text!r}") from None
+    if not 0 < lo <= hi:
+        raise argparse.ArgumentTypeError(f"expected 0 < LO <= HI, got {text!r}")
+    return lo, hi
 
 
 def add_runtime_arguments(p: argparse.ArgumentParser, *, training: bool = False) -> None:
