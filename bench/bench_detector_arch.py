@@ -140,14 +140,14 @@ def _ignore_boxes(job: dict, own: dict, m) -> dict | None:
 
     from deeplesion_lab.detection.dataset import BOX_COLS, mined_ignore_boxes
     from deeplesion_lab.detection.train import select_split
+    from deeplesion_lab.graph.truth import read_truth
 
     kind = own.get("_ignore")
     if kind is None:
         return None
     train = select_split(m, "train")
     if kind == "truth":
-        truth_path = Path(job["manifest"]).with_name("truth.parquet")
-        truth = pd.read_parquet(truth_path)
+        truth = read_truth(Path(job["manifest"]).with_name("truth.parquet"))
         un = truth[~truth["annotated"] & truth["file_name"].isin(set(train["file_name"]))]
         return {
             f: g[BOX_COLS].to_numpy(dtype="float32") for f, g in un.groupby("file_name")

@@ -557,9 +557,7 @@ class LesionDetector(BaseEstimator):
             crop_lesion_p=self.crop_lesion_p,
             slice_jitter_mm=self.slice_jitter_mm if train else 0.0,
             copy_paste=self.copy_paste if train else 0,
-            paste_scale_range=(
-                tuple(self.paste_scale_range) if self.paste_scale_range is not None else None
-            ),
+            paste_scale_range=self.paste_scale_range,
             seed=self.seed,
             cache_mb=self.cache_mb,
         )
