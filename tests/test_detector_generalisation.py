@@ -261,3 +261,59 @@ def test_fit_with_paste_scale_range_saves_it(data, tmp_path) -> None:
     det = LesionDetector(**dict(TINY, epochs=1, copy_paste=2, paste_scale_range=(0.5, 2.0)))
     det.fit(data.manifest, checkpoint_dir=tmp_path / "p")
     assert LesionDetector.load(tmp_path / "p").paste_scale_range == (0.5, 2.0)
+
+
+# -- pasted lesions without their class (session 11) ---------------------------------------------
+@pytest.mark.parametrize("crop", [None, 64])
+def test_paste_classes_off_marks_the_pasted_lesions_only(data, crop) -> None:
+    ref = _ds(data, 0, crop=crop)
+    off = train_dataset(data, window="soft tissue", augment=True, crop=crop, copy_paste=3,
+                        paste_classes=False)
+    on = _ds(data, 3, crop=crop)
+    pasted = 0
+    for (_, t, _), (_, t0, _) in _pairs(off, ref, 4):
+        w = t["class_weight"]
+        assert w.shape == t["labels"].shape
+        n_own = len(t0["labels"])  # the slice's own boxes (lesions and ignore regions) first
+        assert torch.equal(t["labels"][:n_own], t0["labels"])
+        assert (w[:n_own] == 1).all() and (w[n_own:] == 0).all()
+        pasted += len(w) - n_own
+    assert pasted > 0
+    # on (the default) and without augmentation: no class weights, the very same targets
+    for (_, t, _), (_, t1, _) in _pairs(on, off, 2):
+        assert "class_weight" not in t and torch.equal(t["boxes"], t1["boxes"])
+    plain = train_dataset(data, window="soft tissue", augment=False, crop=crop, copy_paste=3,
+                          paste_classes=False)
+    assert "class_weight" not in plain[0][1]
+
+
+def test_zero_class_weight_leaves_the_lesion_out_of_the_class_loss_only() -> None:
+    images = [torch.rand(3, 64, 64)]
+    boxes = torch.tensor([[4.0, 4.0, 20.0, 20.0], [40.0, 40.0, 60.0, 60.0]])
+    both = [{"boxes": boxes, "labels": torch.tensor([2, 3])}]
+    first = [{"boxes": boxes[:1], "labels": torch.tensor([2])}]
+    weighted = [{**both[0], "class_weight": torch.tensor([1.0, 0.0])}]
+    torch.manual_seed(0)
+    m = CenterNetLesion(3, width=8)
+    m.train()
+    out = {k: m(images, t) for k, t in (("both", both), ("first", first), ("w", weighted))}
+    # the class loss is the first lesion's alone; heatmap and box losses still see both
+    torch.testing.assert_close(out["w"]["loss_classes"], out["first"]["loss_classes"])
+    assert not torch.isclose(out["both"]["loss_classes"], out["first"]["loss_classes"])
+    for k in ("loss_heatmap", "loss_box"):
+        torch.testing.assert_close(out["w"][k], out["both"][k])
+    none = m(images, [{**both[0], "class_weight": torch.zeros(2)}])
+    assert none["loss_classes"] == 0
+
+
+def test_fit_with_paste_classes_off_saves_it_and_keeps_old_fingerprints(data, tmp_path) -> None:
+    from detector_fixtures import true_types
+
+    assert "paste_classes" not in LesionDetector(**TINY)._fingerprint({})["params"]
+    det = LesionDetector(**dict(TINY, epochs=1, copy_paste=2, paste_classes=False))
+    det.fit(data.manifest, true_types(data.manifest), checkpoint_dir=tmp_path / "p")
+    back = LesionDetector.load(tmp_path / "p")
+    assert back.paste_classes is False and len(back.classes_) > 1
+    assert det._fingerprint({})["params"]["paste_classes"] is False
+    with pytest.raises(LabError, match="paste_classes"):
+        LesionDetector(**dict(TINY, epochs=1, paste_classes="no")).fit(data.manifest)

@@ -45,6 +45,16 @@ def test_pipeline_writes_every_figure(tiny_lab: Path) -> None:
     metrics = json.loads((run / "metrics.json").read_text())
     for key in ("nmi", "purity"):
         assert 0.0 <= metrics["mining"][key] <= 1.0
+    # the test split, on which the detectors and the fine-tuning are scored, is held out of the
+    # mining: its lesions' types name no cluster
+    from deeplesion_lab.lesion_types import SPLIT_CODES
+    from deeplesion_lab.run import RunDir
+
+    manifest = RunDir(run).load_manifest()
+    n_test_typed = int(((manifest["split"] == SPLIT_CODES["test"])
+                        & (manifest["coarse_type"] > 0)).sum())
+    assert metrics["mining"]["hold_out"] == "test"
+    assert metrics["mining"]["n_types_held_out"] == n_test_typed > 0
     for key in ("embedding_accuracy", "location_only_accuracy", "raw_intensity_accuracy",
                 "untrained_accuracy"):
         assert 0.0 <= metrics["classification"][key] <= 1.0

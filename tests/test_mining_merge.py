@@ -176,3 +176,52 @@ def test_mine_merge_option(tmp_path_factory, tmp_path):
         assert mining["k_fine"] >= mining["k"]
     with pytest.raises(SystemExit):
         cli("mine", "--run", run, "--merge", "majority", "--no-progress")
+
+
+def _mine(run, *extra) -> dict:
+    code, out, err = cli("mine", "--run", run, "--k-min", "3", "--k-max", "6", "--no-progress",
+                         *extra)
+    assert code == 0, err
+    return json.loads((run / "metrics.json").read_text())["mining"]
+
+
+def test_mine_hold_out_ignores_the_held_out_types(tmp_path_factory, tmp_path):
+    """``mine --hold-out test``: the test lesions' manifest types make no pseudo-label (scrambling
+    them changes nothing), while without it they do name clusters."""
+    import pandas as pd
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from deeplesion_lab.lesion_types import SPLIT_CODES
+    from deeplesion_lab.run import RunDir
+
+    made = session_run(tmp_path_factory)
+    run = tmp_path / "run"
+    shutil.copytree(made["run"], run)
+    manifest = RunDir(run).load_manifest()
+    test = manifest["split"] == SPLIT_CODES["test"]
+    n_known_test = int((test & (manifest["coarse_type"] > 0)).sum())
+    assert n_known_test > 0
+    mining = _mine(run, "--hold-out", "test")
+    assert mining["hold_out"] == "test" and mining["n_types_held_out"] == n_known_test
+    held = pd.read_parquet(run / "pseudo_labels.parquet")
+
+    # the same run with every test lesion's type replaced by another one
+    info = json.loads((run / "run.json").read_text())
+    table = pq.read_table(info["manifest"])
+    df = table.to_pandas()
+    df.loc[test.to_numpy() & (df["coarse_type"] > 0), "coarse_type"] = (
+        df.loc[test.to_numpy() & (df["coarse_type"] > 0), "coarse_type"] % 8 + 1)
+    scrambled = tmp_path / "manifest_scrambled.parquet"
+    pq.write_table(pa.Table.from_pandas(df, preserve_index=False)
+                   .replace_schema_metadata(table.schema.metadata), scrambled)
+    info["manifest"] = str(scrambled)
+    (run / "run.json").write_text(json.dumps(info))
+    _mine(run, "--hold-out", "test")
+    pd.testing.assert_frame_equal(pd.read_parquet(run / "pseudo_labels.parquet"), held)
+    # without --hold-out the (scrambled) test types name clusters: other pseudo-labels
+    assert _mine(run)["n_types_held_out"] == 0
+    assert not pd.read_parquet(run / "pseudo_labels.parquet")["label"].equals(held["label"])
+
+    code, _, err = cli("mine", "--run", run, "--hold-out", "tset", "--no-progress")
+    assert code != 0 and "tset" in err and "--hold-out" in err

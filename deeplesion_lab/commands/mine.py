@@ -48,6 +48,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "on the demo, at 24 and 40 patients (bench/results/embedding.md)")
     p.add_argument("--finetune-epochs", type=int, default=1, help="epochs per deep round")
     p.add_argument("--stop-nmi", type=float, default=0.95)
+    p.add_argument("--hold-out", default=None, metavar="SPLIT",
+                   help="a split (test, val, val+test) whose manifest types the mining does not "
+                        "use, so that figures on it later (the detector's class-aware FROC, "
+                        "corrections' before/after) are not scored on types that made the "
+                        "pseudo-labels (default: every manifest type is used)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     p.add_argument("--no-progress", action="store_true")
@@ -61,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
         clusters=args.clusters, k_min=args.k_min, k_max=args.k_max, criterion=args.criterion,
         lesions_per_cluster=args.lesions_per_cluster or None, merge=args.merge,
         rounds=args.rounds,
-        finetune_epochs=args.finetune_epochs, stop_nmi=args.stop_nmi,
+        finetune_epochs=args.finetune_epochs, stop_nmi=args.stop_nmi, hold_out=args.hold_out,
         seed=args.seed, threads=args.threads, progress=not args.no_progress,
     )
     from ..availability import run_images_line

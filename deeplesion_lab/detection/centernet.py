@@ -311,13 +311,14 @@ class CenterNetLesion(nn.Module):
         )
         cx = (xs.float() + 0.5) * STRIDE
         cy = (ys.float() + 0.5) * STRIDE
-        pred_b, tgt_b, wts, cls_logit, cls_t = [], [], [], [], []
+        pred_b, tgt_b, wts, cls_logit, cls_t, cls_w = [], [], [], [], [], []
         for i, (_, _, weight, owner) in enumerate(tg):
             sel = weight > 0.3
             if not sel.any():
                 continue
-            boxes = targets[i]["boxes"][targets[i]["labels"] > 0]
-            labels = targets[i]["labels"][targets[i]["labels"] > 0]
+            real = targets[i]["labels"] > 0
+            boxes = targets[i]["boxes"][real]
+            labels = targets[i]["labels"][real]
             d = out["box"][i][:, sel]  # (4, n)
             px, py = cx[sel], cy[sel]
             pred_b.append(torch.stack([px - d[0], py - d[1], px + d[2], py + d[3]], 1))
@@ -326,14 +327,18 @@ class CenterNetLesion(nn.Module):
             if "classes" in out:
                 cls_logit.append(out["classes"][i][:, sel].T)
                 cls_t.append(labels[owner[sel]] - 1)
+                # lesions that train no class (pasted ones, KeySliceDataset(paste_classes=False))
+                cw = targets[i].get("class_weight")
+                cls_w.append(weight[sel] if cw is None else weight[sel] * cw[real][owner[sel]])
         if pred_b:
             pb, tb, wt = torch.cat(pred_b), torch.cat(tgt_b), torch.cat(wts)
             giou = generalized_box_iou_loss(pb, tb, reduction="none")
             losses["loss_box"] = 2.0 * (giou * wt).sum() / wt.sum().clamp(min=1e-6)
             if cls_logit:
                 ce = F.cross_entropy(torch.cat(cls_logit), torch.cat(cls_t), reduction="none")
+                cwt = torch.cat(cls_w)
                 losses["loss_classes"] = (
-                    self.class_loss_weight * (ce * wt).sum() / wt.sum().clamp(min=1e-6))
+                    self.class_loss_weight * (ce * cwt).sum() / cwt.sum().clamp(min=1e-6))
         else:
             losses["loss_box"] = out["box"].sum() * 0.0
         if "classes" in out and "loss_classes" not in losses:

@@ -226,6 +226,11 @@ class KeySliceDataset(torch.utils.data.Dataset):
         The range of a pasted lesion's own rescaling (drawn log-uniformly), instead of
         ``scale_range``: a wide range gives the detector lesion sizes its training slices
         lack. None: ``scale_range`` (drawn uniformly).
+    paste_classes : bool, default True
+        Whether pasted lesions train the class head. A pasted lesion lands on another body
+        region than its own, so its class no longer matches what surrounds it; with False its
+        target keeps its box (lesion score and size) but a ``class_weight`` of 0 (targets then
+        carry ``class_weight``, one value per box: 1 for the slice's own lesions).
     seed : int, default 0
     cache_mb : float, default 1024
         Memory for the preprocessed (un-augmented) images.
@@ -265,6 +270,7 @@ class KeySliceDataset(torch.utils.data.Dataset):
         slice_jitter_mm: float = 0.0,
         copy_paste: int = 0,
         paste_scale_range: tuple[float, float] | None = None,
+        paste_classes: bool = True,
         seed: int = 0,
         cache_mb: float = 1024.0,
         check: bool = True,
@@ -301,6 +307,7 @@ class KeySliceDataset(torch.utils.data.Dataset):
         self.paste_scale_range = (
             tuple(float(v) for v in paste_scale_range) if paste_scale_range is not None else None
         )
+        self.paste_classes = bool(paste_classes)
         self.crop_lesion_p = float(crop_lesion_p)
         self.seed = int(seed)
         self.epoch = 0
@@ -459,6 +466,7 @@ class KeySliceDataset(torch.utils.data.Dataset):
                 scale *= s
             if self.copy_paste:
                 h, w = img.shape[-2:]
+                n_own = len(labels)
                 img, boxes, labels = self._paste(i, img, boxes, labels, s, h, w)
             sample = {"image": img, "boxes": boxes}
             sample = RandomFlip(p=0.5, seed=int(rng.integers(2**31)))(sample)
@@ -476,6 +484,8 @@ class KeySliceDataset(torch.utils.data.Dataset):
             "boxes": torch.from_numpy(boxes[ok]),
             "labels": torch.from_numpy(labels[ok]),
         }
+        if self.augment and self.copy_paste and not self.paste_classes:
+            target["class_weight"] = _own_weight(len(labels), n_own)[torch.from_numpy(ok)]
         meta = {
             "file_name": self.file_names[i],
             "scale": scale,
@@ -510,6 +520,7 @@ class KeySliceDataset(torch.utils.data.Dataset):
         x0, y0, boxes, labels = self._place(boxes, labels, h, w, i)
         img = resample_window(base, s, x0, y0, c)
         vh, vw = max(0, min(c, h - y0)), max(0, min(c, w - x0))  # the window's image part
+        n_own = len(labels)
         if rng is not None:
             if self.copy_paste:
                 img, boxes, labels = self._paste(i, img, boxes, labels, s, vh, vw)
@@ -529,6 +540,8 @@ class KeySliceDataset(torch.utils.data.Dataset):
         boxes[:, [1, 3]] = boxes[:, [1, 3]].clip(0, c)
         ok = (boxes[:, 2] - boxes[:, 0] >= 1) & (boxes[:, 3] - boxes[:, 1] >= 1)
         target = {"boxes": torch.from_numpy(boxes[ok]), "labels": torch.from_numpy(labels[ok])}
+        if rng is not None and self.copy_paste and not self.paste_classes:
+            target["class_weight"] = _own_weight(len(labels), n_own)[torch.from_numpy(ok)]
         meta = {
             "file_name": self.file_names[i],
             "scale": scale * s,
@@ -705,3 +718,10 @@ def collate(batch):
     """Batch as three lists (images, targets, metas), as torchvision detectors take them."""
     images, targets, metas = zip(*batch, strict=True)
     return list(images), list(targets), list(metas)
+
+
+def _own_weight(n: int, n_own: int) -> torch.Tensor:
+    """Class weight per box: 1 for the first ``n_own`` (the slice's own), 0 for pasted ones."""
+    w = torch.zeros(n, dtype=torch.float32)
+    w[:n_own] = 1.0
+    return w

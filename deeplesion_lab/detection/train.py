@@ -80,6 +80,7 @@ _OFF_PARAMS: dict[str, Any] = {
     "self_ignore": 0.0,
     "self_ignore_start": 0.5,
     "paste_scale_range": None,
+    "paste_classes": True,
 }
 
 
@@ -279,6 +280,10 @@ class LesionDetector(BaseEstimator):
     paste_scale_range : (float, float), optional
         The range of a pasted lesion's own rescaling (log-uniform) instead of ``scale_range``
         (copy-paste only). None: ``scale_range``.
+    paste_classes : bool, default True
+        Whether pasted lesions (copy-paste) train the class head of a multi-class detector.
+        False: they train the lesion score and size only, since a lesion pasted elsewhere in
+        the body no longer sits in the region its class names.
     pretrain_steps : int, default 0
         CenterNet only: before training from scratch, pretrain the network's features for this
         many steps by masked-patch reconstruction on the unlabeled slices of every lesion's
@@ -379,6 +384,7 @@ class LesionDetector(BaseEstimator):
         "slice_jitter_mm": [Interval(Real, 0, None, closed="left")],
         "copy_paste": [Interval(Integral, 0, None, closed="left")],
         "paste_scale_range": [None, tuple, list],
+        "paste_classes": ["boolean"],
         "pretrain_steps": [Interval(Integral, 0, None, closed="left")],
         "unannotated": [StrOptions({"neighbours", "none"})],
         "neighbour_factor": [Interval(Real, 0, None, closed="left")],
@@ -432,6 +438,7 @@ class LesionDetector(BaseEstimator):
         slice_jitter_mm: float = 0.0,
         copy_paste: int = 0,
         paste_scale_range: tuple[float, float] | None = None,
+        paste_classes: bool = True,
         pretrain_steps: int = 0,
         unannotated: str = "neighbours",
         neighbour_factor: float = 1.0,
@@ -482,6 +489,7 @@ class LesionDetector(BaseEstimator):
         self.slice_jitter_mm = slice_jitter_mm
         self.copy_paste = copy_paste
         self.paste_scale_range = paste_scale_range
+        self.paste_classes = paste_classes
         self.pretrain_steps = pretrain_steps
         self.unannotated = unannotated
         self.neighbour_factor = neighbour_factor
@@ -558,6 +566,7 @@ class LesionDetector(BaseEstimator):
             slice_jitter_mm=self.slice_jitter_mm if train else 0.0,
             copy_paste=self.copy_paste if train else 0,
             paste_scale_range=self.paste_scale_range,
+            paste_classes=self.paste_classes,
             seed=self.seed,
             cache_mb=self.cache_mb,
         )

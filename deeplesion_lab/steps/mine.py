@@ -47,6 +47,11 @@ class MineSettings:
         Epochs per deep round.
     stop_nmi : float
         Stop when the NMI between successive rounds reaches it.
+    hold_out : str or None
+        A split ("test", "val", or joined like "val+test") whose lesions' manifest types the
+        mining does not use: they neither name nor merge clusters, so that a later evaluation on
+        that split (the detector's class-aware figures, corrections' before/after) is not scored
+        on types that made the pseudo-labels. None (the default): every manifest type is used.
     seed, threads, progress
         Seed, torch CPU threads, progress bars.
     """
@@ -60,6 +65,7 @@ class MineSettings:
     rounds: int = 0
     finetune_epochs: int = 1
     stop_nmi: float = 0.95
+    hold_out: str | None = None
     seed: int = 0
     threads: int = 2
     progress: bool = True
@@ -125,6 +131,18 @@ def mine_run(
         raise LabError(f"{run.embeddings}: lesion {missing[0]} is not in the run's manifest")
     df = df.iloc[[pos[str(i)] for i in ids]].reset_index(drop=True)
     known = df["coarse_type"].to_numpy(dtype=np.int64)
+    n_held_out = 0
+    if s.hold_out:
+        from ..lesion_types import SPLIT_CODES, UNLABELED
+
+        parts = s.hold_out.split("+")
+        bad = [p for p in parts if p not in SPLIT_CODES]
+        if bad:
+            raise LabError(f"mine: --hold-out {s.hold_out!r}: unknown split {bad[0]!r}; expected "
+                           f"one of {', '.join(SPLIT_CODES)} or a join like val+test")
+        held = df["split"].isin([SPLIT_CODES[p] for p in parts]).to_numpy()
+        n_held_out = int((held & (known != UNLABELED)).sum())
+        known = np.where(held, UNLABELED, known)
 
     ckpt = run.embedder
     has_images = bool(df.attrs.get("images_root")) and bool(df["has_image"].all())
@@ -174,6 +192,8 @@ def mine_run(
         "n_rounds": miner.n_rounds_,
         "deep": deep,
         "mean_confidence": float(labels["confidence"].mean()),
+        "hold_out": s.hold_out,
+        "n_types_held_out": n_held_out,
         "cluster_labels": {str(k): v for k, v in miner.cluster_names_.items()},
         "seconds": round(time.time() - t0, 1),
     }
