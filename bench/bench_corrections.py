@@ -63,13 +63,23 @@ SPLITS = ("test", "val+test")
 RUN_FILES = ("run.json", "embeddings.parquet", "embedder.json", "embedder.pt", "umap.parquet")
 
 
+def true_names(run) -> dict[str, str]:
+    """The true coarse type name of each of the run's manifest lesions (its truth file,
+    :func:`~deeplesion_lab.evaluation.true_types`)."""
+    from deeplesion_lab.evaluation import true_types
+    from deeplesion_lab.lesion_types import COARSE_TYPES
+
+    m = run.load_manifest()
+    codes, _ = true_types(m, run.truth_path())
+    return {str(i): COARSE_TYPES.get(int(c)) for i, c in zip(m["lesion_id"], codes, strict=True)}
+
+
 def prepare(src: Path, work: Path, hold_out: str | None, share: float,
             overrides: dict | None = None) -> dict:
     """Mine, simulate the corrections and train the pseudo-label detector of one seed."""
     from deeplesion_lab.detection.labels_table import labels_from_pseudo
     from deeplesion_lab.detection.train import LesionDetector, select_split
     from deeplesion_lab.detection.workflow import detector_params, set_latest
-    from deeplesion_lab.lesion_types import COARSE_TYPES
     from deeplesion_lab.run import RunDir
     from deeplesion_lab.steps.mine import MineSettings, mine_run
 
@@ -80,15 +90,12 @@ def prepare(src: Path, work: Path, hold_out: str | None, share: float,
             shutil.copy(src / "run" / f, rd / f)
     run = RunDir(rd)
     m = run.load_manifest()
-    truth = pd.read_parquet(run.truth_path())
     if not run.pseudo_labels.is_file():
         mine_run(run, MineSettings(hold_out=hold_out, threads=1, progress=False),
                  say=lambda *a: None)
     mining = run.load_metrics()["mining"]
     pseudo = labels_from_pseudo(run.load_pseudo_labels())
-    ann = truth[truth["annotated"] & truth["lesion_id"].notna()]
-    true = dict(zip(ann["lesion_id"].astype(str), ann["coarse_type"].map(COARSE_TYPES),
-                    strict=True))
+    true = true_names(run)
     train_ids = set(select_split(m, "train")["lesion_id"].astype(str))
     test_ids = select_split(m, "test")["lesion_id"].astype(str)
     p_train = pseudo[pseudo["lesion_id"].isin(train_ids)].copy()
@@ -192,7 +199,6 @@ def main() -> int:
     torch.set_num_threads(1)
     from deeplesion_lab.detection.bootstrap import paired_difference, pooled_difference
     from deeplesion_lab.detection.froc import evaluate_predictions, read_predictions
-    from deeplesion_lab.lesion_types import COARSE_TYPES
     from deeplesion_lab.run import RunDir
 
     hold = None if args.hold_out in ("none", "") else args.hold_out
@@ -207,10 +213,7 @@ def main() -> int:
             (work / "prepare.json").write_text(json.dumps(info, indent=1))
         run = RunDir(work / "run")
         m = run.load_manifest()
-        truth = pd.read_parquet(run.truth_path())
-        ann = truth[truth["annotated"] & truth["lesion_id"].notna()]
-        true = dict(zip(ann["lesion_id"].astype(str), ann["coarse_type"].map(COARSE_TYPES),
-                        strict=True))
+        true = true_names(run)
         rec = {**info, "variants": {}}
         for v in variants:
             files = finetune(work, v, info["reset_head"]) if not args.analyse_only else {

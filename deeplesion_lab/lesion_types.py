@@ -39,6 +39,25 @@ SPLITS: dict[int, str] = {1: "train", 2: "val", 3: "test"}
 SPLIT_CODES: dict[str, int] = {v: k for k, v in SPLITS.items()}
 
 
+def split_codes(split: str) -> list[int] | None:
+    """The split codes of a split name, or of several joined by ``+`` (``"val+test"``);
+    ``"all"`` gives None (every split).
+
+    Raises
+    ------
+    ValueError
+        A part that is no split name; its only argument is that part (callers word the error).
+    """
+    if split == "all":
+        return None
+    codes = []
+    for part in split.split("+"):
+        if part not in SPLIT_CODES:
+            raise ValueError(part)
+        codes.append(SPLIT_CODES[part])
+    return codes
+
+
 def type_name(code: int) -> str:
     """Return the name of a coarse type code (``-1`` gives ``"unlabeled"``).
 

@@ -350,17 +350,16 @@ def read_predictions(path: str | Path) -> pd.DataFrame:
 
 def _split_rows(manifest: pd.DataFrame, split: str) -> pd.DataFrame:
     """Rows of a split name, ``"all"``, or several joined by ``+`` (``"val+test"``)."""
-    from ..lesion_types import SPLIT_CODES
+    from ..lesion_types import split_codes
 
-    if split == "all":
-        return manifest
-    parts = split.split("+")
-    if not all(p in SPLIT_CODES for p in parts):
+    try:
+        codes = split_codes(split)
+    except ValueError:
         raise FROCError(
             f"unknown split {split!r}; expected one of {', '.join(SPLIT_NAMES)} (or a join such "
             "as val+test)"
-        )
-    return manifest[manifest["split"].isin([SPLIT_CODES[p] for p in parts])]
+        ) from None
+    return manifest if codes is None else manifest[manifest["split"].isin(codes)]
 
 
 @dataclass

@@ -41,7 +41,7 @@ from ..atomic import atomic_path, write_json
 from ..device import autocast, grad_scaler, loader_options, resolve_device, torch_threads
 from ..errors import LabError
 from ..images import missing_context_line
-from ..lesion_types import SPLIT_CODES
+from ..lesion_types import split_codes
 from ..manifest import data_hash, manifest_images_root
 from ..params import Interval, StrOptions, validate_params
 from .config import ARCHS, BACKBONES, NORMS
@@ -90,16 +90,14 @@ class CheckpointError(LabError, ValueError):
 
 def select_split(manifest: pd.DataFrame, split: str) -> pd.DataFrame:
     """Rows of ``split`` ("train", "val", "test", "all", or several joined by "+")."""
-    if split == "all":
-        return manifest
-    codes = []
-    for part in split.split("+"):
-        if part not in SPLIT_CODES:
-            raise DatasetError(
-                f"unknown split {part!r}; expected train, val, test, all or a join like train+val"
-            )
-        codes.append(SPLIT_CODES[part])
-    return manifest[manifest["split"].isin(codes)]
+    try:
+        codes = split_codes(split)
+    except ValueError as exc:
+        raise DatasetError(
+            f"unknown split {exc.args[0]!r}; expected train, val, test, all or a join like "
+            "train+val"
+        ) from None
+    return manifest if codes is None else manifest[manifest["split"].isin(codes)]
 
 
 def _jsonable(v: Any) -> Any:
