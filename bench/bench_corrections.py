@@ -132,8 +132,11 @@ def prepare(src: Path, work: Path, hold_out: str | None, share: float,
     }
 
 
-def finetune(work: Path, variant: str, reset_head: bool) -> dict[str, dict[str, str]]:
-    """Corrected and control fine-tuning of one variant; their prediction files."""
+def finetune(work: Path, variant: str, reset_head: bool,
+             typer: bool = False) -> dict[str, dict[str, str]]:
+    """Corrected and control fine-tuning of one variant; their prediction files (``typer``:
+    the detections named by the lesion embedder, ``run_finetune``'s default since session 12;
+    False: by the class head, as this bench measured in session 11)."""
     import deeplesion_lab.detection.workflow as wf
     from deeplesion_lab.run import RunDir
 
@@ -150,7 +153,7 @@ def finetune(work: Path, variant: str, reset_head: bool) -> dict[str, dict[str, 
             wf.run_finetune(run, pd.read_parquet(work / table), {"labels_source": kind},
                             base="pseudo", name=name, reset_head=reset,
                             params={**params, "num_threads": 1, "progress": False},
-                            eval_split="val+test", out=lambda *a: None)
+                            eval_split="val+test", typer=typer, out=lambda *a: None)
         out[kind] = {"after": str(after), "before": str(before)}
     return out
 

@@ -58,6 +58,46 @@ def split_codes(split: str) -> list[int] | None:
     return codes
 
 
+def held_out(splits, hold_out: str | None, step: str):
+    """Which lesions belong to the official split(s) ``hold_out`` (``"test"``, ``"val+test"``),
+    whose manifest types a step must not use; ``None`` or ``""``: no lesion.
+
+    Parameters
+    ----------
+    splits : array-like of int
+        The manifest's ``split`` codes (1 train, 2 val, 3 test).
+    hold_out : str or None
+    step : str
+        The command named in the error (``"mine"``, ``"embed"``).
+
+    Returns
+    -------
+    numpy.ndarray of bool
+
+    Raises
+    ------
+    LabError
+        An unknown split name, or ``"all"`` (holding out every split is no hold-out).
+    """
+    import numpy as np
+
+    from .errors import LabError
+
+    s = np.asarray(splits)
+    if not hold_out:
+        return np.zeros(len(s), dtype=bool)
+    try:
+        codes = split_codes(hold_out)
+    except ValueError as exc:
+        codes, bad = None, exc.args[0]
+    else:
+        bad = "all" if codes is None else None
+    if bad is not None:
+        raise LabError(f"{step}: --hold-out {hold_out!r}: unknown split {bad!r}; expected "
+                       f"one of {', '.join(SPLIT_CODES)} or a join like val+test")
+    return np.isin(s, codes)
+
+
 def type_name(code: int) -> str:
     """Return the name of a coarse type code (``-1`` gives ``"unlabeled"``).
 

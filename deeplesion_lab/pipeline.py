@@ -48,7 +48,7 @@ class PipelineConfig:
     source_csv: Path | None = None
     embed_epochs: int = 10
     clusters: int | None = None
-    mine_hold_out: str | None = "test"
+    hold_out: str | None = "test"
     detector_epochs: int = 128
     finetune_epochs: int = 30
     detector_processes: int = 2
@@ -182,10 +182,11 @@ def pipeline_steps(cfg: PipelineConfig) -> list[Step]:
     steps = [
         Step("manifest", m.is_file, manifest_step),
         Step("embed", lambda: embed_done(run),
-             lambda: embed_run(run, m, EmbedSettings(epochs=cfg.embed_epochs), truth=cfg.truth)),
+             lambda: embed_run(run, m, EmbedSettings(epochs=cfg.embed_epochs,
+                                                     hold_out=cfg.hold_out), truth=cfg.truth)),
         Step("mine", lambda: mine_done(run),
              lambda: mine_run(run, MineSettings(clusters=cfg.clusters,
-                                                hold_out=cfg.mine_hold_out))),
+                                                hold_out=cfg.hold_out))),
         Step("evaluate", lambda: evaluate_done(run),
              lambda: evaluate_step(run, truth=cfg.truth)),
         Step("label store", lambda: label_store_done(run), lambda: init_label_store(run)),

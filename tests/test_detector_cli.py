@@ -252,6 +252,8 @@ def test_pseudo_classes_and_finetune_from_a_labels_table(demo, pseudo_run, tmp_p
         ft["after"]["class_aware"]["mean_sensitivity_0_5_to_4"]
         - ft["before"]["class_aware"]["mean_sensitivity_0_5_to_4"])
     assert ft["parent"] == "pseudo" and ft["corrected"] == 2
+    # no lesion embedder in this run: the class head names the types
+    assert ft["typed_by"] == "class head" and "after_class_head" not in ft
     assert ft["labels_source"] == str(table.resolve()) and ft["label_snapshot_id"] is None
     new = run.detector_dir / ft["model"]
     cfg = json.loads((new / "config.json").read_text())
@@ -406,3 +408,56 @@ def test_finetune_from_the_label_store(demo, pseudo_run, tmp_path, capsys) -> No
     # the recorded snapshot can be named explicitly (same labels: the finished model is reused)
     assert main(["finetune", "--run", str(run.path), "--snapshot", str(sid), "--epochs", "1",
                  "--batch-size", "4", *RUNTIME]) == 0
+
+
+def test_finetune_types_detections_with_the_lesion_embedder(demo, pseudo_run, tmp_path,
+                                                            capsys) -> None:
+    """With the run's lesion embedder, the fine-tuned model's detections are named by the
+    nearest labelled training lesions; its folder keeps those labels, and ``detect`` uses them."""
+    manifest, _ = demo
+    run = _copy_run(pseudo_run, tmp_path)
+    assert main(["embed", str(manifest), "--run", str(run.path), "--epochs", "0",
+                 "--no-progress", "--threads", "1"]) == 0
+    m = read_manifest(manifest)
+    train_ids = set(m.loc[m["split"] == 1, "lesion_id"].astype(str))
+    labels = pd.read_parquet(run.pseudo_labels)[["lesion_id", "label"]]
+    labels.loc[labels["lesion_id"].isin(train_ids), "label"] = "kidney"  # one name for all
+    from deeplesion_lab.detection.workflow import run_finetune
+
+    said = []
+    # as `finetune --labels` does, with every peak kept (this one-epoch detector scores low)
+    run_finetune(run, labels, {"labels_source": "kidney.csv"}, name="typed", reset_head=True,
+                 params={"epochs": 1, "batch_size": 4, "num_threads": 1, "progress": False,
+                         "score_threshold": 0.0}, out=said.append)
+    assert any("lesion embedder" in line for line in said)
+    ft = _metrics(run)["finetune"]
+    assert ft["typed_by"] == "lesion embedder"
+    assert set(ft["after_class_head"]["sensitivity"]) == KEYS
+    kept = pd.read_parquet(run.detector_dir / "typed" / "typer.parquet")
+    assert set(kept["lesion_id"]) == train_ids and set(kept["label"]) == {"kidney"}
+    after = pd.read_csv(ft["after"]["predictions"])
+    assert len(after) and set(after["label"]) == {"kidney"}
+    # the boxes are the detector's (scores times the vote share when the typer rescores)
+    assert ft["after"]["n_detections"] == ft["after_class_head"]["n_detections"] == len(after)
+    conf = json.loads((run.detector_dir / "typed" / "typer.json").read_text())
+    from deeplesion_lab.detection.workflow import TYPER_NEIGHBORS, TYPER_RESCORE
+
+    assert conf["n_neighbors"] == TYPER_NEIGHBORS and conf["rescore"] is TYPER_RESCORE
+    if not TYPER_RESCORE:
+        assert ft["after"]["sensitivity"] == ft["after_class_head"]["sensitivity"]
+    # detect names them the same way, from the labels kept beside the model
+    out = tmp_path / "pred.csv"
+    assert main(["detect", "--run", str(run.path), "--model", "typed", "--out", str(out),
+                 *RUNTIME]) == 0
+    assert set(pd.read_csv(out)["label"]) == {"kidney"}
+    kept.assign(label="bone").to_parquet(run.detector_dir / "typed" / "typer.parquet")
+    assert main(["detect", "--run", str(run.path), "--model", "typed", "--out", str(out),
+                 *RUNTIME]) == 0
+    assert set(pd.read_csv(out)["label"]) == {"bone"}
+    # without the run's embeddings: a clear error, no predictions written
+    run.embeddings.unlink()
+    out.unlink()
+    capsys.readouterr()
+    assert main(["detect", "--run", str(run.path), "--model", "typed", "--out", str(out),
+                 *RUNTIME]) == 2
+    assert "lesion embedder" in capsys.readouterr().err and not out.exists()

@@ -246,3 +246,50 @@ def test_pseudo_labels_never_give_a_test_lesion_its_type(made, tmp_path):
     used = json.loads((run / "metrics.json").read_text())["embedding"]["pseudo_labels_used"]
     # every lesion has a pseudo-label; only those outside the test role, without a type, count
     assert used == int(((roles != "test") & ~known).sum()) > 0
+
+
+def test_embed_hold_out_never_lends_the_held_out_types(made, tmp_path):
+    """``embed --hold-out test``: no lesion of the official test split lends the sampler a type
+    (scrambling those types gives the sampler the same types), while without it the test-split
+    lesions of the protocol's seed and val roles do."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from deeplesion_lab.lesion_types import SPLIT_CODES
+
+    df = read_manifest(made["manifest"])
+    roles = protocol_split(df["patient_index"].to_numpy())
+    test = (df["split"] == SPLIT_CODES["test"]).to_numpy()
+    typed = df["coarse_type"].to_numpy() >= 1
+    lent = (roles != "test") & typed
+    assert (lent & test).any()  # the data can show the difference
+
+    def embed(manifest, name, *extra):
+        code, out, err = cli("embed", manifest, "--run", tmp_path / name, "--epochs", "0",
+                             "--no-progress", *extra)
+        assert code == 0, err
+        return (json.loads((tmp_path / name / "embedder.json").read_text())["training"],
+                json.loads((tmp_path / name / "metrics.json").read_text())["embedding"])
+
+    rec, met = embed(made["manifest"], "held", "--hold-out", "test")
+    assert rec["hold_out"] == "test" and rec["sampler_types"] == int((lent & ~test).sum())
+    assert met["hold_out"] == "test" and met["n_types_held_out"] == int((lent & test).sum())
+    rec_all, met_all = embed(made["manifest"], "all")
+    assert rec_all["sampler_types"] == int(lent.sum()) and "hold_out" not in rec_all
+    assert met_all["n_types_held_out"] == 0 and rec_all["types_hash"] != rec["types_hash"]
+
+    table = pq.read_table(made["manifest"])
+    sc = table.to_pandas()
+    flip = test & typed
+    sc.loc[flip, "coarse_type"] = sc.loc[flip, "coarse_type"] % 8 + 1
+    scrambled = tmp_path / "scrambled.parquet"
+    pq.write_table(pa.Table.from_pandas(sc, preserve_index=False)
+                   .replace_schema_metadata(table.schema.metadata), scrambled)
+    rec_sc, _ = embed(scrambled, "scrambled", "--hold-out", "test")
+    assert rec_sc["types_hash"] == rec["types_hash"]
+    assert embed(scrambled, "scrambled_all")[0]["types_hash"] != rec_all["types_hash"]
+
+    code, _, err = cli("embed", made["manifest"], "--run", tmp_path / "bad", "--hold-out",
+                       "tset", "--no-progress")
+    assert code != 0 and "tset" in err and "--hold-out" in err
+    assert not (tmp_path / "bad" / "embedder.pt").exists()

@@ -55,6 +55,12 @@ def test_pipeline_writes_every_figure(tiny_lab: Path) -> None:
                         & (manifest["coarse_type"] > 0)).sum())
     assert metrics["mining"]["hold_out"] == "test"
     assert metrics["mining"]["n_types_held_out"] == n_test_typed > 0
+    # nor do they lend the embedding's sampler a type
+    rec = json.loads((run / "embedder.json").read_text())["training"]
+    assert rec["hold_out"] == "test" and metrics["embedding"]["hold_out"] == "test"
+    # the fine-tuned model names its detections with the lesion embedder
+    assert metrics["finetune"]["typed_by"] == "lesion embedder"
+    assert (run / "detector" / metrics["finetune"]["model"] / "typer.parquet").is_file()
     for key in ("embedding_accuracy", "location_only_accuracy", "raw_intensity_accuracy",
                 "untrained_accuracy"):
         assert 0.0 <= metrics["classification"][key] <= 1.0

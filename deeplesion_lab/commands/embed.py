@@ -60,6 +60,12 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "precedence over the manifest's and the pseudo-labels' types")
     p.add_argument("--db", default=None,
                    help="label store for --labels-from-store (default RUN/labels.sqlite)")
+    p.add_argument("--hold-out", default=None, metavar="SPLIT",
+                   help="a split (test, val, val+test) whose lesions never lend the sampler a "
+                        "type (manifest type, pseudo-label or label-store label), so that "
+                        "figures on it later (the detectors' class-aware FROC, the typing of "
+                        "detections) are not scored on types the embedding was trained on "
+                        "(default: the protocol roles alone decide; the pipeline holds out test)")
     p.add_argument("--retrain", action="store_true",
                    help="train again even if a checkpoint with the same settings exists")
     p.add_argument("--present-only", action="store_true",
@@ -89,7 +95,7 @@ def run(args: argparse.Namespace) -> int:
         db=args.db, retrain=args.retrain, present_only=args.present_only,
         pretrained=str(args.pretrained) if args.pretrained else None, workers=args.workers,
         threads=args.threads, progress=not args.no_progress, device=args.device,
-        micro_batches=args.micro_batches,
+        micro_batches=args.micro_batches, hold_out=args.hold_out,
     )
     embed_run(args.run, args.manifest, settings, truth=args.truth)
     return 0

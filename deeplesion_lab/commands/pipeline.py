@@ -26,11 +26,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--truth", type=Path, default=None, help="truth file (demo data only)")
     p.add_argument("--embed-epochs", type=int, default=10)
     p.add_argument("--clusters", type=int, default=None, help="K for mining (default: chosen)")
-    p.add_argument("--mine-hold-out", default="test", metavar="SPLIT",
-                   help="split whose manifest types the mining does not use (`mine --hold-out`; "
-                        "default test: the split the detectors and the fine-tuning on corrected "
-                        "labels are scored on, so that their class-aware figures are not scored "
-                        "on types that made the pseudo-labels); none: every type is used")
+    p.add_argument("--hold-out", "--mine-hold-out", dest="hold_out", default="test",
+                   metavar="SPLIT",
+                   help="split whose manifest types neither the embedding's sampler nor the "
+                        "mining uses (`embed --hold-out`, `mine --hold-out`; default test: the "
+                        "split the detectors and the fine-tuning on corrected labels are scored "
+                        "on, so that their class-aware figures are not scored on types that "
+                        "shaped the embedding or made the pseudo-labels); none: every type is "
+                        "used (--mine-hold-out is the same option's earlier name)")
     p.add_argument("--detector-epochs", type=int, default=128,
                    help="epochs of each detector (default 128: about 4 CPU-minutes of the "
                         "default centernet at 24 patients; on a CPU each epoch sees one "
@@ -58,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
     cfg = PipelineConfig(
         manifest=args.manifest, run_dir=args.run, truth=args.truth, source_csv=args.csv,
         embed_epochs=args.embed_epochs, clusters=args.clusters,
-        mine_hold_out=None if args.mine_hold_out.lower() == "none" else args.mine_hold_out,
+        hold_out=None if args.hold_out.lower() == "none" else args.hold_out,
         detector_epochs=args.detector_epochs, finetune_epochs=args.finetune_epochs,
         detector_processes=args.detector_processes,
         correction_share=args.correction_share, detector=not args.no_detector,
@@ -87,7 +90,7 @@ def _run_in_background(args: argparse.Namespace, cfg) -> int:
     argv += ["--truth", cfg.truth] if cfg.truth else []
     argv += ["--csv", cfg.source_csv] if cfg.source_csv else []
     argv += ["--clusters", cfg.clusters] if cfg.clusters else []
-    argv += ["--mine-hold-out", cfg.mine_hold_out or "none"]
+    argv += ["--hold-out", cfg.hold_out or "none"]
     argv += ["--no-detector"] if not cfg.detector else []
     argv += ["--no-graph"] if not cfg.graph else []
     try:

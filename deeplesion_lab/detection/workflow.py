@@ -92,6 +92,19 @@ FINETUNE_HEADS_ONLY: dict[str, bool] = {"centernet": True}
 #: Bootstrap resamples behind the 95 % intervals written to metrics.json.
 N_BOOT = 1000
 
+#: Whether ``finetune`` names the fine-tuned model's detections with the run's lesion embedder
+#: fitted on the training lesions' labels (:mod:`~deeplesion_lab.detection.typer`) instead of
+#: the class head; ``bench/results/detector_typer.md`` compares the two.
+FINETUNE_TYPER = True
+
+#: Labelled neighbours that vote on a detection's type.
+TYPER_NEIGHBORS = 5
+
+#: Whether a typed detection's score is multiplied by the vote share of its type (a box whose
+#: type is unclear ranks lower): the candidate picked on demo seeds 101-104 in
+#: ``bench/results/detector_typer.md`` (session 12), before the fresh seeds ran.
+TYPER_RESCORE = True
+
 
 def detector_params(
     *,
@@ -384,9 +397,16 @@ def run_finetune(
     ignore_boxes: Mapping | None = None,
     overwrite: bool = False,
     added: pd.DataFrame | None = None,
+    typer: bool | None = None,
     out=print,
 ) -> dict[str, Any]:
     """Fine-tune ``base`` on ``labels``; evaluate before and after; record everything.
+
+    ``typer`` (default :data:`FINETUNE_TYPER`): when the labels name lesion types and the run
+    has its lesion embedder, the fine-tuned model's detections are named by the embedder's
+    nearest labelled training lesions (the model folder keeps those labels,
+    :func:`~deeplesion_lab.detection.typer.save_model_typer`, so ``detect`` names them the same
+    way); the class head's own figures are kept as ``after_class_head``.
 
     ``added``: lesions people added (accepted proposals,
     :meth:`~deeplesion_lab.labels.LabelStore.added_lesions`); those with a row in ``labels``
@@ -458,8 +478,23 @@ def run_finetune(
     set_latest(run, name)
     out(f"(phase 3/3) after: evaluating {name} on the {eval_split} split ...")
     after_pred = det.predict(manifest, eval_split)
-    after = evaluate_predictions(after_pred, manifest, eval_split,
-                                 class_aware=class_aware or names_lesion_types(det.classes_))
+    after_class_aware = class_aware or names_lesion_types(det.classes_)
+    after_head = None
+    use_typer = FINETUNE_TYPER if typer is None else bool(typer)
+    if use_typer and after_class_aware and run.embedder.is_file() and run.embeddings.is_file():
+        from .typer import save_model_typer, type_model_predictions
+
+        after_head = evaluate_predictions(after_pred, manifest, eval_split, class_aware=True)
+        train_ids = set(train["lesion_id"].astype(str))
+        typed_by = labels[labels["lesion_id"].astype(str).isin(train_ids)]
+        save_model_typer(folder, typed_by, n_neighbors=TYPER_NEIGHBORS, rescore=TYPER_RESCORE,
+                         source=str(source.get("labels_source", "labels")))
+        after_pred, _ = type_model_predictions(run, folder, after_pred, manifest,
+                                               threads=det.num_threads or 1)
+        out(f"types of {name}'s detections: the lesion embedder's {TYPER_NEIGHBORS} nearest of "
+            f"{len(typed_by)} labelled training lesions (the class head's figures are kept as "
+            "after_class_head)")
+    after = evaluate_predictions(after_pred, manifest, eval_split, class_aware=after_class_aware)
     p_before = write_predictions(before_pred, run.model_predictions_file(name, eval_split, before=True))
     p_after = write_predictions(after_pred, run.model_predictions_file(name, eval_split))
     curves = {f"before ({base_name})": before, f"after ({name})": after}
@@ -483,7 +518,10 @@ def run_finetune(
         "epochs": det.epochs,
         "heads_only": heads_only,
         "train_images_per_s": _images_per_s(det.history_),
+        "typed_by": ("lesion embedder" if after_head is not None else "class head"),
     }
+    if after_head is not None:
+        ft["after_class_head"] = result_metrics(after_head)
     if before.class_aware is not None and after.class_aware is not None:
         # what corrected labels change: the class a detection names (class-aware FROC)
         ft["class_aware_difference"] = paired_difference(

@@ -52,9 +52,14 @@ def detect_run(
     say: Callable[[str], None] = print,
 ) -> pd.DataFrame:
     """Run detector ``model`` (default the latest trained) over the key slices of ``split`` of
-    the run's manifest and write the predictions CSV ``out``; returns the predictions."""
+    the run's manifest and write the predictions CSV ``out``; returns the predictions.
+
+    A model fine-tuned with the lesion embedder as its typer (its folder has
+    :data:`~deeplesion_lab.detection.typer.TYPER_FILE`) names its detections that way, as
+    ``finetune`` scored it."""
     from ..detection.predict import write_predictions
-    from ..detection.workflow import load_detector
+    from ..detection.typer import type_model_predictions
+    from ..detection.workflow import load_detector, model_dir
 
     run = run if isinstance(run, RunDir) else RunDir(run)
     run.info()
@@ -62,7 +67,13 @@ def detect_run(
     if out.suffix.lower() != ".csv":
         raise LabError(f"{out}: predictions are written as .csv")
     name, det = load_detector(run, model, device=device, num_threads=threads, progress=progress)
-    pred = det.predict(run.load_manifest(), split, batch_size=batch_size)
+    manifest = run.load_manifest()
+    pred = det.predict(manifest, split, batch_size=batch_size)
+    pred, typed = type_model_predictions(run, model_dir(run, name), pred, manifest,
+                                         threads=threads or 1)
+    if typed:
+        say(f"model {name}: types named by the lesion embedder's nearest labelled lesions "
+            "(its typer.parquet)")
     write_predictions(pred, out)
     n_img = pred["file_name"].nunique()
     if det.predict_context_summary_ is not None:

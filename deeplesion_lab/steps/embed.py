@@ -49,6 +49,11 @@ class EmbedSettings:
         the protocol's test role.
     labels_from_store : bool
         Also sample by the label store's corrected labels (non-test lesions).
+    hold_out : str or None
+        Official split(s) (``"test"``, ``"val+test"``) whose lesions never lend the sampler a
+        type: not their manifest type, pseudo-label or label-store label. The pipeline holds out
+        the split its detectors are scored on class-aware, as ``mine --hold-out`` does; None
+        (the ``embed`` command's default): the protocol roles alone decide.
     db : str or None
         Label store for ``labels_from_store`` (default the run's ``labels.sqlite``).
     retrain : bool
@@ -78,6 +83,7 @@ class EmbedSettings:
     sampler_types: str = "seed+val"
     use_pseudo_labels: bool = False
     labels_from_store: bool = False
+    hold_out: str | None = None
     db: str | None = None
     retrain: bool = False
     present_only: bool = False
@@ -169,6 +175,9 @@ def embed_run(
         raise LabError(f"--epochs must be >= 0, got {s.epochs}")
     if truth is not None and not Path(truth).is_file():
         raise LabError(f"{truth}: truth file not found")
+    from ..lesion_types import held_out
+
+    held = held_out(df["split"].to_numpy(), s.hold_out, "embed")  # checked before the patches
     config = PatchConfig(channels=s.channels, context_mm=float(s.context_mm))
     if run.run_json.is_file() and run.manifest_path() != manifest.resolve():
         run.init(manifest)  # raises the clear "other manifest" error
@@ -181,6 +190,10 @@ def embed_run(
 
     roles = protocol_split(df["patient_index"].to_numpy())
     types = np.where(np.isin(roles, list(SAMPLER_ROLES[s.sampler_types])), patches.types, -1)
+    n_held_out = int((held & (types >= 1)).sum())
+    types[held] = -1
+    # a held-out lesion lends no type below either (as a test-role lesion)
+    roles = np.where(held, "test", roles).astype(object)
     n_pseudo = 0
     if s.use_pseudo_labels:
         pl = run.load_pseudo_labels()
@@ -224,6 +237,8 @@ def embed_run(
         "pseudo_labels_used": n_pseudo,
         "store_labels_used": n_store,
     }
+    if s.hold_out:  # only then, so that earlier checkpoints keep matching
+        training["hold_out"] = s.hold_out
     reused = False
     if ckpt.is_file() and record.is_file() and not s.retrain:
         if json.loads(record.read_text()).get("training") == training:
@@ -253,12 +268,14 @@ def embed_run(
         "epochs": s.epochs, "final_triplet_loss": last,
         "sampler_types_used": training["sampler_types"], "pseudo_labels_used": n_pseudo,
         "store_labels_used": n_store,
+        "hold_out": s.hold_out, "n_types_held_out": n_held_out,
         "model_hash": emb.model_hash(), "seconds": seconds,
     }})
     say(f"embedded {len(patches)} lesions ({vectors.shape[1]}-d) in {time.time() - t0:.1f} s; "
         f"sampler knew the type of {training['sampler_types']} lesions (protocol roles "
         f"{s.sampler_types}{' + pseudo-labels' if n_pseudo else ''}"
-        f"{f' + {n_store} corrected labels' if n_store else ''}; never test types)")
+        f"{f' + {n_store} corrected labels' if n_store else ''}; never test types"
+        f"{f'; the {s.hold_out} split held out: {n_held_out} types not lent' if s.hold_out else ''})")
     say(f"wrote {ckpt}, {record.name} and {run.embeddings}")
     return EmbedResult(len(patches), int(vectors.shape[1]), reused, training["sampler_types"],
                        n_pseudo, n_store, seconds)

@@ -133,18 +133,9 @@ def mine_run(
     known = df["coarse_type"].to_numpy(dtype=np.int64)
     n_held_out = 0
     if s.hold_out:
-        from ..lesion_types import SPLIT_CODES, UNLABELED, split_codes
+        from ..lesion_types import UNLABELED, held_out
 
-        try:
-            codes = split_codes(s.hold_out)
-        except ValueError as exc:
-            codes, bad = None, exc.args[0]
-        else:
-            bad = "all" if codes is None else None  # holding out every split is no hold-out
-        if bad is not None:
-            raise LabError(f"mine: --hold-out {s.hold_out!r}: unknown split {bad!r}; expected "
-                           f"one of {', '.join(SPLIT_CODES)} or a join like val+test")
-        held = df["split"].isin(codes).to_numpy()
+        held = held_out(df["split"].to_numpy(), s.hold_out, "mine")
         n_held_out = int((held & (known != UNLABELED)).sum())
         known = np.where(held, UNLABELED, known)
 
