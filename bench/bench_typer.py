@@ -24,7 +24,8 @@ embedder was trained and whose pseudo-labels were mined with the test split held
    on the training lesions' labels of that prediction set (before and control: the
    pseudo-labels; corrected: the corrected labels), the detections embedded by the run's
    embedder (:func:`~deeplesion_lab.detection.typer.type_predictions`);
-   ``knnKc``: the same, each score multiplied by the vote share of its name.
+   ``knnKc``: the same, each score multiplied by the vote share of its name (``rescore``; the
+   candidate picked on seeds 101-104, now ``finetune``'s default).
 4. DeepLesion FROC, class-aware (a hit must name the lesion's type) and class-agnostic; paired
    bootstrap per seed and pooled (2,000 resamples, one-sided p = share of resamples in which
    the first is not better): corrected - control per candidate, candidate - head (control).
@@ -72,9 +73,8 @@ def typed(pred: pd.DataFrame, cand: str, labels: pd.DataFrame, run, m: pd.DataFr
     lab = labels.set_index("lesion_id")["label"].astype(str)
     ids = [i for i in train_ids if i in lab.index]
     typer = EmbeddingTyper(n_neighbors=k).fit(embeddings.loc[ids].to_numpy(), lab.loc[ids])
-    out = type_predictions(pred, m, embedder, typer, manifest_images_root(m))
-    if cand.endswith("c"):
-        out["score"] = out["score"] * out["typer_confidence"]
+    out = type_predictions(pred, m, embedder, typer, manifest_images_root(m),
+                           rescore=cand.endswith("c"))
     return out[pred.columns]
 
 
