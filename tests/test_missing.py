@@ -275,3 +275,30 @@ def test_accepting_proposals_records_who_and_when(mined, capsys):
     acc = read_accepted(run_dir).set_index("lesion_id").loc[ids]
     assert acc["added_by"].tolist() == ["ana", "ana", "bob"]
     assert main(["accept-proposals", "--run", str(run_dir), "zzz"]) == 2
+
+
+def test_proposal_manifest_locates_the_proposals_own_box(tmp_path_factory):
+    """``location="annotated"`` copies the location of an annotated lesion of the key image;
+    ``"body"`` locates the proposal's own box relative to the body in the image."""
+    from embedding_fixtures import session_demo
+
+    from deeplesion_lab.graph import proposal_manifest
+    from deeplesion_lab.graph.lesion_table import GraphError
+
+    m = read_manifest(session_demo(tmp_path_factory)["manifest"])
+    r = m.iloc[0]
+    w = r["bbox_x2"] - r["bbox_x1"]
+    # one proposal on the annotated lesion, one shifted right by four box widths
+    props = pd.DataFrame({"proposal_id": ["p0", "p1"], "file_name": [r["file_name"]] * 2,
+                          "x1": [r["bbox_x1"], r["bbox_x1"] + 4 * w],
+                          "x2": [r["bbox_x2"], r["bbox_x2"] + 4 * w],
+                          "y1": [r["bbox_y1"]] * 2, "y2": [r["bbox_y2"]] * 2})
+    ann = proposal_manifest(props, m, location="annotated")
+    assert (ann["location_x"] == r["location_x"]).all()
+    body = proposal_manifest(props, m, location="body")
+    assert body["lesion_id"].tolist() == ["p0", "p1"]
+    assert abs(body["location_x"].iloc[0] - r["location_x"]) < 0.03
+    assert body["location_x"].iloc[1] > body["location_x"].iloc[0] + 0.05
+    assert body["location_z"].tolist() == [r["location_z"]] * 2
+    with pytest.raises(GraphError, match="location"):
+        proposal_manifest(props, m, location="elsewhere")

@@ -276,13 +276,26 @@ def neighbour_rows(
     return out.reset_index(drop=True)
 
 
-def proposal_manifest(proposals: pd.DataFrame, manifest: pd.DataFrame) -> pd.DataFrame:
+#: Where a proposal's location input comes from (:func:`proposal_manifest`): ``"annotated"``
+#: (the location of an annotated lesion on the same key image) or ``"body"`` (its own box
+#: relative to the body in the image, as :func:`deeplesion_lab.detection.typer.detection_rows`
+#: locates a detection).
+PROPOSAL_LOCATION = "annotated"
+
+
+def proposal_manifest(proposals: pd.DataFrame, manifest: pd.DataFrame, *,
+                      location: str | None = None) -> pd.DataFrame:
     """Manifest-like rows for the proposals (to cut patches and embed them).
 
     Each proposal copies the row of an annotated lesion on the same key image (spacing, slice
-    range, window, location, ...) and takes its own id and box; the long diameter is the box's
-    longer side minus the release's 5-px padding.
+    range, window, ...) and takes its own id and box; the long diameter is the box's longer
+    side minus the release's 5-px padding. ``location`` (default :data:`PROPOSAL_LOCATION`):
+    ``"annotated"`` keeps that lesion's normalised location, ``"body"`` locates the proposal's
+    own box relative to the body in the key image (reads the key slices).
     """
+    location = location or PROPOSAL_LOCATION
+    if location not in ("annotated", "body"):
+        raise GraphError(f"proposal location must be 'annotated' or 'body', got {location!r}")
     first = manifest.drop_duplicates("file_name").set_index(
         manifest.drop_duplicates("file_name")["file_name"].astype(str)
     )
@@ -296,6 +309,14 @@ def proposal_manifest(proposals: pd.DataFrame, manifest: pd.DataFrame) -> pd.Dat
     out["long_diameter_px"] = np.maximum(side - 10.0, 1.0)
     if "coarse_type" in out.columns:
         out["coarse_type"] = np.full(len(out), -1, dtype=out["coarse_type"].dtype)
+    if location == "body" and len(out):
+        from ..detection.typer import detection_rows
+        from ..manifest import manifest_images_root
+
+        rows = detection_rows(proposals.reset_index(drop=True), manifest,
+                              manifest_images_root(manifest), source="proposals")
+        for c in ("location_x", "location_y", "location_z"):
+            out[c] = rows[c].to_numpy()
     return out
 
 
