@@ -260,16 +260,25 @@ def main() -> int:
            "variants": variants, "sources": [str(s) for s in args.sources],
            "command": ".venv/bin/python " + shlex.join(sys.argv), "seeds": seeds, "pooled": pooled,
            "named_right": {" | ".join(k): v for k, v in naming.items()}}
-    js = args.results.with_suffix(".json")
-    allrec = json.loads(js.read_text()) if js.is_file() else {}
-    allrec[f"{args.label}/hold-out-{hold or 'none'}{'/' + args.tag if args.tag else ''}"] = out
-    js.write_text(json.dumps(allrec, indent=1))
-    write_markdown(args.results, allrec)
-    print(args.results.read_text())
+    save_results(args.results,
+                 f"{args.label}/hold-out-{hold or 'none'}{'/' + args.tag if args.tag else ''}",
+                 out, write_markdown)
     return 0
 
 
-def _d(met: dict, key: str = "4") -> str:
+def save_results(results: Path, key: str, out: dict, write_markdown) -> None:
+    """Keep ``out`` under ``key`` in ``results``' ``.json`` beside the earlier keys, rewrite the
+    markdown ``results`` from all of them (``write_markdown(path, records)``) and print it."""
+    js = results.with_suffix(".json")
+    allrec = json.loads(js.read_text()) if js.is_file() else {}
+    allrec[key] = out
+    js.write_text(json.dumps(allrec, indent=1))
+    write_markdown(results, allrec)
+    print(results.read_text())
+
+
+def format_difference(met: dict, key: str = "4") -> str:
+    """``"+0.050 [+0.016, +0.094], p 0.002"`` of a paired-difference metrics entry."""
     lo, hi = met["interval"][key]
     return f"{met['difference'][key]:+.3f} [{lo:+.3f}, {hi:+.3f}], p {met['p_le_zero'][key]:.3f}"
 
@@ -305,7 +314,7 @@ def write_markdown(path: Path, allrec: dict) -> None:
                     ca, ag, nr = sr["class_aware"], sr["agnostic"], sr["named_right"]
                     lines.append(
                         f"| {s} | {ca['before']['4']:.3f} / {ca['corrected']['4']:.3f} / "
-                        f"{ca['control']['4']:.3f} | {_d(ca['corrected - control'])} | "
+                        f"{ca['control']['4']:.3f} | {format_difference(ca['corrected - control'])} | "
                         + " / ".join(f"{a}/{b}" for a, b in
                                      (nr[k] for k in ("before", "corrected", "control")))
                         + f" | {ag['corrected']['4']:.3f} / {ag['control']['4']:.3f} |")
@@ -314,9 +323,9 @@ def write_markdown(path: Path, allrec: dict) -> None:
                 nm = {k: r["named_right"][f"{v} | {split} | {k}"]
                       for k in ("before", "corrected", "control")}
                 lines += ["", f"Pooled over {len(r['seeds'])} seeds, class-aware: corrected - "
-                          f"control {_d(r['pooled'][pk])} at 4 FP, "
-                          f"{_d(r['pooled'][pk], 'mean_0.5-4')} mean 0.5-4; corrected - before "
-                          f"{_d(r['pooled'][pb])} at 4 FP. Named right: "
+                          f"control {format_difference(r['pooled'][pk])} at 4 FP, "
+                          f"{format_difference(r['pooled'][pk], 'mean_0.5-4')} mean 0.5-4; corrected - before "
+                          f"{format_difference(r['pooled'][pb])} at 4 FP. Named right: "
                           + ", ".join(f"{k} {a}/{b} ({a / max(b, 1):.3f})"
                                       for k, (a, b) in nm.items()) + ".", ""]
     path.write_text("\n".join(lines) + "\n")

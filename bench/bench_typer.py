@@ -62,7 +62,7 @@ def top_per_image(pred: pd.DataFrame, n: int = TOP_PER_IMAGE) -> pd.DataFrame:
             .groupby("file_name", sort=False).head(n).reset_index(drop=True))
 
 
-def typed(pred: pd.DataFrame, cand: str, labels: pd.DataFrame, run, m: pd.DataFrame,
+def typed(pred: pd.DataFrame, cand: str, labels: pd.DataFrame, m: pd.DataFrame,
           embedder, embeddings: pd.DataFrame, train_ids: list[str]) -> pd.DataFrame:
     from deeplesion_lab.detection.typer import EmbeddingTyper, type_predictions
     from deeplesion_lab.manifest import manifest_images_root
@@ -92,7 +92,7 @@ def main() -> int:
     import torch
 
     torch.set_num_threads(1)
-    from bench_corrections import finetune, named, prepare, true_names
+    from bench_corrections import finetune, named, prepare, save_results, true_names
 
     from deeplesion_lab.detection.bootstrap import paired_difference, pooled_difference
     from deeplesion_lab.detection.froc import evaluate_predictions, read_predictions
@@ -133,7 +133,7 @@ def main() -> int:
         curves = {}
         for c in cands:
             t0 = time.process_time()
-            tp = {k: typed(p, c, labels[k], run, m, embedder, emb, train_ids)
+            tp = {k: typed(p, c, labels[k], m, embedder, emb, train_ids)
                   for k, p in preds.items()}
             cpu = time.process_time() - t0
             ev = {k: evaluate_predictions(p, m, SPLIT, class_aware=True) for k, p in tp.items()}
@@ -170,21 +170,13 @@ def main() -> int:
            "sources": [str(s) for s in args.sources],
            "command": ".venv/bin/python " + shlex.join(sys.argv), "seeds": seeds,
            "pooled": pooled, "named_right": {" | ".join(k): v for k, v in naming.items()}}
-    js = args.results.with_suffix(".json")
-    allrec = json.loads(js.read_text()) if js.is_file() else {}
-    allrec[args.label] = out
-    js.write_text(json.dumps(allrec, indent=1))
-    write_markdown(args.results, allrec)
-    print(args.results.read_text())
+    save_results(args.results, args.label, out, write_markdown)
     return 0
 
 
-def _d(met: dict, key: str = "4") -> str:
-    lo, hi = met["interval"][key]
-    return f"{met['difference'][key]:+.3f} [{lo:+.3f}, {hi:+.3f}], p {met['p_le_zero'][key]:.3f}"
-
-
 def write_markdown(path: Path, allrec: dict) -> None:
+    from bench_corrections import format_difference as _d
+
     lines = ["# Typing detections: the detector's class head or the lesion embedder (issue 14)",
              "", "Written by `bench/bench_typer.py` (its docstring says what each step does). "
              "Test key slices only; CPU, one torch thread. Differences: paired bootstrap over "

@@ -89,8 +89,7 @@ def detection_rows(predictions: pd.DataFrame, manifest: pd.DataFrame,
 
     if len(predictions) == 0:
         return manifest.iloc[0:0].copy()
-    by_file = {fn: g for fn, g in manifest.groupby("file_name", sort=False)}
-    missing = ~predictions["file_name"].isin(by_file)
+    missing = ~predictions["file_name"].isin(set(manifest["file_name"]))
     if missing.any():
         i = int(np.flatnonzero(missing.to_numpy())[0])
         raise LabError(f"{source}: row {i + 1}, field file_name: "
