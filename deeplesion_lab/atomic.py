@@ -7,7 +7,7 @@ import json
 import os
 import re
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -89,28 +89,38 @@ def file_lock(path: str | Path) -> Iterator[None]:
             fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
 
 
-def update_json(path: str | Path, updates: dict[str, Any]) -> dict[str, Any]:
+def update_json(
+    path: str | Path,
+    updates: dict[str, Any],
+    *,
+    replace: Iterable[tuple[str, ...]] = (),
+) -> dict[str, Any]:
     """Deep-merge ``updates`` into the JSON object at ``path`` (created if absent), atomically.
+
+    ``replace``: key paths (e.g. ``("finetune",)``, ``("detection", "pseudo")``) whose value
+    in ``updates`` replaces the stored one whole instead of merging into it, so that keys a
+    newer result does not have do not linger from an older one.
 
     The read, merge and write happen under :func:`file_lock`, so concurrent updates from
     several processes all land.
     """
     path = Path(path)
     with file_lock(path):
-        return _update_json(path, updates)
+        return _update_json(path, updates, {tuple(r) for r in replace})
 
 
-def _update_json(path: Path, updates: dict[str, Any]) -> dict[str, Any]:
+def _update_json(path: Path, updates: dict[str, Any],
+                 replace: set[tuple[str, ...]] = frozenset()) -> dict[str, Any]:
     data: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {}
 
-    def merge(dst: dict, src: dict) -> None:
+    def merge(dst: dict, src: dict, at: tuple[str, ...]) -> None:
         for k, v in src.items():
-            if isinstance(v, dict) and isinstance(dst.get(k), dict):
-                merge(dst[k], v)
+            if isinstance(v, dict) and isinstance(dst.get(k), dict) and at + (k,) not in replace:
+                merge(dst[k], v, at + (k,))
             else:
                 dst[k] = v
 
-    merge(data, updates)
+    merge(data, updates, ())
     write_json(data, path)
     return data
 

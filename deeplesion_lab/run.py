@@ -34,6 +34,7 @@ from __future__ import annotations
 import json
 import platform
 import time
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -331,6 +332,7 @@ class RunDir:
             raise RunError(f"{self.metrics}: expected a JSON object, got {type(data).__name__}")
         return data
 
-    def update_metrics(self, updates: dict) -> dict:
-        """Deep-merge ``updates`` into ``metrics.json``."""
-        return update_json(self.metrics, updates)
+    def update_metrics(self, updates: dict, *, replace: Iterable[tuple[str, ...]] = ()) -> dict:
+        """Deep-merge ``updates`` into ``metrics.json`` (``replace``: key paths whose new value
+        replaces the old whole, see :func:`~deeplesion_lab.atomic.update_json`)."""
+        return update_json(self.metrics, updates, replace=replace)

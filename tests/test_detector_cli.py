@@ -253,7 +253,8 @@ def test_pseudo_classes_and_finetune_from_a_labels_table(demo, pseudo_run, tmp_p
         - ft["before"]["class_aware"]["mean_sensitivity_0_5_to_4"])
     assert ft["parent"] == "pseudo" and ft["corrected"] == 2
     # no lesion embedder in this run: the class head names the types
-    assert ft["typed_by"] == "class head" and "after_class_head" not in ft
+    assert ft["typed_by"] == ft["before_typed_by"] == "class head"
+    assert "after_class_head" not in ft and "before_class_head" not in ft
     assert ft["labels_source"] == str(table.resolve()) and ft["label_snapshot_id"] is None
     new = run.detector_dir / ft["model"]
     cfg = json.loads((new / "config.json").read_text())
@@ -433,6 +434,16 @@ def test_finetune_types_detections_with_the_lesion_embedder(demo, pseudo_run, tm
     ft = _metrics(run)["finetune"]
     assert ft["typed_by"] == "lesion embedder"
     assert set(ft["after_class_head"]["sensitivity"]) == KEYS
+    # before is named the same way, by the base model's own training labels (the run's
+    # pseudo-labels it was trained on), so after - before compares like with like
+    assert ft["before_typed_by"] == "lesion embedder"
+    assert set(ft["before_class_head"]["sensitivity"]) == KEYS
+    assert any("by its own training labels" in line for line in said)
+    before = pd.read_csv(ft["before"]["predictions"])
+    pseudo = pd.read_parquet(run.pseudo_labels)
+    assert len(before) and set(before["label"]) <= set(
+        pseudo.loc[pseudo["lesion_id"].isin(train_ids), "label"])
+    assert ft["before"]["n_detections"] == ft["before_class_head"]["n_detections"] == len(before)
     kept = pd.read_parquet(run.detector_dir / "typed" / "typer.parquet")
     assert set(kept["lesion_id"]) == train_ids and set(kept["label"]) == {"kidney"}
     after = pd.read_csv(ft["after"]["predictions"])
@@ -454,6 +465,17 @@ def test_finetune_types_detections_with_the_lesion_embedder(demo, pseudo_run, tm
     assert main(["detect", "--run", str(run.path), "--model", "typed", "--out", str(out),
                  *RUNTIME]) == 0
     assert set(pd.read_csv(out)["label"]) == {"bone"}
+    # pseudo-labels other than those the base was trained on: its class head names "before"
+    pseudo.assign(label=pseudo["label"].iloc[::-1].to_numpy()).to_parquet(run.pseudo_labels)
+    said.clear()
+    run_finetune(run, labels, {"labels_source": "kidney.csv"}, base="pseudo", name="typed2",
+                 reset_head=True,
+                 params={"epochs": 1, "batch_size": 4, "num_threads": 1, "progress": False,
+                         "score_threshold": 0.0}, out=said.append)
+    ft = _metrics(run)["finetune"]
+    assert ft["typed_by"] == "lesion embedder" and ft["before_typed_by"] == "class head"
+    assert "before_class_head" not in ft
+    assert any("not known here" in line for line in said)
     # without the run's embeddings: a clear error, no predictions written
     run.embeddings.unlink()
     out.unlink()

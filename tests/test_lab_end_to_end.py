@@ -60,6 +60,8 @@ def test_pipeline_writes_every_figure(tiny_lab: Path) -> None:
     assert rec["hold_out"] == "test" and metrics["embedding"]["hold_out"] == "test"
     # the fine-tuned model names its detections with the lesion embedder
     assert metrics["finetune"]["typed_by"] == "lesion embedder"
+    # and its base (the pseudo-label model) the same way, by the pseudo-labels it learnt
+    assert metrics["finetune"]["before_typed_by"] == "lesion embedder"
     assert (run / "detector" / metrics["finetune"]["model"] / "typer.parquet").is_file()
     for key in ("embedding_accuracy", "location_only_accuracy", "raw_intensity_accuracy",
                 "untrained_accuracy"):

@@ -32,6 +32,7 @@ __all__ = [
     "EmbeddingTyper",
     "body_box",
     "detection_rows",
+    "fit_run_typer",
     "load_model_typer",
     "save_model_typer",
     "type_model_predictions",
@@ -248,8 +249,6 @@ def load_model_typer(run, folder: str | Path):
     """
     import json
 
-    from ..embedding import LesionEmbedder
-
     folder = Path(folder)
     path = folder / TYPER_FILE
     if not path.is_file():
@@ -260,19 +259,38 @@ def load_model_typer(run, folder: str | Path):
                        f"`deeplesion-lab embed` first")
     conf = json.loads((folder / "typer.json").read_text()) if (folder / "typer.json").is_file() \
         else {}
-    labels = pd.read_parquet(path)
+    return fit_run_typer(run, pd.read_parquet(path), n_neighbors=int(conf.get("n_neighbors", 5)),
+                         rescore=bool(conf.get("rescore", False)), source=str(path))
+
+
+def fit_run_typer(run, labels: pd.DataFrame, *, n_neighbors: int = 5, rescore: bool = False,
+                  source: str = "labels"):
+    """``(typer, embedder)``: an :class:`EmbeddingTyper` fitted on the run's embeddings of the
+    labelled lesions (``lesion_id``, ``label``), and the run's embedder; ``typer.rescore_`` as
+    given. ``source`` names the labels in errors.
+
+    Raises
+    ------
+    LabError
+        The run has no embedder or embeddings, or a labelled lesion has no embedding.
+    """
+    from ..embedding import LesionEmbedder
+
+    if not run.embedder.is_file() or not run.embeddings.is_file():
+        raise LabError(f"{source}: naming detections by the lesion embedder needs the run's "
+                       f"embedder, but {run.path} has no embedder.pt / embeddings.parquet; run "
+                       f"`deeplesion-lab embed` first")
     ids, vecs = run.load_embeddings()
     pos = {str(i): k for k, i in enumerate(ids)}
     missing = [i for i in labels["lesion_id"].astype(str) if i not in pos]
     if missing:
-        raise LabError(f"{path}: lesion {missing[0]} has no embedding in {run.embeddings} "
+        raise LabError(f"{source}: lesion {missing[0]} has no embedding in {run.embeddings} "
                        f"({len(missing)} of {len(labels)}); was the run embedded on another "
                        "manifest?")
     X = vecs[[pos[i] for i in labels["lesion_id"].astype(str)]]
-    typer = EmbeddingTyper(n_neighbors=int(conf.get("n_neighbors", 5))).fit(X, labels["label"])
-    typer.rescore_ = bool(conf.get("rescore", False))
-    embedder = LesionEmbedder.load(run.embedder)
-    return typer, embedder
+    typer = EmbeddingTyper(n_neighbors=int(n_neighbors)).fit(X, labels["label"])
+    typer.rescore_ = bool(rescore)
+    return typer, LesionEmbedder.load(run.embedder)
 
 
 def type_model_predictions(run, folder: str | Path, predictions: pd.DataFrame,

@@ -456,6 +456,7 @@ def run_finetune(
     # "(phase K/3)": a job's progress runs through the three parts in order (jobs.ProgressParser)
     out(f"(phase 1/3) before: evaluating {base_name} on the {eval_split} split ...")
     before_pred = det.predict(manifest, eval_split)
+    base_lineage = dict(det.lineage_)
     class_aware = names_lesion_types(det.classes_)  # a multi-class detector of lesion types
     before = evaluate_predictions(before_pred, manifest, eval_split, class_aware=class_aware)
 
@@ -479,7 +480,7 @@ def run_finetune(
     out(f"(phase 3/3) after: evaluating {name} on the {eval_split} split ...")
     after_pred = det.predict(manifest, eval_split)
     after_class_aware = class_aware or names_lesion_types(det.classes_)
-    after_head = None
+    after_head = before_head = None
     use_typer = FINETUNE_TYPER if typer is None else bool(typer)
     if use_typer and after_class_aware and run.embedder.is_file() and run.embeddings.is_file():
         from .typer import save_model_typer, type_model_predictions
@@ -494,6 +495,20 @@ def run_finetune(
         out(f"types of {name}'s detections: the lesion embedder's {TYPER_NEIGHBORS} nearest of "
             f"{len(typed_by)} labelled training lesions (the class head's figures are kept as "
             "after_class_head)")
+        # before named the same way, by the base model's own training labels, so that
+        # after - before is what the labels changed, not the typer
+        before_typed = _type_base_predictions(run, model_dir(run, base_name), base_lineage,
+                                              before_pred, manifest, train_ids,
+                                              threads=det.num_threads or 1)
+        if before_typed is not None:
+            before_head = before
+            before_pred, before_source = before_typed
+            before = evaluate_predictions(before_pred, manifest, eval_split, class_aware=True)
+            out(f"types of {base_name}'s detections: the same way, by its own training labels "
+                f"({before_source}; the class head's figures are kept as before_class_head)")
+        else:
+            out(f"{base_name}'s own training labels are not known here, so its class head names "
+                "its detections (before_typed_by: class head)")
     after = evaluate_predictions(after_pred, manifest, eval_split, class_aware=after_class_aware)
     p_before = write_predictions(before_pred, run.model_predictions_file(name, eval_split, before=True))
     p_after = write_predictions(after_pred, run.model_predictions_file(name, eval_split))
@@ -519,19 +534,58 @@ def run_finetune(
         "heads_only": heads_only,
         "train_images_per_s": _images_per_s(det.history_),
         "typed_by": ("lesion embedder" if after_head is not None else "class head"),
+        "before_typed_by": ("lesion embedder" if before_head is not None else "class head"),
     }
     if after_head is not None:
         ft["after_class_head"] = result_metrics(after_head)
+    if before_head is not None:
+        ft["before_class_head"] = result_metrics(before_head)
     if before.class_aware is not None and after.class_aware is not None:
         # what corrected labels change: the class a detection names (class-aware FROC)
         ft["class_aware_difference"] = paired_difference(
             after.class_aware.curve, before.class_aware.curve, n_boot=N_BOOT).to_metrics()
-    run.update_metrics({"finetune": ft, "detection": {name: ft["after"]}})
+    # replaced whole: keys of an earlier fine-tuning (its class head, class-aware figures) go
+    run.update_metrics({"finetune": ft, "detection": {name: ft["after"]}},
+                       replace=[("finetune",), ("detection", name)])
     out(results_table({"before": before, "after": after}))
     out(f"after - before, mean 0.5-4 FP: {diff.format()} (95 % paired bootstrap over the "
         f"{after.n_images} key slices; after not better in {diff.p_le_zero[MEAN_KEY]:.0%} of "
         "resamples)")
     return ft
+
+
+def _type_base_predictions(
+    run: RunDir,
+    folder: Path,
+    lineage: Mapping[str, Any],
+    predictions: pd.DataFrame,
+    manifest: pd.DataFrame,
+    train_ids: set[str],
+    *,
+    threads: int = 1,
+) -> tuple[pd.DataFrame, str] | None:
+    """The base model's detections named by the lesion embedder from the base model's own
+    training labels: its ``typer.parquet`` when it has one, else the run's pseudo-labels when
+    they are the labels it was trained on (same content hash as its lineage). ``None`` when
+    neither holds (the labels it was trained on are not known here)."""
+    from .labels_table import labels_from_pseudo, labels_hash
+    from .typer import fit_run_typer, type_model_predictions, type_predictions
+
+    if (folder / "typer.parquet").is_file():
+        typed, _ = type_model_predictions(run, folder, predictions, manifest, threads=threads)
+        return typed, f"{folder.name}/typer.parquet"
+    if not run.pseudo_labels.is_file() or not lineage.get("labels_hash"):
+        return None
+    table = labels_from_pseudo(run.load_pseudo_labels(), str(run.pseudo_labels))
+    if labels_hash(table) != lineage["labels_hash"]:
+        return None
+    typed_by = table[table["lesion_id"].astype(str).isin(train_ids)]
+    typer, embedder = fit_run_typer(run, typed_by, n_neighbors=TYPER_NEIGHBORS,
+                                    rescore=TYPER_RESCORE, source=str(run.pseudo_labels))
+    embedder.progress, embedder.num_threads = False, threads
+    typed = type_predictions(predictions, manifest, embedder, typer,
+                             manifest_images_root(manifest), rescore=typer.rescore_)
+    return typed[list(predictions.columns)], f"the run's pseudo-labels, {len(typed_by)} lesions"
 
 
 def result_metrics(result: FROCResult) -> dict:
