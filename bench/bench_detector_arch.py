@@ -114,6 +114,18 @@ CANDIDATES: dict[str, dict] = {
     "centernet-w32-cp2-pscale": dict(
         arch="centernet", width=32, copy_paste=2, paste_scale_range=(0.5, 2.0)
     ),
+    # session 13: the default at half the budget, as a member of a two-model ensemble
+    # (bench/bench_detector_ensemble.py) that costs what one default model costs
+    "centernet-w32-cp2-pscale-half": dict(
+        arch="centernet", width=32, copy_paste=2, paste_scale_range=(0.5, 2.0),
+        _train_budget=120.0,
+    ),
+    # session 13: context slices 4 mm above and below the key slice instead of 2 (more of a
+    # lesion's 3-D shape in the channels; the demo writes 5 slices on each side)
+    "centernet-w32-cp2-pscale-z4": dict(
+        arch="centernet", width=32, copy_paste=2, paste_scale_range=(0.5, 2.0),
+        slice_spacing_mm=4.0,
+    ),
     # the validation patients trained on too (20 patients instead of 16 at 24; same CPU
     # budget, so fewer epochs): read the "test" figures only
     "centernet-w32-cp2-trainval": dict(arch="centernet", width=32, copy_paste=2, _split="train+val"),
@@ -224,6 +236,7 @@ def _job(job: dict) -> dict:
     # localisation: the same detections scored at IoU >= 0.3 (misses found but boxed too loosely)
     loose = evaluate_predictions(pred, m, EVAL, iou_threshold=0.3)
     pred.to_csv(Path(job["out"]) / "predictions_eval.csv", index=False)
+    det.save(Path(job["out"]) / "model")  # model.pt + config.json (ensembles load them)
     flip = None
     if job.get("flip", True) and hasattr(det.model_, "flip_test"):  # + the flip test
         det.model_.flip_test = True

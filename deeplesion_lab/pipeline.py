@@ -163,7 +163,11 @@ def pipeline_steps(cfg: PipelineConfig) -> list[Step]:
     """The steps for ``cfg``, in order."""
     run = RunDir(cfg.run_dir)
     m, r = Path(cfg.manifest), cfg.run_dir
-    pred_all = run.predictions_file("pseudo", "all")
+    from .detection.workflow import ENSEMBLE_MODEL, ensemble_ready
+
+    def detected_models() -> list[str]:
+        # the two detectors, and both as one ensemble (CenterNets only)
+        return ["single", "pseudo"] + ([ENSEMBLE_MODEL] if ensemble_ready(run) else [])
 
     def manifest_step() -> None:
         from .manifest import write_manifest
@@ -175,7 +179,7 @@ def pipeline_steps(cfg: PipelineConfig) -> list[Step]:
         print(f"wrote {len(res.lesions)} lesions to {res.manifest_path}")
 
     def detect_and_evaluate() -> None:
-        for n in ("single", "pseudo"):
+        for n in detected_models():
             detect_run(run, run.predictions_file(n, "test"), model=n)
             evaluate_detections(run.predictions_file(n, "test"), run=run, manifest=m, name=n)
 
@@ -195,8 +199,8 @@ def pipeline_steps(cfg: PipelineConfig) -> list[Step]:
         steps += [
             Step("detectors (single class, pseudo-label classes)", lambda: detectors_done(run),
                  lambda: _train_detectors(cfg, run)),
-            Step("detect + evaluate (test split)", lambda: detections_evaluated(run),
-                 detect_and_evaluate),
+            Step("detect + evaluate (test split)",
+                 lambda: detections_evaluated(run, detected_models()), detect_and_evaluate),
         ]
         if cfg.truth:
             steps += [
@@ -214,11 +218,14 @@ def pipeline_steps(cfg: PipelineConfig) -> list[Step]:
         def lesion_graph() -> None:
             preds: dict = {}
             if cfg.detector:
+                # the two detectors as one (the pseudo-label model alone where they cannot be
+                # averaged) on every key slice; neighbour-slice support is left out here to
+                # keep the CPU pipeline short
+                model = ENSEMBLE_MODEL if ensemble_ready(run) else "pseudo"
+                pred_all = run.predictions_file(model, "all")
                 _jobs(run, {"detect-all": ["detect", "--run", r, "--out", pred_all,
-                                           "--split", "all", "--model", "pseudo"]})
-                # the pseudo-label model's detections on every key slice; neighbour-slice
-                # support is left out here to keep the CPU pipeline short
-                preds = {"predictions": pred_all, "detector_model": "pseudo",
+                                           "--split", "all", "--model", model]})
+                preds = {"predictions": pred_all, "detector_model": model,
                          "neighbour_slices": 0}
             graph_step(run, truth=cfg.truth, **preds)
 

@@ -17,6 +17,7 @@ import torch
 
 from deeplesion_lab.cli import main
 from deeplesion_lab.detection.froc import PREDICTION_COLUMNS
+from deeplesion_lab.errors import LabError
 from deeplesion_lab.lesion_types import COARSE_TYPES
 from deeplesion_lab.manifest import read_manifest, write_manifest
 from deeplesion_lab.run import RunDir
@@ -483,3 +484,56 @@ def test_finetune_types_detections_with_the_lesion_embedder(demo, pseudo_run, tm
     assert main(["detect", "--run", str(run.path), "--model", "typed", "--out", str(out),
                  *RUNTIME]) == 2
     assert "lesion embedder" in capsys.readouterr().err and not out.exists()
+
+
+def test_detect_with_two_models_as_one_ensemble(demo, pseudo_run, tmp_path, capsys) -> None:
+    """``--model a+b`` averages two CenterNets: the first names the types; a model that cannot
+    be averaged, an unknown member or fine-tuning an ensemble are clear errors."""
+    run = _copy_run(pseudo_run, tmp_path)
+    assert main(["train-detector", "--run", str(run.path), "--classes", "single", "--epochs", "1",
+                 *SMALL]) == 0
+    from deeplesion_lab.detection.workflow import ENSEMBLE_MODEL, ensemble_ready, run_finetune
+
+    assert ENSEMBLE_MODEL == "pseudo+single" and ensemble_ready(run)
+    from deeplesion_lab.detection.ensemble import CenterNetEnsemble
+    from deeplesion_lab.detection.workflow import load_detector
+
+    # every peak kept (these one-epoch detectors score low)
+    pred = {}
+    for name in ("pseudo", "single", ENSEMBLE_MODEL):
+        got, det = load_detector(run, name, score_threshold=0.0, num_threads=1, progress=False)
+        assert got == name
+        pred[name] = det.predict(run.load_manifest(), "test")
+    assert isinstance(det.model_, CenterNetEnsemble) and det.lineage_["ensemble"] == [
+        "pseudo", "single"]
+    classes = json.loads((run.detector_dir / "pseudo" / "config.json").read_text())["classes"]
+    assert det.classes_ == classes
+    assert len(pred[ENSEMBLE_MODEL]) and set(pred[ENSEMBLE_MODEL]["label"]) <= set(classes)
+    for one in ("pseudo", "single"):  # neither model alone
+        assert not pred[ENSEMBLE_MODEL][["x1", "y1", "score"]].equals(pred[one][["x1", "y1",
+                                                                                   "score"]])
+    # through the commands: detect says what it averages; it is evaluated like any model
+    out = tmp_path / "ens.csv"
+    capsys.readouterr()
+    assert main(["detect", "--run", str(run.path), "--model", ENSEMBLE_MODEL, "--out", str(out),
+                 *RUNTIME]) == 0
+    assert "an ensemble of pseudo, single" in capsys.readouterr().out and out.is_file()
+    assert main(["evaluate-detector", str(out), "--run", str(run.path),
+                 "--name", ENSEMBLE_MODEL]) == 0
+    assert set(_metrics(run)["detection"][ENSEMBLE_MODEL]["sensitivity"]) == KEYS
+    # errors: an unknown member, a Faster R-CNN member, fine-tuning an ensemble
+    bad = tmp_path / "bad.csv"
+    assert main(["detect", "--run", str(run.path), "--model", "pseudo+nope", "--out", str(bad),
+                 *RUNTIME]) == 2
+    assert "no such model" in capsys.readouterr().err and not bad.exists()
+    assert main(["train-detector", "--run", str(run.path), "--classes", "single", "--name",
+                 "frcnn", "--arch", "fasterrcnn", "--epochs", "1", *SMALL]) == 0
+    assert not ensemble_ready(run, "pseudo+frcnn")
+    capsys.readouterr()
+    assert main(["detect", "--run", str(run.path), "--model", "pseudo+frcnn", "--out", str(bad),
+                 *RUNTIME]) == 2
+    err = capsys.readouterr().err
+    assert "only CenterNet" in err and "frcnn: fasterrcnn" in err and not bad.exists()
+    with pytest.raises(LabError, match="cannot fine-tune the ensemble"):
+        run_finetune(run, pd.read_parquet(run.pseudo_labels)[["lesion_id", "label"]],
+                     {"labels_source": "x"}, base=ENSEMBLE_MODEL)

@@ -41,6 +41,8 @@ def tiny_lab(tmp_path_factory) -> Path:
 
 
 def test_pipeline_writes_every_figure(tiny_lab: Path) -> None:
+    import pandas as pd
+
     run = tiny_lab / "run"
     metrics = json.loads((run / "metrics.json").read_text())
     for key in ("nmi", "purity"):
@@ -66,7 +68,7 @@ def test_pipeline_writes_every_figure(tiny_lab: Path) -> None:
     for key in ("embedding_accuracy", "location_only_accuracy", "raw_intensity_accuracy",
                 "untrained_accuracy"):
         assert 0.0 <= metrics["classification"][key] <= 1.0
-    for name in ("single", "pseudo"):
+    for name in ("single", "pseudo", "pseudo+single"):  # the two, and both as one ensemble
         sens = metrics["detection"][name]["sensitivity"]
         assert set(sens) == {"0.5", "1", "2", "4", "8", "16"}
         # FROC sensitivity never falls as more false positives are allowed
@@ -88,9 +90,11 @@ def test_pipeline_writes_every_figure(tiny_lab: Path) -> None:
         assert 0.0 <= metrics["matching"][key] <= 1.0
     for key in ("recall_at_1", "recall_at_2"):
         assert 0.0 <= metrics["missing_annotations"][key] <= 1.0
+    # the graph's proposals come from the ensemble's detections on every key slice
+    ens = pd.read_csv(run / "detector" / "predictions_pseudo+single_all.csv")
+    props = pd.read_parquet(run / "graph" / "proposals.parquet")
+    assert len(ens) and set(props["file_name"].astype(str)) <= set(ens["file_name"].astype(str))
     # simulated corrections went through the label store, and fine-tuning recorded a snapshot
-    import pandas as pd
-
     from deeplesion_lab.labels import LabelStore
     from deeplesion_lab.lesion_types import COARSE_TYPES
 

@@ -23,7 +23,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--split", choices=["test", "val", "train", "all", "val+test"], default="test",
                    help="key slices to run on (default test)")
     p.add_argument("--model", default=None,
-                   help="model name under RUN_DIR/detector (default: the latest trained)")
+                   help="model name under RUN_DIR/detector (default: the latest trained); "
+                        "'a+b' averages CenterNets a and b as one detector (e.g. pseudo+single)")
     p.add_argument("--batch-size", type=int, default=None)
     add_runtime_arguments(p)
     p.set_defaults(func=run)

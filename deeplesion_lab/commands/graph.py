@@ -30,7 +30,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="truth file (default: the run's, if it has one); enables evaluation")
     p.add_argument("--predictions", type=Path, default=None,
                    help="detections CSV (file_name,x1,y1,x2,y2,score,label) from `deeplesion-lab "
-                   "detect --split all`; default the run's detector/predictions_pseudo_all.csv (or _single_all) if present")
+                   "detect --split all`; default the run's detector/predictions_pseudo+single_all.csv (or _pseudo_all, "
+                   "_single_all) if present")
     p.add_argument("--neighbors", type=int, default=10,
                    help="nearest-neighbour edges per node (default 10)")
     p.add_argument("--eval-split", type=int, default=3,
@@ -39,7 +40,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="when the run has a detector, also run it on this many slices on each "
                    "side of the annotated key slices, to support proposals (default 1; 0: no)")
     p.add_argument("--detector-model", default=None,
-                   help="detector under RUN_DIR/detector (default: the latest trained)")
+                   help="detector under RUN_DIR/detector (default: the latest trained); "
+                        "'a+b' averages CenterNets a and b (the pipeline: pseudo+single)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=run)
 

@@ -248,10 +248,35 @@ def parse_window(text: str) -> str | tuple[float, float]:
     return t.lower()
 
 
+#: The pipeline's detector for missing-annotation proposals and the viewer: its two detectors
+#: (trained side by side in ``make lab``) as one CenterNet ensemble, the pseudo-label model
+#: first (it names the types). ``bench/results/detector_ensemble.md`` (session 13).
+ENSEMBLE_MODEL = "pseudo+single"
+
+
+def ensemble_members(name: str) -> list[str]:
+    """The model names of an ensemble name ``"a+b"`` (``[name]`` for one model)."""
+    return [n for n in str(name).split("+")] if "+" in str(name) else [str(name)]
+
+
+def ensemble_ready(run: RunDir, name: str = ENSEMBLE_MODEL) -> bool:
+    """Whether every member of ensemble ``name`` is a trained CenterNet of the run (other
+    architectures cannot be averaged)."""
+    for member in ensemble_members(name):
+        cfg = run.detector_dir / member / "config.json"
+        if not (run.detector_dir / member / "model.pt").is_file() or not cfg.is_file():
+            return False
+        if json.loads(cfg.read_text()).get("arch") != "centernet":
+            return False
+    return True
+
+
 def model_dir(run: RunDir, name: str) -> Path:
-    """``RUN_DIR/detector/<name>``."""
-    if not name or "/" in name or name.startswith("."):
-        raise LabError(f"invalid model name {name!r}")
+    """``RUN_DIR/detector/<name>`` (one model; an ensemble ``"a+b"`` has no folder)."""
+    if not name or "/" in name or "+" in name or name.startswith("."):
+        raise LabError(f"invalid model name {name!r}"
+                       + (" (an ensemble of models has no folder of its own)" if "+" in str(name)
+                          else ""))
     return run.detector_dir / name
 
 
@@ -291,15 +316,38 @@ def set_latest(run: RunDir, name: str) -> None:
 
 
 def load_detector(run: RunDir, name: str | None, **overrides: Any):
-    """Load ``RUN_DIR/detector/<name>/model.pt`` (the latest when ``name`` is None)."""
+    """Load ``RUN_DIR/detector/<name>/model.pt`` (the latest when ``name`` is None).
+
+    ``name`` ``"a+b"`` loads models ``a`` and ``b`` as one
+    :class:`~deeplesion_lab.detection.ensemble.CenterNetEnsemble` (inference only): the
+    returned detector is ``a``'s, with its classes, predicting with the ensemble.
+    """
     from .train import LesionDetector
 
     name = name or latest_model(run)
-    path = model_dir(run, name) / "model.pt"
-    if not path.is_file():
-        known = ", ".join(p.parent.name for p in _models(run)) or "none"
-        raise LabError(f"{path}: no such model (trained models: {known})")
-    return name, LesionDetector.load(path, **overrides)
+    members = ensemble_members(name)
+    dets = []
+    for member in members:
+        if not member:
+            raise LabError(f"invalid model name {name!r}: an ensemble is written 'a+b'")
+        path = model_dir(run, member) / "model.pt"
+        if not path.is_file():
+            known = ", ".join(p.parent.name for p in _models(run)) or "none"
+            raise LabError(f"{path}: no such model (trained models: {known})")
+        dets.append(LesionDetector.load(path, **overrides))
+    if len(dets) == 1:
+        return name, dets[0]
+    from .ensemble import CenterNetEnsemble, EnsembleError
+
+    try:
+        ens = CenterNetEnsemble([d.model_ for d in dets])
+    except EnsembleError as exc:
+        archs = ", ".join(f"{m}: {d.arch}" for m, d in zip(members, dets, strict=True))
+        raise LabError(f"model {name!r}: {exc} ({archs})") from exc
+    det = dets[0]
+    det.model_ = ens.eval()
+    det.lineage_ = {**det.lineage_, "ensemble": members}
+    return name, det
 
 
 def record_evaluation(
@@ -423,6 +471,9 @@ def run_finetune(
     from .train import select_split
 
     base = base or latest_model(run, multi_class=True)
+    if len(ensemble_members(base)) > 1:
+        raise LabError(f"cannot fine-tune the ensemble {base!r}: fine-tune one of its models "
+                       f"({', '.join(ensemble_members(base))})")
     base_name, det = load_detector(run, base, **dict(params or {}))
     if "epochs" not in dict(params or {}):
         det.set_params(epochs=FINETUNE_EPOCHS.get(det.arch, 3))

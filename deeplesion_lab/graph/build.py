@@ -93,7 +93,10 @@ def _has_detector(run: RunDir) -> bool:
 def _resolve_predictions(run: RunDir, predictions: str | Path | None) -> tuple[Path | None, str]:
     if predictions is not None:
         return Path(predictions), f"detections: {predictions}"
-    for default in (run.predictions_file("pseudo", "all"), run.predictions_file("single", "all"),
+    from ..detection.workflow import ENSEMBLE_MODEL
+
+    for default in (run.predictions_file(ENSEMBLE_MODEL, "all"),
+                    run.predictions_file("pseudo", "all"), run.predictions_file("single", "all"),
                     run.detector_dir / LEGACY_PREDICTIONS_ALL):
         if default.is_file():
             return default, f"detections: {default} (found in the run; --predictions overrides)"

@@ -59,7 +59,7 @@ def detect_run(
     ``finetune`` scored it."""
     from ..detection.predict import write_predictions
     from ..detection.typer import type_model_predictions
-    from ..detection.workflow import load_detector, model_dir
+    from ..detection.workflow import ensemble_members, load_detector, model_dir
 
     run = run if isinstance(run, RunDir) else RunDir(run)
     run.info()
@@ -67,13 +67,17 @@ def detect_run(
     if out.suffix.lower() != ".csv":
         raise LabError(f"{out}: predictions are written as .csv")
     name, det = load_detector(run, model, device=device, num_threads=threads, progress=progress)
+    members = ensemble_members(name)
+    if len(members) > 1:
+        say(f"model {name}: an ensemble of {', '.join(members)} (their heatmaps and boxes "
+            f"averaged; {members[0]} names the types)")
     manifest = run.load_manifest()
     pred = det.predict(manifest, split, batch_size=batch_size)
-    pred, typed = type_model_predictions(run, model_dir(run, name), pred, manifest,
+    pred, typed = type_model_predictions(run, model_dir(run, members[0]), pred, manifest,
                                          threads=threads or 1)
     if typed:
         say(f"model {name}: types named by the lesion embedder's nearest labelled lesions "
-            "(its typer.parquet)")
+            f"({members[0]}'s typer.parquet)")
     write_predictions(pred, out)
     n_img = pred["file_name"].nunique()
     if det.predict_context_summary_ is not None:
