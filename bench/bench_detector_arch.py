@@ -126,6 +126,10 @@ CANDIDATES: dict[str, dict] = {
         arch="centernet", width=32, copy_paste=2, paste_scale_range=(0.5, 2.0),
         slice_spacing_mm=4.0,
     ),
+    "centernet-w32-cp2-pscale-z6": dict(
+        arch="centernet", width=32, copy_paste=2, paste_scale_range=(0.5, 2.0),
+        slice_spacing_mm=6.0,
+    ),
     # the validation patients trained on too (20 patients instead of 16 at 24; same CPU
     # budget, so fewer epochs): read the "test" figures only
     "centernet-w32-cp2-trainval": dict(arch="centernet", width=32, copy_paste=2, _split="train+val"),

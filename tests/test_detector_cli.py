@@ -138,6 +138,16 @@ def test_model_options_and_cpu_defaults() -> None:
     assert params_from_args(p.parse_args(["--class-loss-weight", "0.5"]),
                             new=True)["class_loss_weight"] == 0.5
     assert "class_loss_weight" not in params_from_args(p.parse_args([]), new=False)
+    # the context slices' distance: 4 mm for a new centernet, 2 for the others; a loaded
+    # model keeps its own
+    from deeplesion_lab.detection.workflow import SLICE_SPACING_MM
+
+    assert cpu["slice_spacing_mm"] == SLICE_SPACING_MM["centernet"] == 4.0
+    assert params_from_args(p.parse_args(["--arch", "fasterrcnn"]),
+                            new=True)["slice_spacing_mm"] == 2.0
+    assert params_from_args(p.parse_args(["--slice-spacing-mm", "3"]),
+                            new=True)["slice_spacing_mm"] == 3.0
+    assert "slice_spacing_mm" not in params_from_args(p.parse_args([]), new=False)
     # the pasted lesions' own scale range: default for a new centernet that pastes
     from deeplesion_lab.detection.workflow import PASTE_SCALE_RANGE
 

@@ -18,6 +18,7 @@ from ..detection.workflow import (
     DEFAULT_WIDTH,
     FINETUNE_EPOCHS,
     PASTE_SCALE_RANGE,
+    SLICE_SPACING_MM,
     TRAIN_EPOCHS,
     detector_params,
 )
@@ -143,8 +144,11 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--spacing-mm", type=float, default=0.8,
                    help="in-plane mm per pixel after resampling (default 0.8, as DeepLesion's "
                         "detectors use)")
-    g.add_argument("--slice-spacing-mm", type=float, default=2.0,
-                   help="distance between the 3 context slices (default 2)")
+    g.add_argument("--slice-spacing-mm", type=float, default=None,
+                   help="distance in mm of the context slices above and below the key slice "
+                        "(default per architecture: "
+                        + ", ".join(f"{k} {v:g}" for k, v in SLICE_SPACING_MM.items())
+                        + ", others 2)")
     g.add_argument("--box-head", type=int, default=None,
                    help="box head width (default 1024 on cuda, 256 on cpu)")
     g.add_argument("--box-batch", type=int, default=None,
