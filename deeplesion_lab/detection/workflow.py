@@ -262,7 +262,10 @@ def parse_window(text: str) -> str | tuple[float, float]:
 
 #: The pipeline's detector for missing-annotation proposals and the viewer: its two detectors
 #: (trained side by side in ``make lab``) as one CenterNet ensemble, the pseudo-label model
-#: first (it names the types). ``bench/results/detector_ensemble.md`` (session 13).
+#: first (it names the types). With 2-mm context slices it found +0.068 more lesions at 4 FP
+#: than the single-class model on fresh seeds; with the 4-mm default it is level with it and
+#: its missing-annotation recall a little higher (``bench/results/detector_ensemble.md``,
+#: ``detector_ensemble_z4.md``, session 13).
 ENSEMBLE_MODEL = "pseudo+single"
 
 
