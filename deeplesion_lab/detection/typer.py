@@ -37,6 +37,7 @@ __all__ = [
     "save_model_typer",
     "type_model_predictions",
     "type_predictions",
+    "type_with",
 ]
 
 #: Beside a model's ``model.pt``: the labelled training lesions its detections are typed by
@@ -253,10 +254,6 @@ def load_model_typer(run, folder: str | Path):
     path = folder / TYPER_FILE
     if not path.is_file():
         return None
-    if not run.embedder.is_file() or not run.embeddings.is_file():
-        raise LabError(f"{path}: this model names lesion types with the run's lesion embedder, "
-                       f"but {run.path} has no embedder.pt / embeddings.parquet; run "
-                       f"`deeplesion-lab embed` first")
     conf = json.loads((folder / "typer.json").read_text()) if (folder / "typer.json").is_file() \
         else {}
     return fit_run_typer(run, pd.read_parquet(path), n_neighbors=int(conf.get("n_neighbors", 5)),
@@ -298,14 +295,22 @@ def type_model_predictions(run, folder: str | Path, predictions: pd.DataFrame,
                            source: str = "predictions") -> tuple[pd.DataFrame, bool]:
     """``(predictions typed by the model's typer, True)``, or ``(predictions, False)`` for a
     model without one (its class head names the types)."""
-    from ..manifest import manifest_images_root
-
     loaded = load_model_typer(run, folder)
     if loaded is None:
         return predictions, False
-    typer, embedder = loaded
+    return type_with(*loaded, predictions, manifest, threads=threads, source=source), True
+
+
+def type_with(typer: EmbeddingTyper, embedder, predictions: pd.DataFrame,
+              manifest: pd.DataFrame, *, threads: int = 1,
+              source: str = "predictions") -> pd.DataFrame:
+    """``predictions`` named by a fitted ``(typer, embedder)`` (:func:`fit_run_typer`,
+    :func:`load_model_typer`), rescored as ``typer.rescore_`` says, with the columns of
+    ``predictions`` only."""
+    from ..manifest import manifest_images_root
+
     embedder.progress, embedder.num_threads = False, threads
     out = type_predictions(predictions, manifest, embedder, typer,
-                           manifest_images_root(manifest), rescore=typer.rescore_,
-                           source=source)
-    return out[list(predictions.columns)], True
+                           manifest_images_root(manifest),
+                           rescore=getattr(typer, "rescore_", False), source=source)
+    return out[list(predictions.columns)]

@@ -271,7 +271,7 @@ ENSEMBLE_MODEL = "pseudo+single"
 
 def ensemble_members(name: str) -> list[str]:
     """The model names of an ensemble name ``"a+b"`` (``[name]`` for one model)."""
-    return [n for n in str(name).split("+")] if "+" in str(name) else [str(name)]
+    return str(name).split("+")
 
 
 def ensemble_ready(run: RunDir, name: str = ENSEMBLE_MODEL) -> bool:
@@ -635,7 +635,7 @@ def _type_base_predictions(
     they are the labels it was trained on (same content hash as its lineage). ``None`` when
     neither holds (the labels it was trained on are not known here)."""
     from .labels_table import labels_from_pseudo, labels_hash
-    from .typer import fit_run_typer, type_model_predictions, type_predictions
+    from .typer import fit_run_typer, type_model_predictions, type_with
 
     if (folder / "typer.parquet").is_file():
         typed, _ = type_model_predictions(run, folder, predictions, manifest, threads=threads)
@@ -646,12 +646,10 @@ def _type_base_predictions(
     if labels_hash(table) != lineage["labels_hash"]:
         return None
     typed_by = table[table["lesion_id"].astype(str).isin(train_ids)]
-    typer, embedder = fit_run_typer(run, typed_by, n_neighbors=TYPER_NEIGHBORS,
-                                    rescore=TYPER_RESCORE, source=str(run.pseudo_labels))
-    embedder.progress, embedder.num_threads = False, threads
-    typed = type_predictions(predictions, manifest, embedder, typer,
-                             manifest_images_root(manifest), rescore=typer.rescore_)
-    return typed[list(predictions.columns)], f"the run's pseudo-labels, {len(typed_by)} lesions"
+    loaded = fit_run_typer(run, typed_by, n_neighbors=TYPER_NEIGHBORS, rescore=TYPER_RESCORE,
+                           source=str(run.pseudo_labels))
+    typed = type_with(*loaded, predictions, manifest, threads=threads)
+    return typed, f"the run's pseudo-labels, {len(typed_by)} lesions"
 
 
 def result_metrics(result: FROCResult) -> dict:
