@@ -283,6 +283,14 @@ def format_difference(met: dict, key: str = "4") -> str:
     return f"{met['difference'][key]:+.3f} [{lo:+.3f}, {hi:+.3f}], p {met['p_le_zero'][key]:.3f}"
 
 
+def comparison_cells(ca: dict, nr: dict) -> str:
+    """The table cells ``before / corrected / control | corrected - control | named right``
+    of one seed: class-aware 4 FP figures ``ca`` and named-right counts ``nr``."""
+    return (f"{ca['before']['4']:.3f} / {ca['corrected']['4']:.3f} / {ca['control']['4']:.3f} | "
+            f"{format_difference(ca['corrected - control'])} | "
+            + " / ".join(f"{a}/{b}" for a, b in (nr[k] for k in ("before", "corrected", "control"))))
+
+
 def write_markdown(path: Path, allrec: dict) -> None:
     lines = ["# Corrected pseudo-labels and fine-tuning, with and without the test types in "
              "the mining (issue 14)", "",
@@ -312,12 +320,8 @@ def write_markdown(path: Path, allrec: dict) -> None:
                 for s, rec in r["seeds"].items():
                     sr = rec["variants"][v][split]
                     ca, ag, nr = sr["class_aware"], sr["agnostic"], sr["named_right"]
-                    lines.append(
-                        f"| {s} | {ca['before']['4']:.3f} / {ca['corrected']['4']:.3f} / "
-                        f"{ca['control']['4']:.3f} | {format_difference(ca['corrected - control'])} | "
-                        + " / ".join(f"{a}/{b}" for a, b in
-                                     (nr[k] for k in ("before", "corrected", "control")))
-                        + f" | {ag['corrected']['4']:.3f} / {ag['control']['4']:.3f} |")
+                    lines.append(f"| {s} | {comparison_cells(ca, nr)} | "
+                                 f"{ag['corrected']['4']:.3f} / {ag['control']['4']:.3f} |")
                 pk = f"{v} | {split} | class_aware | corrected - control"
                 pb = f"{v} | {split} | class_aware | corrected - before"
                 nm = {k: r["named_right"][f"{v} | {split} | {k}"]

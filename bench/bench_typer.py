@@ -175,6 +175,7 @@ def main() -> int:
 
 
 def write_markdown(path: Path, allrec: dict) -> None:
+    from bench_corrections import comparison_cells
     from bench_corrections import format_difference as _d
 
     lines = ["# Typing detections: the detector's class head or the lesion embedder (issue 14)",
@@ -198,12 +199,8 @@ def write_markdown(path: Path, allrec: dict) -> None:
             for s, rec in r["seeds"].items():
                 cr = rec["candidates"][c]
                 ca, nr = cr["class_aware"], cr["named_right"]
-                lines.append(
-                    f"| {c} | {s} | {ca['before']['4']:.3f} / {ca['corrected']['4']:.3f} / "
-                    f"{ca['control']['4']:.3f} | {_d(ca['corrected - control'])} | "
-                    + " / ".join(f"{a}/{b}" for a, b in
-                                 (nr[k] for k in ("before", "corrected", "control")))
-                    + f" | {cr['agnostic']['control']['4']:.3f} | {cr['typing_cpu_s']} |")
+                lines.append(f"| {c} | {s} | {comparison_cells(ca, nr)} | "
+                             f"{cr['agnostic']['control']['4']:.3f} | {cr['typing_cpu_s']} |")
         lines += ["", "**Pooled over seeds**", "",
                   "| comparison | class-aware 4 FP | class-aware mean 0.5-4 | class-agnostic 4 FP "
                   "| named right before / corrected / control |", "|---|---|---|---|---|"]
